@@ -15,11 +15,21 @@ use anyhow::{Context, Result, bail};
 
 fn main() -> Result<()> {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
-    let workspace = manifest_dir.parent().context("fim-userspace has no parent directory")?;
+    let workspace = manifest_dir
+        .parent()
+        .context("fim-userspace has no parent directory")?;
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
 
-    for watched in ["fim-ebpf/src", "fim-ebpf/Cargo.toml", "fim-common/src", "fim-common/Cargo.toml"] {
-        println!("cargo:rerun-if-changed={}", workspace.join(watched).display());
+    for watched in [
+        "fim-ebpf/src",
+        "fim-ebpf/Cargo.toml",
+        "fim-common/src",
+        "fim-common/Cargo.toml",
+    ] {
+        println!(
+            "cargo:rerun-if-changed={}",
+            workspace.join(watched).display()
+        );
     }
     println!("cargo:rerun-if-env-changed=FIM_EBPF_OBJECT");
 
@@ -41,7 +51,15 @@ fn main() -> Result<()> {
 fn build_ebpf(workspace: &Path, target_dir: &Path) -> Result<()> {
     let mut cmd = Command::new("rustup");
     cmd.current_dir(workspace)
-        .args(["run", "nightly", "cargo", "build", "--release", "--package", "fim-ebpf"])
+        .args([
+            "run",
+            "nightly",
+            "cargo",
+            "build",
+            "--release",
+            "--package",
+            "fim-ebpf",
+        ])
         .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
         .arg("--target-dir")
         .arg(target_dir);

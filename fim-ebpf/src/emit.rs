@@ -1,7 +1,9 @@
 //! Filling and submitting ring-buffer records, with loss accounting.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
+    },
     macros::map,
     maps::{PerCpuArray, RingBuf},
 };

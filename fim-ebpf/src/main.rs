@@ -16,7 +16,7 @@ use fim_common::{Backend, EventKind};
 #[lsm(hook = "path_unlink")]
 pub fn lsm_path_unlink(ctx: LsmContext) -> i32 {
     // The third argument of a BPF LSM program is the return value of the previous hook.
-    let previous: i32 = unsafe { ctx.arg(2) };
+    let previous: i32 = ctx.arg(2);
     if previous != 0 {
         // Someone else already refused the operation: nothing will change on disk.
         return previous;

@@ -18,25 +18,38 @@ pub fn kernel_release() -> String {
 /// later ones charge the memory cgroup instead. A refusal (no CAP_SYS_RESOURCE, e.g. in a
 /// container) is not fatal: it is logged, and map creation reports the real problem if any.
 pub fn raise_memlock_limit() {
-    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: plain syscalls with valid pointers to initialised structs.
     unsafe {
         if libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) == 0 {
             return;
         }
-        let mut current = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut current) == 0 && current.rlim_cur < current.rlim_max {
+        let mut current = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut current) == 0
+            && current.rlim_cur < current.rlim_max
+        {
             current.rlim_cur = current.rlim_max;
             let _ = libc::setrlimit(libc::RLIMIT_MEMLOCK, &current);
         }
     }
-    log::debug!("RLIMIT_MEMLOCK could not be lifted: {}", io::Error::last_os_error());
+    log::debug!(
+        "RLIMIT_MEMLOCK could not be lifted: {}",
+        io::Error::last_os_error()
+    );
 }
 
 /// Mounts tracefs when it is not mounted yet: syscall tracepoints are attached through it and
 /// some hosts (and minimal VMs) do not mount it at boot.
 pub fn ensure_tracefs() -> Result<()> {
-    if dir_has_entries(Path::new(TRACEFS)) || dir_has_entries(Path::new("/sys/kernel/debug/tracing")) {
+    if dir_has_entries(Path::new(TRACEFS))
+        || dir_has_entries(Path::new("/sys/kernel/debug/tracing"))
+    {
         return Ok(());
     }
     mount_pseudo_fs("tracefs", TRACEFS)
@@ -49,11 +62,18 @@ pub fn active_lsms() -> Result<Vec<String>> {
         mount_pseudo_fs("securityfs", SECURITYFS)?;
     }
     let text = fs::read_to_string(&list).with_context(|| format!("reading {}", list.display()))?;
-    Ok(text.trim().split(',').filter(|s| !s.is_empty()).map(str::to_string).collect())
+    Ok(text
+        .trim()
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect())
 }
 
 fn dir_has_entries(dir: &Path) -> bool {
-    fs::read_dir(dir).map(|mut entries| entries.next().is_some()).unwrap_or(false)
+    fs::read_dir(dir)
+        .map(|mut entries| entries.next().is_some())
+        .unwrap_or(false)
 }
 
 fn mount_pseudo_fs(fstype: &str, target: &str) -> Result<()> {
@@ -61,7 +81,13 @@ fn mount_pseudo_fs(fstype: &str, target: &str) -> Result<()> {
     let c_target = std::ffi::CString::new(target)?;
     // SAFETY: valid NUL-terminated strings; no data argument.
     let rc = unsafe {
-        libc::mount(c_type.as_ptr(), c_target.as_ptr(), c_type.as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            c_type.as_ptr(),
+            c_target.as_ptr(),
+            c_type.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
     if rc != 0 {
         let err = io::Error::last_os_error();

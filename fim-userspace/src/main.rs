@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use fim::sensor::{self, Backend, Record};
 
 #[derive(Parser)]
-#[command(name = "fim", version, about = "File Integrity Monitoring with exact attribution")]
+#[command(
+    name = "fim",
+    version,
+    about = "File Integrity Monitoring with exact attribution"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -43,7 +47,10 @@ impl From<BackendArg> for Backend {
 fn main() -> std::process::ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             log::error!("starting the async runtime: {e}");
@@ -70,7 +77,11 @@ async fn run(forced: Option<Backend>) -> Result<()> {
         log::warn!("backend {} skipped: {why:#}", backend.name());
     }
     let mut sensor = selection.sensor;
-    log::info!("sensor backend {} is running on kernel {}", sensor.backend().name(), fim::host::kernel_release());
+    log::info!(
+        "sensor backend {} is running on kernel {}",
+        sensor.backend().name(),
+        fim::host::kernel_release()
+    );
 
     let mut batch = Vec::new();
     let stdout = std::io::stdout();
@@ -92,7 +103,12 @@ async fn run(forced: Option<Backend>) -> Result<()> {
 
 /// One JSON line per kernel record (the OCSF output replaces this with the daemon pipeline).
 fn record_json(record: &Record) -> serde_json::Value {
-    let comm_len = record.actor.comm.iter().position(|&b| b == 0).unwrap_or(record.actor.comm.len());
+    let comm_len = record
+        .actor
+        .comm
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(record.actor.comm.len());
     serde_json::json!({
         "kind": record.event_kind().map(|k| k.name()).unwrap_or("unknown"),
         "backend": record.backend().map(|b| b.name()).unwrap_or("unknown"),

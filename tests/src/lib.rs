@@ -44,7 +44,10 @@ pub fn required_backends() -> Vec<Backend> {
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
-    assert_eq!(euid, 0, "fim's integration tests load eBPF programs and must run as root (euid is {euid})");
+    assert_eq!(
+        euid, 0,
+        "fim's integration tests load eBPF programs and must run as root (euid is {euid})"
+    );
 }
 
 /// The test actor binary: a separate process that performs the syscalls a test asks for.
@@ -55,7 +58,10 @@ pub fn actor_path() -> PathBuf {
         return PathBuf::from(path);
     }
     let exe = std::env::current_exe().expect("locating the running test binary");
-    let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("test binary is not under target/<profile>/deps");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test binary is not under target/<profile>/deps");
     profile_dir.join("fim-test-actor")
 }
 
@@ -129,5 +135,8 @@ pub async fn wait_for_record(
 
 /// A single-threaded tokio runtime for one test.
 pub fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("building a tokio runtime")
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("building a tokio runtime")
 }

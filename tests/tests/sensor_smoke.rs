@@ -17,10 +17,24 @@ fn check_backend(backend: Backend) {
             Ok(sensor) => sensor,
             Err(error) => {
                 let message = format!("{error:#}");
-                assert!(!required, "the {} backend must work in {:?} but failed: {message}", backend.name(), test_env());
-                eprintln!("NOTE: the {} backend is unavailable here, as expected: {message}", backend.name());
-                assert!(message.contains(backend.name()), "failure does not name the backend: {message}");
-                assert!(message.contains(&fim::host::kernel_release()), "failure does not name the kernel: {message}");
+                assert!(
+                    !required,
+                    "the {} backend must work in {:?} but failed: {message}",
+                    backend.name(),
+                    test_env()
+                );
+                eprintln!(
+                    "NOTE: the {} backend is unavailable here, as expected: {message}",
+                    backend.name()
+                );
+                assert!(
+                    message.contains(backend.name()),
+                    "failure does not name the backend: {message}"
+                );
+                assert!(
+                    message.contains(&fim::host::kernel_release()),
+                    "failure does not name the kernel: {message}"
+                );
                 return;
             }
         };
@@ -37,8 +51,16 @@ fn check_backend(backend: Backend) {
         assert_eq!(record.backend(), Some(backend));
         assert_eq!(record.actor.uid, 0);
         let comm_len = record.actor.comm.iter().position(|&b| b == 0).unwrap_or(16);
-        assert_eq!(&record.actor.comm[..comm_len], b"fim-test-actor", "comm of the actor");
-        assert_eq!(sensor.lost_events().unwrap(), 0, "records were lost in a one-event test");
+        assert_eq!(
+            &record.actor.comm[..comm_len],
+            b"fim-test-actor",
+            "comm of the actor"
+        );
+        assert_eq!(
+            sensor.lost_events().unwrap(),
+            0,
+            "records were lost in a one-event test"
+        );
     });
 }
 
@@ -65,6 +87,9 @@ fn bpf_lsm_is_active_in_the_vm() {
     let lsms = fim::host::active_lsms().expect("reading /sys/kernel/security/lsm");
     eprintln!("active LSMs: {}", lsms.join(","));
     if test_env() == TestEnv::Vm {
-        assert!(lsms.iter().any(|l| l == "bpf"), "bpf missing from the VM's LSM list: {lsms:?}");
+        assert!(
+            lsms.iter().any(|l| l == "bpf"),
+            "bpf missing from the VM's LSM list: {lsms:?}"
+        );
     }
 }

@@ -1,1 +1,83 @@
-fn main() {}
+//! `cargo xtask`: everything a newcomer or CI needs, in one place.
+//!
+//! - `setup`: install what a fresh machine lacks (idempotent, quick when done)
+//! - `build`: build fim (release), with the embedded eBPF object
+//! - `run`: setup if needed, build, run `fim run` in the foreground (as root)
+//! - `test`: the whole test suite: fmt, clippy (host and eBPF), unit, native integration, VM tests
+//! - `vm-test`: the kernel tests in QEMU on the Debian 6.1 and 6.12 kernels
+
+mod cmd;
+mod paths;
+mod setup;
+mod testing;
+mod vm;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "fim's developer and CI tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install everything a fresh machine lacks (nightly rust-src, bpf-linker, Debian packages,
+    /// the VM test kernels). Skips what is already there.
+    Setup {
+        /// Only what building fim needs (no QEMU, no test kernels).
+        #[arg(long)]
+        build_only: bool,
+    },
+    /// Build the `fim` binary (release) with its embedded eBPF object.
+    Build,
+    /// Set up what building needs, build, and run `fim run` in the foreground (needs root).
+    Run {
+        /// Arguments passed to `fim run`, e.g. `-- --backend tracepoint`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run the whole test suite: fmt, clippy, unit tests, native integration tests, VM tests.
+    Test {
+        /// Skip the QEMU kernel tests (for quick local iterations only; CI never skips them).
+        #[arg(long)]
+        no_vm: bool,
+    },
+    /// Run the kernel tests inside QEMU on the Debian test kernels.
+    VmTest {
+        /// Which kernel: 6.1, 6.12 or all.
+        #[arg(long, default_value = "all")]
+        kernel: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result: Result<bool> = match cli.task {
+        Task::Setup { build_only } => setup::run(if build_only {
+            setup::Scope::Build
+        } else {
+            setup::Scope::All
+        })
+        .map(|_| true),
+        Task::Build => testing::build_release().map(|_| true),
+        Task::Run { args } => testing::run_fim(&args).map(|_| true),
+        Task::Test { no_vm } => testing::run_all(!no_vm),
+        Task::VmTest { kernel } => vm::run(&kernel).map(|counts| {
+            counts.print_closing("total");
+            counts.failed == 0
+        }),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("xtask: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -21,8 +21,8 @@ use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
     programs::{FEntry, Lsm, TracePoint},
 };
-pub use fim_common::{Backend, Record};
 use fim_common::EventKind;
+pub use fim_common::{Backend, Record};
 use tokio::io::unix::AsyncFd;
 
 use crate::host;
@@ -66,20 +66,25 @@ impl Sensor {
         }
         let mut ebpf = Ebpf::load(EBPF_OBJECT).context("parsing fim's embedded eBPF object")?;
         let btf = match backend {
-            Backend::Lsm | Backend::Fentry => Some(
-                Btf::from_sys_fs()
-                    .with_context(|| format!("reading kernel BTF (/sys/kernel/btf/vmlinux) on {release}"))?,
-            ),
+            Backend::Lsm | Backend::Fentry => Some(Btf::from_sys_fs().with_context(|| {
+                format!("reading kernel BTF (/sys/kernel/btf/vmlinux) on {release}")
+            })?),
             Backend::Tracepoint => None,
         };
         for spec in programs(backend) {
             attach_program(&mut ebpf, spec, btf.as_ref())
                 .with_context(|| format!("{} backend on kernel {release}", backend.name()))?;
         }
-        let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("eBPF object has no EVENTS map")?)
-            .context("EVENTS is not a ring buffer")?;
-        let lost = PerCpuArray::try_from(ebpf.take_map("LOST").context("eBPF object has no LOST map")?)
-            .context("LOST is not a per-CPU array")?;
+        let ring = RingBuf::try_from(
+            ebpf.take_map("EVENTS")
+                .context("eBPF object has no EVENTS map")?,
+        )
+        .context("EVENTS is not a ring buffer")?;
+        let lost = PerCpuArray::try_from(
+            ebpf.take_map("LOST")
+                .context("eBPF object has no LOST map")?,
+        )
+        .context("LOST is not a per-CPU array")?;
         Ok(Sensor {
             backend,
             // SAFETY: the ring buffer owns its map fd, which stays open and unchanged until the
@@ -104,7 +109,11 @@ impl Sensor {
             return Ok(());
         }
         loop {
-            let mut guard = self.ring.readable_mut().await.context("waiting on the ring buffer")?;
+            let mut guard = self
+                .ring
+                .readable_mut()
+                .await
+                .context("waiting on the ring buffer")?;
             let before = out.len();
             drain(guard.get_inner_mut(), out, &mut self.malformed);
             // Clear readiness, then drain once more: a record submitted between the first drain
@@ -119,7 +128,10 @@ impl Sensor {
 
     /// Ring-buffer reservations that failed in the kernel for this backend, summed over CPUs.
     pub fn lost_events(&self) -> Result<u64> {
-        let per_cpu = self.lost.get(&(self.backend as u32), 0).context("reading the LOST map")?;
+        let per_cpu = self
+            .lost
+            .get(&(self.backend as u32), 0)
+            .context("reading the LOST map")?;
         Ok(per_cpu.iter().sum())
     }
 
@@ -132,7 +144,8 @@ impl Sensor {
     pub async fn self_test(&mut self, timeout: Duration) -> Result<()> {
         let dir = SelfTestDir::create()?;
         let file = dir.path.join("probe");
-        std::fs::write(&file, b"fim self-test").with_context(|| format!("writing {}", file.display()))?;
+        std::fs::write(&file, b"fim self-test")
+            .with_context(|| format!("writing {}", file.display()))?;
         unlinkat(&file)?;
         let me = std::process::id();
         let deadline = tokio::time::Instant::now() + timeout;
@@ -185,18 +198,34 @@ fn attach_program(ebpf: &mut Ebpf, spec: &programs::ProgramSpec, btf: Option<&Bt
         Attach::Lsm { hook } => {
             let btf = btf.context("LSM programs need kernel BTF")?;
             let lsm: &mut Lsm = program.try_into()?;
-            lsm.load(hook, btf).map_err(|e| explain(e.into(), &format!("loading LSM program {name} (hook {hook})")))?;
-            lsm.attach().map_err(|e| explain(e.into(), &format!("attaching LSM program {name} (hook {hook})")))?;
+            lsm.load(hook, btf).map_err(|e| {
+                explain(
+                    e.into(),
+                    &format!("loading LSM program {name} (hook {hook})"),
+                )
+            })?;
+            lsm.attach().map_err(|e| {
+                explain(
+                    e.into(),
+                    &format!("attaching LSM program {name} (hook {hook})"),
+                )
+            })?;
         }
         Attach::Fentry { function } => {
             let btf = btf.context("fentry programs need kernel BTF")?;
             let fentry: &mut FEntry = program.try_into()?;
-            fentry
-                .load(function, btf)
-                .map_err(|e| explain(e.into(), &format!("loading fentry program {name} ({function})")))?;
-            fentry
-                .attach()
-                .map_err(|e| explain(e.into(), &format!("attaching fentry program {name} ({function})")))?;
+            fentry.load(function, btf).map_err(|e| {
+                explain(
+                    e.into(),
+                    &format!("loading fentry program {name} ({function})"),
+                )
+            })?;
+            fentry.attach().map_err(|e| {
+                explain(
+                    e.into(),
+                    &format!("attaching fentry program {name} ({function})"),
+                )
+            })?;
         }
         Attach::SyscallTracepoints { events } => {
             let tracepoint: &mut TracePoint = program.try_into()?;
@@ -204,9 +233,9 @@ fn attach_program(ebpf: &mut Ebpf, spec: &programs::ProgramSpec, btf: Option<&Bt
                 .load()
                 .map_err(|e| explain(e.into(), &format!("loading tracepoint program {name}")))?;
             for event in *events {
-                tracepoint
-                    .attach("syscalls", event)
-                    .map_err(|e| explain(e.into(), &format!("attaching {name} to syscalls:{event}")))?;
+                tracepoint.attach("syscalls", event).map_err(|e| {
+                    explain(e.into(), &format!("attaching {name} to syscalls:{event}"))
+                })?;
             }
         }
     }
@@ -218,7 +247,10 @@ const ENOTSUPP: i32 = 524;
 
 /// Adds what the raw errno means for fim to an aya error, so the log says why, not just what.
 fn explain(error: anyhow::Error, doing: &str) -> anyhow::Error {
-    let errno = error.chain().find_map(|cause| cause.downcast_ref::<io::Error>()).and_then(io::Error::raw_os_error);
+    let errno = error
+        .chain()
+        .find_map(|cause| cause.downcast_ref::<io::Error>())
+        .and_then(io::Error::raw_os_error);
     let hint = match errno {
         Some(libc::EPERM) => {
             "; the kernel refused this program type with EPERM (not permitted for this kernel \
@@ -248,8 +280,13 @@ pub async fn start(backend: Backend) -> Result<Sensor> {
 /// Starts the best backend that works, or exactly `forced` when given.
 pub async fn start_best(forced: Option<Backend>) -> Result<Selection> {
     if let Some(backend) = forced {
-        let sensor = start(backend).await.with_context(|| format!("the forced backend {} failed", backend.name()))?;
-        return Ok(Selection { sensor, skipped: Vec::new() });
+        let sensor = start(backend)
+            .await
+            .with_context(|| format!("the forced backend {} failed", backend.name()))?;
+        return Ok(Selection {
+            sensor,
+            skipped: Vec::new(),
+        });
     }
     let mut skipped = Vec::new();
     for backend in Backend::ALL {
@@ -258,8 +295,15 @@ pub async fn start_best(forced: Option<Backend>) -> Result<Selection> {
             Err(error) => skipped.push((backend, error)),
         }
     }
-    let reasons: Vec<String> = skipped.iter().map(|(b, e)| format!("{}: {e:#}", b.name())).collect();
-    bail!("no sensor backend works on kernel {}:\n  {}", host::kernel_release(), reasons.join("\n  "))
+    let reasons: Vec<String> = skipped
+        .iter()
+        .map(|(b, e)| format!("{}: {e:#}", b.name()))
+        .collect();
+    bail!(
+        "no sensor backend works on kernel {}:\n  {}",
+        host::kernel_release(),
+        reasons.join("\n  ")
+    )
 }
 
 /// A private directory for the self-test, removed on drop.
@@ -269,7 +313,8 @@ struct SelfTestDir {
 
 impl SelfTestDir {
     fn create() -> Result<Self> {
-        let path = std::env::temp_dir().join(format!("fim-selftest-{}-{}", std::process::id(), nonce()));
+        let path =
+            std::env::temp_dir().join(format!("fim-selftest-{}-{}", std::process::id(), nonce()));
         std::fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
         Ok(SelfTestDir { path })
     }
@@ -282,7 +327,10 @@ impl Drop for SelfTestDir {
 }
 
 fn nonce() -> u128 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
 }
 
 /// `unlinkat(AT_FDCWD, path, 0)`: the syscall every backend's unlink program observes.
@@ -290,7 +338,8 @@ fn unlinkat(path: &Path) -> Result<()> {
     let c_path = CString::new(path.as_os_str().as_bytes()).context("path contains a NUL byte")?;
     // SAFETY: valid NUL-terminated path.
     if unsafe { libc::unlinkat(libc::AT_FDCWD, c_path.as_ptr(), 0) } != 0 {
-        return Err(io::Error::last_os_error()).with_context(|| format!("unlinking {}", path.display()));
+        return Err(io::Error::last_os_error())
+            .with_context(|| format!("unlinking {}", path.display()));
     }
     Ok(())
 }

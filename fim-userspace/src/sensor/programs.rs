@@ -22,13 +22,23 @@ pub struct ProgramSpec {
 /// `rm` uses `unlinkat`, so a syscall family is always covered as a whole.
 pub fn programs(backend: Backend) -> &'static [ProgramSpec] {
     match backend {
-        Backend::Lsm => &[ProgramSpec { name: "lsm_path_unlink", attach: Attach::Lsm { hook: "path_unlink" } }],
-        Backend::Fentry => {
-            &[ProgramSpec { name: "fentry_vfs_unlink", attach: Attach::Fentry { function: "vfs_unlink" } }]
-        }
+        Backend::Lsm => &[ProgramSpec {
+            name: "lsm_path_unlink",
+            attach: Attach::Lsm {
+                hook: "path_unlink",
+            },
+        }],
+        Backend::Fentry => &[ProgramSpec {
+            name: "fentry_vfs_unlink",
+            attach: Attach::Fentry {
+                function: "vfs_unlink",
+            },
+        }],
         Backend::Tracepoint => &[ProgramSpec {
             name: "tp_sys_enter_unlinkat",
-            attach: Attach::SyscallTracepoints { events: &["sys_enter_unlinkat", "sys_enter_unlink"] },
+            attach: Attach::SyscallTracepoints {
+                events: &["sys_enter_unlinkat", "sys_enter_unlink"],
+            },
         }],
     }
 }

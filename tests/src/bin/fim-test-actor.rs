@@ -19,7 +19,9 @@ fn main() -> ExitCode {
 fn perform(args: &[std::ffi::OsString]) -> io::Result<()> {
     let op = args.first().and_then(|s| s.to_str()).unwrap_or("");
     let arg = |i: usize| -> io::Result<CString> {
-        let raw = args.get(i).ok_or_else(|| io::Error::other(format!("{op}: missing argument {i}")))?;
+        let raw = args
+            .get(i)
+            .ok_or_else(|| io::Error::other(format!("{op}: missing argument {i}")))?;
         CString::new(Path::new(raw).as_os_str().as_bytes()).map_err(io::Error::other)
     };
     // SAFETY (all calls below): arguments are valid NUL-terminated strings.

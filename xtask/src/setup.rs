@@ -1,0 +1,188 @@
+//! `cargo xtask setup`: installs what a fresh machine lacks, idempotently.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{cmd, paths};
+
+/// Debian packages the build and tests need.
+/// qemu-system-x86, busybox-static, cpio: the VM kernel tests (QEMU, the initramfs userland).
+const VM_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "cpio"];
+
+/// The bpf-linker version known to work with the installed nightly (TOOLCHAIN.md).
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// What `cargo build` needs.
+    Build,
+    /// Everything, including the VM test kernels.
+    All,
+}
+
+pub fn run(scope: Scope) -> Result<()> {
+    let started = Instant::now();
+    ensure_nightly_rust_src()?;
+    ensure_bpf_linker()?;
+    if scope == Scope::All {
+        let mut apt = Apt::default();
+        apt.ensure_packages(VM_PACKAGES)?;
+        crate::vm::ensure_kernels(&mut apt)?;
+    }
+    println!("setup complete in {:.1}s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn ensure_nightly_rust_src() -> Result<()> {
+    cmd::step("nightly toolchain with rust-src (for -Z build-std=core on bpfel-unknown-none)");
+    let sysroot = cmd::output(cmd::clean_cargo_env(
+        Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]),
+    ))
+    .context(
+        "the nightly toolchain is missing: install it with `rustup toolchain install nightly` \
+             (the eBPF programs need it)",
+    )?;
+    let src = Path::new(sysroot.trim()).join("lib/rustlib/src/rust/library/core");
+    if src.exists() {
+        println!("    present");
+        return Ok(());
+    }
+    println!("    installing rust-src for nightly");
+    cmd::run(Command::new("rustup").args([
+        "component",
+        "add",
+        "rust-src",
+        "--toolchain",
+        "nightly",
+    ]))
+}
+
+/// bpf-linker must be built against an LLVM whose major equals rustc's. The nightly ships its
+/// own libLLVM; linking bpf-linker against that exact library guarantees the match.
+fn ensure_bpf_linker() -> Result<()> {
+    cmd::step(&format!(
+        "bpf-linker {BPF_LINKER_VERSION} linked against the nightly's LLVM"
+    ));
+    let nightly_llvm = nightly_llvm_version()?;
+    let stamp = paths::cache().join("bpf-linker.stamp");
+    let wanted_stamp = format!("bpf-linker {BPF_LINKER_VERSION} llvm {nightly_llvm}\n");
+    let linker_runs = cmd::succeeds(Command::new("bpf-linker").arg("--version"));
+    if linker_runs && fs::read_to_string(&stamp).ok().as_deref() == Some(wanted_stamp.as_str()) {
+        println!("    present (LLVM {nightly_llvm})");
+        return Ok(());
+    }
+    let sysroot = cmd::output(cmd::clean_cargo_env(
+        Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]),
+    ))?;
+    let sysroot_lib = Path::new(sysroot.trim()).join("lib");
+    let libllvm = find_libllvm(&sysroot_lib)?;
+    let prefix = paths::cache().join("llvm-prefix");
+    let prefix_lib = prefix.join("lib");
+    fs::create_dir_all(&prefix_lib)
+        .with_context(|| format!("creating {}", prefix_lib.display()))?;
+    let file_name = libllvm.file_name().context("libLLVM has no file name")?;
+    for link in [prefix_lib.join("libLLVM.so"), prefix_lib.join(file_name)] {
+        let _ = fs::remove_file(&link);
+        std::os::unix::fs::symlink(&libllvm, &link)
+            .with_context(|| format!("linking {} -> {}", link.display(), libllvm.display()))?;
+    }
+    let major = nightly_llvm.split('.').next().unwrap_or("22");
+    println!(
+        "    building bpf-linker against {} (takes a few minutes)",
+        libllvm.display()
+    );
+    cmd::run(
+        cmd::clean_cargo_env(&mut Command::new("rustup"))
+            .args(["run", "nightly", "cargo", "install", "bpf-linker", "--locked", "--force"])
+            .args(["--version", BPF_LINKER_VERSION, "--no-default-features", "--features"])
+            .arg(format!("llvm-{major}"))
+            .env("LLVM_PREFIX", &prefix),
+    )
+    .context("building bpf-linker failed; check that the nightly toolchain's libLLVM matches (see ../shared/TOOLCHAIN.md)")?;
+    if !cmd::succeeds(Command::new("bpf-linker").arg("--version")) {
+        bail!("bpf-linker was installed but does not run; is ~/.cargo/bin on PATH?");
+    }
+    fs::write(&stamp, wanted_stamp).with_context(|| format!("writing {}", stamp.display()))?;
+    Ok(())
+}
+
+fn nightly_llvm_version() -> Result<String> {
+    let verbose = cmd::output(cmd::clean_cargo_env(
+        Command::new("rustup").args(["run", "nightly", "rustc", "-vV"]),
+    ))?;
+    verbose
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .map(|v| v.trim().to_string())
+        .context("`rustc +nightly -vV` does not report an LLVM version")
+}
+
+/// The nightly's own shared libLLVM (named like `libLLVM.so.22.1-rust-1.97.0-nightly`).
+fn find_libllvm(sysroot_lib: &Path) -> Result<PathBuf> {
+    let entries =
+        fs::read_dir(sysroot_lib).with_context(|| format!("listing {}", sysroot_lib.display()))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with("libLLVM.so.") {
+            return Ok(entry.path());
+        }
+    }
+    bail!(
+        "no libLLVM.so.* in {}: the nightly toolchain does not ship a shared LLVM",
+        sysroot_lib.display()
+    )
+}
+
+/// apt-get, with `update` run at most once per setup and only when something is missing.
+#[derive(Default)]
+pub struct Apt {
+    updated: bool,
+}
+
+impl Apt {
+    pub fn is_installed(package: &str) -> bool {
+        Command::new("dpkg-query")
+            .args(["-W", "-f=${db:Status-Status}", package])
+            .output()
+            .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "installed")
+            .unwrap_or(false)
+    }
+
+    pub fn update_once(&mut self) -> Result<()> {
+        if !self.updated {
+            println!("    apt-get update");
+            cmd::run(Command::new("apt-get").args(["-q", "update"]))
+                .context("apt-get update failed (setup needs root and the Debian archive)")?;
+            self.updated = true;
+        }
+        Ok(())
+    }
+
+    pub fn ensure_packages(&mut self, packages: &[&str]) -> Result<()> {
+        cmd::step(&format!("Debian packages: {}", packages.join(" ")));
+        let missing: Vec<&str> = packages
+            .iter()
+            .copied()
+            .filter(|p| !Self::is_installed(p))
+            .collect();
+        if missing.is_empty() {
+            println!("    present");
+            return Ok(());
+        }
+        println!("    installing {}", missing.join(" "));
+        self.update_once()?;
+        cmd::run(
+            Command::new("apt-get")
+                .args(["-q", "-y", "install", "--no-install-recommends"])
+                .args(&missing)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )
+        .with_context(|| format!("installing {} failed; run setup as root", missing.join(" ")))
+    }
+}

@@ -1,0 +1,148 @@
+//! `cargo xtask build|run|test`.
+
+use std::{os::unix::process::CommandExt, process::Command, time::Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{
+    cmd::{self, Counts},
+    paths, setup, vm,
+};
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(paths::workspace());
+    c
+}
+
+pub fn build_release() -> Result<()> {
+    cmd::step("building fim (release)");
+    cmd::run(cargo().args([
+        "build",
+        "--release",
+        "--package",
+        "fim-userspace",
+        "--bin",
+        "fim",
+    ]))
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Setup (build part), build, then replace this process with `fim run ARGS`.
+pub fn run_fim(args: &[String]) -> Result<()> {
+    if !is_root() {
+        bail!(
+            "fim loads eBPF programs and must run as root: run `sudo -E env PATH=\"$PATH\" cargo xtask run`"
+        );
+    }
+    setup::run(setup::Scope::Build)?;
+    build_release()?;
+    let fim = paths::target().join("release").join("fim");
+    cmd::step(&format!(
+        "starting {} run {}",
+        fim.display(),
+        args.join(" ")
+    ));
+    let error = Command::new(&fim).arg("run").args(args).exec();
+    Err(error).with_context(|| format!("executing {}", fim.display()))
+}
+
+/// The whole suite. Returns whether everything passed; prints the closing counts.
+pub fn run_all(with_vm: bool) -> Result<bool> {
+    let started = Instant::now();
+    // A fresh machine must be able to run the suite with this one command.
+    setup::run(setup::Scope::All).context("setup failed; the test suite cannot run")?;
+    let mut phases: Vec<(&str, Counts)> = Vec::new();
+    let mut gate_failures = Vec::new();
+
+    cmd::step("cargo fmt --check");
+    if let Err(e) = cmd::run(cargo().args(["fmt", "--all", "--", "--check"])) {
+        gate_failures.push(format!("formatting: {e:#}"));
+    }
+    cmd::step("clippy -D warnings (host crates, all targets)");
+    if let Err(e) = cmd::run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"])) {
+        gate_failures.push(format!("clippy (host): {e:#}"));
+    }
+    cmd::step("clippy -D warnings (eBPF crate, bpfel-unknown-none)");
+    if let Err(e) = cmd::run(
+        cmd::clean_cargo_env(&mut Command::new("rustup"))
+            .current_dir(paths::workspace())
+            .args([
+                "run",
+                "nightly",
+                "cargo",
+                "clippy",
+                "--package",
+                "fim-ebpf",
+                "--release",
+            ])
+            .args([
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+                "--target-dir",
+            ])
+            .arg(paths::target().join("ebpf"))
+            .args(["--", "-D", "warnings"]),
+    ) {
+        gate_failures.push(format!("clippy (eBPF): {e:#}"));
+    }
+
+    cmd::step("unit tests and native integration tests (as root)");
+    if !is_root() {
+        eprintln!("FAILURE: the native integration tests load eBPF programs and need root");
+        phases.push((
+            "native",
+            Counts {
+                passed: 0,
+                failed: 1,
+            },
+        ));
+    } else {
+        phases.push((
+            "native",
+            cmd::run_counting(cargo().args(["test", "--no-fail-fast"]))?,
+        ));
+    }
+
+    if with_vm {
+        cmd::step("VM kernel tests (6.1 and 6.12)");
+        match vm::run("all") {
+            Ok(counts) => phases.push(("vm", counts)),
+            Err(e) => {
+                eprintln!("FAILURE: VM tests could not run: {e:#}");
+                phases.push((
+                    "vm",
+                    Counts {
+                        passed: 0,
+                        failed: 1,
+                    },
+                ));
+            }
+        }
+    } else {
+        println!("NOTE: VM kernel tests skipped (--no-vm); CI never skips them");
+    }
+
+    println!();
+    println!("summary ({:.0}s):", started.elapsed().as_secs_f64());
+    for failure in &gate_failures {
+        println!("  FAILED gate: {failure}");
+    }
+    let mut total = Counts::default();
+    for (name, counts) in &phases {
+        println!(
+            "  {name}: {} passed, {} failed",
+            counts.passed, counts.failed
+        );
+        total.add(*counts);
+    }
+    total.failed += gate_failures.len() as u64;
+    total.print_closing("total");
+    Ok(total.failed == 0)
+}

@@ -1,0 +1,579 @@
+//! Kernel tests in QEMU: the LSM and fentry backends cannot load on the CI machine's own
+//! kernel, so they are tested on Debian's 6.1 and 6.12 cloud kernels booted under TCG.
+//!
+//! The test binaries of the `fim-tests` crate are built statically, packed with busybox into an
+//! initramfs whose `/init` runs them and powers off; the serial console is streamed, and
+//! libtest's result lines are counted.
+
+use std::{
+    fs,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{
+    cmd::{self, Counts},
+    paths,
+    setup::Apt,
+};
+
+/// One test kernel: a label, the Debian suite it comes from, and how its package is named.
+struct KernelSpec {
+    label: &'static str,
+    suite: &'static str,
+    prefix: &'static str,
+    suffix: &'static str,
+}
+
+const KERNELS: &[KernelSpec] = &[
+    KernelSpec {
+        label: "6.1",
+        suite: "bookworm",
+        prefix: "linux-image-6.1.0-",
+        suffix: "-cloud-amd64-unsigned",
+    },
+    KernelSpec {
+        label: "6.12",
+        suite: "bookworm-backports",
+        prefix: "linux-image-6.12.",
+        suffix: "-cloud-amd64-unsigned",
+    },
+];
+
+/// Wall-clock limit for one kernel's boot and tests under TCG.
+const VM_TIMEOUT: Duration = Duration::from_secs(900);
+
+const TARGET: &str = "x86_64-unknown-linux-gnu";
+
+fn kernel_dir(label: &str) -> PathBuf {
+    paths::cache().join("kernels").join(label)
+}
+
+/// Downloads the test kernels into the cache when missing.
+pub fn ensure_kernels(apt: &mut Apt) -> Result<()> {
+    for spec in KERNELS {
+        cmd::step(&format!(
+            "test kernel {} (Debian {}, cloud flavour)",
+            spec.label, spec.suite
+        ));
+        let dir = kernel_dir(spec.label);
+        if dir.join("vmlinuz").exists() {
+            let release = fs::read_to_string(dir.join("package")).unwrap_or_default();
+            println!("    present: {}", release.trim());
+            continue;
+        }
+        fetch_kernel(spec, apt)
+            .with_context(|| format!("fetching the {} test kernel", spec.label))?;
+    }
+    Ok(())
+}
+
+/// A private apt configuration listing the bookworm and bookworm-backports suites of the same
+/// archive the machine already uses (the machine's own sources may not list backports).
+struct PrivateApt {
+    root: PathBuf,
+}
+
+impl PrivateApt {
+    fn prepare(apt: &mut Apt) -> Result<PrivateApt> {
+        let root = paths::cache().join("apt");
+        for dir in ["lists/partial", "cache/archives/partial"] {
+            fs::create_dir_all(root.join(dir))
+                .with_context(|| format!("creating {}", root.join(dir).display()))?;
+        }
+        let (uri, keyring) = debian_archive()?;
+        let signed = keyring
+            .map(|k| format!("[signed-by={k}] "))
+            .unwrap_or_default();
+        let sources = KERNELS
+            .iter()
+            .map(|k| format!("deb {signed}{uri} {} main\n", k.suite))
+            .collect::<Vec<_>>()
+            .concat();
+        fs::write(root.join("sources.list"), sources)?;
+        let private = PrivateApt { root };
+        let _ = apt; // the machine's own apt state is not touched
+        println!("    apt-get update (private lists for the kernel suites)");
+        cmd::run(private.command("apt-get").args(["-q", "update"]))?;
+        Ok(private)
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut command = Command::new(program);
+        let r = &self.root;
+        command
+            .arg("-o")
+            .arg(format!(
+                "Dir::Etc::SourceList={}",
+                r.join("sources.list").display()
+            ))
+            .arg("-o")
+            .arg("Dir::Etc::SourceParts=/dev/null")
+            .arg("-o")
+            .arg(format!("Dir::State::Lists={}", r.join("lists").display()))
+            .arg("-o")
+            .arg(format!("Dir::Cache={}", r.join("cache").display()))
+            // The cache is root-owned and private; apt's _apt sandbox user cannot write it.
+            .arg("-o")
+            .arg("APT::Sandbox::User=root");
+        command
+    }
+}
+
+/// The URI (and keyring) of the Debian archive in the machine's apt sources.
+fn debian_archive() -> Result<(String, Option<String>)> {
+    let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
+    if let Ok(entries) = fs::read_dir("/etc/apt/sources.list.d") {
+        let mut more: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+        more.sort();
+        files.extend(more);
+    }
+    for file in files {
+        let Ok(text) = fs::read_to_string(&file) else {
+            continue;
+        };
+        let name = file.to_string_lossy();
+        if name.ends_with(".sources") {
+            // deb822 stanzas separated by blank lines.
+            for stanza in text.split("\n\n") {
+                let field = |key: &str| {
+                    stanza
+                        .lines()
+                        .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_string()))
+                };
+                let (Some(uris), Some(suites)) = (field("URIs:"), field("Suites:")) else {
+                    continue;
+                };
+                if suites
+                    .split_whitespace()
+                    .any(|s| s == "bookworm" || s == "trixie")
+                {
+                    let uri = uris
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string();
+                    return Ok((uri, field("Signed-By:")));
+                }
+            }
+        } else if name.ends_with(".list") {
+            for line in text
+                .lines()
+                .map(str::trim)
+                .filter(|l| l.starts_with("deb "))
+            {
+                let words: Vec<&str> = line
+                    .split_whitespace()
+                    .filter(|w| !w.starts_with('['))
+                    .collect();
+                if words.len() >= 3 && (words[2] == "bookworm" || words[2] == "trixie") {
+                    return Ok((words[1].to_string(), None));
+                }
+            }
+        }
+    }
+    bail!(
+        "no Debian bookworm/trixie archive found in /etc/apt/sources.list{{,.d/}}: cannot fetch test kernels"
+    )
+}
+
+fn fetch_kernel(spec: &KernelSpec, apt: &mut Apt) -> Result<()> {
+    let private = PrivateApt::prepare(apt)?;
+    let names = cmd::output(private.command("apt-cache").args(["pkgnames", spec.prefix]))?;
+    let package = names
+        .lines()
+        .map(str::trim)
+        .filter(|n| n.starts_with(spec.prefix) && n.ends_with(spec.suffix))
+        .max_by_key(|n| version_key(&n[spec.prefix.len()..n.len() - spec.suffix.len()]))
+        .with_context(|| {
+            format!(
+                "no {}*{} package in {}",
+                spec.prefix, spec.suffix, spec.suite
+            )
+        })?
+        .to_string();
+    println!("    downloading {package}");
+    let download = paths::cache().join("kernels").join("download");
+    let _ = fs::remove_dir_all(&download);
+    fs::create_dir_all(&download)?;
+    cmd::run(
+        private
+            .command("apt-get")
+            .current_dir(&download)
+            .args(["-q", "download", &package]),
+    )?;
+    let deb = fs::read_dir(&download)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .context("apt-get download left no .deb")?;
+    // Only ./boot is needed: the cloud kernel has what the tests use built in.
+    let unpack = download.join("unpack");
+    fs::create_dir_all(&unpack)?;
+    cmd::run(Command::new("sh").arg("-c").arg(format!(
+        "dpkg-deb --fsys-tarfile '{}' | tar -x -C '{}' ./boot",
+        deb.display(),
+        unpack.display()
+    )))?;
+    let vmlinuz = fs::read_dir(unpack.join("boot"))?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+        })
+        .context("the kernel package has no boot/vmlinuz-*")?;
+    let dir = kernel_dir(spec.label);
+    fs::create_dir_all(&dir)?;
+    fs::copy(&vmlinuz, dir.join("vmlinuz.partial"))?;
+    fs::write(dir.join("package"), format!("{package}\n"))?;
+    fs::rename(dir.join("vmlinuz.partial"), dir.join("vmlinuz"))?;
+    let _ = fs::remove_dir_all(&download);
+    println!("    cached {}", dir.join("vmlinuz").display());
+    Ok(())
+}
+
+/// Orders version fragments like `54` or `95+deb12.1` numerically.
+fn version_key(fragment: &str) -> Vec<u64> {
+    fragment
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| s.parse().ok())
+        .collect()
+}
+
+/// `cargo xtask vm-test --kernel LABEL|all`.
+pub fn run(which: &str) -> Result<Counts> {
+    let selected: Vec<&KernelSpec> = match which {
+        "all" => KERNELS.iter().collect(),
+        label => {
+            vec![KERNELS.iter().find(|k| k.label == label).with_context(|| {
+                format!(
+                    "unknown kernel {label:?}; choose one of: all, {}",
+                    labels().join(", ")
+                )
+            })?]
+        }
+    };
+    for spec in &selected {
+        if !kernel_dir(spec.label).join("vmlinuz").exists() {
+            bail!(
+                "test kernel {} is not cached under {}: run `cargo xtask setup`",
+                spec.label,
+                paths::cache().display()
+            );
+        }
+    }
+    if !Apt::is_installed("qemu-system-x86") || !Path::new("/bin/busybox").exists() {
+        bail!("QEMU or busybox-static is missing: run `cargo xtask setup`");
+    }
+    let initramfs = build_initramfs()?;
+    let mut total = Counts::default();
+    let mut per_kernel = Vec::new();
+    for spec in selected {
+        let counts = boot_and_test(spec, &initramfs)?;
+        counts.print_closing(spec.label);
+        per_kernel.push((spec.label, counts));
+        total.add(counts);
+    }
+    for (label, counts) in &per_kernel {
+        counts.print_closing(label);
+    }
+    Ok(total)
+}
+
+fn labels() -> Vec<&'static str> {
+    KERNELS.iter().map(|k| k.label).collect()
+}
+
+/// Static builds of the integration test binaries and the test actor.
+fn build_static_tests() -> Result<(Vec<PathBuf>, PathBuf)> {
+    cmd::step("building static test binaries for the VM");
+    let rustflags_var = format!(
+        "CARGO_TARGET_{}_RUSTFLAGS",
+        TARGET.to_uppercase().replace('-', "_")
+    );
+    // Static so the initramfs needs no libc; without debuginfo so it stays small and boots fast.
+    let rustflags = "-C target-feature=+crt-static -C strip=debuginfo";
+    let cargo = || {
+        let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        c.current_dir(paths::workspace())
+            .env(&rustflags_var, rustflags);
+        c
+    };
+    cmd::run(cargo().args([
+        "build",
+        "--package",
+        "fim-tests",
+        "--bins",
+        "--target",
+        TARGET,
+    ]))?;
+    let json = cmd::output(cargo().args([
+        "test",
+        "--package",
+        "fim-tests",
+        "--tests",
+        "--no-run",
+        "--target",
+        TARGET,
+        "--message-format",
+        "json-render-diagnostics",
+    ]))?;
+    let mut tests = Vec::new();
+    for line in json.lines() {
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let is_test = message["profile"]["test"].as_bool() == Some(true);
+        let is_integration = message["target"]["kind"]
+            .as_array()
+            .is_some_and(|k| k.iter().any(|v| v == "test"));
+        if let (true, true, Some(exe)) = (is_test, is_integration, message["executable"].as_str()) {
+            tests.push(PathBuf::from(exe));
+        }
+    }
+    if tests.is_empty() {
+        bail!("no integration test binaries were built for the VM");
+    }
+    let actor = paths::target()
+        .join(TARGET)
+        .join("debug")
+        .join("fim-test-actor");
+    Ok((tests, actor))
+}
+
+const INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+mount -t tmpfs tmpfs /tmp
+mount -t securityfs securityfs /sys/kernel/security
+echo "FIM-VM: KERNEL $(uname -r)"
+echo "FIM-VM: LSM $(cat /sys/kernel/security/lsm)"
+export FIM_TEST_ENV=vm FIM_TEST_ACTOR=/bin/fim-test-actor PATH=/bin RUST_BACKTRACE=1
+for t in /tests/*; do
+  echo "FIM-VM: BEGIN $t"
+  "$t" --test-threads=1
+  echo "FIM-VM: EXIT $t $?"
+done
+echo "FIM-VM: DONE"
+poweroff -f
+"#;
+
+fn build_initramfs() -> Result<PathBuf> {
+    let (tests, actor) = build_static_tests()?;
+    cmd::step("packing the initramfs");
+    let vm_dir = paths::target().join("vm");
+    let root = vm_dir.join("initramfs");
+    let _ = fs::remove_dir_all(&root);
+    for dir in ["bin", "tests", "proc", "sys", "dev", "tmp", "etc"] {
+        fs::create_dir_all(root.join(dir))?;
+    }
+    fs::copy("/bin/busybox", root.join("bin/busybox"))
+        .context("copying /bin/busybox (busybox-static)")?;
+    fs::copy(&actor, root.join("bin/fim-test-actor"))
+        .with_context(|| format!("copying {}", actor.display()))?;
+    for test in &tests {
+        let name = test.file_name().context("test binary without a name")?;
+        fs::copy(test, root.join("tests").join(name))?;
+    }
+    let init = root.join("init");
+    fs::write(&init, INIT)?;
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&init, fs::Permissions::from_mode(0o755))?;
+    let image = vm_dir.join("initramfs.cpio.gz");
+    cmd::run(Command::new("sh").arg("-c").arg(format!(
+        "cd '{}' && find . | cpio --quiet -o -H newc -R 0:0 | gzip -1 > '{}'",
+        root.display(),
+        image.display()
+    )))?;
+    Ok(image)
+}
+
+/// What the console said, as far as results go.
+#[derive(Default)]
+struct ConsoleState {
+    counts: Counts,
+    /// Test binaries that started and have not reported a result line yet.
+    running: Option<String>,
+    result_seen: bool,
+    done: bool,
+    lsm: Option<String>,
+}
+
+impl ConsoleState {
+    fn observe(&mut self, line: &str) {
+        if let Some(c) = Counts::parse_libtest_summary(line) {
+            self.counts.add(c);
+            self.result_seen = true;
+        } else if let Some(bin) = line.strip_prefix("FIM-VM: BEGIN ") {
+            self.running = Some(bin.to_string());
+            self.result_seen = false;
+        } else if let Some(rest) = line.strip_prefix("FIM-VM: EXIT ") {
+            let ok = rest.rsplit(' ').next() == Some("0");
+            if !ok && !self.result_seen {
+                // The binary died without a summary (panic in setup, crash): one failure.
+                self.counts.failed += 1;
+            }
+            self.running = None;
+        } else if line.starts_with("FIM-VM: DONE") {
+            self.done = true;
+        } else if let Some(lsm) = line.strip_prefix("FIM-VM: LSM ") {
+            self.lsm = Some(lsm.to_string());
+        }
+    }
+}
+
+fn boot_and_test(spec: &KernelSpec, initramfs: &Path) -> Result<Counts> {
+    let dir = kernel_dir(spec.label);
+    let package = fs::read_to_string(dir.join("package")).unwrap_or_default();
+    cmd::step(&format!(
+        "booting kernel {} ({}) under QEMU/TCG",
+        spec.label,
+        package.trim()
+    ));
+    let log_path = paths::target()
+        .join("vm")
+        .join(format!("console-{}.log", spec.label));
+    let mut log = fs::File::create(&log_path)?;
+    let started = Instant::now();
+    // CPU model: under TCG `-cpu max` and `-cpu qemu64` both crash Debian's 6.12.95 cloud kernel
+    // at boot (a NULL call in the entropy code); Nehalem boots 6.1 and 6.12 reliably.
+    let mut child = Command::new("qemu-system-x86_64")
+        .args([
+            "-accel",
+            "tcg",
+            "-cpu",
+            "Nehalem",
+            "-m",
+            "1024",
+            "-smp",
+            "2",
+            "-nographic",
+            "-no-reboot",
+        ])
+        .arg("-kernel")
+        .arg(dir.join("vmlinuz"))
+        .arg("-initrd")
+        .arg(initramfs)
+        .args([
+            "-append",
+            "console=ttyS0 panic=-1 quiet lsm=lockdown,capability,landlock,bpf",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting qemu-system-x86_64")?;
+    let stdout = child.stdout.take().context("no QEMU stdout")?;
+    let child = Arc::new(Mutex::new(child));
+    // The watchdog kills a VM that hangs; the reader then sees EOF.
+    let watchdog = {
+        let child = Arc::clone(&child);
+        std::thread::spawn(move || {
+            while started.elapsed() < VM_TIMEOUT {
+                std::thread::sleep(Duration::from_millis(500));
+                if let Ok(mut c) = child.lock()
+                    && c.try_wait().ok().flatten().is_some()
+                {
+                    return false;
+                }
+            }
+            if let Ok(mut c) = child.lock() {
+                let _ = c.kill();
+            }
+            true
+        })
+    };
+    let mut state = ConsoleState::default();
+    let mut reader = BufReader::new(stdout);
+    let mut raw = Vec::new();
+    use std::io::Write;
+    loop {
+        raw.clear();
+        if reader.read_until(b'\n', &mut raw)? == 0 {
+            break;
+        }
+        let line = String::from_utf8_lossy(&raw);
+        let line = line.trim_end_matches(['\r', '\n']);
+        println!("[{}] {line}", spec.label);
+        let _ = writeln!(log, "{line}");
+        state.observe(line);
+    }
+    let timed_out = watchdog.join().unwrap_or(false);
+    let status = child
+        .lock()
+        .map_err(|_| anyhow::anyhow!("QEMU handle poisoned"))?
+        .wait()?;
+    println!(
+        "[{}] QEMU exited ({status}) after {:.1}s; console log: {}",
+        spec.label,
+        started.elapsed().as_secs_f64(),
+        log_path.display()
+    );
+    let mut counts = state.counts;
+    if !state.done {
+        let why = if timed_out {
+            format!("timed out after {VM_TIMEOUT:?}")
+        } else {
+            "stopped early".to_string()
+        };
+        eprintln!(
+            "[{}] FAILURE: the kernel did not finish the test run ({why}; last binary: {})",
+            spec.label,
+            state.running.as_deref().unwrap_or("none")
+        );
+        counts.failed += 1;
+    }
+    if state
+        .lsm
+        .as_deref()
+        .is_none_or(|l| !l.split(',').any(|s| s == "bpf"))
+    {
+        eprintln!(
+            "[{}] FAILURE: bpf is not in the VM's LSM list ({:?})",
+            spec.label, state.lsm
+        );
+        counts.failed += 1;
+    }
+    Ok(counts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newest_kernel_package_wins() {
+        let mut v = vec!["95+deb12", "90+deb12.1", "9+deb12"];
+        v.sort_by_key(|s| version_key(s));
+        assert_eq!(v, vec!["9+deb12", "90+deb12.1", "95+deb12"]);
+        assert!(version_key("54") > version_key("50"));
+    }
+
+    #[test]
+    fn console_without_done_or_with_crashed_binary_fails() {
+        let mut s = ConsoleState::default();
+        for line in [
+            "FIM-VM: BEGIN /tests/a",
+            "test result: ok. 3 passed; 0 failed; 0 ignored",
+            "FIM-VM: EXIT /tests/a 0",
+        ] {
+            s.observe(line);
+        }
+        assert_eq!((s.counts.passed, s.counts.failed), (3, 0));
+        s.observe("FIM-VM: BEGIN /tests/b");
+        s.observe("FIM-VM: EXIT /tests/b 101");
+        assert_eq!(s.counts.failed, 1);
+        assert!(!s.done);
+        s.observe("FIM-VM: DONE");
+        assert!(s.done);
+    }
+}
