@@ -3,7 +3,8 @@
 //! - `setup`: install what a fresh machine lacks (idempotent, quick when done)
 //! - `build`: build fim (release), with the embedded eBPF object
 //! - `run`: setup if needed, build, run `fim run` in the foreground (as root)
-//! - `test`: the whole test suite: fmt, clippy (host and eBPF), unit, native integration, VM tests
+//! - `test`: the whole test suite: fmt, clippy (host, eBPF, Windows), the fim-windows.exe build,
+//!   unit, native integration, Wine and VM tests
 //! - `vm-test`: the kernel tests in QEMU on the Debian 6.1 and 6.12 kernels
 
 mod cmd;
@@ -11,6 +12,7 @@ mod paths;
 mod setup;
 mod testing;
 mod vm;
+mod windows;
 
 use std::process::ExitCode;
 
@@ -27,7 +29,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Task {
     /// Install everything a fresh machine lacks (nightly rust-src, bpf-linker, Debian packages,
-    /// the VM test kernels). Skips what is already there.
+    /// the VM test kernels, the Windows target with MinGW and a Wine prefix). Skips what is
+    /// already there.
     Setup {
         /// Only what building fim needs (no QEMU, no test kernels).
         #[arg(long)]
@@ -41,7 +44,8 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Run the whole test suite: fmt, clippy, unit tests, native integration tests, VM tests.
+    /// Run the whole test suite: fmt, clippy, unit tests, native integration tests, the
+    /// fim-windows checks (Windows clippy, .exe build, tests under Wine), VM tests.
     Test {
         /// Skip the QEMU kernel tests (for quick local iterations only; CI never skips them).
         #[arg(long)]

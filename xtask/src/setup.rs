@@ -22,7 +22,8 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 pub enum Scope {
     /// What `cargo build` needs.
     Build,
-    /// Everything, including the VM test kernels.
+    /// Everything, including the VM test kernels and what fim-windows' checks need (the
+    /// Windows target, MinGW, Wine and its prefix).
     All,
 }
 
@@ -34,6 +35,7 @@ pub fn run(scope: Scope) -> Result<()> {
         let mut apt = Apt::default();
         apt.ensure_packages(VM_PACKAGES)?;
         crate::vm::ensure_kernels(&mut apt)?;
+        crate::windows::setup(&mut apt)?;
     }
     println!("setup complete in {:.1}s", started.elapsed().as_secs_f64());
     Ok(())

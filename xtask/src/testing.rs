@@ -6,7 +6,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::{
     cmd::{self, Counts},
-    paths, setup, vm,
+    paths, setup, vm, windows,
 };
 
 fn cargo() -> Command {
@@ -92,6 +92,12 @@ pub fn run_all(with_vm: bool) -> Result<bool> {
     ) {
         gate_failures.push(format!("clippy (eBPF): {e:#}"));
     }
+    if let Err(e) = windows::clippy(cargo()) {
+        gate_failures.push(format!("clippy (Windows): {e:#}"));
+    }
+    if let Err(e) = windows::build_exe(cargo()) {
+        gate_failures.push(format!("fim-windows.exe: {e:#}"));
+    }
 
     cmd::step("unit tests and native integration tests (as root)");
     if !is_root() {
@@ -108,6 +114,20 @@ pub fn run_all(with_vm: bool) -> Result<bool> {
             "native",
             cmd::run_counting(cargo().args(["test", "--no-fail-fast"]))?,
         ));
+    }
+
+    match windows::wine_tests(cargo()) {
+        Ok(counts) => phases.push(("wine", counts)),
+        Err(e) => {
+            eprintln!("FAILURE: the Wine tests could not run: {e:#}");
+            phases.push((
+                "wine",
+                Counts {
+                    passed: 0,
+                    failed: 1,
+                },
+            ));
+        }
     }
 
     if with_vm {

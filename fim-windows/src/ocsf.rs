@@ -1,0 +1,356 @@
+//! OCSF 1.x serialisation. Files: File System Activity (class 1001).
+//! Registry: the Windows extension ("win", extension uid 2) classes
+//! Registry Key Activity (201001) and Registry Value Activity (201002),
+//! both in category 1 (System Activity); class_uid = 2*100000 + 1*1000 + n.
+
+use serde_json::{Map, Value, json};
+
+use crate::actor::ProcessInfo;
+use crate::change::{
+    Backend, FileActivity, FileChange, RegistryActivity, RegistryChange, RegistryValueState,
+};
+
+pub const SCHEMA_VERSION: &str = "1.3.0";
+pub const PRODUCT_NAME: &str = "fim";
+pub const FILE_SYSTEM_ACTIVITY: u32 = 1001;
+pub const REGISTRY_KEY_ACTIVITY: u32 = 201_001;
+pub const REGISTRY_VALUE_ACTIVITY: u32 = 201_002;
+const SYSTEM_ACTIVITY_CATEGORY: u32 = 1;
+
+/// Facts about the file after the change, from the file inspector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileFacts {
+    pub size: u64,
+    pub is_dir: bool,
+    pub blake3: Option<String>,
+}
+
+/// Context shared by every record.
+#[derive(Debug, Clone)]
+pub struct Emission<'a> {
+    pub hostname: &'a str,
+    pub rule: &'a str,
+    pub group: &'a str,
+    pub backend: Backend,
+}
+
+fn file_activity(a: FileActivity) -> (u32, &'static str) {
+    match a {
+        FileActivity::Create => (1, "Create"),
+        FileActivity::Update => (3, "Update"),
+        FileActivity::Delete => (4, "Delete"),
+        FileActivity::Rename => (5, "Rename"),
+        FileActivity::SetAttributes => (6, "Set Attributes"),
+        FileActivity::SetSecurity => (7, "Set Security"),
+    }
+}
+
+fn name_and_parent(path: &str) -> (String, String) {
+    match path.rsplit_once('\\') {
+        Some((parent, name)) => (
+            name.to_string(),
+            if parent.ends_with(':') {
+                format!("{parent}\\")
+            } else {
+                parent.to_string()
+            },
+        ),
+        None => (path.to_string(), String::new()),
+    }
+}
+
+fn actor(process: Option<&ProcessInfo>, pid: Option<u32>, backend: Backend) -> Value {
+    let mut proc_obj = Map::new();
+    if let Some(pid) = pid {
+        proc_obj.insert("pid".into(), json!(pid));
+    }
+    let mut user = Map::new();
+    if let Some(p) = process {
+        if let Some(name) = p.name() {
+            proc_obj.insert("name".into(), json!(name));
+        }
+        if let Some(path) = &p.image_path {
+            let (name, parent) = name_and_parent(path);
+            proc_obj.insert(
+                "file".into(),
+                json!({"path": path, "name": name, "parent_folder": parent, "type_id": 1}),
+            );
+        }
+        if let Some(cmd) = &p.cmd_line {
+            proc_obj.insert("cmd_line".into(), json!(cmd));
+        }
+        if let Some(sid) = &p.user_sid {
+            user.insert("uid".into(), json!(sid));
+        }
+        if let Some(name) = &p.user_name {
+            user.insert("name".into(), json!(name));
+        }
+    }
+    let mut out = Map::new();
+    if proc_obj.is_empty() {
+        // A snapshot diff knows the change, not who made it.
+        out.insert(
+            "app_name".into(),
+            json!(format!("fim-windows {}", backend.as_str())),
+        );
+    } else {
+        out.insert("process".into(), Value::Object(proc_obj));
+    }
+    if !user.is_empty() {
+        out.insert("user".into(), Value::Object(user));
+    }
+    Value::Object(out)
+}
+
+fn base(
+    class_uid: u32,
+    class_name: &str,
+    activity_id: u32,
+    activity_name: &str,
+    time_ms: u64,
+    em: &Emission,
+) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("activity_id".into(), json!(activity_id));
+    m.insert("activity_name".into(), json!(activity_name));
+    m.insert(
+        "category_uid".into(),
+        json!(if class_uid == FILE_SYSTEM_ACTIVITY {
+            1
+        } else {
+            SYSTEM_ACTIVITY_CATEGORY
+        }),
+    );
+    m.insert("category_name".into(), json!("System Activity"));
+    m.insert("class_uid".into(), json!(class_uid));
+    m.insert("class_name".into(), json!(class_name));
+    m.insert(
+        "type_uid".into(),
+        json!(u64::from(class_uid) * 100 + u64::from(activity_id)),
+    );
+    m.insert(
+        "type_name".into(),
+        json!(format!("{class_name}: {activity_name}")),
+    );
+    m.insert("severity_id".into(), json!(1));
+    m.insert("time".into(), json!(time_ms));
+    m.insert(
+        "device".into(),
+        json!({"hostname": em.hostname, "type_id": 0, "os": {"name": "Windows", "type_id": 100}}),
+    );
+    m.insert("metadata".into(), json!({"product": {"name": PRODUCT_NAME, "vendor_name": PRODUCT_NAME}, "version": SCHEMA_VERSION}));
+    m
+}
+
+fn fim_unmapped(em: &Emission, changed: Vec<&str>, previous: Value, truncated_path: bool) -> Value {
+    json!({"fim": {
+        "rule": em.rule,
+        "group": em.group,
+        "backend": em.backend.as_str(),
+        "changed": changed,
+        "previous": previous,
+        // fim-windows has no change-authorisation source yet: every change
+        // is reported as unauthorised.
+        "authorized": false,
+        "truncated_path": truncated_path,
+    }})
+}
+
+fn file_object(path: &str, facts: Option<&FileFacts>) -> Value {
+    let (name, parent) = name_and_parent(path);
+    let mut f = Map::new();
+    f.insert("path".into(), json!(path));
+    f.insert("name".into(), json!(name));
+    f.insert("parent_folder".into(), json!(parent));
+    // OCSF file type_id: 0 Unknown, 1 Regular File, 2 Folder.
+    f.insert(
+        "type_id".into(),
+        json!(facts.map_or(0, |f| if f.is_dir { 2 } else { 1 })),
+    );
+    if let Some(facts) = facts {
+        f.insert("size".into(), json!(facts.size));
+        if let Some(h) = &facts.blake3 {
+            f.insert(
+                "hashes".into(),
+                json!([{"algorithm_id": 99, "algorithm": "BLAKE3", "value": h}]),
+            );
+        }
+    }
+    Value::Object(f)
+}
+
+/// One File System Activity record. `facts` describes the file after the
+/// change (the new path for a rename), None when it is gone or unreadable.
+pub fn file_record(
+    change: &FileChange,
+    facts: Option<&FileFacts>,
+    process: Option<&ProcessInfo>,
+    em: &Emission,
+) -> Value {
+    let (activity_id, activity_name) = file_activity(change.activity);
+    let mut m = base(
+        FILE_SYSTEM_ACTIVITY,
+        "File System Activity",
+        activity_id,
+        activity_name,
+        change.time_ms,
+        em,
+    );
+    let (changed, previous) = match change.activity {
+        FileActivity::Create => (vec!["created"], Value::Null),
+        FileActivity::Update => (vec!["content"], Value::Null),
+        FileActivity::Delete => (vec!["deleted"], Value::Null),
+        FileActivity::Rename => (vec!["path"], json!({"path": change.path})),
+        FileActivity::SetAttributes => (vec!["attributes"], Value::Null),
+        FileActivity::SetSecurity => (vec!["security_descriptor"], Value::Null),
+    };
+    match &change.new_path {
+        Some(new_path) => {
+            m.insert("file".into(), file_object(&change.path, None));
+            m.insert("file_result".into(), file_object(new_path, facts));
+        }
+        None => {
+            m.insert("file".into(), file_object(&change.path, facts));
+        }
+    }
+    m.insert("actor".into(), actor(process, Some(change.pid), em.backend));
+    m.insert(
+        "unmapped".into(),
+        fim_unmapped(em, changed, previous, change.truncated_path),
+    );
+    Value::Object(m)
+}
+
+/// Win32 REG_* number -> (name, OCSF reg_value.type_id).
+pub fn value_type(win32: u32) -> (&'static str, u32) {
+    match win32 {
+        0 => ("REG_NONE", 7),
+        1 => ("REG_SZ", 10),
+        2 => ("REG_EXPAND_SZ", 4),
+        3 => ("REG_BINARY", 1),
+        4 => ("REG_DWORD", 2),
+        5 => ("REG_DWORD_BIG_ENDIAN", 3),
+        6 => ("REG_LINK", 5),
+        7 => ("REG_MULTI_SZ", 6),
+        11 => ("REG_QWORD", 8),
+        _ => ("REG_UNKNOWN", 99),
+    }
+}
+
+fn reg_value_object(key_path: &str, name: &str, state: Option<&RegistryValueState>) -> Value {
+    let mut v = Map::new();
+    v.insert("path".into(), json!(key_path));
+    v.insert("name".into(), json!(name));
+    v.insert("is_default".into(), json!(name.is_empty()));
+    if let Some(s) = state {
+        let (type_name, type_id) = value_type(s.value_type);
+        v.insert("type".into(), json!(type_name));
+        v.insert("type_id".into(), json!(type_id));
+    }
+    Value::Object(v)
+}
+
+fn value_digest(state: &RegistryValueState) -> Value {
+    json!({"type": value_type(state.value_type).0, "size": state.size, "blake3": state.blake3})
+}
+
+/// One Registry Key Activity or Registry Value Activity record.
+pub fn registry_record(
+    change: &RegistryChange,
+    process: Option<&ProcessInfo>,
+    em: &Emission,
+) -> Value {
+    let mut m;
+    let (changed, previous);
+    match change.activity {
+        RegistryActivity::CreateKey
+        | RegistryActivity::DeleteKey
+        | RegistryActivity::SetKeySecurity => {
+            let (id, name) = match change.activity {
+                RegistryActivity::CreateKey => (1, "Create"),
+                RegistryActivity::DeleteKey => (4, "Delete"),
+                _ => (6, "Set Security"),
+            };
+            m = base(
+                REGISTRY_KEY_ACTIVITY,
+                "Registry Key Activity",
+                id,
+                name,
+                change.time_ms,
+                em,
+            );
+            m.insert("reg_key".into(), json!({"path": change.key_path}));
+            (changed, previous) = match change.activity {
+                RegistryActivity::CreateKey => (vec!["created"], Value::Null),
+                RegistryActivity::DeleteKey => (vec!["deleted"], Value::Null),
+                _ => (
+                    vec!["security_descriptor"],
+                    change
+                        .previous_security_digest
+                        .as_ref()
+                        .map_or(Value::Null, |d| json!({"security_descriptor_blake3": d})),
+                ),
+            };
+        }
+        RegistryActivity::SetValue | RegistryActivity::DeleteValue => {
+            let name = change.value_name.as_deref().unwrap_or("");
+            let (id, activity_name) = match (change.activity, &change.previous_value) {
+                (RegistryActivity::DeleteValue, _) => (4, "Delete"),
+                (_, Some(_)) => (3, "Modify"),
+                _ => (2, "Set"),
+            };
+            m = base(
+                REGISTRY_VALUE_ACTIVITY,
+                "Registry Value Activity",
+                id,
+                activity_name,
+                change.time_ms,
+                em,
+            );
+            let shown = if change.activity == RegistryActivity::DeleteValue {
+                None
+            } else {
+                change.value.as_ref()
+            };
+            m.insert(
+                "reg_value".into(),
+                reg_value_object(&change.key_path, name, shown),
+            );
+            if let Some(prev) = &change.previous_value {
+                m.insert(
+                    "prev_reg_value".into(),
+                    reg_value_object(&change.key_path, name, Some(prev)),
+                );
+            }
+            changed = match (change.activity, &change.value, &change.previous_value) {
+                (RegistryActivity::DeleteValue, _, _) => vec!["deleted"],
+                (_, Some(now), Some(before)) if now.value_type != before.value_type => {
+                    vec!["type", "data"]
+                }
+                (_, _, Some(_)) => vec!["data"],
+                _ => vec!["created"],
+            };
+            previous = change
+                .previous_value
+                .as_ref()
+                .map_or(Value::Null, value_digest);
+        }
+    }
+    m.insert("actor".into(), actor(process, change.pid, em.backend));
+    let mut unmapped = fim_unmapped(em, changed, previous, change.truncated_path);
+    if let (Some(v), Some(fim)) = (
+        &change.value,
+        unmapped.get_mut("fim").and_then(Value::as_object_mut),
+    ) && change.activity == RegistryActivity::SetValue
+    {
+        fim.insert("value".into(), value_digest(v));
+    }
+    if let (Some(d), Some(fim)) = (
+        &change.security_digest,
+        unmapped.get_mut("fim").and_then(Value::as_object_mut),
+    ) {
+        fim.insert("security_descriptor_blake3".into(), json!(d));
+    }
+    m.insert("unmapped".into(), unmapped);
+    Value::Object(m)
+}

@@ -1,0 +1,334 @@
+//! The registry baseline: what the watched keys look like (value names,
+//! types, sizes, BLAKE3 of data, subkeys, security descriptor digest), and
+//! the diff between two snapshots expressed as registry changes.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::change::{RegistryActivity, RegistryChange, RegistryValueState};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeySnapshot {
+    /// Value name ("" is the default value) -> state.
+    pub values: BTreeMap<String, RegistryValueState>,
+    /// Direct subkey names (also present as their own entries when the
+    /// watch is recursive).
+    pub subkeys: Vec<String>,
+    /// BLAKE3 of the self-relative security descriptor (owner, group, DACL).
+    pub security_digest: Option<String>,
+}
+
+/// Keys by canonical path (HKLM\..., HKU\...), compared case-insensitively.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistrySnapshot {
+    pub taken_ms: u64,
+    pub keys: BTreeMap<String, KeySnapshot>,
+    /// True when the reader stopped at the key limit: deletions beyond the
+    /// limit cannot be inferred, so diff ignores missing keys then.
+    pub truncated: bool,
+}
+
+impl RegistrySnapshot {
+    fn by_lower(&self) -> BTreeMap<String, (&String, &KeySnapshot)> {
+        self.keys
+            .iter()
+            .map(|(k, v)| (k.to_lowercase(), (k, v)))
+            .collect()
+    }
+}
+
+/// Changes that turn `before` into `after`. Deterministic order: by key,
+/// then key-level change before value changes, values by name.
+pub fn diff(before: &RegistrySnapshot, after: &RegistrySnapshot) -> Vec<RegistryChange> {
+    let old = before.by_lower();
+    let new = after.by_lower();
+    let time = after.taken_ms;
+    let mut out = Vec::new();
+    let mut all_keys: Vec<&String> = old.keys().chain(new.keys()).collect();
+    all_keys.sort();
+    all_keys.dedup();
+    for lower in all_keys {
+        match (old.get(lower), new.get(lower)) {
+            (None, Some((path, key))) => {
+                out.push(RegistryChange::new(
+                    RegistryActivity::CreateKey,
+                    (*path).clone(),
+                    time,
+                ));
+                for (name, value) in &key.values {
+                    let mut c =
+                        RegistryChange::new(RegistryActivity::SetValue, (*path).clone(), time);
+                    c.value_name = Some(name.clone());
+                    c.value = Some(value.clone());
+                    out.push(c);
+                }
+            }
+            (Some((path, _)), None) => {
+                if !after.truncated {
+                    out.push(RegistryChange::new(
+                        RegistryActivity::DeleteKey,
+                        (*path).clone(),
+                        time,
+                    ));
+                }
+            }
+            (Some((_, old_key)), Some((path, new_key))) => {
+                if old_key.security_digest != new_key.security_digest {
+                    let mut c = RegistryChange::new(
+                        RegistryActivity::SetKeySecurity,
+                        (*path).clone(),
+                        time,
+                    );
+                    c.security_digest = new_key.security_digest.clone();
+                    c.previous_security_digest = old_key.security_digest.clone();
+                    out.push(c);
+                }
+                diff_subkeys(path, old_key, new_key, &old, &new, time, &mut out);
+                diff_values(path, old_key, new_key, time, &mut out);
+            }
+            (None, None) => {}
+        }
+    }
+    out
+}
+
+/// Subkey list changes of keys watched without recursion (recursive
+/// watches see the subkey as its own entry, reported by the key pass).
+fn diff_subkeys(
+    path: &str,
+    old: &KeySnapshot,
+    new: &KeySnapshot,
+    old_keys: &BTreeMap<String, (&String, &KeySnapshot)>,
+    new_keys: &BTreeMap<String, (&String, &KeySnapshot)>,
+    time: u64,
+    out: &mut Vec<RegistryChange>,
+) {
+    let names = |k: &KeySnapshot| -> BTreeMap<String, String> {
+        k.subkeys
+            .iter()
+            .map(|s| (s.to_lowercase(), s.clone()))
+            .collect()
+    };
+    let (before, after) = (names(old), names(new));
+    let tracked = |child: &str| {
+        let lower = format!("{}\\{child}", path.to_lowercase());
+        old_keys.contains_key(&lower) || new_keys.contains_key(&lower)
+    };
+    for (lower, name) in &after {
+        if !before.contains_key(lower) && !tracked(lower) {
+            out.push(RegistryChange::new(
+                RegistryActivity::CreateKey,
+                format!("{path}\\{name}"),
+                time,
+            ));
+        }
+    }
+    for (lower, name) in &before {
+        if !after.contains_key(lower) && !tracked(lower) {
+            out.push(RegistryChange::new(
+                RegistryActivity::DeleteKey,
+                format!("{path}\\{name}"),
+                time,
+            ));
+        }
+    }
+}
+
+fn diff_values(
+    path: &str,
+    old: &KeySnapshot,
+    new: &KeySnapshot,
+    time: u64,
+    out: &mut Vec<RegistryChange>,
+) {
+    let lower = |m: &BTreeMap<String, RegistryValueState>| -> BTreeMap<String, (String, RegistryValueState)> {
+        m.iter().map(|(k, v)| (k.to_lowercase(), (k.clone(), v.clone()))).collect()
+    };
+    let old_values = lower(&old.values);
+    let new_values = lower(&new.values);
+    let mut names: Vec<&String> = old_values.keys().chain(new_values.keys()).collect();
+    names.sort();
+    names.dedup();
+    for name in names {
+        match (old_values.get(name), new_values.get(name)) {
+            (None, Some((n, v))) => {
+                let mut c = RegistryChange::new(RegistryActivity::SetValue, path.to_string(), time);
+                c.value_name = Some(n.clone());
+                c.value = Some(v.clone());
+                out.push(c);
+            }
+            (Some((n, v)), None) => {
+                let mut c =
+                    RegistryChange::new(RegistryActivity::DeleteValue, path.to_string(), time);
+                c.value_name = Some(n.clone());
+                c.previous_value = Some(v.clone());
+                out.push(c);
+            }
+            (Some((_, before)), Some((n, after))) if before != after => {
+                let mut c = RegistryChange::new(RegistryActivity::SetValue, path.to_string(), time);
+                c.value_name = Some(n.clone());
+                c.value = Some(after.clone());
+                c.previous_value = Some(before.clone());
+                out.push(c);
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::change::blake3_hex;
+
+    fn value(t: u32, data: &[u8]) -> RegistryValueState {
+        RegistryValueState {
+            value_type: t,
+            size: data.len() as u64,
+            blake3: Some(blake3_hex(data)),
+        }
+    }
+
+    /// (key path, values, security digest)
+    type KeySpec<'a> = (
+        &'a str,
+        &'a [(&'a str, RegistryValueState)],
+        Option<&'a str>,
+    );
+
+    fn snap(keys: &[KeySpec]) -> RegistrySnapshot {
+        RegistrySnapshot {
+            taken_ms: 10,
+            keys: keys
+                .iter()
+                .map(|(k, vals, sd)| {
+                    (
+                        k.to_string(),
+                        KeySnapshot {
+                            values: vals
+                                .iter()
+                                .map(|(n, v)| (n.to_string(), v.clone()))
+                                .collect(),
+                            subkeys: vec![],
+                            security_digest: sd.map(str::to_string),
+                        },
+                    )
+                })
+                .collect(),
+            truncated: false,
+        }
+    }
+
+    #[test]
+    fn identical_snapshots_have_no_diff() {
+        let a = snap(&[(r"HKLM\A", &[("x", value(1, b"a"))], Some("sd"))]);
+        assert!(diff(&a, &a.clone()).is_empty());
+    }
+
+    #[test]
+    fn detects_value_set_modify_delete_and_type_change() {
+        let a = snap(&[(
+            r"HKLM\A",
+            &[
+                ("keep", value(1, b"a")),
+                ("mod", value(4, b"1")),
+                ("gone", value(1, b"g")),
+                ("ty", value(1, b"z")),
+            ],
+            None,
+        )]);
+        let b = snap(&[(
+            r"HKLM\A",
+            &[
+                ("keep", value(1, b"a")),
+                ("mod", value(4, b"2")),
+                ("new", value(3, b"n")),
+                ("ty", value(2, b"z")),
+            ],
+            None,
+        )]);
+        let changes = diff(&a, &b);
+        let summary: Vec<(RegistryActivity, &str)> = changes
+            .iter()
+            .map(|c| (c.activity, c.value_name.as_deref().unwrap_or("")))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                (RegistryActivity::DeleteValue, "gone"),
+                (RegistryActivity::SetValue, "mod"),
+                (RegistryActivity::SetValue, "new"),
+                (RegistryActivity::SetValue, "ty"),
+            ]
+        );
+        assert_eq!(changes[1].previous_value, Some(value(4, b"1")));
+        assert_eq!(changes[3].value.as_ref().unwrap().value_type, 2);
+    }
+
+    #[test]
+    fn detects_key_create_delete_and_security_change_case_insensitively() {
+        let a = snap(&[(r"HKLM\A", &[], Some("sd1")), (r"HKLM\A\Old", &[], None)]);
+        let b = snap(&[
+            (r"hklm\a", &[], Some("sd2")),
+            (r"HKLM\A\New", &[("v", value(1, b"x"))], None),
+        ]);
+        let changes = diff(&a, &b);
+        let summary: Vec<(RegistryActivity, &str)> = changes
+            .iter()
+            .map(|c| (c.activity, c.key_path.as_str()))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                (RegistryActivity::SetKeySecurity, r"hklm\a"),
+                (RegistryActivity::CreateKey, r"HKLM\A\New"),
+                (RegistryActivity::SetValue, r"HKLM\A\New"),
+                (RegistryActivity::DeleteKey, r"HKLM\A\Old"),
+            ]
+        );
+        assert_eq!(changes[0].previous_security_digest.as_deref(), Some("sd1"));
+    }
+
+    #[test]
+    fn subkey_list_changes_of_non_recursive_keys_are_reported_once() {
+        let mut a = snap(&[(r"HKLM\A", &[], None)]);
+        let mut b = a.clone();
+        a.keys.get_mut(r"HKLM\A").unwrap().subkeys = vec!["Old".into()];
+        b.keys.get_mut(r"HKLM\A").unwrap().subkeys = vec!["New".into()];
+        let summary: Vec<(RegistryActivity, String)> = diff(&a, &b)
+            .into_iter()
+            .map(|c| (c.activity, c.key_path))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                (RegistryActivity::CreateKey, r"HKLM\A\New".to_string()),
+                (RegistryActivity::DeleteKey, r"HKLM\A\Old".to_string())
+            ]
+        );
+        // Recursive: the child is its own entry, so only the key pass reports it.
+        b.keys.insert(
+            r"HKLM\A\New".into(),
+            KeySnapshot {
+                values: BTreeMap::new(),
+                subkeys: vec![],
+                security_digest: None,
+            },
+        );
+        a.keys.get_mut(r"HKLM\A").unwrap().subkeys.clear();
+        let creates = diff(&a, &b)
+            .into_iter()
+            .filter(|c| c.activity == RegistryActivity::CreateKey)
+            .count();
+        assert_eq!(creates, 1);
+    }
+
+    #[test]
+    fn truncated_snapshot_does_not_infer_deletions() {
+        let a = snap(&[(r"HKLM\A", &[], None), (r"HKLM\B", &[], None)]);
+        let mut b = snap(&[(r"HKLM\A", &[], None)]);
+        b.truncated = true;
+        assert!(diff(&a, &b).is_empty());
+    }
+}

@@ -1,0 +1,242 @@
+//! Drives the ETW fixtures (written from the providers' documented event
+//! layouts, see each file's "note") through the platform-independent
+//! pipeline and checks the exact OCSF output. Runs on any OS.
+
+use std::path::{Path, PathBuf};
+
+use fim_windows::pipeline::{load_fixture, replay_fixture};
+use fim_windows::rules::{Config, RuleSet};
+use serde_json::Value;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn env(name: &str) -> Option<String> {
+    match name.to_ascii_lowercase().as_str() {
+        "windir" | "systemroot" => Some(r"C:\Windows".into()),
+        "programdata" => Some(r"C:\ProgramData".into()),
+        _ => None,
+    }
+}
+
+fn replay(name: &str) -> Vec<Value> {
+    let fixture = load_fixture(&fixtures().join(format!("{name}.json"))).expect("fixture loads");
+    assert!(
+        fixture.note.contains("documented")
+            && fixture.note.contains("Not captured from a live system"),
+        "fixture {name} must say where its layout comes from"
+    );
+    let rules = RuleSet::compile(&Config::builtin(), &env, None).expect("built-in rules compile");
+    replay_fixture(&fixture, rules, "replay-host")
+}
+
+fn expected(name: &str) -> Vec<Value> {
+    let text = std::fs::read_to_string(fixtures().join(format!("{name}.expected.jsonl")))
+        .expect("expected output");
+    text.lines()
+        .map(|l| serde_json::from_str(l).expect("expected line is JSON"))
+        .collect()
+}
+
+fn assert_same(name: &str) {
+    let got = replay(name);
+    let want = expected(name);
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(g, w, "{name}: record {i} differs");
+    }
+    assert_eq!(got.len(), want.len(), "{name}: record count");
+}
+
+fn get<'a>(v: &'a Value, path: &str) -> &'a Value {
+    path.split('.').fold(v, |v, k| match k.parse::<usize>() {
+        Ok(i) => &v[i],
+        Err(_) => &v[k],
+    })
+}
+
+#[test]
+fn kernel_file_fixture_matches_expected_ocsf() {
+    assert_same("kernel_file_events");
+}
+
+#[test]
+fn kernel_registry_fixture_matches_expected_ocsf() {
+    assert_same("kernel_registry_events");
+}
+
+#[test]
+fn file_records_carry_the_contract_fields() {
+    let records = replay("kernel_file_events");
+    let summary: Vec<(u64, u64, &str)> = records
+        .iter()
+        .map(|r| {
+            (
+                r["class_uid"].as_u64().unwrap(),
+                r["activity_id"].as_u64().unwrap(),
+                get(r, "file.path").as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (1001, 3, r"C:\Windows\System32\drivers\etc\hosts"),
+            (1001, 1, r"C:\Windows\System32\drivers\etc\lmhosts.tmp"),
+            (1001, 6, r"C:\Windows\System32\drivers\etc\lmhosts.tmp"),
+            (1001, 7, r"C:\Windows\System32\drivers\etc\lmhosts.tmp"),
+            (1001, 5, r"C:\Windows\System32\drivers\etc\lmhosts.tmp"),
+            (1001, 4, r"C:\Windows\System32\drivers\etc\networks"),
+            (1001, 3, r"C:\Windows\System32\drivers\evil.sys"),
+        ],
+        "two writes on one open are one Update; the unwatched file is not reported"
+    );
+    let hosts = &records[0];
+    assert_eq!(hosts["type_uid"], 100_103);
+    assert_eq!(hosts["time"], 1_795_824_000_002u64);
+    let content = "127.0.0.1 localhost\n10.0.0.66 update.example\n";
+    assert_eq!(get(hosts, "file.size"), content.len());
+    assert_eq!(get(hosts, "file.hashes.0.algorithm_id"), 99);
+    assert_eq!(
+        get(hosts, "file.hashes.0.value"),
+        blake3::hash(content.as_bytes()).to_hex().as_str()
+    );
+    assert_eq!(get(hosts, "actor.process.pid"), 4242);
+    assert_eq!(get(hosts, "actor.process.name"), "notepad.exe");
+    assert_eq!(
+        get(hosts, "actor.process.file.path"),
+        r"C:\Windows\System32\notepad.exe"
+    );
+    assert_eq!(
+        get(hosts, "actor.user.uid"),
+        "S-1-5-21-1004336348-1177238915-682003330-1001"
+    );
+    assert_eq!(get(hosts, "actor.user.name"), r"CORP\alice");
+    assert_eq!(get(hosts, "metadata.product.name"), "fim");
+    assert_eq!(get(hosts, "device.hostname"), "replay-host");
+    assert_eq!(get(hosts, "unmapped.fim.backend"), "etw");
+    assert_eq!(get(hosts, "unmapped.fim.rule"), "hosts and network files");
+    assert_eq!(get(hosts, "unmapped.fim.authorized"), false);
+
+    let rename = &records[4];
+    assert_eq!(
+        get(rename, "file_result.path"),
+        r"C:\Windows\System32\drivers\etc\lmhosts"
+    );
+    assert_eq!(get(rename, "file_result.size"), "# lmhosts\n".len());
+    assert_eq!(
+        get(rename, "unmapped.fim.previous.path"),
+        r"C:\Windows\System32\drivers\etc\lmhosts.tmp"
+    );
+    // The driver was named only by NameCreate's FileKey.
+    assert_eq!(get(&records[6], "unmapped.fim.rule"), "drivers");
+}
+
+#[test]
+fn registry_records_use_the_windows_extension_classes() {
+    let records = replay("kernel_registry_events");
+    let summary: Vec<(u64, u64, &str)> = records
+        .iter()
+        .map(|r| {
+            (
+                r["class_uid"].as_u64().unwrap(),
+                r["activity_id"].as_u64().unwrap(),
+                get(r, "unmapped.fim.backend").as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (201_002, 2, "etw"),      // Updater set
+            (201_002, 3, "etw"),      // Updater modified (type and data)
+            (201_002, 4, "etw"),      // OldEntry deleted
+            (201_001, 1, "etw"),      // EvilSvc created
+            (201_001, 6, "etw"),      // EvilSvc security set
+            (201_001, 4, "etw"),      // EvilSvc deleted
+            (201_002, 2, "snapshot"), // Lost: ETW never saw it
+            (201_002, 3, "snapshot"), // Tcpip\Start changed unseen
+        ],
+        "failed, open-existing and unwatched operations are not reported; ETW-seen changes are not repeated by the snapshot"
+    );
+    let modify = &records[1];
+    assert_eq!(modify["type_uid"], 20_100_203);
+    assert_eq!(get(modify, "reg_value.type"), "REG_EXPAND_SZ");
+    assert_eq!(get(modify, "reg_value.type_id"), 4);
+    assert_eq!(get(modify, "prev_reg_value.type"), "REG_SZ");
+    assert_eq!(
+        get(modify, "unmapped.fim.changed"),
+        &serde_json::json!(["type", "data"])
+    );
+    let old: Vec<u8> = r"C:\Users\Public\upd.exe"
+        .encode_utf16()
+        .chain([0])
+        .flat_map(u16::to_le_bytes)
+        .collect();
+    assert_eq!(
+        get(modify, "unmapped.fim.previous.blake3"),
+        blake3::hash(&old).to_hex().as_str()
+    );
+    // KeyObject of the CreateKey's base came from a CloseKey naming ControlSet001.
+    assert_eq!(
+        get(&records[3], "reg_key.path"),
+        r"HKLM\SYSTEM\CurrentControlSet\Services\EvilSvc"
+    );
+    assert_eq!(get(&records[3], "actor.process.name"), "sc.exe");
+    assert_eq!(get(&records[6], "reg_value.name"), "Lost");
+    assert!(
+        get(&records[6], "actor.process").is_null(),
+        "a snapshot diff has no process"
+    );
+}
+
+#[test]
+fn cli_replay_prints_the_same_lines() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fim-windows"))
+        .arg("replay")
+        .arg(fixtures().join("kernel_registry_events.json"))
+        .output()
+        .expect("run fim-windows");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines, expected("kernel_registry_events"));
+}
+
+#[test]
+fn cli_rejects_unknown_config_keys_with_location() {
+    let dir = std::env::temp_dir().join(format!("fim-windows-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("bad.toml");
+    std::fs::write(
+        &config,
+        "[[registry_rule]]\nname = 'x'\nkey_path = 'HKLM\\A'\nrecursion = true\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fim-windows"))
+        .arg("check-config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("bad.toml:4:1"), "{stderr}");
+}
+
+#[cfg(not(windows))]
+#[test]
+fn run_explains_it_needs_windows() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fim-windows"))
+        .arg("run")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs Windows"));
+}
