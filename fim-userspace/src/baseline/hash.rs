@@ -1,0 +1,203 @@
+//! Hashing regular files safely: never blocking on a FIFO swapped in, never following a
+//! symlink, bounded memory for any size, and never reporting a half-written file's hash.
+
+use std::fs::{File, OpenOptions};
+use std::io::{ErrorKind, Read};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Large reads keep syscalls few; one buffer per hashing thread bounds memory.
+pub const READ_BUFFER: usize = 1 << 20;
+/// Attempts before a file that keeps changing is recorded as unstable.
+pub const HASH_ATTEMPTS: u32 = 3;
+
+/// The metadata a hash is valid for, taken with `fstat` on the hashed descriptor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Snapshot {
+    pub dev: u64,
+    pub inode: u64,
+    pub size: u64,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+}
+
+impl Snapshot {
+    fn of(meta: &std::fs::Metadata) -> Snapshot {
+        Snapshot {
+            dev: meta.dev(),
+            inode: meta.ino(),
+            size: meta.size(),
+            mode: meta.mode(),
+            uid: meta.uid(),
+            gid: meta.gid(),
+            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+            ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
+        }
+    }
+}
+
+/// What hashing one path found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashOutcome {
+    /// A stable hash and the metadata it belongs to; `content` when it was asked for.
+    Hashed {
+        digest: [u8; 32],
+        snapshot: Snapshot,
+        bytes_read: u64,
+        attempts: u32,
+        content: Option<Vec<u8>>,
+    },
+    /// Changed during every attempt; the last metadata seen.
+    Unstable { snapshot: Snapshot, attempts: u32 },
+    /// Cannot be opened or read.
+    Unreadable { errno: i32 },
+    /// The path no longer names a regular file (replaced, removed, or a symlink now).
+    NotRegular,
+}
+
+/// A shared bytes-per-second budget for all hashing threads (0 = unlimited).
+pub struct ReadBudget {
+    bytes_per_sec: u64,
+    state: Mutex<(Option<Instant>, u64)>,
+}
+
+impl ReadBudget {
+    pub fn new(bytes_per_sec: u64) -> ReadBudget {
+        ReadBudget {
+            bytes_per_sec,
+            state: Mutex::new((None, 0)),
+        }
+    }
+
+    /// Accounts for `bytes` read and sleeps while the scan is ahead of its budget.
+    fn spend(&self, bytes: u64) {
+        if self.bytes_per_sec == 0 {
+            return;
+        }
+        let wait = {
+            let Ok(mut state) = self.state.lock() else {
+                return;
+            };
+            let start = *state.0.get_or_insert_with(Instant::now);
+            state.1 += bytes;
+            let due = Duration::from_secs_f64(state.1 as f64 / self.bytes_per_sec as f64);
+            due.checked_sub(start.elapsed())
+        };
+        if let Some(wait) = wait {
+            std::thread::sleep(wait);
+        }
+    }
+}
+
+/// Options for [`hash_file`].
+pub struct HashRequest<'a> {
+    pub budget: &'a ReadBudget,
+    /// Keep the content in memory when the file is at most this large (for content versions).
+    pub keep_content_up_to: Option<u64>,
+    /// Called after the first chunk of each attempt is read. Lets tests change a file while it
+    /// is being hashed, deterministically; `None` in production.
+    pub mid_read: Option<&'a (dyn Fn(u32) + Sync)>,
+}
+
+fn open_no_follow(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        // O_NOFOLLOW: a symlink swapped in is not followed; O_NONBLOCK: a FIFO swapped in
+        // does not block the open; O_NOCTTY: a terminal device never becomes ours.
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(path)
+}
+
+fn errno_of(e: &std::io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(libc::EIO)
+}
+
+/// Hashes the regular file at `path` with BLAKE3, retrying when it changes underneath
+/// (size, mtime, ctime or inode differ between the `fstat` before and after reading, or the
+/// bytes read differ from the size).
+pub fn hash_file(path: &Path, request: &HashRequest<'_>, buffer: &mut Vec<u8>) -> HashOutcome {
+    buffer.resize(READ_BUFFER, 0);
+    let mut last = None;
+    for attempt in 1..=HASH_ATTEMPTS {
+        let mut file = match open_no_follow(path) {
+            Ok(file) => file,
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return HashOutcome::NotRegular,
+            Err(e) if e.kind() == ErrorKind::NotFound => return HashOutcome::NotRegular,
+            Err(e) => {
+                return HashOutcome::Unreadable {
+                    errno: errno_of(&e),
+                };
+            }
+        };
+        let before = match file.metadata() {
+            Ok(meta) if meta.file_type().is_file() => Snapshot::of(&meta),
+            Ok(_) => return HashOutcome::NotRegular,
+            Err(e) => {
+                return HashOutcome::Unreadable {
+                    errno: errno_of(&e),
+                };
+            }
+        };
+        let mut content = request
+            .keep_content_up_to
+            .filter(|limit| before.size <= *limit)
+            .map(|_| Vec::with_capacity(before.size as usize));
+        let mut hasher = blake3::Hasher::new();
+        let mut bytes_read = 0u64;
+        let mut first_chunk = true;
+        loop {
+            let n = match file.read(buffer) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    return HashOutcome::Unreadable {
+                        errno: errno_of(&e),
+                    };
+                }
+            };
+            hasher.update(&buffer[..n]);
+            if let Some(content) = content.as_mut() {
+                content.extend_from_slice(&buffer[..n]);
+            }
+            bytes_read += n as u64;
+            request.budget.spend(n as u64);
+            if first_chunk {
+                first_chunk = false;
+                if let Some(hook) = request.mid_read {
+                    hook(attempt);
+                }
+            }
+        }
+        let after = match file.metadata() {
+            Ok(meta) => Snapshot::of(&meta),
+            Err(e) => {
+                return HashOutcome::Unreadable {
+                    errno: errno_of(&e),
+                };
+            }
+        };
+        if before == after && bytes_read == before.size {
+            return HashOutcome::Hashed {
+                digest: *hasher.finalize().as_bytes(),
+                snapshot: after,
+                bytes_read,
+                attempts: attempt,
+                content,
+            };
+        }
+        last = Some(after);
+    }
+    match last {
+        Some(snapshot) => HashOutcome::Unstable {
+            snapshot,
+            attempts: HASH_ATTEMPTS,
+        },
+        None => HashOutcome::NotRegular,
+    }
+}

@@ -1,0 +1,15 @@
+//! The baseline: what every watched path looked like at the last scan (type, size, mode,
+//! owner, times, inode, xattr digest, link target, BLAKE3 of the content), the parallel scan
+//! that builds it, and the drift between two baselines.
+
+mod drift;
+mod entry;
+pub mod hash;
+mod scan;
+mod walk;
+mod xattr;
+
+pub use drift::{ChangedField, Drift, Modified, changed_fields, entry_json};
+pub use entry::{BaselineEntry, EntryFlags, FileKind, display_path, hex, parse_hex32};
+pub use scan::{Baseline, ContentVersion, ScanOptions, ScanReport, ScanStats, scan};
+pub use xattr::xattr_digest;

@@ -1,0 +1,239 @@
+//! Change rows: what changed, under which rule, and who did it.
+
+use anyhow::{Context, Result};
+use rusqlite::{Connection, params};
+use serde_json::json;
+
+use crate::baseline::{BaselineEntry, Drift, hex};
+use crate::config::RuleSet;
+
+/// OCSF File System Activity ids (the output contract).
+pub mod activity {
+    pub const CREATE: i64 = 1;
+    pub const UPDATE: i64 = 3;
+    pub const DELETE: i64 = 4;
+    pub const RENAME: i64 = 5;
+    pub const SET_ATTRIBUTES: i64 = 6;
+    pub const SET_SECURITY: i64 = 7;
+    pub const OTHER: i64 = 99;
+}
+
+/// The process behind a change; all `None` when unknown (e.g. found by a scan).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Actor {
+    pub pid: Option<u32>,
+    pub ppid: Option<u32>,
+    pub exe: Option<Vec<u8>>,
+    pub cmdline: Option<Vec<u8>>,
+    pub uid: Option<u32>,
+    pub user: Option<String>,
+    pub login_uid: Option<u32>,
+    pub login_user: Option<String>,
+    pub container_id: Option<String>,
+    pub comm: Option<String>,
+    /// Process start time, ns since the epoch.
+    pub start_time_ns: Option<i64>,
+}
+
+/// One row of `changes`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChangeRecord {
+    pub time_ns: i64,
+    pub host: String,
+    /// See [`activity`].
+    pub activity: i64,
+    pub path: Vec<u8>,
+    /// For renames: the new path.
+    pub new_path: Option<Vec<u8>>,
+    pub rule: Option<String>,
+    pub group: Option<String>,
+    /// `lsm`, `fentry`, `tracepoint`, or `scan` for drift found by a scan.
+    pub backend: String,
+    /// Names of the changed fields (content, size, mode, owner, xattr, type, link_target).
+    pub changed: Vec<String>,
+    /// The baseline values before the change (hash, size, mode, uid, gid) as JSON.
+    pub previous: Option<serde_json::Value>,
+    pub hash_before: Option<String>,
+    pub hash_after: Option<String>,
+    pub size: Option<u64>,
+    pub authorized: bool,
+    pub truncated_path: bool,
+    pub actor: Actor,
+}
+
+/// The `previous` JSON of the output contract.
+pub fn previous_json(entry: &BaselineEntry) -> serde_json::Value {
+    json!({
+        "hash": entry.blake3.map(|h| hex(&h)),
+        "size": entry.size,
+        "mode": entry.mode,
+        "uid": entry.uid,
+        "gid": entry.gid,
+        "type": entry.kind.name(),
+    })
+}
+
+impl ChangeRecord {
+    /// The changes a scan found, with attribution unknown (never invented).
+    pub fn from_drift(
+        drift: &Drift,
+        rules: &RuleSet,
+        host: &str,
+        time_ns: i64,
+    ) -> Vec<ChangeRecord> {
+        let base = |path: &[u8], activity: i64| {
+            let rule = rules.match_bytes(path);
+            ChangeRecord {
+                time_ns,
+                host: host.to_string(),
+                activity,
+                path: path.to_vec(),
+                rule: rule.map(|r| r.name.clone()),
+                group: rule.map(|r| r.group.clone()),
+                backend: "scan".to_string(),
+                ..ChangeRecord::default()
+            }
+        };
+        let mut records = Vec::new();
+        for added in &drift.added {
+            records.push(ChangeRecord {
+                hash_after: added.blake3.map(|h| hex(&h)),
+                size: Some(added.size),
+                ..base(&added.path, activity::CREATE)
+            });
+        }
+        for removed in &drift.removed {
+            records.push(ChangeRecord {
+                hash_before: removed.blake3.map(|h| hex(&h)),
+                previous: Some(previous_json(removed)),
+                ..base(&removed.path, activity::DELETE)
+            });
+        }
+        for modified in &drift.modified {
+            use crate::baseline::ChangedField as F;
+            let content = modified
+                .changed
+                .iter()
+                .any(|c| matches!(c, F::Content | F::Size | F::Type | F::LinkTarget));
+            let activity = if content {
+                activity::UPDATE
+            } else {
+                activity::SET_ATTRIBUTES
+            };
+            records.push(ChangeRecord {
+                changed: modified
+                    .changed
+                    .iter()
+                    .map(|c| c.name().to_string())
+                    .collect(),
+                previous: Some(previous_json(&modified.previous)),
+                hash_before: modified.previous.blake3.map(|h| hex(&h)),
+                hash_after: modified.current.blake3.map(|h| hex(&h)),
+                size: Some(modified.current.size),
+                ..base(&modified.current.path, activity)
+            });
+        }
+        records
+    }
+}
+
+pub(crate) fn insert(conn: &Connection, change: &ChangeRecord) -> Result<()> {
+    let a = &change.actor;
+    conn.prepare_cached(
+        "INSERT INTO changes (time, host, activity, path, new_path, rule, grp, backend, changed,
+             previous, hash_before, hash_after, size, authorized, truncated_path, pid, ppid, exe,
+             cmdline, uid, user, login_uid, login_user, container_id, comm, process_start)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
+             ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26)",
+    )?
+    .execute(params![
+        change.time_ns,
+        change.host,
+        change.activity,
+        change.path,
+        change.new_path,
+        change.rule,
+        change.group,
+        change.backend,
+        serde_json::to_string(&change.changed)?,
+        change.previous.as_ref().map(|p| p.to_string()),
+        change.hash_before,
+        change.hash_after,
+        change.size.map(|s| s as i64),
+        change.authorized,
+        change.truncated_path,
+        a.pid,
+        a.ppid,
+        a.exe,
+        a.cmdline,
+        a.uid,
+        a.user,
+        a.login_uid,
+        a.login_user,
+        a.container_id,
+        a.comm,
+        a.start_time_ns,
+    ])
+    .context("inserting a change")?;
+    Ok(())
+}
+
+/// The newest changes of one path first (what `fim who PATH` shows).
+pub(crate) fn history(conn: &Connection, path: &[u8], limit: usize) -> Result<Vec<ChangeRecord>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT time, host, activity, path, new_path, rule, grp, backend, changed, previous,
+             hash_before, hash_after, size, authorized, truncated_path, pid, ppid, exe, cmdline,
+             uid, user, login_uid, login_user, container_id, comm, process_start
+         FROM changes WHERE path = ?1 ORDER BY time DESC, id DESC LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![path, limit as i64], |row| {
+        let changed: String = row.get(8)?;
+        let previous: Option<String> = row.get(9)?;
+        Ok(ChangeRecord {
+            time_ns: row.get(0)?,
+            host: row.get(1)?,
+            activity: row.get(2)?,
+            path: row.get(3)?,
+            new_path: row.get(4)?,
+            rule: row.get(5)?,
+            group: row.get(6)?,
+            backend: row.get(7)?,
+            // Written by `insert` as JSON; unreadable JSON (edited by hand) reads as empty.
+            changed: serde_json::from_str(&changed).unwrap_or_default(),
+            previous: previous.and_then(|p| serde_json::from_str(&p).ok()),
+            hash_before: row.get(10)?,
+            hash_after: row.get(11)?,
+            size: row.get::<_, Option<i64>>(12)?.map(|s| s as u64),
+            authorized: row.get(13)?,
+            truncated_path: row.get(14)?,
+            actor: Actor {
+                pid: row.get(15)?,
+                ppid: row.get(16)?,
+                exe: row.get(17)?,
+                cmdline: row.get(18)?,
+                uid: row.get(19)?,
+                user: row.get(20)?,
+                login_uid: row.get(21)?,
+                login_user: row.get(22)?,
+                container_id: row.get(23)?,
+                comm: row.get(24)?,
+                start_time_ns: row.get(25)?,
+            },
+        })
+    })?;
+    rows.collect::<rusqlite::Result<Vec<_>>>()
+        .context("reading the change history")
+}
+
+/// This host's name for the `host` column (`Computer` in the view); "unknown" if unavailable.
+pub fn local_hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer and its length are valid; gethostname NUL-terminates within it on
+    // success (we also stop at the buffer's end).
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "unknown".to_string();
+    }
+    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..len]).into_owned()
+}

@@ -1,0 +1,183 @@
+//! The local store: SQLite (WAL) at `<state_dir>/fim.db` holding the baseline, changes with
+//! their attribution, content versions and sensor health. One writer thread batches the
+//! daemon's writes ([`StoreWriter`]); `fim sql` reads through [`ReadOnlyStore`].
+
+mod baseline;
+mod change;
+mod content;
+mod health;
+mod retention;
+mod schema;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use rusqlite::types::Value;
+use rusqlite::{Connection, OpenFlags};
+
+pub use change::{Actor, ChangeRecord, activity, local_hostname, previous_json};
+pub use content::ContentRecord;
+pub use health::HealthRecord;
+pub use retention::{Pruned, Retention};
+pub use schema::{CONFIGURATION_CHANGE_COLUMNS, SCHEMA_VERSION};
+pub use writer::{
+    BatchSink, SqliteSink, StoreOp, StoreWriter, WriterCounters, WriterSettings, WriterStats,
+};
+
+use crate::baseline::Baseline;
+
+/// The database file name under the state directory.
+pub const DATABASE_FILE: &str = "fim.db";
+
+/// How long a connection waits for another one's lock (the daemon's writer vs `fim scan`).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A read-write connection to the store.
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+fn open_read_write(path: &Path) -> Result<Connection> {
+    let conn = Connection::open(path).with_context(|| format!("opening {}", path.display()))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+        .context("switching the store to WAL mode")?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(anyhow!(
+            "{} could not be put in WAL mode (journal_mode is {mode})",
+            path.display()
+        ));
+    }
+    // NORMAL is durable across application crashes in WAL mode; a power loss may lose the
+    // last transactions, which the next start's rescan finds again.
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    Ok(conn)
+}
+
+impl Store {
+    /// Opens (creating if needed) `<state_dir>/fim.db`; the directory is created mode 0700
+    /// because the store holds file contents and command lines.
+    pub fn open(state_dir: &Path) -> Result<Store> {
+        if !state_dir.exists() {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(state_dir)
+                .with_context(|| format!("creating the state directory {}", state_dir.display()))?;
+        }
+        Store::open_path(&state_dir.join(DATABASE_FILE))
+    }
+
+    /// Opens (creating if needed) the database at exactly this path.
+    pub fn open_path(path: &Path) -> Result<Store> {
+        let conn = open_read_write(path)?;
+        schema::migrate(&conn).with_context(|| format!("preparing {}", path.display()))?;
+        Ok(Store {
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `wal` once open (checked by tests and `fim status`).
+    pub fn journal_mode(&self) -> Result<String> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA journal_mode", [], |row| row.get(0))?)
+    }
+
+    pub fn load_baseline(&self) -> Result<Baseline> {
+        baseline::load(&self.conn)
+    }
+
+    /// Replaces the stored baseline with this one, atomically.
+    pub fn replace_baseline(&mut self, new: &Baseline) -> Result<()> {
+        baseline::replace(&mut self.conn, new)
+    }
+
+    /// Writes these rows in one transaction (the CLI's path; the daemon uses the writer).
+    pub fn write(&mut self, ops: &[StoreOp]) -> Result<()> {
+        writer::write_ops(&mut self.conn, ops)
+    }
+
+    /// The newest changes of one path first.
+    pub fn history(&self, path: &[u8], limit: usize) -> Result<Vec<ChangeRecord>> {
+        change::history(&self.conn, path, limit)
+    }
+
+    /// A stored content version.
+    pub fn content(&self, blake3: &[u8; 32]) -> Result<Option<Vec<u8>>> {
+        content::get(&self.conn, blake3)
+    }
+
+    /// Deletes rows beyond the retention limits.
+    pub fn prune(&mut self, retention: Retention) -> Result<Pruned> {
+        retention::prune(&mut self.conn, retention)
+    }
+
+    /// Starts the batching writer on its own connection to this database.
+    pub fn spawn_writer(&self, settings: WriterSettings) -> Result<StoreWriter> {
+        StoreWriter::spawn(SqliteSink::new(open_read_write(&self.path)?), settings)
+    }
+
+    /// Read-only access to the database at `path` (for `fim sql`).
+    pub fn open_read_only(path: &Path) -> Result<ReadOnlyStore> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .with_context(|| format!("opening {} read-only", path.display()))?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        // Belt and braces: even a writable handle (e.g. through ATTACH) refuses writes.
+        conn.pragma_update(None, "query_only", true)?;
+        Ok(ReadOnlyStore { conn })
+    }
+}
+
+/// The result of a read-only query.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueryResult {
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<Value>>,
+}
+
+/// A connection that can only read (SQLITE_OPEN_READ_ONLY and `PRAGMA query_only`).
+pub struct ReadOnlyStore {
+    conn: Connection,
+}
+
+impl ReadOnlyStore {
+    /// Runs one SQL statement and returns all its rows.
+    pub fn query(&self, sql: &str) -> Result<QueryResult> {
+        let explain = |e: rusqlite::Error| -> anyhow::Error {
+            let read_only = matches!(e.sqlite_error_code(), Some(rusqlite::ErrorCode::ReadOnly))
+                || e.to_string().contains("readonly");
+            if read_only {
+                anyhow!("the store is opened read-only: only queries are allowed ({e})")
+            } else {
+                anyhow!(e).context("running the query")
+            }
+        };
+        let mut stmt = self.conn.prepare(sql).map_err(explain)?;
+        let columns: Vec<String> = stmt.column_names().iter().map(|c| c.to_string()).collect();
+        let count = columns.len();
+        let mut rows = stmt.query([]).map_err(explain)?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().map_err(explain)? {
+            let mut values = Vec::with_capacity(count);
+            for i in 0..count {
+                values.push(row.get::<_, Value>(i).map_err(explain)?);
+            }
+            out.push(values);
+        }
+        Ok(QueryResult { columns, rows: out })
+    }
+}
