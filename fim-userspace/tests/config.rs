@@ -279,9 +279,9 @@ fn other_settings_are_validated() {
         got,
         [
             "/c/fim.toml:1:13: state_dir \"var/lib\" is not absolute (it must start with '/')",
+            "/c/fim.toml:2:13: excluded exe \"backup\" is not absolute (it must start with '/')",
             "/c/fim.toml:4:8: max_size_mb and keep apply only with an output `file`",
             "/c/fim.toml:5:1: an [[authorized]] entry needs exactly one of `exe` or `package_managers`",
-            "/c/fim.toml:2:13: excluded exe \"backup\" is not absolute (it must start with '/')",
         ]
     );
 }

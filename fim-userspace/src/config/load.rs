@@ -150,6 +150,7 @@ pub fn merge(sources: &[ConfigSource]) -> Result<Config, ConfigErrors> {
     let mut errors = Vec::new();
 
     for source in sources {
+        let first_error = errors.len();
         let file: ConfigFile = match toml::from_str(&source.text) {
             Ok(file) => file,
             Err(e) => {
@@ -259,6 +260,8 @@ pub fn merge(sources: &[ConfigSource]) -> Result<Config, ConfigErrors> {
             }
         }
         config.sources.push(source.path.clone());
+        // Report each file's problems in the order they appear in it.
+        errors[first_error..].sort_by_key(|e| (e.line, e.column));
     }
 
     config.output = match output_file {

@@ -1,0 +1,124 @@
+//! `fim check-config` and `fim scan` as a user runs them (no root, temporary directories).
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn fim(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fim"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("running fim")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn write_config(dir: &Path, tree: &Path) -> String {
+    let path = dir.join("fim.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "state_dir = \"{}\"\n\n[[rule]]\nname = \"tree\"\ngroup = \"test\"\npath = \"{}\"\nrecursive = true\n",
+            dir.join("state").display(),
+            tree.display()
+        ),
+    )
+    .unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+#[test]
+fn check_config_exits_78_with_located_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("fim.toml");
+    std::fs::write(
+        &bad,
+        "[[rule]]\nname = \"a\"\npath = \"etc\"\n[metrics]\naddress = \"nope\"\n",
+    )
+    .unwrap();
+    let out = fim(&["check-config", "--config", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = text(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{stderr}");
+    assert!(lines[0].starts_with(&format!(
+        "{}:3:8: path \"etc\" is not absolute",
+        bad.display()
+    )));
+    assert!(lines[1].starts_with(&format!("{}:5:11: metrics address \"nope\"", bad.display())));
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn check_config_summarises_a_valid_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), dir.path());
+    let out = fim(&["check-config", "--config", &config]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        format!("configuration OK: 1 rules, 1 enabled ({config})\n")
+    );
+}
+
+#[test]
+fn scan_creates_the_baseline_then_reports_drift() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    std::fs::create_dir(&tree).unwrap();
+    std::fs::write(tree.join("a"), b"one").unwrap();
+    std::fs::write(tree.join("gone"), b"x").unwrap();
+    let config = write_config(dir.path(), &tree);
+
+    let first = fim(&["scan", "--config", &config]);
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first.stderr));
+    let stdout = text(&first.stdout);
+    assert!(
+        stdout.starts_with("baseline: 3 entries (2 hashed, 0 unchanged"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("drift: none (first scan, baseline created)"),
+        "{stdout}"
+    );
+    assert!(dir.path().join("state/fim.db").exists());
+
+    std::fs::write(tree.join("a"), b"one two").unwrap();
+    std::fs::remove_file(tree.join("gone")).unwrap();
+    std::fs::write(tree.join("new\nline"), b"n").unwrap();
+    let second = fim(&["scan", "--config", &config, "--json"]);
+    assert_eq!(second.status.code(), Some(0), "{}", text(&second.stderr));
+    let drift: serde_json::Value = serde_json::from_slice(&second.stdout).unwrap();
+    assert_eq!(drift["first_scan"], false);
+    assert_eq!(
+        drift["added"][0]["path"],
+        format!("{}/new\nline", tree.display())
+    );
+    assert_eq!(
+        drift["removed"][0]["path"],
+        format!("{}/gone", tree.display())
+    );
+    let modified = drift["modified"].as_array().unwrap();
+    assert_eq!(modified.len(), 1);
+    assert_eq!(
+        modified[0]["changed"],
+        serde_json::json!(["content", "size"])
+    );
+    assert_eq!(modified[0]["previous"]["size"], 3);
+
+    // The drift was recorded as changes (attribution unknown) and the baseline replaced.
+    let store = fim::store::Store::open_read_only(&dir.path().join("state/fim.db")).unwrap();
+    let rows = store
+        .query("SELECT ChangeCategory, RuleName, Backend FROM ConfigurationChange ORDER BY ChangeCategory")
+        .unwrap();
+    assert_eq!(rows.rows.len(), 3);
+    let third = fim(&["scan", "--config", &config]);
+    let stdout = text(&third.stdout);
+    assert!(
+        stdout.contains("drift: 0 added, 0 removed, 0 modified"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("(0 hashed, 2 unchanged"), "{stdout}");
+}
