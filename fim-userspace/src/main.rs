@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use fim::baseline::{self, Drift, ScanOptions, display_path};
 use fim::config::Config;
 use fim::sensor::{self, Backend, Record};
-use fim::store::{ChangeRecord, ContentRecord, HealthRecord, Store, StoreOp};
+use fim::store::{ChangeRecord, ContentRecord, HealthRecord, Retention, Store, StoreOp};
 
 #[derive(Parser)]
 #[command(
@@ -164,6 +164,13 @@ fn scan(config_path: Option<&Path>, json: bool) -> Result<()> {
     store
         .replace_baseline(&report.baseline)
         .context("storing the new baseline")?;
+    let retention_ns = i64::from(config.store.retention_days) * 86_400 * 1_000_000_000;
+    store
+        .prune(Retention {
+            older_than_ns: now.saturating_sub(retention_ns),
+            max_changes: config.store.max_changes,
+        })
+        .context("pruning old rows")?;
 
     let mut out = std::io::stdout().lock();
     if json {

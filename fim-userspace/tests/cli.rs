@@ -122,3 +122,24 @@ fn scan_creates_the_baseline_then_reports_drift() {
     );
     assert!(stdout.contains("(0 hashed, 2 unchanged"), "{stdout}");
 }
+
+#[test]
+fn scan_applies_store_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    std::fs::create_dir(&tree).unwrap();
+    let config = write_config(dir.path(), &tree);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text = text.replacen("\n\n", "\n[store]\nmax_changes = 1\n\n", 1);
+    std::fs::write(&config, text).unwrap();
+    assert!(fim(&["scan", "--config", &config]).status.success());
+    for name in ["a", "b", "c"] {
+        std::fs::write(tree.join(name), name).unwrap();
+    }
+    assert!(fim(&["scan", "--config", &config]).status.success());
+    let store = fim::store::Store::open_read_only(&dir.path().join("state/fim.db")).unwrap();
+    let rows = store.query("SELECT path FROM changes").unwrap().rows;
+    assert_eq!(rows.len(), 1, "three additions, one kept: {rows:?}");
+    let health = store.query("SELECT kind FROM health").unwrap().rows;
+    assert_eq!(health.len(), 1);
+}
