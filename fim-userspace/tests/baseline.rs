@@ -190,6 +190,42 @@ fn a_4096_byte_path_is_recorded_as_unreadable_with_its_errno() {
 }
 
 #[test]
+fn a_tree_deeper_than_path_max_is_walked_without_recursion() {
+    let dir = tempfile::tempdir().unwrap();
+    let levels = 2100;
+    // mkdirat/openat relative to the previous level: absolute paths that long are refused.
+    let c_root = CString::new(dir.path().as_os_str().as_bytes()).unwrap();
+    let name = CString::new("a").unwrap();
+    // SAFETY: valid NUL-terminated strings; every descriptor opened here is closed here.
+    unsafe {
+        let mut fd = libc::open(c_root.as_ptr(), libc::O_DIRECTORY | libc::O_RDONLY);
+        assert!(fd >= 0);
+        for _ in 0..levels {
+            assert_eq!(libc::mkdirat(fd, name.as_ptr(), 0o755), 0);
+            let next = libc::openat(fd, name.as_ptr(), libc::O_DIRECTORY | libc::O_RDONLY);
+            assert!(next >= 0);
+            libc::close(fd);
+            fd = next;
+        }
+        libc::close(fd);
+    }
+    let report = run(&rules_for(dir.path(), ""), &Baseline::new());
+    // Every directory whose path the kernel accepts, the root, and the first one too long
+    // (listed by its parent, recorded as unreadable); nothing deeper can be reached by path.
+    let base = dir.path().as_os_str().len();
+    let reachable = (1..=levels).filter(|k| base + 2 * k < 4096).count();
+    assert_eq!(report.baseline.len(), 1 + reachable + 1);
+    assert_eq!(report.stats.unreadable, 1);
+    let too_long = report
+        .baseline
+        .entries()
+        .find(|e| e.flags.has(EntryFlags::UNREADABLE))
+        .unwrap();
+    assert_eq!(too_long.errno, Some(libc::ENAMETOOLONG));
+    assert_eq!(too_long.path.len(), base + 2 * (reachable + 1));
+}
+
+#[test]
 fn unreadable_files_are_recorded_with_errno() {
     // Root reads anything, so this case needs an unprivileged run; the 4096-byte path test
     // covers unreadable entries for root.

@@ -23,46 +23,61 @@ pub struct Found {
 }
 
 /// All paths under the roots that an enabled rule covers (roots included when covered).
+///
+/// Breadth first, one level at a time with the directories of a level listed in parallel: no
+/// recursion, so a hostile tree thousands of levels deep cannot overflow a stack.
 pub fn walk(rules: &RuleSet, roots: &[WatchRoot]) -> Vec<Found> {
-    roots
-        .par_iter()
-        .flat_map(|root| {
-            let mut found = Vec::new();
-            match std::fs::symlink_metadata(&root.path) {
-                Ok(meta) => {
-                    let kind = kind_of(meta.file_type());
-                    visit(rules, root.path.clone(), kind, &mut found);
-                }
-                // A rule may name a path that does not exist (yet): nothing to record.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => found.push(Found {
-                    path: root.path.clone(),
-                    kind_hint: None,
-                    covered: rules.match_path(&root.path).is_some(),
-                    list_errno: e.raw_os_error(),
-                }),
-            }
-            found
-        })
-        .collect()
+    let mut found = Vec::new();
+    let mut level: Vec<(PathBuf, Option<FileKind>)> = Vec::new();
+    for root in roots {
+        match std::fs::symlink_metadata(&root.path) {
+            Ok(meta) => level.push((root.path.clone(), kind_of(meta.file_type()))),
+            // A rule may name a path that does not exist (yet): nothing to record.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => found.push(Found {
+                path: root.path.clone(),
+                kind_hint: None,
+                covered: rules.match_path(&root.path).is_some(),
+                list_errno: e.raw_os_error(),
+            }),
+        }
+    }
+    while !level.is_empty() {
+        let visited: Vec<Visited> = level
+            .into_par_iter()
+            .map(|(path, kind)| visit(rules, path, kind))
+            .collect();
+        level = Vec::new();
+        for visited in visited {
+            found.extend(visited.entry);
+            level.extend(visited.children);
+        }
+    }
+    found
 }
 
-/// Records `path` if covered, then its children (in parallel) if it is a directory worth
-/// descending into.
-fn visit(rules: &RuleSet, path: PathBuf, kind: Option<FileKind>, found: &mut Vec<Found>) {
+/// What looking at one path gave: whether to record it, and the children to visit next.
+struct Visited {
+    entry: Option<Found>,
+    children: Vec<(PathBuf, Option<FileKind>)>,
+}
+
+/// Looks at one path; a directory worth descending into is listed.
+fn visit(rules: &RuleSet, path: PathBuf, kind: Option<FileKind>) -> Visited {
     let covered = rules.match_path(&path).is_some();
     if kind != Some(FileKind::Dir) || !rules.should_descend(&path) {
-        if covered {
-            found.push(Found {
-                path,
-                kind_hint: kind,
-                covered,
-                list_errno: None,
-            });
-        }
-        return;
+        let entry = covered.then_some(Found {
+            path,
+            kind_hint: kind,
+            covered,
+            list_errno: None,
+        });
+        return Visited {
+            entry,
+            children: Vec::new(),
+        };
     }
-    let mut children: Vec<(PathBuf, Option<FileKind>)> = Vec::new();
+    let mut children = Vec::new();
     let mut list_errno = None;
     match std::fs::read_dir(&path) {
         Ok(entries) => {
@@ -79,23 +94,13 @@ fn visit(rules: &RuleSet, path: PathBuf, kind: Option<FileKind>, found: &mut Vec
         }
         Err(e) => list_errno = e.raw_os_error(),
     }
-    if covered || list_errno.is_some() {
-        found.push(Found {
-            path,
-            kind_hint: kind,
-            covered,
-            list_errno,
-        });
-    }
-    let below: Vec<Found> = children
-        .into_par_iter()
-        .flat_map_iter(|(child, kind)| {
-            let mut found = Vec::new();
-            visit(rules, child, kind, &mut found);
-            found
-        })
-        .collect();
-    found.extend(below);
+    let entry = (covered || list_errno.is_some()).then_some(Found {
+        path,
+        kind_hint: kind,
+        covered,
+        list_errno,
+    });
+    Visited { entry, children }
 }
 
 /// `dir/name` on raw bytes (PathBuf::join would be fine too; this avoids any normalisation).
