@@ -226,6 +226,25 @@ fn a_tree_deeper_than_path_max_is_walked_without_recursion() {
 }
 
 #[test]
+fn mtimes_beyond_2262_do_not_overflow() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("future");
+    std::fs::write(&path, b"x").unwrap();
+    // Year 2400: past the last nanosecond an i64 can count from 1970.
+    let far = SystemTime::UNIX_EPOCH + Duration::from_secs(13_569_465_600);
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    if file.set_modified(far).is_err() {
+        eprintln!("this file system cannot store the year 2400; nothing to check");
+        return;
+    }
+    drop(file);
+    let report = run(&rules_for(dir.path(), ""), &Baseline::new());
+    let e = entry(&report, &path);
+    assert_eq!(e.mtime_ns, i64::MAX);
+    assert_eq!(e.blake3, Some(*blake3::hash(b"x").as_bytes()));
+}
+
+#[test]
 fn unreadable_files_are_recorded_with_errno() {
     // Root reads anything, so this case needs an unprivileged run; the 4096-byte path test
     // covers unreadable entries for root.

@@ -126,6 +126,12 @@ impl BaselineEntry {
     }
 }
 
+/// Nanoseconds since the epoch from `stat` seconds and nanoseconds. Saturates instead of
+/// overflowing: anyone can set a file's mtime past 2262 (the end of i64 nanoseconds).
+pub fn timestamp_ns(secs: i64, nsec: i64) -> i64 {
+    secs.saturating_mul(1_000_000_000).saturating_add(nsec)
+}
+
 /// Lower-case hex of a digest.
 pub fn hex(digest: &[u8]) -> String {
     let mut out = String::with_capacity(digest.len() * 2);

@@ -8,6 +8,8 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use super::entry::timestamp_ns;
+
 /// Large reads keep syscalls few; one buffer per hashing thread bounds memory.
 pub const READ_BUFFER: usize = 1 << 20;
 /// Attempts before a file that keeps changing is recorded as unstable.
@@ -35,8 +37,8 @@ impl Snapshot {
             mode: meta.mode(),
             uid: meta.uid(),
             gid: meta.gid(),
-            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
-            ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
+            mtime_ns: timestamp_ns(meta.mtime(), meta.mtime_nsec()),
+            ctime_ns: timestamp_ns(meta.ctime(), meta.ctime_nsec()),
         }
     }
 }

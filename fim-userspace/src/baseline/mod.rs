@@ -10,6 +10,8 @@ mod walk;
 mod xattr;
 
 pub use drift::{ChangedField, Drift, Modified, changed_fields, entry_json};
-pub use entry::{BaselineEntry, EntryFlags, FileKind, display_path, hex, parse_hex32};
+pub use entry::{
+    BaselineEntry, EntryFlags, FileKind, display_path, hex, parse_hex32, timestamp_ns,
+};
 pub use scan::{Baseline, ContentVersion, ScanOptions, ScanReport, ScanStats, scan};
 pub use xattr::xattr_digest;

@@ -10,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rayon::prelude::*;
 
-use super::entry::{BaselineEntry, EntryFlags, FileKind};
+use super::entry::{BaselineEntry, EntryFlags, FileKind, timestamp_ns};
 use super::hash::{HashOutcome, HashRequest, ReadBudget, hash_file};
 use super::walk::{Found, walk};
 use super::xattr::xattr_digest;
@@ -231,8 +231,8 @@ fn examine(
         mode: meta.mode() & 0o7777,
         uid: meta.uid(),
         gid: meta.gid(),
-        mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
-        ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
+        mtime_ns: timestamp_ns(meta.mtime(), meta.mtime_nsec()),
+        ctime_ns: timestamp_ns(meta.ctime(), meta.ctime_nsec()),
         inode: meta.ino(),
         dev: meta.dev(),
         blake3: None,
@@ -355,8 +355,8 @@ fn examine_again(
         entry.flags = EntryFlags(EntryFlags::UNSTABLE);
         entry.errno = None;
         entry.size = meta.size();
-        entry.mtime_ns = meta.mtime() * 1_000_000_000 + meta.mtime_nsec();
-        entry.ctime_ns = meta.ctime() * 1_000_000_000 + meta.ctime_nsec();
+        entry.mtime_ns = timestamp_ns(meta.mtime(), meta.mtime_nsec());
+        entry.ctime_ns = timestamp_ns(meta.ctime(), meta.ctime_nsec());
         entry.inode = meta.ino();
         entry.dev = meta.dev();
         entry.mode = meta.mode() & 0o7777;
