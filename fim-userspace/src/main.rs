@@ -164,7 +164,8 @@ fn scan(config_path: Option<&Path>, json: bool) -> Result<()> {
     store
         .replace_baseline(&report.baseline)
         .context("storing the new baseline")?;
-    let retention_ns = i64::from(config.store.retention_days) * 86_400 * 1_000_000_000;
+    let retention_ns =
+        i64::from(config.store.retention_days).saturating_mul(86_400 * 1_000_000_000);
     store
         .prune(Retention {
             older_than_ns: now.saturating_sub(retention_ns),

@@ -130,7 +130,12 @@ fn scan_applies_store_retention() {
     std::fs::create_dir(&tree).unwrap();
     let config = write_config(dir.path(), &tree);
     let mut text = std::fs::read_to_string(&config).unwrap();
-    text = text.replacen("\n\n", "\n[store]\nmax_changes = 1\n\n", 1);
+    // The longest retention must not overflow the cutoff computation.
+    text = text.replacen(
+        "\n\n",
+        "\n[store]\nmax_changes = 1\nretention_days = 4294967295\n\n",
+        1,
+    );
     std::fs::write(&config, text).unwrap();
     assert!(fim(&["scan", "--config", &config]).status.success());
     for name in ["a", "b", "c"] {

@@ -87,7 +87,8 @@ impl ReadBudget {
             };
             let start = *state.0.get_or_insert_with(Instant::now);
             state.1 += bytes;
-            let due = Duration::from_secs_f64(state.1 as f64 / self.bytes_per_sec as f64);
+            let due = Duration::try_from_secs_f64(state.1 as f64 / self.bytes_per_sec as f64)
+                .unwrap_or(Duration::MAX);
             due.checked_sub(start.elapsed())
         };
         if let Some(wait) = wait {

@@ -292,7 +292,7 @@ impl<S: BatchSink> WriterLoop<S> {
                         let _ = ack.send(Err(message.clone()));
                     }
                     retry_at = Some(Instant::now() + backoff);
-                    backoff = (backoff * 2).min(self.settings.max_backoff);
+                    backoff = backoff.saturating_mul(2).min(self.settings.max_backoff);
                 }
             }
         }
@@ -302,7 +302,7 @@ impl<S: BatchSink> WriterLoop<S> {
                 break;
             }
             std::thread::sleep(backoff);
-            backoff = (backoff * 2).min(self.settings.max_backoff);
+            backoff = backoff.saturating_mul(2).min(self.settings.max_backoff);
         }
         let lost = self.pending.len() as u64;
         if lost > 0 {
