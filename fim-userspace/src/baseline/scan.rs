@@ -216,6 +216,8 @@ fn examine(
         Ok(meta) => meta,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
         Err(e) => {
+            // The type the directory listing reported; a root has none, and "file" is the
+            // likeliest for a path that exists but cannot be examined.
             let kind = found.kind_hint.unwrap_or(FileKind::File);
             return Some((
                 unreadable(path, kind, e.raw_os_error().unwrap_or(libc::EIO)),
