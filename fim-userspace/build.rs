@@ -87,6 +87,12 @@ fn build_ebpf(workspace: &Path, target_dir: &Path) -> Result<()> {
             cmd.env_remove(key.as_ref());
         }
     }
+    // BTF in the object (bpf-linker --btf): the kernel needs func_info for bpf_loop callbacks,
+    // and it gives readable verifier logs.
+    cmd.env(
+        "CARGO_ENCODED_RUSTFLAGS",
+        "-Cdebuginfo=2\x1f-Clink-arg=--btf",
+    );
     let status = cmd.status().context(
         "running `rustup run nightly cargo build` for the eBPF crate; is rustup installed? \
          Run `cargo xtask setup` first",

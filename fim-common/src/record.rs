@@ -1,55 +1,77 @@
-//! The fixed-size record every kernel program pushes into the ring buffer.
+//! The record every kernel program pushes into the ring buffer.
+//!
+//! A ring-buffer item is a fixed-layout [`RecordHeader`] followed by the bytes of up to two
+//! strings (`path1_len` then `path2_len` bytes, no NULs). The kernel builds the whole
+//! [`Record`] (header + fixed-capacity data area) in a per-CPU scratch slot and outputs only
+//! the used prefix: a record of a short path costs a few hundred bytes of ring buffer instead of
+//! the 8 KiB capacity, so a burst of tens of thousands of events fits without loss.
 
 /// Length of `task_struct::comm`, including the trailing NUL.
 pub const COMM_LEN: usize = 16;
+/// Capacity of one path in bytes. Longer paths keep their last `PATH_CAP - 1` bytes (the end
+/// closest to the file) and are flagged `PATH1_TRUNCATED` / `PATH2_TRUNCATED`.
+pub const PATH_CAP: usize = 4096;
+/// Capacity of the kernel's scratch data area. Two paths at most are sent (rename and link carry
+/// old and new); the third `PATH_CAP` is slack so that every masked offset plus a masked length
+/// provably stays in bounds for the verifier. Only the used prefix goes into the ring buffer.
+pub const DATA_CAP: usize = 3 * PATH_CAP;
+/// Maximum number of dentries the kernel walks up when filtering or building a path.
+pub const MAX_WALK_DEPTH: u32 = 64;
 
 /// What happened. Stable numbers: never renumber, never reuse a retired value.
 #[repr(u16)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum EventKind {
-    /// A file was created.
+    /// A file (regular, FIFO, socket or device node) was created.
     Create = 1,
     /// A file was opened with write intent.
     OpenWrite = 2,
     /// A writer closed a file it had written.
     Modified = 3,
     Truncate = 4,
+    /// path1 is the old path, path2 the new one.
     Rename = 5,
     Unlink = 6,
     Mkdir = 7,
     Rmdir = 8,
+    /// `arg.mode` is the new mode.
     Chmod = 9,
+    /// `arg.uid` / `arg.gid` are the new owner (`u32::MAX` = unchanged).
     Chown = 10,
+    /// path2 is the attribute name.
     SetXattr = 11,
+    /// path2 is the attribute name.
     RemoveXattr = 12,
+    /// path1 is the existing file, path2 the new name.
     Link = 13,
+    /// path1 is the new link, path2 its target string.
     Symlink = 14,
     /// A file was mapped shared and writable.
     MmapSharedWrite = 15,
 }
 
 impl EventKind {
+    pub const ALL: [EventKind; 15] = [
+        EventKind::Create,
+        EventKind::OpenWrite,
+        EventKind::Modified,
+        EventKind::Truncate,
+        EventKind::Rename,
+        EventKind::Unlink,
+        EventKind::Mkdir,
+        EventKind::Rmdir,
+        EventKind::Chmod,
+        EventKind::Chown,
+        EventKind::SetXattr,
+        EventKind::RemoveXattr,
+        EventKind::Link,
+        EventKind::Symlink,
+        EventKind::MmapSharedWrite,
+    ];
+
     /// Decodes a kind received from the kernel; unknown values are not trusted.
     pub fn from_raw(raw: u16) -> Option<Self> {
-        use EventKind::*;
-        Some(match raw {
-            1 => Create,
-            2 => OpenWrite,
-            3 => Modified,
-            4 => Truncate,
-            5 => Rename,
-            6 => Unlink,
-            7 => Mkdir,
-            8 => Rmdir,
-            9 => Chmod,
-            10 => Chown,
-            11 => SetXattr,
-            12 => RemoveXattr,
-            13 => Link,
-            14 => Symlink,
-            15 => MmapSharedWrite,
-            _ => return None,
-        })
+        Self::ALL.into_iter().find(|k| *k as u16 == raw)
     }
 
     pub fn name(self) -> &'static str {
@@ -76,7 +98,7 @@ impl EventKind {
 
 /// Which kind of kernel program produced a record. Stable numbers.
 #[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Backend {
     Lsm = 1,
     Fentry = 2,
@@ -87,12 +109,7 @@ impl Backend {
     pub const ALL: [Backend; 3] = [Backend::Lsm, Backend::Fentry, Backend::Tracepoint];
 
     pub fn from_raw(raw: u8) -> Option<Self> {
-        match raw {
-            1 => Some(Backend::Lsm),
-            2 => Some(Backend::Fentry),
-            3 => Some(Backend::Tracepoint),
-            _ => None,
-        }
+        Self::ALL.into_iter().find(|b| *b as u8 == raw)
     }
 
     pub fn name(self) -> &'static str {
@@ -104,47 +121,105 @@ impl Backend {
     }
 }
 
+/// `RecordHeader::flags` bits.
+pub mod flags {
+    /// path1 is incomplete (too long, or deeper than the walk limit): never use it as exact.
+    pub const PATH1_TRUNCATED: u16 = 1 << 0;
+    pub const PATH2_TRUNCATED: u16 = 1 << 1;
+    /// The path walk stopped at a filesystem root without knowing the mount (hooks that only
+    /// get a dentry): the path is relative to the root of filesystem `target.dev`.
+    pub const PATH_FS_RELATIVE: u16 = 1 << 2;
+    /// The kernel could not decide whether the path is watched (walk limit, `.`/`..` in a
+    /// syscall string); user space must check.
+    pub const FILTER_UNDECIDED: u16 = 1 << 3;
+    /// path2 holds a plain string (xattr name, symlink target), not a path.
+    pub const PATH2_IS_STRING: u16 = 1 << 4;
+    /// `target` describes the object (dev/ino/mode valid).
+    pub const TARGET_KNOWN: u16 = 1 << 5;
+}
+
 /// The process that caused an event, as the kernel saw it at that moment.
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct Actor {
     /// Process id (thread-group id) as user space knows it.
     pub tgid: u32,
     /// Thread id.
     pub pid: u32,
+    /// The parent's tgid.
+    pub ppid: u32,
     pub uid: u32,
     pub gid: u32,
+    pub euid: u32,
+    /// The audit login uid: the human behind `sudo`. `u32::MAX` when unset.
+    pub loginuid: u32,
+    /// Inode number of the mount namespace.
+    pub mnt_ns: u32,
+    /// Start of the thread-group leader in ns since boot (`start_boottime`), so a reused pid
+    /// can never be mistaken for the original process.
+    pub start_boottime_ns: u64,
+    pub cgroup_id: u64,
     pub comm: [u8; COMM_LEN],
 }
 
-/// One ring-buffer record. Fixed size so the kernel side can reserve it in one step.
+/// The file the event is about (for rename/link: the object being renamed or linked).
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct Record {
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Target {
+    /// Kernel device number of the filesystem (`super_block::s_dev`, the kernel encoding
+    /// `major << 20 | minor`).
+    pub dev: u32,
+    /// `inode::i_mode` (type and permission bits); 0 for a name that does not exist yet.
+    pub mode: u32,
+    pub ino: u64,
+}
+
+/// Operation arguments that are not paths.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Args {
+    /// New mode (chmod, mkdir, create).
+    pub mode: u32,
+    /// New owner (chown); `u32::MAX` when unchanged.
+    pub uid: u32,
+    pub gid: u32,
+    /// open(2) flags, rename(2) flags, mmap flags.
+    pub flags: u32,
+}
+
+/// The fixed-layout part of every ring-buffer item.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RecordHeader {
     /// `EventKind` as its raw number.
     pub kind: u16,
     /// `Backend` as its raw number.
     pub backend: u8,
-    pub flags: u8,
-    pub _reserved: u32,
+    pub _reserved: u8,
+    /// See [`flags`].
+    pub flags: u16,
+    pub path1_len: u16,
+    pub path2_len: u16,
+    pub _pad: u16,
+    /// The watched-root rule that matched in the kernel (0 when undecided).
+    pub rule_id: u32,
     /// `bpf_ktime_get_ns()` at the hook.
     pub ktime_ns: u64,
     pub actor: Actor,
+    pub target: Target,
+    pub args: Args,
 }
 
-impl Record {
-    pub const SIZE: usize = core::mem::size_of::<Record>();
+/// Header plus data area, as built in the kernel's per-CPU scratch slot.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Record {
+    pub header: RecordHeader,
+    pub data: [u8; DATA_CAP],
+}
 
-    /// Reads a record from ring-buffer bytes. Returns `None` when the buffer is too short,
-    /// so a malformed or truncated item can never panic the reader.
-    pub fn from_bytes(bytes: &[u8]) -> Option<Record> {
-        if bytes.len() < Self::SIZE {
-            return None;
-        }
-        // SAFETY: the length was checked, `Record` is plain old data (every bit pattern is a
-        // valid value) and `read_unaligned` copes with any alignment of the ring buffer item.
-        Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<Record>()) })
-    }
+impl RecordHeader {
+    pub const SIZE: usize = core::mem::size_of::<RecordHeader>();
 
     pub fn event_kind(&self) -> Option<EventKind> {
         EventKind::from_raw(self.kind)
@@ -153,12 +228,89 @@ impl Record {
     pub fn backend(&self) -> Option<Backend> {
         Backend::from_raw(self.backend)
     }
+
+    /// Splits a ring-buffer item into its header and its two strings. Returns `None` for an
+    /// item that is too short or whose lengths do not add up, so a malformed item can never
+    /// panic or mislead the reader.
+    pub fn parse(item: &[u8]) -> Option<(RecordHeader, &[u8], &[u8])> {
+        if item.len() < Self::SIZE {
+            return None;
+        }
+        // SAFETY: the length was checked, `RecordHeader` is plain old data (every bit pattern
+        // is a valid value) and `read_unaligned` copes with any alignment.
+        let header = unsafe { core::ptr::read_unaligned(item.as_ptr().cast::<RecordHeader>()) };
+        let len1 = header.path1_len as usize;
+        let len2 = header.path2_len as usize;
+        if len1 > PATH_CAP || len2 > PATH_CAP {
+            return None;
+        }
+        let data = &item[Self::SIZE..];
+        if data.len() < len1 + len2 {
+            return None;
+        }
+        Some((header, &data[..len1], &data[len1..len1 + len2]))
+    }
+}
+
+/// Key of the watched-roots map: an inode on a filesystem.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct WatchKey {
+    pub dev: u32,
+    pub _pad: u32,
+    pub ino: u64,
+}
+
+/// `WatchValue::flags` bits.
+pub mod watch {
+    /// Everything below this directory, at any depth.
+    pub const RECURSIVE: u32 = 1 << 0;
+    /// The entries directly inside this directory.
+    pub const CHILDREN: u32 = 1 << 1;
+    /// This inode itself (a file rule, or the directory itself).
+    pub const SELF: u32 = 1 << 2;
+}
+
+/// Value of the watched-roots map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WatchValue {
+    pub rule_id: u32,
+    pub flags: u32,
+}
+
+/// Value of the excluded-actors map (keyed by tgid): present means "drop in the kernel".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Excluded {
+    pub reason: u32,
+}
+
+/// FNV-1a 64 of a byte string: how watched path prefixes are keyed for the tracepoint
+/// backend, which only has syscall strings to go by. Same function on both sides.
+pub const fn fnv1a_start() -> u64 {
+    0xcbf2_9ce4_8422_2325
+}
+
+#[inline(always)]
+pub const fn fnv1a_step(hash: u64, byte: u8) -> u64 {
+    (hash ^ byte as u64).wrapping_mul(0x0000_0100_0000_01b3)
+}
+
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut hash = fnv1a_start();
+    let mut i = 0;
+    while i < bytes.len() {
+        hash = fnv1a_step(hash, bytes[i]);
+        i += 1;
+    }
+    hash
 }
 
 #[cfg(feature = "user")]
 mod user {
-    // SAFETY: both are `repr(C)` with only integer fields and no implicit padding holes that
-    // could leak uninitialised memory into maps.
-    unsafe impl aya::Pod for super::Record {}
-    unsafe impl aya::Pod for super::Actor {}
+    // SAFETY: `repr(C)` structs with only integer fields, laid out without padding holes.
+    unsafe impl aya::Pod for super::WatchKey {}
+    unsafe impl aya::Pod for super::WatchValue {}
+    unsafe impl aya::Pod for super::Excluded {}
 }

@@ -1,55 +1,68 @@
-//! Filling and submitting ring-buffer records, with loss accounting.
+//! The per-CPU scratch record, submission into the ring buffer, and loss accounting.
+//!
+//! A record is built in a per-CPU scratch slot and only its used prefix is copied into the
+//! ring buffer. fim's programs run on hooks that do not nest on one CPU and (on the kernels'
+//! voluntary/none preemption models) are not preempted, so one slot per CPU suffices.
 
 use aya_ebpf::{
-    helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
-    },
+    helpers::bpf_ktime_get_ns,
     macros::map,
     maps::{PerCpuArray, RingBuf},
 };
-use fim_common::{Actor, Backend, EventKind, Record, record::COMM_LEN};
+use fim_common::{Backend, EventKind, Record, RecordHeader, record::PATH_CAP};
 
-/// Records for user space. 256 KiB holds a few thousand records; user space drains it
-/// continuously and every failed reservation is counted in `LOST`.
+/// Records for user space. User space may resize it at load time (`EVENTS` max entries).
 #[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
 
-/// Failed ring-buffer reservations, per CPU, indexed by the raw `Backend` number.
+/// Failed ring-buffer outputs, per CPU, indexed by the raw `Backend` number.
 #[map]
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(4, 0);
 
-pub struct Lost;
+#[map]
+static SCRATCH: PerCpuArray<Record> = PerCpuArray::with_max_entries(1, 0);
 
-/// Reserves a record, fills the actor from the current task and submits it.
-pub fn event(kind: EventKind, backend: Backend) -> Result<(), Lost> {
-    let Some(mut slot) = EVENTS.reserve::<Record>(0) else {
-        count_lost(backend);
-        return Err(Lost);
-    };
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let uid_gid = bpf_get_current_uid_gid();
-    let comm = bpf_get_current_comm().unwrap_or([0u8; COMM_LEN]);
-    slot.write(Record {
+/// The scratch record with a fresh header for `kind`/`backend`.
+#[inline(always)]
+pub fn start(kind: EventKind, backend: Backend) -> Option<&'static mut Record> {
+    let record = unsafe { &mut *SCRATCH.get_ptr_mut(0)? };
+    record.header = RecordHeader {
         kind: kind as u16,
         backend: backend as u8,
-        flags: 0,
-        _reserved: 0,
+        // SAFETY: no preconditions.
         ktime_ns: unsafe { bpf_ktime_get_ns() },
-        actor: Actor {
-            tgid: (pid_tgid >> 32) as u32,
-            pid: pid_tgid as u32,
-            uid: uid_gid as u32,
-            gid: (uid_gid >> 32) as u32,
-            comm,
-        },
-    });
-    slot.submit(0);
-    Ok(())
+        ..RecordHeader::default()
+    };
+    crate::actor::fill(&mut record.header.actor);
+    Some(record)
 }
 
-fn count_lost(backend: Backend) {
+/// The data area of this CPU's scratch record (for loop callbacks, which get no pointers).
+#[inline(always)]
+pub fn data_ptr() -> Option<*mut u8> {
+    let record = SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: valid map value pointer.
+    Some(unsafe { (*record).data.as_mut_ptr() })
+}
+
+/// Outputs the header and the used part of the data area; counts a failure as lost.
+#[inline(always)]
+pub fn submit(record: &Record, backend: Backend) {
+    let len1 = crate::path::bounded(record.header.path1_len as usize, PATH_CAP - 1);
+    let len2 = crate::path::bounded(record.header.path2_len as usize, PATH_CAP - 1);
+    let size = RecordHeader::SIZE + len1 + len2;
+    // SAFETY: `size` <= size_of::<Record>() because both lengths are below PATH_CAP and the
+    // data area holds 2 * PATH_CAP bytes.
+    let bytes =
+        unsafe { core::slice::from_raw_parts((record as *const Record).cast::<u8>(), size) };
+    if EVENTS.output::<[u8]>(bytes, 0).is_err() {
+        count_lost(backend);
+    }
+}
+
+pub fn count_lost(backend: Backend) {
     if let Some(counter) = LOST.get_ptr_mut(backend as u32) {
-        // Per-CPU slot: no other CPU writes it, and programs do not nest on one CPU here.
+        // SAFETY: per-CPU slot; nothing else on this CPU writes it concurrently.
         unsafe { *counter += 1 };
     }
 }

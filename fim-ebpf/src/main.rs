@@ -1,41 +1,476 @@
-//! fim's kernel programs. Each entry point is thin: it calls a `try_*` function that returns a
-//! `Result`, so the control flow of the real work can use `?`.
+//! fim's kernel programs. Entry points are thin: they pick the arguments and call one shared
+//! function per hook (`hooks` for LSM and fexit, `syscalls` for tracepoints) that returns a
+//! `Result`, so the real work can use `?`.
 #![no_std]
 #![no_main]
 
+mod actor;
 mod emit;
+mod filter;
+mod hooks;
+mod kernel;
+mod path;
+mod syscalls;
 
 use aya_ebpf::{
-    macros::{fentry, lsm, tracepoint},
-    programs::{FEntryContext, LsmContext, TracePointContext},
+    macros::{fexit, lsm, tracepoint},
+    programs::{FExitContext, LsmContext, TracePointContext},
 };
-use fim_common::{Backend, EventKind};
+use fim_common::{Args, Backend, EventKind};
+use syscalls::{Pending, Shape, arg, stash};
 
-/// LSM `path_unlink(const struct path *dir, struct dentry *dentry)`.
-/// Never denies: it returns what the previous LSM in the chain decided.
-#[lsm(hook = "path_unlink")]
-pub fn lsm_path_unlink(ctx: LsmContext) -> i32 {
-    // The third argument of a BPF LSM program is the return value of the previous hook.
-    let previous: i32 = ctx.arg(2);
-    if previous != 0 {
-        // Someone else already refused the operation: nothing will change on disk.
-        return previous;
+// ---------------------------------------------------------------------------------------------
+// LSM: never deny. Each program returns the previous hook's verdict (its last argument) and
+// reports nothing when that verdict already refused the operation.
+
+macro_rules! lsm_program {
+    ($name:ident, $hook:literal, $nargs:literal, |$ctx:ident, $b:ident| $body:expr) => {
+        #[lsm(hook = $hook)]
+        pub fn $name($ctx: LsmContext) -> i32 {
+            let previous: i32 = $ctx.arg($nargs);
+            if previous == 0 {
+                let $b = Backend::Lsm;
+                let _: Result<(), i64> = $body;
+            }
+            previous
+        }
+    };
+}
+
+// The fexit programs attach to the security_* functions that call the LSM hooks: the same
+// arguments, and the return value says whether every LSM allowed the operation.
+macro_rules! fexit_program {
+    ($name:ident, $function:literal, |$ctx:ident, $b:ident| $body:expr) => {
+        #[fexit(function = $function)]
+        pub fn $name($ctx: FExitContext) -> i32 {
+            if $ctx.ret::<i32>() == Ok(0) {
+                let $b = Backend::Fentry;
+                let _: Result<(), i64> = $body;
+            }
+            0
+        }
+    };
+}
+
+macro_rules! both {
+    ($lsm_name:ident, $fexit_name:ident, $hook:literal, $function:literal, $nargs:literal, |$ctx:ident, $b:ident| $body:expr) => {
+        lsm_program!($lsm_name, $hook, $nargs, |$ctx, $b| $body);
+        fexit_program!($fexit_name, $function, |$ctx, $b| $body);
+    };
+}
+
+fn mode_args(mode: u64) -> Args {
+    Args {
+        mode: mode as u32 & 0xffff,
+        ..Args::default()
     }
-    let _ = emit::event(EventKind::Unlink, Backend::Lsm);
-    previous
 }
 
-/// fentry on `vfs_unlink`, for kernels without `bpf` in `lsm=`.
-#[fentry(function = "vfs_unlink")]
-pub fn fentry_vfs_unlink(_ctx: FEntryContext) -> u32 {
-    let _ = emit::event(EventKind::Unlink, Backend::Fentry);
+both!(
+    lsm_path_mknod,
+    fexit_path_mknod,
+    "path_mknod",
+    "security_path_mknod",
+    4,
+    |ctx, b| hooks::dir_entry(
+        EventKind::Create,
+        b,
+        ctx.arg(0),
+        ctx.arg(1),
+        mode_args(ctx.arg(2)),
+        core::ptr::null()
+    )
+);
+both!(
+    lsm_path_mkdir,
+    fexit_path_mkdir,
+    "path_mkdir",
+    "security_path_mkdir",
+    3,
+    |ctx, b| hooks::dir_entry(
+        EventKind::Mkdir,
+        b,
+        ctx.arg(0),
+        ctx.arg(1),
+        mode_args(ctx.arg(2)),
+        core::ptr::null()
+    )
+);
+both!(
+    lsm_path_rmdir,
+    fexit_path_rmdir,
+    "path_rmdir",
+    "security_path_rmdir",
+    2,
+    |ctx, b| hooks::dir_entry(
+        EventKind::Rmdir,
+        b,
+        ctx.arg(0),
+        ctx.arg(1),
+        Args::default(),
+        core::ptr::null()
+    )
+);
+both!(
+    lsm_path_unlink,
+    fexit_path_unlink,
+    "path_unlink",
+    "security_path_unlink",
+    2,
+    |ctx, b| hooks::dir_entry(
+        EventKind::Unlink,
+        b,
+        ctx.arg(0),
+        ctx.arg(1),
+        Args::default(),
+        core::ptr::null()
+    )
+);
+both!(
+    lsm_path_symlink,
+    fexit_path_symlink,
+    "path_symlink",
+    "security_path_symlink",
+    3,
+    |ctx, b| {
+        hooks::dir_entry(
+            EventKind::Symlink,
+            b,
+            ctx.arg(0),
+            ctx.arg(1),
+            Args::default(),
+            ctx.arg(2),
+        )
+    }
+);
+both!(
+    lsm_path_link,
+    fexit_path_link,
+    "path_link",
+    "security_path_link",
+    3,
+    |ctx, b| hooks::link(b, ctx.arg(0), ctx.arg(1), ctx.arg(2))
+);
+both!(
+    lsm_path_rename,
+    fexit_path_rename,
+    "path_rename",
+    "security_path_rename",
+    5,
+    |ctx, b| hooks::rename(
+        b,
+        ctx.arg(0),
+        ctx.arg(1),
+        ctx.arg(2),
+        ctx.arg(3),
+        ctx.arg::<u64>(4) as u32
+    )
+);
+both!(
+    lsm_path_truncate,
+    fexit_path_truncate,
+    "path_truncate",
+    "security_path_truncate",
+    1,
+    |ctx, b| { hooks::on_path(EventKind::Truncate, b, ctx.arg(0), Args::default()) }
+);
+both!(
+    lsm_path_chmod,
+    fexit_path_chmod,
+    "path_chmod",
+    "security_path_chmod",
+    2,
+    |ctx, b| hooks::on_path(EventKind::Chmod, b, ctx.arg(0), mode_args(ctx.arg(1)))
+);
+both!(
+    lsm_path_chown,
+    fexit_path_chown,
+    "path_chown",
+    "security_path_chown",
+    3,
+    |ctx, b| hooks::on_path(
+        EventKind::Chown,
+        b,
+        ctx.arg(0),
+        Args {
+            uid: ctx.arg::<u64>(1) as u32,
+            gid: ctx.arg::<u64>(2) as u32,
+            ..Args::default()
+        }
+    )
+);
+both!(
+    lsm_file_open,
+    fexit_file_open,
+    "file_open",
+    "security_file_open",
+    1,
+    |ctx, b| hooks::file_open(b, ctx.arg(0))
+);
+both!(
+    lsm_inode_setxattr,
+    fexit_inode_setxattr,
+    "inode_setxattr",
+    "security_inode_setxattr",
+    6,
+    |ctx, b| { hooks::xattr(EventKind::SetXattr, b, ctx.arg(1), ctx.arg(2)) }
+);
+both!(
+    lsm_inode_removexattr,
+    fexit_inode_removexattr,
+    "inode_removexattr",
+    "security_inode_removexattr",
+    3,
+    |ctx, b| hooks::xattr(EventKind::RemoveXattr, b, ctx.arg(1), ctx.arg(2))
+);
+// The hook is mmap_file(file, reqprot, prot, flags); security_mmap_file(file, prot, flags).
+lsm_program!(lsm_mmap_file, "mmap_file", 4, |ctx, b| hooks::mmap(
+    b,
+    ctx.arg(0),
+    ctx.arg(2),
+    ctx.arg(3)
+));
+fexit_program!(fexit_mmap_file, "security_mmap_file", |ctx, b| hooks::mmap(
+    b,
+    ctx.arg(0),
+    ctx.arg(1),
+    ctx.arg(2)
+));
+
+// ---------------------------------------------------------------------------------------------
+// Tracepoints: one sys_enter program per argument layout, one shared sys_exit program.
+
+macro_rules! enter {
+    ($name:ident, |$ctx:ident| $pending:expr) => {
+        #[tracepoint]
+        pub fn $name($ctx: TracePointContext) -> u32 {
+            if let Some(pending) = $pending {
+                stash(pending);
+            }
+            0
+        }
+    };
+}
+
+/// A dirfd or fd argument: syscall tracepoints store an `int` zero-extended to 8 bytes, so
+/// AT_FDCWD arrives as 0xffffff9c and must be sign-extended from 32 bits.
+fn fd(raw: u64) -> i64 {
+    raw as i32 as i64
+}
+
+fn path_op(kind: EventKind, dfd: u64, path: u64) -> Pending {
+    Pending {
+        dfd1: fd(dfd),
+        p1: path,
+        ..Pending::new(kind, Shape::Path)
+    }
+}
+
+const AT_FDCWD: u64 = -100i64 as u64;
+const AT_REMOVEDIR: u64 = 0x200;
+
+enter!(tp_enter_unlink, |ctx| Some(path_op(
+    EventKind::Unlink,
+    AT_FDCWD,
+    arg(&ctx, 0)
+)));
+enter!(tp_enter_unlinkat, |ctx| {
+    let kind = if arg(&ctx, 2) & AT_REMOVEDIR != 0 {
+        EventKind::Rmdir
+    } else {
+        EventKind::Unlink
+    };
+    Some(path_op(kind, arg(&ctx, 0), arg(&ctx, 1)))
+});
+enter!(tp_enter_rmdir, |ctx| Some(path_op(
+    EventKind::Rmdir,
+    AT_FDCWD,
+    arg(&ctx, 0)
+)));
+enter!(tp_enter_mkdir, |ctx| Some(Pending {
+    mode: arg(&ctx, 1) as u32,
+    ..path_op(EventKind::Mkdir, AT_FDCWD, arg(&ctx, 0))
+}));
+enter!(tp_enter_mkdirat, |ctx| Some(Pending {
+    mode: arg(&ctx, 2) as u32,
+    ..path_op(EventKind::Mkdir, arg(&ctx, 0), arg(&ctx, 1))
+}));
+enter!(tp_enter_chmod, |ctx| Some(Pending {
+    mode: arg(&ctx, 1) as u32,
+    ..path_op(EventKind::Chmod, AT_FDCWD, arg(&ctx, 0))
+}));
+enter!(tp_enter_fchmodat, |ctx| Some(Pending {
+    mode: arg(&ctx, 2) as u32,
+    ..path_op(EventKind::Chmod, arg(&ctx, 0), arg(&ctx, 1))
+}));
+enter!(tp_enter_fchmod, |ctx| Some(Pending {
+    mode: arg(&ctx, 1) as u32,
+    dfd1: fd(arg(&ctx, 0)),
+    ..Pending::new(EventKind::Chmod, Shape::Fd)
+}));
+enter!(tp_enter_chown, |ctx| Some(Pending {
+    uid: arg(&ctx, 1) as u32,
+    gid: arg(&ctx, 2) as u32,
+    ..path_op(EventKind::Chown, AT_FDCWD, arg(&ctx, 0))
+}));
+enter!(tp_enter_fchownat, |ctx| Some(Pending {
+    uid: arg(&ctx, 2) as u32,
+    gid: arg(&ctx, 3) as u32,
+    ..path_op(EventKind::Chown, arg(&ctx, 0), arg(&ctx, 1))
+}));
+enter!(tp_enter_fchown, |ctx| Some(Pending {
+    uid: arg(&ctx, 1) as u32,
+    gid: arg(&ctx, 2) as u32,
+    dfd1: fd(arg(&ctx, 0)),
+    ..Pending::new(EventKind::Chown, Shape::Fd)
+}));
+enter!(tp_enter_truncate, |ctx| Some(path_op(
+    EventKind::Truncate,
+    AT_FDCWD,
+    arg(&ctx, 0)
+)));
+enter!(tp_enter_ftruncate, |ctx| Some(Pending {
+    dfd1: fd(arg(&ctx, 0)),
+    ..Pending::new(EventKind::Truncate, Shape::Fd)
+}));
+fn open_op(dfd: u64, path: u64, open_flags: u32, mode: u64) -> Option<Pending> {
+    if open_flags & (syscalls::WRITE_INTENT | syscalls::O_CREAT) == 0 {
+        return None;
+    }
+    Some(Pending {
+        dfd1: fd(dfd),
+        p1: path,
+        flags: open_flags,
+        mode: mode as u32,
+        ..Pending::new(EventKind::OpenWrite, Shape::Open)
+    })
+}
+enter!(tp_enter_open, |ctx| open_op(
+    AT_FDCWD,
+    arg(&ctx, 0),
+    arg(&ctx, 1) as u32,
+    arg(&ctx, 2)
+));
+enter!(tp_enter_openat, |ctx| open_op(
+    arg(&ctx, 0),
+    arg(&ctx, 1),
+    arg(&ctx, 2) as u32,
+    arg(&ctx, 3)
+));
+enter!(tp_enter_creat, |ctx| open_op(
+    AT_FDCWD,
+    arg(&ctx, 0),
+    syscalls::O_CREAT | 0o1 | 0o1000,
+    arg(&ctx, 1)
+));
+enter!(tp_enter_openat2, |ctx| {
+    // struct open_how { u64 flags; u64 mode; u64 resolve; } in user memory.
+    let how = arg(&ctx, 2) as *const u64;
+    // SAFETY: the helper checks the user address.
+    let how_flags = unsafe { aya_ebpf::helpers::bpf_probe_read_user(how) }.unwrap_or(0);
+    let how_mode =
+        unsafe { aya_ebpf::helpers::bpf_probe_read_user(how.wrapping_add(1)) }.unwrap_or(0);
+    open_op(arg(&ctx, 0), arg(&ctx, 1), how_flags as u32, how_mode)
+});
+fn two_paths(
+    kind: EventKind,
+    dfd1: u64,
+    p1: u64,
+    dfd2: u64,
+    p2: u64,
+    flags: u64,
+) -> Option<Pending> {
+    Some(Pending {
+        dfd1: fd(dfd1),
+        p1,
+        dfd2: fd(dfd2),
+        p2,
+        flags: flags as u32,
+        ..Pending::new(kind, Shape::TwoPaths)
+    })
+}
+enter!(tp_enter_rename, |ctx| two_paths(
+    EventKind::Rename,
+    AT_FDCWD,
+    arg(&ctx, 0),
+    AT_FDCWD,
+    arg(&ctx, 1),
     0
+));
+enter!(tp_enter_renameat, |ctx| two_paths(
+    EventKind::Rename,
+    arg(&ctx, 0),
+    arg(&ctx, 1),
+    arg(&ctx, 2),
+    arg(&ctx, 3),
+    0
+));
+enter!(tp_enter_renameat2, |ctx| two_paths(
+    EventKind::Rename,
+    arg(&ctx, 0),
+    arg(&ctx, 1),
+    arg(&ctx, 2),
+    arg(&ctx, 3),
+    arg(&ctx, 4)
+));
+enter!(tp_enter_link, |ctx| two_paths(
+    EventKind::Link,
+    AT_FDCWD,
+    arg(&ctx, 0),
+    AT_FDCWD,
+    arg(&ctx, 1),
+    0
+));
+enter!(tp_enter_linkat, |ctx| two_paths(
+    EventKind::Link,
+    arg(&ctx, 0),
+    arg(&ctx, 1),
+    arg(&ctx, 2),
+    arg(&ctx, 3),
+    0
+));
+enter!(tp_enter_symlink, |ctx| Some(Pending {
+    p1: arg(&ctx, 0),
+    p2: arg(&ctx, 1),
+    ..Pending::new(EventKind::Symlink, Shape::Symlink)
+}));
+enter!(tp_enter_symlinkat, |ctx| Some(Pending {
+    p1: arg(&ctx, 0),
+    dfd2: fd(arg(&ctx, 1)),
+    p2: arg(&ctx, 2),
+    ..Pending::new(EventKind::Symlink, Shape::Symlink)
+}));
+fn xattr_op(kind: EventKind, path: u64, name: u64) -> Option<Pending> {
+    Some(Pending {
+        p1: path,
+        p2: name,
+        ..Pending::new(kind, Shape::Xattr)
+    })
 }
+enter!(tp_enter_setxattr, |ctx| xattr_op(
+    EventKind::SetXattr,
+    arg(&ctx, 0),
+    arg(&ctx, 1)
+));
+enter!(tp_enter_removexattr, |ctx| xattr_op(
+    EventKind::RemoveXattr,
+    arg(&ctx, 0),
+    arg(&ctx, 1)
+));
+enter!(tp_enter_fsetxattr, |ctx| Some(Pending {
+    dfd1: fd(arg(&ctx, 0)),
+    p2: arg(&ctx, 1),
+    ..Pending::new(EventKind::SetXattr, Shape::Fd)
+}));
+enter!(tp_enter_fremovexattr, |ctx| Some(Pending {
+    dfd1: fd(arg(&ctx, 0)),
+    p2: arg(&ctx, 1),
+    ..Pending::new(EventKind::RemoveXattr, Shape::Fd)
+}));
 
-/// `syscalls:sys_enter_unlinkat`, the fallback that loads on every kernel with tracepoints.
 #[tracepoint]
-pub fn tp_sys_enter_unlinkat(_ctx: TracePointContext) -> u32 {
-    let _ = emit::event(EventKind::Unlink, Backend::Tracepoint);
+pub fn tp_exit(ctx: TracePointContext) -> u32 {
+    let _ = syscalls::exit(&ctx);
     0
 }
 
@@ -46,7 +481,8 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
 
-/// GPL-compatible licence: helpers such as `bpf_d_path` are only offered to GPL programs.
+/// GPL-compatible licence: helpers such as `bpf_probe_read_kernel` and `bpf_d_path` are only
+/// offered to GPL programs.
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

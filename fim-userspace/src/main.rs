@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use fim::baseline::{self, Drift, ScanOptions, display_path};
 use fim::config::Config;
-use fim::sensor::{self, Backend, Record};
+use fim::sensor::{self, Backend, Event, SensorConfig, WatchRoot};
 use fim::store::{ChangeRecord, ContentRecord, HealthRecord, Retention, Store, StoreOp};
 
 #[derive(Parser)]
@@ -256,8 +256,35 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// Until the configuration is wired in: the usual system locations, recursively.
+fn default_roots() -> Vec<WatchRoot> {
+    [
+        "/etc",
+        "/bin",
+        "/sbin",
+        "/usr/bin",
+        "/usr/sbin",
+        "/usr/lib/systemd",
+        "/boot",
+        "/root/.ssh",
+    ]
+    .iter()
+    .enumerate()
+    .filter(|(_, p)| std::path::Path::new(p).exists())
+    .map(|(i, p)| WatchRoot {
+        path: p.into(),
+        rule_id: i as u32 + 1,
+        recursive: true,
+    })
+    .collect()
+}
+
 async fn run(forced: Option<Backend>) -> Result<()> {
-    let selection = sensor::start_best(forced).await?;
+    let config = SensorConfig {
+        roots: default_roots(),
+        ..SensorConfig::default()
+    };
+    let selection = sensor::start_best(forced, &config).await?;
     for (backend, why) in &selection.skipped {
         log::warn!("backend {} skipped: {why:#}", backend.name());
     }
@@ -286,22 +313,29 @@ async fn run(forced: Option<Backend>) -> Result<()> {
     }
 }
 
-/// One JSON line per kernel record (the OCSF output replaces this with the daemon pipeline).
-fn record_json(record: &Record) -> serde_json::Value {
-    let comm_len = record
-        .actor
-        .comm
-        .iter()
-        .position(|&b| b == 0)
-        .unwrap_or(record.actor.comm.len());
+/// One JSON line per kernel event (the OCSF output replaces this with the daemon pipeline).
+fn record_json(event: &Event) -> serde_json::Value {
     serde_json::json!({
-        "kind": record.event_kind().map(|k| k.name()).unwrap_or("unknown"),
-        "backend": record.backend().map(|b| b.name()).unwrap_or("unknown"),
-        "ktime_ns": record.ktime_ns,
-        "pid": record.actor.tgid,
-        "tid": record.actor.pid,
-        "uid": record.actor.uid,
-        "gid": record.actor.gid,
-        "comm": String::from_utf8_lossy(&record.actor.comm[..comm_len]),
+        "kind": event.kind.name(),
+        "backend": event.backend.name(),
+        "rule_id": event.rule_id,
+        "path": String::from_utf8_lossy(&event.path),
+        "path2": String::from_utf8_lossy(&event.path2),
+        "truncated": event.truncated(),
+        "flags": event.flags,
+        "ktime_ns": event.ktime_ns,
+        "pid": event.actor.tgid,
+        "tid": event.actor.pid,
+        "ppid": event.actor.ppid,
+        "uid": event.actor.uid,
+        "euid": event.actor.euid,
+        "loginuid": event.actor.loginuid,
+        "gid": event.actor.gid,
+        "comm": event.comm(),
+        "cgroup_id": event.actor.cgroup_id,
+        "mnt_ns": event.actor.mnt_ns,
+        "dev": event.target.dev,
+        "ino": event.target.ino,
+        "mode": event.target.mode,
     })
 }

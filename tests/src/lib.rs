@@ -1,14 +1,19 @@
 //! Helpers shared by fim's integration tests: where they run (natively or in a QEMU VM), what
-//! that environment must support, and the test actor that performs syscalls on request.
+//! that environment must support, the test actor that performs syscalls on request, and one
+//! shared sensor per backend (loading a backend costs seconds under QEMU, so every scenario
+//! of a test binary reuses it).
 
 use std::{
-    path::PathBuf,
-    process::{Command, ExitStatus},
+    ffi::OsStr,
+    os::unix::ffi::OsStrExt,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::{Mutex, OnceLock},
     time::Duration,
 };
 
 use anyhow::{Context, Result, bail};
-use fim::sensor::{Backend, Record, Sensor};
+use fim::sensor::{self, Backend, Event, SensorConfig, WatchRoot};
 
 /// Where the tests run. The VM harness (`cargo xtask vm-test`) sets `FIM_TEST_ENV=vm`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,24 +70,24 @@ pub fn actor_path() -> PathBuf {
     profile_dir.join("fim-test-actor")
 }
 
-/// A finished actor run: its pid (for attribution checks) and exit status.
-pub struct ActorRun {
-    pub pid: u32,
-    pub status: ExitStatus,
-}
-
-/// Runs the actor with `args` and waits for it; fails if it could not do what it was asked.
-pub fn run_actor(args: &[&str]) -> Result<ActorRun> {
+/// Runs the actor with `args` (byte strings) and waits; returns its pid. Fails if the actor
+/// could not do what it was asked.
+pub fn run_actor<S: AsRef<OsStr>>(args: &[S]) -> Result<u32> {
     let mut child = Command::new(actor_path())
         .args(args)
         .spawn()
-        .with_context(|| format!("spawning {} {args:?}", actor_path().display()))?;
+        .with_context(|| format!("spawning {}", actor_path().display()))?;
     let pid = child.id();
     let status = child.wait().context("waiting for the test actor")?;
     if !status.success() {
-        bail!("test actor {args:?} failed: {status}");
+        bail!(
+            "test actor failed ({status}) for {:?}",
+            args.iter()
+                .map(|a| a.as_ref().to_owned())
+                .collect::<Vec<_>>()
+        );
     }
-    Ok(ActorRun { pid, status })
+    Ok(pid)
 }
 
 /// A fresh directory under /tmp, removed on drop.
@@ -107,36 +112,145 @@ impl Drop for TempDir {
     }
 }
 
-/// Collects records until `want` matches one or `timeout` passes; returns everything seen.
-pub async fn wait_for_record(
-    sensor: &mut Sensor,
-    timeout: Duration,
-    want: impl Fn(&Record) -> bool,
-) -> Result<Vec<Record>> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut seen = Vec::new();
-    loop {
-        let mut batch = Vec::new();
-        match tokio::time::timeout_at(deadline, sensor.recv(&mut batch)).await {
-            Err(_) => bail!(
-                "no matching record within {timeout:?} from the {} backend ({} other records seen)",
-                sensor.backend().name(),
-                seen.len()
-            ),
-            Ok(result) => result?,
+/// The watched and the unwatched tree every scenario of this process works in.
+pub struct Trees {
+    pub watched: PathBuf,
+    pub unwatched: PathBuf,
+}
+
+pub fn trees() -> &'static Trees {
+    static TREES: OnceLock<Trees> = OnceLock::new();
+    TREES.get_or_init(|| {
+        let base = std::env::temp_dir().join(format!("fim-conformance-{}", std::process::id()));
+        let watched = base.join("watched");
+        let unwatched = base.join("unwatched");
+        std::fs::create_dir_all(&watched).expect("creating the watched tree");
+        std::fs::create_dir_all(&unwatched).expect("creating the unwatched tree");
+        Trees {
+            watched: std::fs::canonicalize(watched).expect("canonical watched path"),
+            unwatched: std::fs::canonicalize(unwatched).expect("canonical unwatched path"),
         }
-        let found = batch.iter().any(&want);
-        seen.extend(batch);
-        if found {
-            return Ok(seen);
+    })
+}
+
+/// The rule id the conformance sensors give the watched tree.
+pub const WATCHED_RULE: u32 = 42;
+
+struct Shared {
+    runtime: tokio::runtime::Runtime,
+    sensor: Mutex<Result<sensor::Sensor, String>>,
+}
+
+fn shared(backend: Backend) -> &'static Shared {
+    static SHARED: [OnceLock<Shared>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+    let slot = Backend::ALL
+        .iter()
+        .position(|b| *b == backend)
+        .expect("known backend");
+    SHARED[slot].get_or_init(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let config = SensorConfig {
+            roots: vec![WatchRoot {
+                path: trees().watched.clone(),
+                rule_id: WATCHED_RULE,
+                recursive: true,
+            }],
+            ..SensorConfig::default()
+        };
+        let sensor = runtime
+            .block_on(sensor::start(backend, &config))
+            .map_err(|e| format!("{e:#}"));
+        Shared {
+            runtime,
+            sensor: Mutex::new(sensor),
+        }
+    })
+}
+
+/// Runs `body` with this process's shared sensor for `backend`. Where the backend is required
+/// it must have started; elsewhere its failure must name the backend and the kernel (and the
+/// test then ends there, saying so).
+pub fn with_sensor(
+    backend: Backend,
+    body: impl FnOnce(&tokio::runtime::Runtime, &mut sensor::Sensor),
+) {
+    require_root();
+    let shared = shared(backend);
+    let mut guard = shared
+        .sensor
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    match guard.as_mut() {
+        Ok(sensor) => body(&shared.runtime, sensor),
+        Err(message) => {
+            assert!(
+                !required_backends().contains(&backend),
+                "the {} backend must work in {:?} but failed: {message}",
+                backend.name(),
+                test_env()
+            );
+            eprintln!(
+                "NOTE: the {} backend is unavailable here, as expected: {message}",
+                backend.name()
+            );
+            assert!(
+                message.contains(backend.name()),
+                "failure does not name the backend: {message}"
+            );
+            assert!(
+                message.contains(&fim::host::kernel_release()),
+                "failure does not name the kernel: {message}"
+            );
         }
     }
 }
 
-/// A single-threaded tokio runtime for one test.
-pub fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("building a tokio runtime")
+/// Events of process `pid`, collected until `expected` arrived (plus a grace period to catch
+/// unexpected extras) or `timeout` passed.
+pub fn collect(
+    runtime: &tokio::runtime::Runtime,
+    sensor: &mut sensor::Sensor,
+    pid: u32,
+    expected: usize,
+    timeout: Duration,
+) -> Vec<Event> {
+    runtime.block_on(async {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut mine = Vec::new();
+        let mut grace: Option<tokio::time::Instant> = None;
+        loop {
+            let until = grace.unwrap_or(deadline).min(deadline);
+            let mut batch = Vec::new();
+            match tokio::time::timeout_at(until, sensor.recv(&mut batch)).await {
+                Err(_) => return mine,
+                Ok(Err(e)) => panic!("sensor failed: {e:#}"),
+                Ok(Ok(())) => {}
+            }
+            mine.extend(batch.into_iter().filter(|e| e.actor.tgid == pid));
+            if mine.len() >= expected && grace.is_none() {
+                grace = Some(tokio::time::Instant::now() + Duration::from_millis(300));
+            }
+        }
+    })
+}
+
+/// Discards whatever the sensor already holds (events of earlier scenarios).
+pub fn drain(runtime: &tokio::runtime::Runtime, sensor: &mut sensor::Sensor) {
+    runtime.block_on(async {
+        loop {
+            let mut batch = Vec::new();
+            match tokio::time::timeout(Duration::from_millis(50), sensor.recv(&mut batch)).await {
+                Ok(Ok(())) => continue,
+                _ => return,
+            }
+        }
+    });
+}
+
+/// A path as bytes (for comparing with event paths, which are bytes).
+pub fn bytes(path: &Path) -> Vec<u8> {
+    path.as_os_str().as_bytes().to_vec()
 }

@@ -1,10 +1,15 @@
-//! The kernel sensor: loads one backend's programs, proves they fire, and delivers records.
+//! The kernel sensor: loads one backend's programs, fills the filter maps, proves the programs
+//! fire, and delivers decoded events.
 //!
 //! Backends are tried best first (LSM, fentry, tracepoint). A backend only counts when it loads,
 //! attaches AND delivers the record of a self-test operation: an LSM program attached on a
 //! kernel without `bpf` in `lsm=` loads fine but never fires, and must not be trusted.
 
+mod btf;
+mod event;
+mod offsets;
 mod programs;
+pub mod watch;
 
 use std::{
     collections::VecDeque,
@@ -17,38 +22,70 @@ use std::{
 
 use anyhow::{Context, Result, anyhow, bail};
 use aya::{
-    Btf, Ebpf,
-    maps::{MapData, PerCpuArray, RingBuf},
-    programs::{FEntry, Lsm, TracePoint},
+    Btf, Ebpf, EbpfLoader,
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::{FExit, Lsm, TracePoint},
 };
-use fim_common::EventKind;
-pub use fim_common::{Backend, Record};
+pub use event::Event;
+pub use fim_common::{Backend, EventKind};
+use fim_common::{Excluded, WatchKey, WatchValue, flags};
 use tokio::io::unix::AsyncFd;
+pub use watch::WatchRoot;
 
 use crate::host;
-use programs::{Attach, programs};
+use programs::{Attach, ProgramSpec, programs};
 
 /// The eBPF object built by build.rs from the `fim-ebpf` crate.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fim-ebpf.o"));
 
 /// How long a freshly attached backend gets to deliver its self-test record.
-pub const SELF_TEST_TIMEOUT: Duration = Duration::from_secs(3);
+pub const SELF_TEST_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// One attached backend and the ring buffer it writes to.
+/// The rule id of the self-test directory (never a configured rule).
+pub const SELF_TEST_RULE: u32 = u32::MAX;
+
+/// What to watch and how.
+#[derive(Clone, Debug)]
+pub struct SensorConfig {
+    pub roots: Vec<WatchRoot>,
+    /// Ring-buffer size in bytes (a power of two, at least one page).
+    pub ring_buffer_bytes: u32,
+    /// Drop fim's own file activity in the kernel (always on in the daemon).
+    pub exclude_self: bool,
+}
+
+impl Default for SensorConfig {
+    fn default() -> Self {
+        SensorConfig {
+            roots: Vec::new(),
+            ring_buffer_bytes: 16 * 1024 * 1024,
+            exclude_self: true,
+        }
+    }
+}
+
+/// One attached backend, its filter maps and the ring buffer it writes to.
 pub struct Sensor {
     backend: Backend,
     ring: AsyncFd<RingBuf<MapData>>,
     lost: PerCpuArray<MapData, u64>,
-    /// Records read while waiting for something else (the self-test); handed out first.
-    pending: VecDeque<Record>,
+    watched: BpfHashMap<MapData, WatchKey, WatchValue>,
+    prefixes: BpfHashMap<MapData, u64, WatchValue>,
+    excluded: BpfHashMap<MapData, u32, Excluded>,
+    registered: watch::FilterEntries,
+    roots_cache: Vec<WatchRoot>,
+    mounts: Vec<watch::Mount>,
+    /// Events read while waiting for something else (the self-test); handed out first.
+    pending: VecDeque<Event>,
     malformed: u64,
     // Dropped last: detaches and unloads the programs.
     _ebpf: Ebpf,
 }
 
 impl Sensor {
-    /// Loads and attaches `backend`'s programs. Does not prove they fire: see [`start`].
-    pub fn attach(backend: Backend) -> Result<Sensor> {
+    /// Loads `backend`'s programs with the filter maps filled from `config`, then attaches
+    /// them. Does not prove they fire: see [`start`].
+    pub fn attach(backend: Backend, config: &SensorConfig) -> Result<Sensor> {
         host::raise_memlock_limit();
         let release = host::kernel_release();
         if backend == Backend::Lsm {
@@ -64,7 +101,48 @@ impl Sensor {
         if backend == Backend::Tracepoint {
             host::ensure_tracefs()?;
         }
-        let mut ebpf = Ebpf::load(EBPF_OBJECT).context("parsing fim's embedded eBPF object")?;
+        let (kernel_btf, offsets) = offsets::from_running_kernel()?;
+        for spec in programs(backend) {
+            check_prototype(&kernel_btf, spec)
+                .with_context(|| format!("{} backend on kernel {release}", backend.name()))?;
+        }
+        let mut ebpf = EbpfLoader::new()
+            .override_global("OFFSETS", &offsets, true)
+            .map_max_entries("EVENTS", config.ring_buffer_bytes)
+            .load(EBPF_OBJECT)
+            .context("loading fim's embedded eBPF object (maps)")?;
+        let take = |ebpf: &mut Ebpf, name: &str| {
+            ebpf.take_map(name)
+                .with_context(|| format!("eBPF object has no {name} map"))
+        };
+        let ring =
+            RingBuf::try_from(take(&mut ebpf, "EVENTS")?).context("EVENTS is not a ring buffer")?;
+        let lost = PerCpuArray::try_from(take(&mut ebpf, "LOST")?)
+            .context("LOST is not a per-CPU array")?;
+        let watched = BpfHashMap::try_from(take(&mut ebpf, "WATCHED")?).context("WATCHED map")?;
+        let prefixes =
+            BpfHashMap::try_from(take(&mut ebpf, "PREFIXES")?).context("PREFIXES map")?;
+        let excluded =
+            BpfHashMap::try_from(take(&mut ebpf, "EXCLUDED")?).context("EXCLUDED map")?;
+        let mut sensor = Sensor {
+            backend,
+            // SAFETY: the ring buffer owns its map fd, which stays open and unchanged until the
+            // AsyncFd (which owns the RingBuf) is dropped.
+            ring: unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+                .map_err(|e| anyhow!("registering the ring buffer with tokio: {e}"))?,
+            lost,
+            watched,
+            prefixes,
+            excluded,
+            registered: watch::FilterEntries::default(),
+            roots_cache: Vec::new(),
+            mounts: watch::mounts(),
+            pending: VecDeque::new(),
+            malformed: 0,
+            _ebpf: ebpf,
+        };
+        // Fill the filter before attaching, so nothing watched slips through at start.
+        sensor.set_roots(&config.roots)?;
         let btf = match backend {
             Backend::Lsm | Backend::Fentry => Some(Btf::from_sys_fs().with_context(|| {
                 format!("reading kernel BTF (/sys/kernel/btf/vmlinux) on {release}")
@@ -72,38 +150,51 @@ impl Sensor {
             Backend::Tracepoint => None,
         };
         for spec in programs(backend) {
-            attach_program(&mut ebpf, spec, btf.as_ref())
+            attach_program(&mut sensor._ebpf, spec, btf.as_ref())
                 .with_context(|| format!("{} backend on kernel {release}", backend.name()))?;
         }
-        let ring = RingBuf::try_from(
-            ebpf.take_map("EVENTS")
-                .context("eBPF object has no EVENTS map")?,
-        )
-        .context("EVENTS is not a ring buffer")?;
-        let lost = PerCpuArray::try_from(
-            ebpf.take_map("LOST")
-                .context("eBPF object has no LOST map")?,
-        )
-        .context("LOST is not a per-CPU array")?;
-        Ok(Sensor {
-            backend,
-            // SAFETY: the ring buffer owns its map fd, which stays open and unchanged until the
-            // AsyncFd (which owns the RingBuf) is dropped.
-            ring: unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-                .map_err(|e| anyhow!("registering the ring buffer with tokio: {e}"))?,
-            lost,
-            pending: VecDeque::new(),
-            malformed: 0,
-            _ebpf: ebpf,
-        })
+        Ok(sensor)
     }
 
     pub fn backend(&self) -> Backend {
         self.backend
     }
 
-    /// Waits until at least one record is available and appends everything available to `out`.
-    pub async fn recv(&mut self, out: &mut Vec<Record>) -> Result<()> {
+    /// Replaces the watched roots. Returns the roots that could not be registered.
+    pub fn set_roots(&mut self, roots: &[WatchRoot]) -> Result<Vec<String>> {
+        let entries = watch::entries(roots);
+        for (key, _) in &self.registered.inodes {
+            let _ = self.watched.remove(key);
+        }
+        for (hash, _, _) in &self.registered.prefixes {
+            let _ = self.prefixes.remove(hash);
+        }
+        for (key, value) in &entries.inodes {
+            self.watched
+                .insert(key, value, 0)
+                .context("filling the WATCHED map (too many roots?)")?;
+        }
+        for (hash, value, _) in &entries.prefixes {
+            self.prefixes
+                .insert(hash, value, 0)
+                .context("filling the PREFIXES map (too many roots?)")?;
+        }
+        let problems = entries.problems.clone();
+        self.registered = entries;
+        self.roots_cache = roots.to_vec();
+        self.mounts = watch::mounts();
+        Ok(problems)
+    }
+
+    /// Drops a process's activity in the kernel from now on.
+    pub fn exclude_process(&mut self, tgid: u32) -> Result<()> {
+        self.excluded
+            .insert(tgid, Excluded { reason: 1 }, 0)
+            .context("filling the EXCLUDED map")
+    }
+
+    /// Waits until at least one event is available and appends everything available to `out`.
+    pub async fn recv(&mut self, out: &mut Vec<Event>) -> Result<()> {
         if !self.pending.is_empty() {
             out.extend(self.pending.drain(..));
             return Ok(());
@@ -115,18 +206,22 @@ impl Sensor {
                 .await
                 .context("waiting on the ring buffer")?;
             let before = out.len();
-            drain(guard.get_inner_mut(), out, &mut self.malformed);
+            let ring = guard.get_inner_mut();
+            drain(ring, out, &mut self.malformed);
             // Clear readiness, then drain once more: a record submitted between the first drain
             // and clear_ready would otherwise wait for the next wake-up.
             guard.clear_ready();
             drain(guard.get_inner_mut(), out, &mut self.malformed);
+            for event in &mut out[before..] {
+                absolutize(event, &self.mounts);
+            }
             if out.len() > before {
                 return Ok(());
             }
         }
     }
 
-    /// Ring-buffer reservations that failed in the kernel for this backend, summed over CPUs.
+    /// Ring-buffer outputs that failed in the kernel for this backend, summed over CPUs.
     pub fn lost_events(&self) -> Result<u64> {
         let per_cpu = self
             .lost
@@ -135,15 +230,35 @@ impl Sensor {
         Ok(per_cpu.iter().sum())
     }
 
-    /// Ring-buffer items too short to be a record (never expected; counted, not trusted).
+    /// Ring-buffer items that could not be decoded (never expected; counted, not trusted).
     pub fn malformed_records(&self) -> u64 {
         self.malformed
     }
 
-    /// Performs an unlink in a private directory and waits for this process's record of it.
+    /// Creates and removes a file in a private watched directory and waits for this process's
+    /// record of it.
     pub async fn self_test(&mut self, timeout: Duration) -> Result<()> {
         let dir = SelfTestDir::create()?;
-        let file = dir.path.join("probe");
+        let mut roots: Vec<WatchRoot> = Vec::new();
+        roots.push(WatchRoot {
+            path: dir.path.clone(),
+            rule_id: SELF_TEST_RULE,
+            recursive: true,
+        });
+        let previous = self.current_roots();
+        roots.extend(previous.iter().cloned());
+        self.set_roots(&roots)?;
+        let result = self.self_test_in(&dir.path, timeout).await;
+        self.set_roots(&previous)?;
+        result
+    }
+
+    fn current_roots(&self) -> Vec<WatchRoot> {
+        self.roots_cache.clone()
+    }
+
+    async fn self_test_in(&mut self, dir: &Path, timeout: Duration) -> Result<()> {
+        let file = dir.join("probe");
         std::fs::write(&file, b"fim self-test")
             .with_context(|| format!("writing {}", file.display()))?;
         unlinkat(&file)?;
@@ -162,15 +277,11 @@ impl Sensor {
                 Ok(result) => result?,
             }
             let mut found = false;
-            for record in batch.drain(..) {
-                if !found
-                    && record.actor.tgid == me
-                    && record.event_kind() == Some(EventKind::Unlink)
-                    && record.backend() == Some(self.backend)
-                {
-                    found = true;
+            for event in batch.drain(..) {
+                if event.rule_id == SELF_TEST_RULE && event.actor.tgid == me {
+                    found |= event.kind == EventKind::Unlink;
                 } else {
-                    self.pending.push_back(record);
+                    self.pending.push_back(event);
                 }
             }
             if found {
@@ -180,16 +291,58 @@ impl Sensor {
     }
 }
 
-fn drain(ring: &mut RingBuf<MapData>, out: &mut Vec<Record>, malformed: &mut u64) {
+/// Paths the kernel could only build relative to a filesystem root get their mount point.
+fn absolutize(event: &mut Event, mounts: &[watch::Mount]) {
+    if event.flags & flags::PATH_FS_RELATIVE == 0 {
+        return;
+    }
+    if let Some(mount_point) = watch::mount_point_of(mounts, event.target.dev) {
+        if mount_point != Path::new("/") {
+            let mut full = mount_point.as_os_str().as_bytes().to_vec();
+            full.extend_from_slice(&event.path);
+            event.path = full;
+        }
+        event.flags &= !flags::PATH_FS_RELATIVE;
+    }
+}
+
+fn drain(ring: &mut RingBuf<MapData>, out: &mut Vec<Event>, malformed: &mut u64) {
     while let Some(item) = ring.next() {
-        match Record::from_bytes(&item) {
-            Some(record) => out.push(record),
+        match Event::decode(&item) {
+            Some(event) => out.push(event),
             None => *malformed += 1,
         }
     }
 }
 
-fn attach_program(ebpf: &mut Ebpf, spec: &programs::ProgramSpec, btf: Option<&Btf>) -> Result<()> {
+/// Compares the prototype a program relies on with the running kernel's BTF.
+fn check_prototype(btf: &btf::KernelBtf, spec: &ProgramSpec) -> Result<()> {
+    let function = match &spec.attach {
+        Attach::Lsm { hook } => format!("bpf_lsm_{hook}"),
+        Attach::Fexit { function } => function.to_string(),
+        Attach::Tracepoints { .. } => return Ok(()),
+    };
+    let actual = btf
+        .function_params(&function)
+        .with_context(|| format!("program {} needs {function}", spec.name))?;
+    let matches = actual.len() == spec.params.len()
+        && actual
+            .iter()
+            .zip(spec.params)
+            .all(|(a, e)| *e == "_" || a == e);
+    if !matches {
+        bail!(
+            "hook {function}: the kernel's prototype is ({}) but program {} expects ({}) on kernel {}",
+            actual.join(", "),
+            spec.name,
+            spec.params.join(", "),
+            host::kernel_release()
+        );
+    }
+    Ok(())
+}
+
+fn attach_program(ebpf: &mut Ebpf, spec: &ProgramSpec, btf: Option<&Btf>) -> Result<()> {
     let name = spec.name;
     let program = ebpf
         .program_mut(name)
@@ -211,23 +364,23 @@ fn attach_program(ebpf: &mut Ebpf, spec: &programs::ProgramSpec, btf: Option<&Bt
                 )
             })?;
         }
-        Attach::Fentry { function } => {
-            let btf = btf.context("fentry programs need kernel BTF")?;
-            let fentry: &mut FEntry = program.try_into()?;
-            fentry.load(function, btf).map_err(|e| {
+        Attach::Fexit { function } => {
+            let btf = btf.context("fexit programs need kernel BTF")?;
+            let fexit: &mut FExit = program.try_into()?;
+            fexit.load(function, btf).map_err(|e| {
                 explain(
                     e.into(),
-                    &format!("loading fentry program {name} ({function})"),
+                    &format!("loading fexit program {name} ({function})"),
                 )
             })?;
-            fentry.attach().map_err(|e| {
+            fexit.attach().map_err(|e| {
                 explain(
                     e.into(),
-                    &format!("attaching fentry program {name} ({function})"),
+                    &format!("attaching fexit program {name} ({function})"),
                 )
             })?;
         }
-        Attach::SyscallTracepoints { events } => {
+        Attach::Tracepoints { events, optional } => {
             let tracepoint: &mut TracePoint = program.try_into()?;
             tracepoint
                 .load()
@@ -236,6 +389,11 @@ fn attach_program(ebpf: &mut Ebpf, spec: &programs::ProgramSpec, btf: Option<&Bt
                 tracepoint.attach("syscalls", event).map_err(|e| {
                     explain(e.into(), &format!("attaching {name} to syscalls:{event}"))
                 })?;
+            }
+            for event in *optional {
+                if let Err(e) = tracepoint.attach("syscalls", event) {
+                    log::debug!("optional tracepoint syscalls:{event} not attached: {e}");
+                }
             }
         }
     }
@@ -270,17 +428,20 @@ pub struct Selection {
     pub skipped: Vec<(Backend, anyhow::Error)>,
 }
 
-/// Attaches `backend` and proves it fires.
-pub async fn start(backend: Backend) -> Result<Sensor> {
-    let mut sensor = Sensor::attach(backend)?;
+/// Attaches `backend`, proves it fires, and (per config) excludes this process.
+pub async fn start(backend: Backend, config: &SensorConfig) -> Result<Sensor> {
+    let mut sensor = Sensor::attach(backend, config)?;
     sensor.self_test(SELF_TEST_TIMEOUT).await?;
+    if config.exclude_self {
+        sensor.exclude_process(std::process::id())?;
+    }
     Ok(sensor)
 }
 
 /// Starts the best backend that works, or exactly `forced` when given.
-pub async fn start_best(forced: Option<Backend>) -> Result<Selection> {
+pub async fn start_best(forced: Option<Backend>, config: &SensorConfig) -> Result<Selection> {
     if let Some(backend) = forced {
-        let sensor = start(backend)
+        let sensor = start(backend, config)
             .await
             .with_context(|| format!("the forced backend {} failed", backend.name()))?;
         return Ok(Selection {
@@ -290,7 +451,7 @@ pub async fn start_best(forced: Option<Backend>) -> Result<Selection> {
     }
     let mut skipped = Vec::new();
     for backend in Backend::ALL {
-        match start(backend).await {
+        match start(backend, config).await {
             Ok(sensor) => return Ok(Selection { sensor, skipped }),
             Err(error) => skipped.push((backend, error)),
         }
@@ -333,7 +494,7 @@ fn nonce() -> u128 {
         .unwrap_or(0)
 }
 
-/// `unlinkat(AT_FDCWD, path, 0)`: the syscall every backend's unlink program observes.
+/// `unlinkat(AT_FDCWD, path, 0)`.
 fn unlinkat(path: &Path) -> Result<()> {
     let c_path = CString::new(path.as_os_str().as_bytes()).context("path contains a NUL byte")?;
     // SAFETY: valid NUL-terminated path.

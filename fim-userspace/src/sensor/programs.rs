@@ -1,4 +1,5 @@
-//! Which kernel programs make up each backend, and where they attach.
+//! Which kernel programs make up each backend, where they attach, and the prototypes they
+//! rely on (checked against the running kernel's BTF before loading).
 
 use fim_common::Backend;
 
@@ -6,39 +7,205 @@ use fim_common::Backend;
 pub enum Attach {
     /// A BPF LSM hook (`security_<hook>` without the prefix).
     Lsm { hook: &'static str },
-    /// fentry on a kernel function.
-    Fentry { function: &'static str },
-    /// One program attached to several `syscalls:*` tracepoints.
-    SyscallTracepoints { events: &'static [&'static str] },
+    /// fexit on a kernel function.
+    Fexit { function: &'static str },
+    /// One program on several `syscalls:*` tracepoints; `optional` ones may be absent from
+    /// older kernels (e.g. fchmodat2 before 6.6).
+    Tracepoints {
+        events: &'static [&'static str],
+        optional: &'static [&'static str],
+    },
 }
 
 pub struct ProgramSpec {
     /// The function name of the program in `fim-ebpf`.
     pub name: &'static str,
     pub attach: Attach,
+    /// Expected parameter types ("_" = not checked). The count is always checked.
+    pub params: &'static [&'static str],
 }
 
-/// The programs of each backend. glibc's `unlink()` uses the `unlink` syscall while coreutils'
-/// `rm` uses `unlinkat`, so a syscall family is always covered as a whole.
+const P: &str = "struct path *";
+const D: &str = "struct dentry *";
+const F: &str = "struct file *";
+const S: &str = "char *";
+const ANY: &str = "_";
+
+macro_rules! lsm {
+    ($name:literal, $hook:literal, $params:expr) => {
+        ProgramSpec {
+            name: $name,
+            attach: Attach::Lsm { hook: $hook },
+            params: $params,
+        }
+    };
+}
+macro_rules! fexit {
+    ($name:literal, $function:literal, $params:expr) => {
+        ProgramSpec {
+            name: $name,
+            attach: Attach::Fexit {
+                function: $function,
+            },
+            params: $params,
+        }
+    };
+}
+macro_rules! tp {
+    ($name:literal, $events:expr) => {
+        ProgramSpec {
+            name: $name,
+            attach: Attach::Tracepoints {
+                events: $events,
+                optional: &[],
+            },
+            params: &[],
+        }
+    };
+    ($name:literal, $events:expr, optional $optional:expr) => {
+        ProgramSpec {
+            name: $name,
+            attach: Attach::Tracepoints {
+                events: $events,
+                optional: $optional,
+            },
+            params: &[],
+        }
+    };
+}
+
+static LSM: &[ProgramSpec] = &[
+    lsm!("lsm_path_mknod", "path_mknod", &[P, D, ANY, ANY]),
+    lsm!("lsm_path_mkdir", "path_mkdir", &[P, D, ANY]),
+    lsm!("lsm_path_rmdir", "path_rmdir", &[P, D]),
+    lsm!("lsm_path_unlink", "path_unlink", &[P, D]),
+    lsm!("lsm_path_symlink", "path_symlink", &[P, D, S]),
+    lsm!("lsm_path_link", "path_link", &[D, P, D]),
+    lsm!("lsm_path_rename", "path_rename", &[P, D, P, D, ANY]),
+    lsm!("lsm_path_truncate", "path_truncate", &[P]),
+    lsm!("lsm_path_chmod", "path_chmod", &[P, ANY]),
+    lsm!("lsm_path_chown", "path_chown", &[P, ANY, ANY]),
+    lsm!("lsm_file_open", "file_open", &[F]),
+    lsm!(
+        "lsm_inode_setxattr",
+        "inode_setxattr",
+        &[ANY, D, S, "void *", ANY, ANY]
+    ),
+    lsm!("lsm_inode_removexattr", "inode_removexattr", &[ANY, D, S]),
+    lsm!("lsm_mmap_file", "mmap_file", &[F, ANY, ANY, ANY]),
+];
+
+static FEXIT: &[ProgramSpec] = &[
+    fexit!("fexit_path_mknod", "security_path_mknod", &[P, D, ANY, ANY]),
+    fexit!("fexit_path_mkdir", "security_path_mkdir", &[P, D, ANY]),
+    fexit!("fexit_path_rmdir", "security_path_rmdir", &[P, D]),
+    fexit!("fexit_path_unlink", "security_path_unlink", &[P, D]),
+    fexit!("fexit_path_symlink", "security_path_symlink", &[P, D, S]),
+    fexit!("fexit_path_link", "security_path_link", &[D, P, D]),
+    fexit!(
+        "fexit_path_rename",
+        "security_path_rename",
+        &[P, D, P, D, ANY]
+    ),
+    fexit!("fexit_path_truncate", "security_path_truncate", &[P]),
+    fexit!("fexit_path_chmod", "security_path_chmod", &[P, ANY]),
+    fexit!("fexit_path_chown", "security_path_chown", &[P, ANY, ANY]),
+    fexit!("fexit_file_open", "security_file_open", &[F]),
+    fexit!(
+        "fexit_inode_setxattr",
+        "security_inode_setxattr",
+        &[ANY, D, S, "void *", ANY, ANY]
+    ),
+    fexit!(
+        "fexit_inode_removexattr",
+        "security_inode_removexattr",
+        &[ANY, D, S]
+    ),
+    fexit!("fexit_mmap_file", "security_mmap_file", &[F, ANY, ANY]),
+];
+
+static TRACEPOINT: &[ProgramSpec] = &[
+    tp!("tp_enter_unlink", &["sys_enter_unlink"]),
+    tp!("tp_enter_unlinkat", &["sys_enter_unlinkat"]),
+    tp!("tp_enter_rmdir", &["sys_enter_rmdir"]),
+    tp!("tp_enter_mkdir", &["sys_enter_mkdir"]),
+    tp!("tp_enter_mkdirat", &["sys_enter_mkdirat"]),
+    tp!("tp_enter_chmod", &["sys_enter_chmod"]),
+    tp!(
+        "tp_enter_fchmodat",
+        &["sys_enter_fchmodat"],
+        optional & ["sys_enter_fchmodat2"]
+    ),
+    tp!("tp_enter_fchmod", &["sys_enter_fchmod"]),
+    tp!("tp_enter_chown", &["sys_enter_chown", "sys_enter_lchown"]),
+    tp!("tp_enter_fchownat", &["sys_enter_fchownat"]),
+    tp!("tp_enter_fchown", &["sys_enter_fchown"]),
+    tp!("tp_enter_truncate", &["sys_enter_truncate"]),
+    tp!("tp_enter_ftruncate", &["sys_enter_ftruncate"]),
+    tp!("tp_enter_open", &["sys_enter_open"]),
+    tp!("tp_enter_openat", &["sys_enter_openat"]),
+    tp!("tp_enter_creat", &["sys_enter_creat"]),
+    tp!("tp_enter_openat2", &["sys_enter_openat2"]),
+    tp!("tp_enter_rename", &["sys_enter_rename"]),
+    tp!("tp_enter_renameat", &["sys_enter_renameat"]),
+    tp!("tp_enter_renameat2", &["sys_enter_renameat2"]),
+    tp!("tp_enter_link", &["sys_enter_link"]),
+    tp!("tp_enter_linkat", &["sys_enter_linkat"]),
+    tp!("tp_enter_symlink", &["sys_enter_symlink"]),
+    tp!("tp_enter_symlinkat", &["sys_enter_symlinkat"]),
+    tp!(
+        "tp_enter_setxattr",
+        &["sys_enter_setxattr", "sys_enter_lsetxattr"]
+    ),
+    tp!(
+        "tp_enter_removexattr",
+        &["sys_enter_removexattr", "sys_enter_lremovexattr"]
+    ),
+    tp!("tp_enter_fsetxattr", &["sys_enter_fsetxattr"]),
+    tp!("tp_enter_fremovexattr", &["sys_enter_fremovexattr"]),
+    tp!(
+        "tp_exit",
+        &[
+            "sys_exit_unlink",
+            "sys_exit_unlinkat",
+            "sys_exit_rmdir",
+            "sys_exit_mkdir",
+            "sys_exit_mkdirat",
+            "sys_exit_chmod",
+            "sys_exit_fchmodat",
+            "sys_exit_fchmod",
+            "sys_exit_chown",
+            "sys_exit_lchown",
+            "sys_exit_fchownat",
+            "sys_exit_fchown",
+            "sys_exit_truncate",
+            "sys_exit_ftruncate",
+            "sys_exit_open",
+            "sys_exit_openat",
+            "sys_exit_creat",
+            "sys_exit_openat2",
+            "sys_exit_rename",
+            "sys_exit_renameat",
+            "sys_exit_renameat2",
+            "sys_exit_link",
+            "sys_exit_linkat",
+            "sys_exit_symlink",
+            "sys_exit_symlinkat",
+            "sys_exit_setxattr",
+            "sys_exit_lsetxattr",
+            "sys_exit_removexattr",
+            "sys_exit_lremovexattr",
+            "sys_exit_fsetxattr",
+            "sys_exit_fremovexattr",
+        ],
+        optional & ["sys_exit_fchmodat2"]
+    ),
+];
+
 pub fn programs(backend: Backend) -> &'static [ProgramSpec] {
     match backend {
-        Backend::Lsm => &[ProgramSpec {
-            name: "lsm_path_unlink",
-            attach: Attach::Lsm {
-                hook: "path_unlink",
-            },
-        }],
-        Backend::Fentry => &[ProgramSpec {
-            name: "fentry_vfs_unlink",
-            attach: Attach::Fentry {
-                function: "vfs_unlink",
-            },
-        }],
-        Backend::Tracepoint => &[ProgramSpec {
-            name: "tp_sys_enter_unlinkat",
-            attach: Attach::SyscallTracepoints {
-                events: &["sys_enter_unlinkat", "sys_enter_unlink"],
-            },
-        }],
+        Backend::Lsm => LSM,
+        Backend::Fentry => FEXIT,
+        Backend::Tracepoint => TRACEPOINT,
     }
 }

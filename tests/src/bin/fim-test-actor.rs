@@ -1,37 +1,170 @@
-//! The test actor: a separate process that performs exactly the file operation a test asks
+//! The test actor: a separate process that performs exactly the file operations a test asks
 //! for, so tests can check that records are attributed to *this* pid, not the test's.
 //!
-//! Usage: `fim-test-actor OP ARGS...`; exits 0 when the operation succeeded.
+//! Usage: `fim-test-actor [--cwd DIR] OP ARGS... [-- OP ARGS...]...`; exits 0 when every
+//! operation succeeded. Paths are passed through byte for byte (they may be relative to
+//! `--cwd`, contain newlines or invalid UTF-8). The process exits right after its last
+//! operation, which is what the "relative path from a process that exits immediately"
+//! scenario needs.
 
-use std::{ffi::CString, io, os::unix::ffi::OsStrExt, path::Path, process::ExitCode};
+use std::{
+    ffi::{CString, OsString},
+    io,
+    os::unix::ffi::OsStrExt,
+    process::ExitCode,
+};
 
 fn main() -> ExitCode {
-    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-    match perform(&args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("fim-test-actor {args:?}: {e}");
-            ExitCode::FAILURE
+    let mut args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    if args.first().is_some_and(|a| a == "--cwd") {
+        if args.len() < 2 {
+            eprintln!("fim-test-actor: --cwd needs a directory");
+            return ExitCode::FAILURE;
         }
+        if let Err(e) = std::env::set_current_dir(&args[1]) {
+            eprintln!("fim-test-actor: chdir {:?}: {e}", args[1]);
+            return ExitCode::FAILURE;
+        }
+        args.drain(..2);
+    }
+    for op in args.split(|a| a == "--") {
+        if let Err(e) = perform(op) {
+            eprintln!("fim-test-actor {op:?}: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn c(arg: Option<&OsString>) -> io::Result<CString> {
+    let raw = arg.ok_or_else(|| io::Error::other("missing argument"))?;
+    CString::new(raw.as_bytes()).map_err(io::Error::other)
+}
+
+fn number(arg: Option<&OsString>) -> io::Result<u32> {
+    let raw = arg
+        .and_then(|a| a.to_str())
+        .ok_or_else(|| io::Error::other("missing number"))?;
+    u32::from_str_radix(
+        raw.trim_start_matches("0o"),
+        if raw.starts_with("0o") { 8 } else { 10 },
+    )
+    .map_err(io::Error::other)
+}
+
+fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
     }
 }
 
-fn perform(args: &[std::ffi::OsString]) -> io::Result<()> {
-    let op = args.first().and_then(|s| s.to_str()).unwrap_or("");
-    let arg = |i: usize| -> io::Result<CString> {
-        let raw = args
-            .get(i)
-            .ok_or_else(|| io::Error::other(format!("{op}: missing argument {i}")))?;
-        CString::new(Path::new(raw).as_os_str().as_bytes()).map_err(io::Error::other)
-    };
-    // SAFETY (all calls below): arguments are valid NUL-terminated strings.
-    let rc = match op {
-        "unlinkat" => unsafe { libc::unlinkat(libc::AT_FDCWD, arg(1)?.as_ptr(), 0) },
-        "unlink" => unsafe { libc::unlink(arg(1)?.as_ptr()) },
-        other => return Err(io::Error::other(format!("unknown operation {other:?}"))),
-    };
-    if rc != 0 {
+fn open(path: &CString, flags: libc::c_int) -> io::Result<libc::c_int> {
+    // SAFETY: valid NUL-terminated path.
+    check(unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC, 0o644) })
+}
+
+fn write_all(fd: libc::c_int, data: &[u8]) -> io::Result<()> {
+    // SAFETY: valid buffer of data.len() bytes.
+    let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
+    if n as usize != data.len() {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+fn close(fd: libc::c_int) -> io::Result<()> {
+    // SAFETY: fd is ours.
+    check(unsafe { libc::close(fd) }).map(|_| ())
+}
+
+fn perform(op: &[OsString]) -> io::Result<()> {
+    let name = op.first().and_then(|s| s.to_str()).unwrap_or("");
+    let a1 = op.get(1);
+    let a2 = op.get(2);
+    // SAFETY (all libc calls below): arguments are valid NUL-terminated strings, owned
+    // buffers, or descriptors this process opened.
+    unsafe {
+        match name {
+            // open(O_CREAT|O_EXCL|O_WRONLY), write, close
+            "create" => {
+                let fd = open(&c(a1)?, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY)?;
+                write_all(fd, b"created\n")?;
+                close(fd)
+            }
+            "write" => {
+                let fd = open(&c(a1)?, libc::O_WRONLY)?;
+                write_all(fd, b"written\n")?;
+                close(fd)
+            }
+            "append" => {
+                let fd = open(&c(a1)?, libc::O_WRONLY | libc::O_APPEND)?;
+                write_all(fd, b"appended\n")?;
+                close(fd)
+            }
+            "otrunc" => {
+                let fd = open(&c(a1)?, libc::O_WRONLY | libc::O_TRUNC)?;
+                close(fd)
+            }
+            "truncate" => check(libc::truncate(c(a1)?.as_ptr(), 0)).map(|_| ()),
+            "ftruncate" => {
+                let fd = open(&c(a1)?, libc::O_WRONLY)?;
+                check(libc::ftruncate(fd, 1))?;
+                close(fd)
+            }
+            "rename" => check(libc::rename(c(a1)?.as_ptr(), c(a2)?.as_ptr())).map(|_| ()),
+            "unlink" => check(libc::unlink(c(a1)?.as_ptr())).map(|_| ()),
+            "unlinkat" => check(libc::unlinkat(libc::AT_FDCWD, c(a1)?.as_ptr(), 0)).map(|_| ()),
+            "mkdir" => check(libc::mkdir(c(a1)?.as_ptr(), 0o755)).map(|_| ()),
+            "rmdir" => check(libc::rmdir(c(a1)?.as_ptr())).map(|_| ()),
+            "chmod" => check(libc::chmod(c(a1)?.as_ptr(), number(a2)?)).map(|_| ()),
+            "fchmod" => {
+                let fd = open(&c(a1)?, libc::O_RDONLY)?;
+                check(libc::fchmod(fd, number(a2)?))?;
+                close(fd)
+            }
+            "chown" => check(libc::chown(
+                c(a1)?.as_ptr(),
+                number(a2)?,
+                number(op.get(3))?,
+            ))
+            .map(|_| ()),
+            "setxattr" => {
+                let value = b"fim";
+                check(libc::setxattr(
+                    c(a1)?.as_ptr(),
+                    c(a2)?.as_ptr(),
+                    value.as_ptr().cast(),
+                    value.len(),
+                    0,
+                ))
+                .map(|_| ())
+            }
+            "removexattr" => check(libc::removexattr(c(a1)?.as_ptr(), c(a2)?.as_ptr())).map(|_| ()),
+            "link" => check(libc::link(c(a1)?.as_ptr(), c(a2)?.as_ptr())).map(|_| ()),
+            // symlink TARGET LINKPATH
+            "symlink" => check(libc::symlink(c(a1)?.as_ptr(), c(a2)?.as_ptr())).map(|_| ()),
+            "mmapwrite" => {
+                let fd = open(&c(a1)?, libc::O_RDWR)?;
+                // The file must already hold at least one page.
+                let len = 4096;
+                let map = libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED,
+                    fd,
+                    0,
+                );
+                if map == libc::MAP_FAILED {
+                    return Err(io::Error::last_os_error());
+                }
+                *(map as *mut u8) = b'M';
+                libc::munmap(map, len);
+                close(fd)
+            }
+            other => Err(io::Error::other(format!("unknown operation {other:?}"))),
+        }
+    }
 }

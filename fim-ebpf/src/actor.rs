@@ -1,0 +1,57 @@
+//! The acting process: ids from helpers, the rest from `task_struct`.
+
+use aya_ebpf::helpers::{
+    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+    generated::{bpf_get_current_cgroup_id, bpf_get_current_task},
+};
+use fim_common::Actor;
+
+use crate::kernel::{off, read, read_ptr};
+
+pub fn current_task() -> *const u8 {
+    // SAFETY: no preconditions.
+    unsafe { bpf_get_current_task() as *const u8 }
+}
+
+/// Fills `actor` for the current task. Fields that cannot be read stay at their sentinel
+/// (`u32::MAX` for ids) rather than being guessed.
+#[inline(always)]
+pub fn fill(actor: &mut Actor) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    actor.tgid = (pid_tgid >> 32) as u32;
+    actor.pid = pid_tgid as u32;
+    actor.uid = uid_gid as u32;
+    actor.gid = (uid_gid >> 32) as u32;
+    actor.comm = bpf_get_current_comm().unwrap_or([0u8; 16]);
+    // SAFETY: no preconditions.
+    actor.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    actor.ppid = u32::MAX;
+    actor.euid = u32::MAX;
+    actor.loginuid = u32::MAX;
+    actor.mnt_ns = 0;
+    actor.start_boottime_ns = 0;
+    if !crate::kernel::offsets_loaded() {
+        return;
+    }
+    let task = current_task();
+    if let Ok(parent) = read_ptr(task, off!(task_real_parent)) {
+        actor.ppid = read::<u32>(parent, off!(task_tgid)).unwrap_or(u32::MAX);
+    }
+    if let Ok(cred) = read_ptr(task, off!(task_cred)) {
+        actor.euid = read::<u32>(cred, off!(cred_euid)).unwrap_or(u32::MAX);
+    }
+    let loginuid = off!(task_loginuid);
+    if loginuid != 0 {
+        actor.loginuid = read::<u32>(task, loginuid).unwrap_or(u32::MAX);
+    }
+    if let Ok(leader) = read_ptr(task, off!(task_group_leader)) {
+        actor.start_boottime_ns = read::<u64>(leader, off!(task_start_boottime)).unwrap_or(0);
+    }
+    if let Ok(nsproxy) = read_ptr(task, off!(task_nsproxy))
+        && !nsproxy.is_null()
+        && let Ok(mnt_ns) = read_ptr(nsproxy, off!(nsproxy_mnt_ns))
+    {
+        actor.mnt_ns = read::<u32>(mnt_ns, off!(mnt_namespace_ns_inum)).unwrap_or(0);
+    }
+}

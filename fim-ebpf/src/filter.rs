@@ -1,0 +1,121 @@
+//! In-kernel filtering: is the object under a watched root, and is the actor excluded?
+//!
+//! Roots are keyed by (dev, inode). User space also registers the root of every mount below a
+//! recursive root, so the walk never has to cross a mount: it stops at the filesystem root.
+
+use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::map, maps::HashMap};
+use fim_common::{Excluded, WatchKey, WatchValue, record::MAX_WALK_DEPTH, watch};
+
+use crate::kernel::{off, read, read_ptr};
+
+#[map]
+static WATCHED: HashMap<WatchKey, WatchValue> = HashMap::with_max_entries(16384, 0);
+
+/// Processes (tgid) whose changes are dropped in the kernel: fim itself, configured actors.
+#[map]
+static EXCLUDED: HashMap<u32, Excluded> = HashMap::with_max_entries(1024, 0);
+
+/// The filter's decision, as one plain integer: a Rust enum with a payload lets LLVM move an
+/// undefined payload register around, which the verifier rejects as an uninitialised read.
+#[derive(Clone, Copy)]
+pub struct Verdict(u64);
+
+const V_UNWATCHED: u64 = 0;
+const V_UNDECIDED: u64 = 1;
+const V_WATCHED: u64 = 2;
+
+impl Verdict {
+    #[allow(non_upper_case_globals)]
+    pub const Unwatched: Verdict = Verdict(V_UNWATCHED);
+    /// The walk limit was hit, or the string was not canonical: user space decides.
+    #[allow(non_upper_case_globals)]
+    pub const Undecided: Verdict = Verdict(V_UNDECIDED);
+
+    #[allow(non_snake_case)]
+    #[inline(always)]
+    pub fn Watched(rule: u32) -> Verdict {
+        Verdict(V_WATCHED | (rule as u64) << 8)
+    }
+
+    #[inline(always)]
+    pub fn is_unwatched(self) -> bool {
+        self.0 & 0xff == V_UNWATCHED
+    }
+
+    #[inline(always)]
+    pub fn is_undecided(self) -> bool {
+        self.0 & 0xff == V_UNDECIDED
+    }
+
+    /// The rule of a watched verdict.
+    #[inline(always)]
+    pub fn rule(self) -> Option<u32> {
+        if self.0 & 0xff == V_WATCHED {
+            Some((self.0 >> 8) as u32)
+        } else {
+            None
+        }
+    }
+}
+
+#[inline(always)]
+pub fn actor_excluded() -> bool {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: the value is only tested for presence.
+    unsafe { EXCLUDED.get(tgid).is_some() }
+}
+
+/// The device number of the filesystem a dentry lives on.
+#[inline(always)]
+pub fn dentry_dev(dentry: *const u8) -> Result<u32, i64> {
+    let sb = read_ptr(dentry, off!(dentry_d_sb))?;
+    read::<u32>(sb, off!(super_block_s_dev))
+}
+
+#[inline(always)]
+fn lookup(dev: u32, dentry: *const u8) -> Option<WatchValue> {
+    let inode = read_ptr(dentry, off!(dentry_d_inode)).ok()?;
+    if inode.is_null() {
+        return None;
+    }
+    let ino = read::<u64>(inode, off!(inode_i_ino)).ok()?;
+    // SAFETY: the value is copied out at once.
+    unsafe { WATCHED.get(WatchKey { dev, _pad: 0, ino }).copied() }
+}
+
+/// Decides for `target` (a dentry, possibly negative: a name about to be created).
+pub fn check(target: *const u8) -> Verdict {
+    let Ok(dev) = dentry_dev(target) else {
+        return Verdict::Undecided;
+    };
+    if let Some(v) = lookup(dev, target)
+        && v.flags & watch::SELF != 0
+    {
+        return Verdict::Watched(v.rule_id);
+    }
+    let Ok(mut dentry) = read_ptr(target, off!(dentry_d_parent)) else {
+        return Verdict::Undecided;
+    };
+    let mut depth = 1u32;
+    while depth < MAX_WALK_DEPTH {
+        if let Some(v) = lookup(dev, dentry) {
+            let wanted = if depth == 1 {
+                watch::CHILDREN | watch::RECURSIVE
+            } else {
+                watch::RECURSIVE
+            };
+            if v.flags & wanted != 0 {
+                return Verdict::Watched(v.rule_id);
+            }
+        }
+        let Ok(parent) = read_ptr(dentry, off!(dentry_d_parent)) else {
+            return Verdict::Undecided;
+        };
+        if parent == dentry {
+            return Verdict::Unwatched;
+        }
+        dentry = parent;
+        depth += 1;
+    }
+    Verdict::Undecided
+}

@@ -1,0 +1,258 @@
+//! What the LSM and fexit backends do at each hook. Both see the same arguments (the fexit
+//! programs attach to the `security_*` functions that call the LSM hooks), so one function per
+//! hook serves both; only the backend number and the success check differ.
+
+use fim_common::{Args, Backend, EventKind, Record, flags, record::PATH_CAP};
+
+use crate::{
+    emit, filter,
+    kernel::{off, read, read_ptr},
+    path,
+};
+
+/// `struct path` -> (mnt, dentry).
+#[inline(always)]
+fn split_path(path: *const u8) -> Result<(*const u8, *const u8), i64> {
+    Ok((
+        read_ptr(path, off!(path_mnt))?,
+        read_ptr(path, off!(path_dentry))?,
+    ))
+}
+
+/// Whether to report, and under which rule: `None` drops the event.
+#[inline(always)]
+fn decide(targets: &[*const u8]) -> Option<(u32, u16)> {
+    if !crate::kernel::offsets_loaded() || filter::actor_excluded() {
+        return None;
+    }
+    let mut undecided = false;
+    for &target in targets {
+        if target.is_null() {
+            continue;
+        }
+        let verdict = filter::check(target);
+        if let Some(rule) = verdict.rule() {
+            return Some((rule, 0));
+        }
+        undecided |= verdict.is_undecided();
+    }
+    if undecided {
+        Some((0, flags::FILTER_UNDECIDED))
+    } else {
+        None
+    }
+}
+
+/// Fills `target` from a dentry's inode (if it has one) and its filesystem.
+#[inline(always)]
+fn describe_target(record: &mut Record, dentry: *const u8) {
+    let header = &mut record.header;
+    header.target.dev = filter::dentry_dev(dentry).unwrap_or(0);
+    if let Ok(inode) = read_ptr(dentry, off!(dentry_d_inode))
+        && !inode.is_null()
+    {
+        header.target.ino = read::<u64>(inode, off!(inode_i_ino)).unwrap_or(0);
+        header.target.mode = read::<u16>(inode, off!(inode_i_mode)).unwrap_or(0) as u32;
+        header.flags |= flags::TARGET_KNOWN;
+    }
+}
+
+#[inline(always)]
+fn set_path1(record: &mut Record, dentry: *const u8, mnt: *const u8) -> usize {
+    let data = record.data.as_mut_ptr();
+    let piece = path::build(data, 0, dentry, mnt, flags::PATH1_TRUNCATED);
+    record.header.path1_len = piece.len() as u16;
+    record.header.flags |= piece.flags();
+    piece.len()
+}
+
+#[inline(always)]
+fn set_path2(record: &mut Record, offset: usize, dentry: *const u8, mnt: *const u8) {
+    let data = record.data.as_mut_ptr();
+    let piece = path::build(data, offset, dentry, mnt, flags::PATH2_TRUNCATED);
+    record.header.path2_len = piece.len() as u16;
+    record.header.flags |= piece.flags();
+}
+
+#[inline(always)]
+fn set_string2(record: &mut Record, offset: usize, string: *const u8) {
+    let data = record.data.as_mut_ptr();
+    let piece = path::kernel_string(data, offset, string, flags::PATH2_TRUNCATED);
+    record.header.path2_len = piece.len() as u16;
+    record.header.flags |= piece.flags() | flags::PATH2_IS_STRING;
+}
+
+/// A name inside a directory: create (mknod), mkdir, unlink, rmdir, symlink.
+#[inline(always)]
+pub fn dir_entry(
+    kind: EventKind,
+    backend: Backend,
+    dir: *const u8,
+    dentry: *const u8,
+    args: Args,
+    symlink_target: *const u8,
+) -> Result<(), i64> {
+    let Some((rule, decision_flags)) = decide(&[dentry]) else {
+        return Ok(());
+    };
+    let (mnt, _dir_dentry) = split_path(dir)?;
+    let Some(record) = emit::start(kind, backend) else {
+        return Ok(());
+    };
+    record.header.rule_id = rule;
+    record.header.flags = decision_flags;
+    record.header.args = args;
+    describe_target(record, dentry);
+    let len1 = set_path1(record, dentry, mnt);
+    if !symlink_target.is_null() {
+        set_string2(record, len1 & (PATH_CAP - 1), symlink_target);
+    }
+    emit::submit(record, backend);
+    Ok(())
+}
+
+/// An operation on an existing path: chmod, chown, truncate.
+#[inline(always)]
+pub fn on_path(kind: EventKind, backend: Backend, path: *const u8, args: Args) -> Result<(), i64> {
+    let (mnt, dentry) = split_path(path)?;
+    let Some((rule, decision_flags)) = decide(&[dentry]) else {
+        return Ok(());
+    };
+    let Some(record) = emit::start(kind, backend) else {
+        return Ok(());
+    };
+    record.header.rule_id = rule;
+    record.header.flags = decision_flags;
+    record.header.args = args;
+    describe_target(record, dentry);
+    set_path1(record, dentry, mnt);
+    emit::submit(record, backend);
+    Ok(())
+}
+
+/// rename(old_dir/old_dentry -> new_dir/new_dentry): reported when either side is watched.
+#[inline(always)]
+pub fn rename(
+    backend: Backend,
+    old_dir: *const u8,
+    old_dentry: *const u8,
+    new_dir: *const u8,
+    new_dentry: *const u8,
+    rename_flags: u32,
+) -> Result<(), i64> {
+    let Some((rule, decision_flags)) = decide(&[old_dentry, new_dentry]) else {
+        return Ok(());
+    };
+    let (old_mnt, _) = split_path(old_dir)?;
+    let (new_mnt, _) = split_path(new_dir)?;
+    let Some(record) = emit::start(EventKind::Rename, backend) else {
+        return Ok(());
+    };
+    record.header.rule_id = rule;
+    record.header.flags = decision_flags;
+    record.header.args.flags = rename_flags;
+    describe_target(record, old_dentry);
+    let len1 = set_path1(record, old_dentry, old_mnt);
+    set_path2(record, len1 & (PATH_CAP - 1), new_dentry, new_mnt);
+    emit::submit(record, backend);
+    Ok(())
+}
+
+/// link(old_dentry, new_dir/new_dentry). The old dentry's mount is the new directory's (a hard
+/// link never crosses a mount).
+#[inline(always)]
+pub fn link(
+    backend: Backend,
+    old_dentry: *const u8,
+    new_dir: *const u8,
+    new_dentry: *const u8,
+) -> Result<(), i64> {
+    let Some((rule, decision_flags)) = decide(&[old_dentry, new_dentry]) else {
+        return Ok(());
+    };
+    let (mnt, _) = split_path(new_dir)?;
+    let Some(record) = emit::start(EventKind::Link, backend) else {
+        return Ok(());
+    };
+    record.header.rule_id = rule;
+    record.header.flags = decision_flags;
+    describe_target(record, old_dentry);
+    let len1 = set_path1(record, old_dentry, mnt);
+    set_path2(record, len1 & (PATH_CAP - 1), new_dentry, mnt);
+    emit::submit(record, backend);
+    Ok(())
+}
+
+/// setxattr/removexattr: only a dentry is known, so the path is relative to its filesystem
+/// root (user space prefixes the mount point) unless it is the root filesystem.
+#[inline(always)]
+pub fn xattr(
+    kind: EventKind,
+    backend: Backend,
+    dentry: *const u8,
+    name: *const u8,
+) -> Result<(), i64> {
+    let Some((rule, decision_flags)) = decide(&[dentry]) else {
+        return Ok(());
+    };
+    let Some(record) = emit::start(kind, backend) else {
+        return Ok(());
+    };
+    record.header.rule_id = rule;
+    record.header.flags = decision_flags;
+    describe_target(record, dentry);
+    let len1 = set_path1(record, dentry, core::ptr::null());
+    set_string2(record, len1 & (PATH_CAP - 1), name);
+    emit::submit(record, backend);
+    Ok(())
+}
+
+const FMODE_WRITE: u32 = 0x2;
+const O_TRUNC: u32 = 0o1000;
+
+/// file_open with write intent (or O_TRUNC): `OpenWrite`.
+#[inline(always)]
+pub fn file_open(backend: Backend, file: *const u8) -> Result<(), i64> {
+    let f_mode = read::<u32>(file, off!(file_f_mode))?;
+    let f_flags = read::<u32>(file, off!(file_f_flags))?;
+    if f_mode & FMODE_WRITE == 0 && f_flags & O_TRUNC == 0 {
+        return Ok(());
+    }
+    file_event(EventKind::OpenWrite, backend, file, f_flags)
+}
+
+const MAP_SHARED: u64 = 0x01;
+const PROT_WRITE: u64 = 0x2;
+
+/// mmap of a file, shared and writable: writes can reach the file without write(2).
+#[inline(always)]
+pub fn mmap(backend: Backend, file: *const u8, prot: u64, map_flags: u64) -> Result<(), i64> {
+    if file.is_null() || map_flags & MAP_SHARED == 0 || prot & PROT_WRITE == 0 {
+        return Ok(());
+    }
+    file_event(EventKind::MmapSharedWrite, backend, file, map_flags as u32)
+}
+
+#[inline(always)]
+fn file_event(
+    kind: EventKind,
+    backend: Backend,
+    file: *const u8,
+    event_flags: u32,
+) -> Result<(), i64> {
+    let f_path = file.wrapping_add(off!(file_f_path));
+    let (mnt, dentry) = split_path(f_path)?;
+    let Some((rule, decision_flags)) = decide(&[dentry]) else {
+        return Ok(());
+    };
+    let Some(record) = emit::start(kind, backend) else {
+        return Ok(());
+    };
+    record.header.rule_id = rule;
+    record.header.flags = decision_flags;
+    record.header.args.flags = event_flags;
+    describe_target(record, dentry);
+    set_path1(record, dentry, mnt);
+    emit::submit(record, backend);
+    Ok(())
+}

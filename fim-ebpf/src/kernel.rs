@@ -1,0 +1,48 @@
+//! Reading kernel memory at offsets user space found in the running kernel's BTF.
+
+use aya_ebpf::helpers::generated::bpf_probe_read_kernel;
+use fim_common::KernelOffsets;
+
+/// Filled by user space before load (`EbpfLoader::set_global`); zero means "unknown".
+#[unsafe(no_mangle)]
+pub static OFFSETS: KernelOffsets = unsafe { core::mem::zeroed() };
+
+/// Reads one offset. Volatile so the compiler cannot fold the zero initialiser into the code.
+macro_rules! off {
+    ($field:ident) => {{
+        // The macro is also used inside unsafe blocks.
+        #[allow(unused_unsafe)]
+        let value = unsafe { core::ptr::read_volatile(&raw const $crate::kernel::OFFSETS.$field) };
+        value as usize
+    }};
+}
+pub(crate) use off;
+
+pub fn offsets_loaded() -> bool {
+    off!(loaded) != 0
+}
+
+/// Reads a `T` at `base + offset` from kernel memory.
+#[inline(always)]
+pub fn read<T: Copy>(base: *const u8, offset: usize) -> Result<T, i64> {
+    let mut value = core::mem::MaybeUninit::<T>::uninit();
+    // SAFETY: the helper checks the source address; the destination is a local of size T.
+    let rc = unsafe {
+        bpf_probe_read_kernel(
+            value.as_mut_ptr().cast(),
+            core::mem::size_of::<T>() as u32,
+            base.wrapping_add(offset).cast(),
+        )
+    };
+    if rc != 0 {
+        return Err(rc);
+    }
+    // SAFETY: the helper succeeded, so all bytes were written.
+    Ok(unsafe { value.assume_init() })
+}
+
+/// Reads a kernel pointer at `base + offset`.
+#[inline(always)]
+pub fn read_ptr(base: *const u8, offset: usize) -> Result<*const u8, i64> {
+    read::<u64>(base, offset).map(|p| p as *const u8)
+}

@@ -1,0 +1,278 @@
+//! Building absolute paths from dentries (and their mount, when the hook knows it) in the
+//! kernel, with a bounded walk. A path that does not fit or is deeper than the walk limit keeps
+//! its leaf end and is flagged truncated: never silently wrong.
+
+use aya_ebpf::{
+    helpers::generated::{bpf_loop, bpf_probe_read_kernel},
+    macros::map,
+    maps::PerCpuArray,
+};
+use fim_common::{
+    flags,
+    record::{MAX_WALK_DEPTH, PATH_CAP},
+};
+
+use crate::kernel::{off, read, read_ptr};
+
+/// Scratch space for writing a path backwards. Oversized so that every masked offset plus a
+/// masked length stays inside it, which is what the verifier checks.
+const WALK_CAP: usize = 2 * PATH_CAP + 256;
+
+#[map]
+static WALKBUF: PerCpuArray<[u8; WALK_CAP]> = PerCpuArray::with_max_entries(1, 0);
+
+const MASK: usize = PATH_CAP - 1;
+
+/// A written string: its length and flags, packed in one register (BPF functions take at most
+/// five arguments and cannot return structs through memory).
+#[derive(Clone, Copy)]
+pub struct Piece(u32);
+
+impl Piece {
+    #[inline(always)]
+    pub fn new(len: usize, flags: u16) -> Piece {
+        Piece((len as u32 & 0xffff) | ((flags as u32) << 16))
+    }
+
+    #[inline(always)]
+    pub fn len(self) -> usize {
+        (self.0 & 0xffff) as usize & MASK
+    }
+
+    #[inline(always)]
+    pub fn flags(self) -> u16 {
+        (self.0 >> 16) as u16
+    }
+}
+/// Mask for string destinations, which may start anywhere in the first two `PATH_CAP`s.
+pub const DATA_MASK: usize = 2 * PATH_CAP - 1;
+
+/// Loop state of a path walk. It lives in a map, not in registers: the verifier then sees
+/// every iteration start from the same unknown values and prunes, instead of tracking each
+/// branch's exact `pos` through 128 iterations (which blows its 1M-instruction budget).
+#[repr(C)]
+struct Walk {
+    pos: u64,
+    dentry: u64,
+    mnt: u64,
+    mount: u64,
+    flags: u64,
+    done: u64,
+}
+
+#[map]
+static WALKSTATE: PerCpuArray<Walk> = PerCpuArray::with_max_entries(1, 0);
+
+macro_rules! load {
+    ($state:expr, $field:ident) => {{
+        // SAFETY: `state` is a valid per-CPU map value.
+        #[allow(unused_unsafe)]
+        let value = unsafe { core::ptr::read_volatile(&raw const (*$state).$field) };
+        value
+    }};
+}
+macro_rules! store {
+    ($state:expr, $field:ident, $value:expr) => {{
+        let value = $value;
+        // SAFETY: `state` is a valid per-CPU map value.
+        #[allow(unused_unsafe)]
+        unsafe {
+            core::ptr::write_volatile(&raw mut (*$state).$field, value)
+        }
+    }};
+}
+
+/// One step of the walk: write one name, or cross one mount. Returns false when finished.
+#[inline(always)]
+fn step(state: *mut Walk, buf: *mut u8) -> bool {
+    if load!(state, done) != 0 {
+        return false;
+    }
+    let dentry = load!(state, dentry) as *const u8;
+    let mnt = load!(state, mnt) as *const u8;
+    let mount = load!(state, mount) as *const u8;
+    if !mnt.is_null() {
+        let Ok(mnt_root) = read_ptr(mnt, off!(vfsmount_mnt_root)) else {
+            return false;
+        };
+        if dentry == mnt_root {
+            let Ok(parent_mount) = read_ptr(mount, off!(mount_mnt_parent)) else {
+                return false;
+            };
+            if parent_mount == mount {
+                store!(state, done, 1);
+                return false;
+            }
+            let Ok(mountpoint) = read_ptr(mount, off!(mount_mnt_mountpoint)) else {
+                return false;
+            };
+            store!(state, dentry, mountpoint as u64);
+            store!(state, mount, parent_mount as u64);
+            store!(
+                state,
+                mnt,
+                parent_mount.wrapping_add(off!(mount_mnt)) as u64
+            );
+            return true;
+        }
+    }
+    let Ok(parent) = read_ptr(dentry, off!(dentry_d_parent)) else {
+        return false;
+    };
+    if parent == dentry {
+        if mnt.is_null() {
+            store!(
+                state,
+                flags,
+                load!(state, flags) | flags::PATH_FS_RELATIVE as u64
+            );
+        }
+        store!(state, done, 1);
+        return false;
+    }
+    let Ok(name) = read_ptr(dentry, off!(dentry_d_name_name)) else {
+        return false;
+    };
+    let Ok(len) = read::<u32>(dentry, off!(dentry_d_name_len)) else {
+        return false;
+    };
+    let len = len as usize & 255;
+    let pos = load!(state, pos) as usize & (PATH_CAP * 2 - 1);
+    if len + 2 > pos || pos > PATH_CAP {
+        return false;
+    }
+    let pos = pos - len;
+    // SAFETY: (pos & MASK) + len < WALK_CAP; the helper checks the source.
+    unsafe {
+        bpf_probe_read_kernel(
+            buf.add(bounded(pos, MASK)).cast(),
+            bounded(len, 255) as u32,
+            name.cast(),
+        )
+    };
+    let pos = pos - 1;
+    // SAFETY: pos & MASK < WALK_CAP.
+    unsafe { *buf.add(pos & MASK) = b'/' };
+    store!(state, pos, pos as u64);
+    store!(state, dentry, parent as u64);
+    true
+}
+
+/// One `bpf_loop` iteration of the walk: 0 continues, 1 stops.
+unsafe extern "C" fn walk_callback(_index: u64, _ctx: *mut core::ffi::c_void) -> i64 {
+    let (Some(buf), Some(state)) = (WALKBUF.get_ptr_mut(0), WALKSTATE.get_ptr_mut(0)) else {
+        return 1;
+    };
+    if step(state, buf.cast()) { 0 } else { 1 }
+}
+
+/// Writes the path of `dentry` to `data[dst..]` (dst < PATH_CAP). `vfsmount` may be null when
+/// the hook does not know the mount: the path is then relative to the filesystem root and
+/// flagged `PATH_FS_RELATIVE`. The flags may hold `truncated_flag`.
+pub fn build(
+    data: *mut u8,
+    dst: usize,
+    dentry: *const u8,
+    vfsmount: *const u8,
+    truncated_flag: u16,
+) -> Piece {
+    let (Some(buf), Some(state)) = (WALKBUF.get_ptr_mut(0), WALKSTATE.get_ptr_mut(0)) else {
+        return Piece::new(0, truncated_flag);
+    };
+    let buf = buf.cast::<u8>();
+    let mount = if vfsmount.is_null() {
+        vfsmount
+    } else {
+        vfsmount.wrapping_sub(off!(mount_mnt))
+    };
+    store!(state, pos, PATH_CAP as u64);
+    store!(state, dentry, dentry as u64);
+    store!(state, mnt, vfsmount as u64);
+    store!(state, mount, mount as u64);
+    store!(state, flags, 0);
+    store!(state, done, 0);
+    // bpf_loop (5.17+): the verifier checks the callback once instead of every iteration.
+    // SAFETY: the callback has the signature bpf_loop expects and takes no context.
+    unsafe {
+        bpf_loop(
+            MAX_WALK_DEPTH * 2,
+            walk_callback as *mut core::ffi::c_void,
+            core::ptr::null_mut(),
+            0,
+        );
+    }
+    let mut out_flags = load!(state, flags) as u16;
+    if load!(state, done) == 0 {
+        out_flags |= truncated_flag;
+    }
+    let mut pos = load!(state, pos) as usize & (PATH_CAP * 2 - 1);
+    if pos > PATH_CAP {
+        return Piece::new(0, truncated_flag);
+    }
+    if pos == PATH_CAP {
+        // The root itself.
+        pos -= 1;
+        // SAFETY: in bounds.
+        unsafe { *buf.add(pos & MASK) = b'/' };
+    }
+    let len = (PATH_CAP - pos) & MASK;
+    // SAFETY: (dst & MASK) + len < DATA_CAP; source within WALK_CAP.
+    unsafe {
+        bpf_probe_read_kernel(
+            data.add(bounded(dst, MASK)).cast(),
+            bounded(len, MASK) as u32,
+            buf.add(bounded(pos, MASK)).cast(),
+        )
+    };
+    Piece::new(len, out_flags)
+}
+
+/// Re-masks an offset behind an optimisation barrier. The compiler would otherwise drop a mask
+/// it can prove redundant, and older verifiers (6.1) can carry impossible bounds (umin > umax)
+/// into pointer arithmetic along dead branches and then reject the program.
+#[inline(always)]
+pub fn bounded(offset: usize, mask: usize) -> usize {
+    core::hint::black_box(offset) & mask
+}
+
+/// Copies a NUL-terminated kernel string (xattr name, symlink target) to `data[dst..]`.
+/// Returns its length without the NUL, and `truncated_flag` when it did not fit.
+pub fn kernel_string(data: *mut u8, dst: usize, src: *const u8, truncated_flag: u16) -> Piece {
+    // SAFETY: (dst & DATA_MASK) + PATH_CAP <= DATA_CAP.
+    let n = unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_read_kernel_str(
+            data.add(bounded(dst, DATA_MASK)).cast(),
+            PATH_CAP as u32,
+            src.cast(),
+        )
+    };
+    string_result(n, truncated_flag)
+}
+
+/// Copies a NUL-terminated user string (a syscall argument) to `data[dst..]`.
+pub fn user_string(data: *mut u8, dst: usize, src: *const u8, truncated_flag: u16) -> Piece {
+    // SAFETY: as above.
+    let n = unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_read_user_str(
+            data.add(bounded(dst, DATA_MASK)).cast(),
+            PATH_CAP as u32,
+            src.cast(),
+        )
+    };
+    string_result(n, truncated_flag)
+}
+
+#[inline(always)]
+fn string_result(n: i64, truncated_flag: u16) -> Piece {
+    if n <= 0 {
+        return Piece::new(0, truncated_flag);
+    }
+    let len = (n as usize - 1) & MASK;
+    // A string that filled the whole buffer may have been cut.
+    let cut = if n as usize >= PATH_CAP {
+        truncated_flag
+    } else {
+        0
+    };
+    Piece::new(len, cut)
+}
