@@ -51,6 +51,14 @@ enum Task {
         #[arg(long)]
         no_vm: bool,
     },
+    /// Benchmarks: `sensor` (workload cost without fim and with each backend that starts here).
+    Bench {
+        /// Which benchmark: sensor.
+        what: String,
+        /// Arguments for the benchmark harness, e.g. `-- --rounds 9 --iterations 20000`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Run the kernel tests inside QEMU on the Debian test kernels.
     VmTest {
         /// Which kernel: 6.1, 6.12 or all.
@@ -71,6 +79,7 @@ fn main() -> ExitCode {
         Task::Build => testing::build_release().map(|_| true),
         Task::Run { args } => testing::run_fim(&args).map(|_| true),
         Task::Test { no_vm } => testing::run_all(!no_vm),
+        Task::Bench { what, args } => testing::bench(&what, &args).map(|_| true),
         Task::VmTest { kernel } => vm::run(&kernel).map(|counts| {
             counts.print_closing("total");
             counts.failed == 0

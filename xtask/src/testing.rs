@@ -51,6 +51,29 @@ pub fn run_fim(args: &[String]) -> Result<()> {
     Err(error).with_context(|| format!("executing {}", fim.display()))
 }
 
+/// `cargo xtask bench WHAT`: builds the harness in release mode and runs it (as root).
+pub fn bench(what: &str, args: &[String]) -> Result<()> {
+    let bin = match what {
+        "sensor" => "fim-sensor-bench",
+        other => bail!("unknown benchmark {other:?}; available: sensor"),
+    };
+    if !is_root() {
+        bail!("the {what} benchmark loads eBPF programs and must run as root");
+    }
+    setup::run(setup::Scope::Build)?;
+    cmd::step(&format!("building {bin} (release)"));
+    cmd::run(cargo().args(["build", "--release", "--package", "fim-tests", "--bin", bin]))?;
+    let out = paths::target().join("bench").join(format!("{what}.json"));
+    cmd::step(&format!("running the {what} benchmark"));
+    cmd::run(
+        Command::new(paths::target().join("release").join(bin))
+            .current_dir(paths::workspace())
+            .args(args)
+            .arg("--out")
+            .arg(&out),
+    )
+}
+
 /// The whole suite. Returns whether everything passed; prints the closing counts.
 pub fn run_all(with_vm: bool) -> Result<bool> {
     let started = Instant::now();

@@ -1,0 +1,295 @@
+//! `cargo xtask bench sensor`: the cost of the sensor on a file-changing workload.
+//!
+//! The workload (create+write+close, rename, chmod, unlink, in a loop) runs as a separate
+//! process in a watched and in an unwatched directory, without fim and with every backend that
+//! starts here. Runs are interleaved (round by round, every mode in turn) so that machine noise
+//! hits all modes alike; the table shows medians and their ratio to the no-monitor median of
+//! the same directory kind. Results also go to a JSON file.
+//!
+//! Usage: fim-sensor-bench [--rounds R] [--iterations N] [--out FILE]
+
+use std::{
+    ffi::CString,
+    os::unix::ffi::OsStrExt,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use fim::sensor::{self, Backend, SensorConfig, WatchRoot};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = if args.first().map(String::as_str) == Some("workload") {
+        workload(&args[1..])
+    } else {
+        bench(&args)
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fim-sensor-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The measured workload: N times create+write+close, rename, chmod, unlink.
+fn workload(args: &[String]) -> Result<()> {
+    let dir = PathBuf::from(args.first().context("workload DIR N")?);
+    let n: usize = args.get(1).context("workload DIR N")?.parse()?;
+    let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).expect("no NUL in bench paths");
+    for i in 0..n {
+        let a = c(&dir.join(format!("f{i}")));
+        let b = c(&dir.join(format!("g{i}")));
+        // SAFETY: valid C strings and a buffer of the given length.
+        unsafe {
+            let fd = libc::open(
+                a.as_ptr(),
+                libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC | libc::O_CLOEXEC,
+                0o644,
+            );
+            if fd < 0 {
+                bail!("open: {}", std::io::Error::last_os_error());
+            }
+            libc::write(fd, b"benchmark data\n".as_ptr().cast(), 15);
+            libc::close(fd);
+            if libc::rename(a.as_ptr(), b.as_ptr()) != 0
+                || libc::chmod(b.as_ptr(), 0o600) != 0
+                || libc::unlink(b.as_ptr()) != 0
+            {
+                bail!("workload step failed: {}", std::io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    None,
+    With(Backend),
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::None => "none",
+            Mode::With(b) => b.name(),
+        }
+    }
+}
+
+fn flag(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}
+
+fn time_workload(dir: &Path, iterations: usize) -> Result<f64> {
+    let started = Instant::now();
+    let status = Command::new(std::env::current_exe()?)
+        .arg("workload")
+        .arg(dir)
+        .arg(iterations.to_string())
+        .status()
+        .context("running the workload")?;
+    if !status.success() {
+        bail!("workload failed: {status}");
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// A started sensor drained by its own thread until dropped.
+struct Running {
+    stop: Arc<AtomicBool>,
+    events: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl Running {
+    fn start(backend: Backend, watched: &Path) -> Result<Running> {
+        let config = SensorConfig {
+            roots: vec![WatchRoot {
+                path: watched.to_path_buf(),
+                rule_id: 1,
+                recursive: true,
+            }],
+            ..SensorConfig::default()
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let events = Arc::new(AtomicU64::new(0));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop2, events2) = (Arc::clone(&stop), Arc::clone(&events));
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                let mut sensor = match sensor::start(backend, &config).await {
+                    Ok(s) => {
+                        let _ = ready_tx.send(Ok(()));
+                        s
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(format!("{e:#}")));
+                        return 0;
+                    }
+                };
+                let mut batch = Vec::new();
+                while !stop2.load(Ordering::Relaxed) {
+                    batch.clear();
+                    if let Ok(Ok(())) =
+                        tokio::time::timeout(Duration::from_millis(100), sensor.recv(&mut batch))
+                            .await
+                    {
+                        events2.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    }
+                }
+                sensor.lost_events().unwrap_or(0)
+            })
+        });
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(Running {
+                stop,
+                events,
+                thread: Some(thread),
+            }),
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                bail!("{e}")
+            }
+            Err(_) => bail!("sensor thread died"),
+        }
+    }
+
+    /// Stops draining; returns (events seen, events lost).
+    fn finish(mut self) -> (u64, u64) {
+        // Let the drain catch up with the last records before stopping.
+        std::thread::sleep(Duration::from_millis(300));
+        self.stop.store(true, Ordering::Relaxed);
+        let lost = self
+            .thread
+            .take()
+            .map(|t| t.join().unwrap_or(0))
+            .unwrap_or(0);
+        (self.events.load(Ordering::Relaxed), lost)
+    }
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    let n = values.len();
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+fn bench(args: &[String]) -> Result<()> {
+    let rounds: usize = flag(args, "--rounds")
+        .map(|v| v.parse())
+        .transpose()?
+        .unwrap_or(7);
+    let iterations: usize = flag(args, "--iterations")
+        .map(|v| v.parse())
+        .transpose()?
+        .unwrap_or(20_000);
+    let out = flag(args, "--out")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("target/bench/sensor.json"));
+    let base = std::env::temp_dir().join(format!("fim-bench-{}", std::process::id()));
+    let watched = base.join("watched");
+    let unwatched = base.join("unwatched");
+    std::fs::create_dir_all(&watched)?;
+    std::fs::create_dir_all(&unwatched)?;
+    let watched = std::fs::canonicalize(&watched)?;
+
+    let mut modes = vec![Mode::None];
+    for backend in Backend::ALL {
+        match Running::start(backend, &watched) {
+            Ok(running) => {
+                running.finish();
+                modes.push(Mode::With(backend));
+            }
+            Err(e) => println!("backend {} not measured: {e}", backend.name()),
+        }
+    }
+    println!(
+        "kernel {}: {rounds} rounds x {iterations} iterations of create+write+close, rename, chmod, unlink",
+        fim::host::kernel_release()
+    );
+    // times[mode][tree] = samples; tree 0 = unwatched, 1 = watched
+    let mut times = vec![[Vec::new(), Vec::new()]; modes.len()];
+    let mut seen = vec![[0u64; 2]; modes.len()];
+    let mut lost = vec![0u64; modes.len()];
+    for round in 0..rounds {
+        for (m, mode) in modes.iter().enumerate() {
+            for (t, dir) in [&unwatched, &watched].into_iter().enumerate() {
+                let running = match mode {
+                    Mode::None => None,
+                    Mode::With(b) => Some(Running::start(*b, &watched)?),
+                };
+                let elapsed = time_workload(dir, iterations)?;
+                if let Some(r) = running {
+                    let (events, l) = r.finish();
+                    seen[m][t] += events;
+                    lost[m] += l;
+                }
+                times[m][t].push(elapsed);
+            }
+        }
+        eprintln!("round {}/{rounds} done", round + 1);
+    }
+    let mut rows = Vec::new();
+    let mut baseline = [0.0f64; 2];
+    println!(
+        "{:<12} {:<10} {:>10} {:>8} {:>12} {:>6}",
+        "mode", "tree", "median s", "ratio", "events/run", "lost"
+    );
+    for (m, mode) in modes.iter().enumerate() {
+        for (t, tree) in ["unwatched", "watched"].iter().enumerate() {
+            let med = median(&mut times[m][t].clone());
+            if *mode == Mode::None {
+                baseline[t] = med;
+            }
+            let ratio = med / baseline[t];
+            let per_run = seen[m][t] / rounds as u64;
+            println!(
+                "{:<12} {:<10} {:>10.3} {:>7.3}x {:>12} {:>6}",
+                mode.name(),
+                tree,
+                med,
+                ratio,
+                per_run,
+                lost[m]
+            );
+            rows.push(serde_json::json!({
+                "mode": mode.name(), "tree": tree, "median_s": med, "ratio_to_none": ratio,
+                "samples_s": times[m][t], "events_per_run": per_run, "lost": lost[m],
+            }));
+        }
+    }
+    let report = serde_json::json!({
+        "kernel": fim::host::kernel_release(),
+        "rounds": rounds,
+        "iterations": iterations,
+        "workload": "create+write+close, rename, chmod, unlink",
+        "results": rows,
+    });
+    if let Some(parent) = out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;
+    println!("written to {}", out.display());
+    let _ = std::fs::remove_dir_all(&base);
+    Ok(())
+}
