@@ -55,8 +55,25 @@ pub fn submit(record: &Record, backend: Backend) {
     // data area holds 2 * PATH_CAP bytes.
     let bytes =
         unsafe { core::slice::from_raw_parts((record as *const Record).cast::<u8>(), size) };
-    if EVENTS.output::<[u8]>(bytes, 0).is_err() {
+    if EVENTS.output::<[u8]>(bytes, wakeup_flag()).is_err() {
         count_lost(backend);
+    }
+}
+
+/// Pending bytes above which user space is woken at once. Below it no wake-up is sent: a
+/// wake-up per record (the ring buffer's default when the reader keeps up) costs a context
+/// switch per file change; user space polls every few milliseconds instead.
+const WAKEUP_BYTES: u64 = 256 * 1024;
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+
+#[inline(always)]
+fn wakeup_flag() -> u64 {
+    if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
     }
 }
 
