@@ -29,6 +29,9 @@ enum Command {
         /// Use exactly this sensor backend instead of the best one that works.
         #[arg(long, value_enum)]
         backend: Option<BackendArg>,
+        /// Main configuration file (default /etc/fim/fim.toml; conf.d/ next to it is read too).
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Build or check the baseline without the daemon: walk the watched paths, report the
     /// drift from the stored baseline, and store the new one.
@@ -79,7 +82,11 @@ fn run_offline_command(command: &Command) -> Option<std::process::ExitCode> {
                 std::process::ExitCode::FAILURE
             }
         }),
-        Command::Run { .. } => None,
+        // A bad configuration stops the daemon before anything starts, like check-config.
+        Command::Run { config, .. } => match Config::load(config.as_deref()) {
+            Ok(_) => None,
+            Err(_) => Some(check_config(config.as_deref())),
+        },
     }
 }
 
@@ -242,7 +249,9 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run { backend } => run(backend.map(Backend::from)).await,
+            Command::Run { backend, config } => {
+                run(backend.map(Backend::from), config.as_deref()).await
+            }
             // Handled before the runtime starts.
             Command::Scan { .. } | Command::CheckConfig { .. } => Ok(()),
         }
@@ -256,32 +265,37 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// Until the configuration is wired in: the usual system locations, recursively.
-fn default_roots() -> Vec<WatchRoot> {
-    [
-        "/etc",
-        "/bin",
-        "/sbin",
-        "/usr/bin",
-        "/usr/sbin",
-        "/usr/lib/systemd",
-        "/boot",
-        "/root/.ssh",
-    ]
-    .iter()
-    .enumerate()
-    .filter(|(_, p)| std::path::Path::new(p).exists())
-    .map(|(i, p)| WatchRoot {
-        path: p.into(),
-        rule_id: i as u32 + 1,
-        recursive: true,
-    })
-    .collect()
+/// The sensor's roots from the configured rules: the literal prefix of each enabled rule's
+/// path, recursive unless the rule only reaches the root itself or its direct entries.
+/// Roots that do not exist are left out (the sensor reports what it could not register).
+fn sensor_roots(rules: &fim::config::RuleSet) -> Vec<WatchRoot> {
+    rules
+        .watch_roots()
+        .into_iter()
+        .enumerate()
+        .filter(|(_, root)| root.path.exists())
+        .map(|(i, root)| WatchRoot {
+            path: root.path,
+            rule_id: i as u32 + 1,
+            recursive: root.max_depth.is_none_or(|depth| depth > 1),
+        })
+        .collect()
 }
 
-async fn run(forced: Option<Backend>) -> Result<()> {
+async fn run(forced: Option<Backend>, config_path: Option<&Path>) -> Result<()> {
+    let settings = Config::load(config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let roots = sensor_roots(&settings.rules);
+    log::info!(
+        "watching {} roots: {}",
+        roots.len(),
+        roots
+            .iter()
+            .map(|r| r.path.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
     let config = SensorConfig {
-        roots: default_roots(),
+        roots,
         ..SensorConfig::default()
     };
     let selection = sensor::start_best(forced, &config).await?;

@@ -146,7 +146,9 @@ impl Sensor {
             _ebpf: ebpf,
         };
         // Fill the filter before attaching, so nothing watched slips through at start.
-        sensor.set_roots(&config.roots)?;
+        for problem in sensor.set_roots(&config.roots)? {
+            log::warn!("not watched: {problem}");
+        }
         let btf = match backend {
             Backend::Lsm | Backend::Fentry => Some(Btf::from_sys_fs().with_context(|| {
                 format!("reading kernel BTF (/sys/kernel/btf/vmlinux) on {release}")
