@@ -23,6 +23,40 @@ pub struct FileFacts {
     pub size: u64,
     pub is_dir: bool,
     pub blake3: Option<String>,
+    /// The file's bytes, only when a rule asked for them (`upload_content`)
+    /// and the file was hashed; read in the same pass as the hash.
+    pub content: Option<FileContent>,
+}
+
+/// The first bytes of a file, up to `content_max_size`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileContent {
+    pub data: Vec<u8>,
+    /// The file was longer than the cap: `data` is its prefix.
+    pub truncated: bool,
+}
+
+const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// Standard base64 (RFC 4648 section 4, with padding).
+pub fn base64_encode(data: &[u8]) -> String {
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(BASE64[(n >> (18 - 6 * i)) as usize & 63]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 /// Context shared by every record.
@@ -32,6 +66,8 @@ pub struct Emission<'a> {
     pub rule: &'a str,
     pub group: &'a str,
     pub backend: Backend,
+    /// The actor matched an `[[authorized]]` entry.
+    pub authorized: bool,
 }
 
 fn file_activity(a: FileActivity) -> (u32, &'static str) {
@@ -149,9 +185,8 @@ fn fim_unmapped(em: &Emission, changed: Vec<&str>, previous: Value, truncated_pa
         "backend": em.backend.as_str(),
         "changed": changed,
         "previous": previous,
-        // fim-windows has no change-authorisation source yet: every change
-        // is reported as unauthorised.
-        "authorized": false,
+        // Labelled, never dropped: an authorized change is still reported.
+        "authorized": em.authorized,
         "truncated_path": truncated_path,
     }})
 }
@@ -214,10 +249,22 @@ pub fn file_record(
         }
     }
     m.insert("actor".into(), actor(process, Some(change.pid), em.backend));
-    m.insert(
-        "unmapped".into(),
-        fim_unmapped(em, changed, previous, change.truncated_path),
-    );
+    let mut unmapped = fim_unmapped(em, changed, previous, change.truncated_path);
+    if let (Some(content), Some(fim)) = (
+        facts.and_then(|f| f.content.as_ref()),
+        unmapped.get_mut("fim").and_then(Value::as_object_mut),
+    ) {
+        fim.insert(
+            "content".into(),
+            json!({
+                "encoding": "base64",
+                "size": content.data.len(),
+                "truncated": content.truncated,
+                "data": base64_encode(&content.data),
+            }),
+        );
+    }
+    m.insert("unmapped".into(), unmapped);
     Value::Object(m)
 }
 
@@ -353,4 +400,26 @@ pub fn registry_record(
     }
     m.insert("unmapped".into(), unmapped);
     Value::Object(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_rfc4648_test_vectors() {
+        let cases = [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ];
+        for (plain, encoded) in cases {
+            assert_eq!(base64_encode(plain.as_bytes()), encoded, "{plain:?}");
+        }
+        assert_eq!(base64_encode(&[0xfb, 0xff, 0xbf]), "+/+/");
+    }
 }

@@ -15,14 +15,44 @@ use crate::decode::EtwDecoder;
 use crate::etw_event::{EtwEvent, EtwFixture};
 use crate::lost_events::{LossReport, LostEventAccounting, SessionCounters};
 use crate::nt_path::DeviceMap;
-use crate::ocsf::{self, Emission, FileFacts};
+use crate::ocsf::{self, Emission, FileContent, FileFacts};
 use crate::reconcile::Reconciler;
 use crate::rules::RuleSet;
 use crate::snapshot::RegistrySnapshot;
 
 pub trait FileInspector {
-    /// Size, kind and BLAKE3 of the file as it is now; None if gone.
-    fn inspect(&self, path: &str) -> Option<FileFacts>;
+    /// Size, kind and BLAKE3 of the file as it is now; None if gone. With
+    /// `content_cap`, a hashed file's first `content_cap` bytes are returned
+    /// too (`FileFacts::content`), from the same read as the hash.
+    fn inspect(&self, path: &str, content_cap: Option<u64>) -> Option<FileFacts>;
+}
+
+/// Hash a byte stream and keep its first `content_cap` bytes.
+fn hash_and_capture(
+    mut reader: impl Read,
+    content_cap: Option<u64>,
+) -> std::io::Result<(String, Option<FileContent>)> {
+    let mut hasher = blake3::Hasher::new();
+    let mut kept: Option<FileContent> = content_cap.map(|_| FileContent {
+        data: Vec::new(),
+        truncated: false,
+    });
+    let cap = content_cap.map_or(0, |c| usize::try_from(c).unwrap_or(usize::MAX));
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = reader.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        if let Some(content) = kept.as_mut() {
+            let room = cap - content.data.len();
+            let take = n.min(room);
+            content.data.extend_from_slice(&buf[..take]);
+            content.truncated |= take < n;
+        }
+    }
+    Ok((hasher.finalize().to_hex().to_string(), kept))
 }
 
 /// Reads the real file system; content is hashed up to a size limit.
@@ -31,27 +61,23 @@ pub struct FsInspector {
 }
 
 impl FileInspector for FsInspector {
-    fn inspect(&self, path: &str) -> Option<FileFacts> {
+    fn inspect(&self, path: &str, content_cap: Option<u64>) -> Option<FileFacts> {
         let meta = std::fs::metadata(path).ok()?;
-        let blake3 = if meta.is_file() && meta.len() <= self.max_hash_bytes {
-            let mut hasher = blake3::Hasher::new();
-            let mut file = std::fs::File::open(path).ok()?;
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                let n = file.read(&mut buf).ok()?;
-                if n == 0 {
-                    break;
-                }
-                hasher.update(&buf[..n]);
-            }
-            Some(hasher.finalize().to_hex().to_string())
+        let (blake3, content) = if meta.is_file() && meta.len() <= self.max_hash_bytes {
+            let file = std::fs::File::open(path).ok()?;
+            // The file may have grown since metadata(): hash what is there,
+            // but never more than the hash limit.
+            let (hash, content) =
+                hash_and_capture(file.take(self.max_hash_bytes), content_cap).ok()?;
+            (Some(hash), content)
         } else {
-            None
+            (None, None)
         };
         Some(FileFacts {
             size: meta.len(),
             is_dir: meta.is_dir(),
             blake3,
+            content,
         })
     }
 }
@@ -73,14 +99,17 @@ impl StaticFiles {
 }
 
 impl FileInspector for StaticFiles {
-    fn inspect(&self, path: &str) -> Option<FileFacts> {
-        self.files
-            .get(&path.to_lowercase())
-            .map(|content| FileFacts {
-                size: content.len() as u64,
-                is_dir: false,
-                blake3: Some(blake3_hex(content.as_bytes())),
-            })
+    fn inspect(&self, path: &str, content_cap: Option<u64>) -> Option<FileFacts> {
+        let content = self.files.get(&path.to_lowercase())?;
+        // Same code path as the real file system: one read, hash and prefix.
+        let (hash, captured) = hash_and_capture(content.as_bytes(), content_cap).ok()?;
+        debug_assert_eq!(hash, blake3_hex(content.as_bytes()));
+        Some(FileFacts {
+            size: content.len() as u64,
+            is_dir: false,
+            blake3: Some(hash),
+            content: captured,
+        })
     }
 }
 
@@ -143,14 +172,18 @@ impl Pipeline {
             rule: &matched.name,
             group: &matched.group,
             backend: Backend::Etw,
+            authorized: self.rules.is_authorized(process.as_ref()),
         };
         let record = match &change {
             Change::File(f) => {
+                let content_cap = matched
+                    .upload_content
+                    .then_some(self.rules.content_max_size);
                 let facts = match f.activity {
                     FileActivity::Delete => None,
                     _ => self
                         .inspector
-                        .inspect(f.new_path.as_deref().unwrap_or(&f.path)),
+                        .inspect(f.new_path.as_deref().unwrap_or(&f.path), content_cap),
                 };
                 ocsf::file_record(f, facts.as_ref(), process.as_ref(), &em)
             }
@@ -176,6 +209,8 @@ impl Pipeline {
                 rule: &matched.name,
                 group: &matched.group,
                 backend: Backend::Snapshot,
+                // A snapshot diff has no actor to authorise.
+                authorized: false,
             };
             out.push(ocsf::registry_record(&change, None, &em));
         }
@@ -224,4 +259,47 @@ pub fn load_fixture(path: &Path) -> Result<EtwFixture> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading fixture {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("parsing fixture {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fs_inspector_hashes_the_whole_file_and_keeps_a_capped_prefix() {
+        let dir = std::env::temp_dir().join(format!("fim-windows-inspect-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("f.bin");
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let path = path.to_str().unwrap();
+        let inspector = FsInspector {
+            max_hash_bytes: 1 << 20,
+        };
+        let plain = inspector.inspect(path, None).unwrap();
+        assert_eq!(plain.blake3, Some(blake3_hex(&data)));
+        assert_eq!(plain.content, None);
+        // Cap below the size, across read-buffer boundaries: prefix, flagged.
+        let capped = inspector.inspect(path, Some(70_000)).unwrap();
+        assert_eq!(capped.blake3, Some(blake3_hex(&data)));
+        let content = capped.content.unwrap();
+        assert_eq!(content.data, &data[..70_000]);
+        assert!(content.truncated);
+        // Cap exactly the size: whole file, not truncated.
+        let exact = inspector.inspect(path, Some(200_000)).unwrap().content;
+        assert_eq!(
+            exact,
+            Some(FileContent {
+                data: data.clone(),
+                truncated: false
+            })
+        );
+        // A file over the hash limit has no hash, so no content either.
+        let small_limit = FsInspector {
+            max_hash_bytes: 1000,
+        };
+        let big = small_limit.inspect(path, Some(10)).unwrap();
+        assert_eq!((big.blake3, big.content), (None, None));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -8,6 +8,7 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
+use crate::actor::ProcessInfo;
 use crate::change::{Change, FileChange, RegistryActivity, RegistryChange};
 use crate::glob::{glob_match, has_glob};
 use crate::reg_path;
@@ -66,6 +67,10 @@ pub struct AgentSettings {
     pub max_snapshot_keys: usize,
     #[serde(default = "default_lost_poll")]
     pub lost_event_poll_secs: u64,
+    /// Most bytes of a file's content carried by `unmapped.fim.content`
+    /// (rules with `upload_content = true`); a larger file is truncated.
+    #[serde(default = "default_content_max_size")]
+    pub content_max_size: u64,
 }
 
 fn default_snapshot_interval() -> u64 {
@@ -80,6 +85,10 @@ fn default_max_snapshot_keys() -> usize {
 fn default_lost_poll() -> u64 {
     5
 }
+pub const DEFAULT_CONTENT_MAX_SIZE: u64 = 5 * 1024 * 1024;
+fn default_content_max_size() -> u64 {
+    DEFAULT_CONTENT_MAX_SIZE
+}
 
 impl Default for AgentSettings {
     fn default() -> Self {
@@ -88,6 +97,7 @@ impl Default for AgentSettings {
             name_cache_capacity: default_cache_capacity(),
             max_snapshot_keys: default_max_snapshot_keys(),
             lost_event_poll_secs: default_lost_poll(),
+            content_max_size: default_content_max_size(),
         }
     }
 }
@@ -101,6 +111,20 @@ pub struct Config {
     pub file_rules: Vec<FileRule>,
     #[serde(default, rename = "registry_rule")]
     pub registry_rules: Vec<RegistryRule>,
+    /// Actors whose changes are labelled `authorized: true` (still reported).
+    #[serde(default)]
+    pub authorized: Vec<AuthorizedActor>,
+}
+
+/// `[[authorized]]`: a process image (same path syntax as file rules:
+/// `%VAR%` expansion, case-insensitive, `*`/`?`/`**` globs, trailing `\*`
+/// or `\**`) and optionally the token user SID it must run as.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorizedActor {
+    pub exe: String,
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 /// The rule set used when no config file is given: autostart locations,
@@ -250,10 +274,20 @@ pub struct CompiledRegistryRule {
     pub recursive: bool,
 }
 
+/// An `[[authorized]]` entry after expansion: lower-case image glob.
+#[derive(Debug, Clone)]
+pub struct CompiledAuthorized {
+    pub exe_pattern: String,
+    pub user: Option<String>,
+}
+
 #[derive(Debug, Clone)]
 pub struct RuleSet {
     pub files: Vec<CompiledFileRule>,
     pub registry: Vec<CompiledRegistryRule>,
+    pub authorized: Vec<CompiledAuthorized>,
+    /// `[agent] content_max_size`, for rules with `upload_content`.
+    pub content_max_size: u64,
 }
 
 /// Which rule a change matched.
@@ -261,6 +295,8 @@ pub struct RuleSet {
 pub struct RuleMatch {
     pub name: String,
     pub group: String,
+    /// The file rule asks for the file's content (`upload_content`).
+    pub upload_content: bool,
 }
 
 impl RuleSet {
@@ -311,7 +347,50 @@ impl RuleSet {
                 recursive,
             });
         }
-        Ok(Self { files, registry })
+        let mut authorized = Vec::new();
+        for entry in &config.authorized {
+            let expanded = expand_env(&entry.exe, lookup)
+                .with_context(|| format!("[[authorized]] exe {:?}", entry.exe))?;
+            let is_absolute =
+                expanded.as_bytes().get(1) == Some(&b':') || expanded.starts_with("\\\\");
+            if !is_absolute {
+                bail!(
+                    "[[authorized]] exe {:?} is not absolute after expansion",
+                    entry.exe
+                );
+            }
+            authorized.push(CompiledAuthorized {
+                exe_pattern: expanded.to_lowercase(),
+                user: entry.user.clone(),
+            });
+        }
+        Ok(Self {
+            files,
+            registry,
+            authorized,
+            content_max_size: config.agent.content_max_size,
+        })
+    }
+
+    /// Whether the process that made a change is an `[[authorized]]` actor:
+    /// its image path matches (case-insensitively) and, when the entry names
+    /// a user, its token SID is that user. Unknown processes (exited, or a
+    /// snapshot-only change) are never authorized.
+    pub fn is_authorized(&self, process: Option<&ProcessInfo>) -> bool {
+        let Some(p) = process else {
+            return false;
+        };
+        let Some(image) = p.image_path.as_deref() else {
+            return false;
+        };
+        self.authorized.iter().any(|a| {
+            glob_match(&a.exe_pattern, image)
+                && a.user.as_deref().is_none_or(|want| {
+                    p.user_sid
+                        .as_deref()
+                        .is_some_and(|sid| sid.eq_ignore_ascii_case(want))
+                })
+        })
     }
 
     pub fn match_change(&self, change: &Change) -> Option<RuleMatch> {
@@ -329,6 +408,7 @@ impl RuleSet {
                 return Some(RuleMatch {
                     name: rule.rule.name.clone(),
                     group: rule.rule.group.clone(),
+                    upload_content: rule.rule.upload_content,
                 });
             }
         }
@@ -361,6 +441,7 @@ impl RuleSet {
             .map(|r| RuleMatch {
                 name: r.rule.name.clone(),
                 group: r.rule.group.clone(),
+                upload_content: false,
             })
     }
 
@@ -596,6 +677,67 @@ mod tests {
         let bad =
             Config::parse("[[registry_rule]]\nname='x'\nkey_path='SOFTWARE\\x'\n", "t").unwrap();
         assert!(RuleSet::compile(&bad, &env, None).is_err());
+    }
+
+    fn process(image: &str, sid: Option<&str>) -> ProcessInfo {
+        ProcessInfo {
+            pid: 9,
+            image_path: Some(image.into()),
+            cmd_line: None,
+            user_sid: sid.map(str::to_string),
+            user_name: None,
+        }
+    }
+
+    #[test]
+    fn authorized_entries_expand_env_match_case_insensitively_and_check_the_user() {
+        let cfg = Config::parse(
+            "[[authorized]]\nexe = '%windir%\\System32\\msiexec.exe'\nuser = 'S-1-5-18'\n\
+             [[authorized]]\nexe = 'C:\\Program Files\\Vendor\\**'\n",
+            "t",
+        )
+        .unwrap();
+        let rules = RuleSet::compile(&cfg, &env, None).unwrap();
+        let msi = r"c:\windows\system32\MSIEXEC.exe";
+        assert!(rules.is_authorized(Some(&process(msi, Some("s-1-5-18")))));
+        assert!(!rules.is_authorized(Some(&process(msi, Some("S-1-5-21-1")))));
+        assert!(!rules.is_authorized(Some(&process(msi, None))));
+        assert!(!rules.is_authorized(Some(&process(r"C:\Windows\System32\cmd.exe", None))));
+        assert!(rules.is_authorized(Some(&process(r"C:\Program Files\Vendor\bin\upd.exe", None))));
+        assert!(!rules.is_authorized(None));
+        let no_image = ProcessInfo {
+            image_path: None,
+            ..process("x", None)
+        };
+        assert!(!rules.is_authorized(Some(&no_image)));
+        // Without entries nothing is authorized.
+        let none = RuleSet::compile(&Config::builtin(), &env, None).unwrap();
+        assert!(!none.is_authorized(Some(&process(msi, Some("S-1-5-18")))));
+    }
+
+    #[test]
+    fn authorized_entries_are_validated() {
+        for bad in [
+            "[[authorized]]\nexe = '%nosuchvar%\\x.exe'\n",
+            "[[authorized]]\nexe = 'x.exe'\n",
+        ] {
+            let cfg = Config::parse(bad, "t").unwrap();
+            assert!(RuleSet::compile(&cfg, &env, None).is_err(), "{bad}");
+        }
+        let err =
+            Config::parse("[[authorized]]\nexe = 'C:\\x.exe'\nsid = 'S-1'\n", "t").unwrap_err();
+        assert!(format!("{err}").starts_with("t:3:1"), "{err}");
+    }
+
+    #[test]
+    fn content_max_size_defaults_to_5_mib_and_is_configurable() {
+        let rules = RuleSet::compile(&Config::builtin(), &env, None).unwrap();
+        assert_eq!(rules.content_max_size, 5 * 1024 * 1024);
+        let cfg = Config::parse("[agent]\ncontent_max_size = 17\n", "t").unwrap();
+        assert_eq!(
+            RuleSet::compile(&cfg, &env, None).unwrap().content_max_size,
+            17
+        );
     }
 
     #[test]

@@ -240,3 +240,185 @@ fn run_explains_it_needs_windows() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("needs Windows"));
 }
+
+fn replay_with(name: &str, config: &str) -> Vec<Value> {
+    let fixture = load_fixture(&fixtures().join(format!("{name}.json"))).expect("fixture loads");
+    let config = Config::parse(config, "test.toml").expect("config parses");
+    let rules = RuleSet::compile(&config, &env, None).expect("rules compile");
+    replay_fixture(&fixture, rules, "replay-host")
+}
+
+const ETC_AND_DRIVERS: &str = r#"
+[[rule]]
+name = "etc"
+path = '%windir%\System32\drivers\etc\*'
+path_type = "folder"
+upload_content = true
+
+[[rule]]
+name = "drivers"
+path = '%windir%\System32\drivers\*.sys'
+path_type = "file"
+"#;
+
+/// (activity, path of the file after the change, unmapped.fim.content)
+fn content_summary(records: &[Value]) -> Vec<(String, String, Value)> {
+    records
+        .iter()
+        .map(|r| {
+            let file = if r["file_result"].is_object() {
+                &r["file_result"]
+            } else {
+                &r["file"]
+            };
+            (
+                r["activity_name"].as_str().unwrap().to_string(),
+                file["path"].as_str().unwrap().to_string(),
+                r["unmapped"]["fim"]["content"].clone(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn upload_content_rules_carry_the_file_content_in_base64() {
+    let records = replay_with("kernel_file_events", ETC_AND_DRIVERS);
+    let hosts = "127.0.0.1 localhost\n10.0.0.66 update.example\n";
+    let hosts_b64 = "MTI3LjAuMC4xIGxvY2FsaG9zdAoxMC4wLjAuNjYgdXBkYXRlLmV4YW1wbGUK";
+    let etc = r"C:\Windows\System32\drivers\etc";
+    assert_eq!(
+        content_summary(&records),
+        vec![
+            (
+                "Update".into(),
+                format!(r"{etc}\hosts"),
+                serde_json::json!({"encoding": "base64", "size": hosts.len(), "truncated": false, "data": hosts_b64})
+            ),
+            // Not readable in the fixture (no content hash): no content.
+            ("Create".into(), format!(r"{etc}\lmhosts.tmp"), Value::Null),
+            (
+                "Set Attributes".into(),
+                format!(r"{etc}\lmhosts.tmp"),
+                Value::Null
+            ),
+            (
+                "Set Security".into(),
+                format!(r"{etc}\lmhosts.tmp"),
+                Value::Null
+            ),
+            // A rename carries the content found at the new path.
+            (
+                "Rename".into(),
+                format!(r"{etc}\lmhosts"),
+                serde_json::json!({"encoding": "base64", "size": 10, "truncated": false, "data": "IyBsbWhvc3RzCg=="})
+            ),
+            // Deleted: nothing to read.
+            ("Delete".into(), format!(r"{etc}\networks"), Value::Null),
+            // Hashed, but its rule does not ask for content.
+            (
+                "Update".into(),
+                r"C:\Windows\System32\drivers\evil.sys".into(),
+                Value::Null
+            ),
+        ]
+    );
+    assert_eq!(get(&records[0], "file.size"), hosts.len());
+}
+
+#[test]
+fn uploaded_content_is_truncated_at_content_max_size() {
+    let config = format!("[agent]\ncontent_max_size = 4\n{ETC_AND_DRIVERS}");
+    let records = replay_with("kernel_file_events", &config);
+    let content = get(&records[0], "unmapped.fim.content");
+    // "127." in base64; the file itself is longer and still fully hashed.
+    assert_eq!(
+        content,
+        &serde_json::json!({"encoding": "base64", "size": 4, "truncated": true, "data": "MTI3Lg=="})
+    );
+    assert_eq!(get(&records[0], "file.size"), 45);
+    let hash = get(&records[0], "file.hashes.0.value").as_str().unwrap();
+    assert_eq!(
+        hash,
+        fim_windows::change::blake3_hex(b"127.0.0.1 localhost\n10.0.0.66 update.example\n")
+    );
+}
+
+/// (pid, unmapped.fim.authorized) per record.
+fn authorized_summary(records: &[Value]) -> Vec<(u64, bool)> {
+    records
+        .iter()
+        .map(|r| {
+            (
+                get(r, "actor.process.pid").as_u64().unwrap(),
+                get(r, "unmapped.fim.authorized").as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn authorized_actors_are_labelled_not_dropped() {
+    let alice = "S-1-5-21-1004336348-1177238915-682003330-1001";
+    // Image (different case, %windir% expanded) and user both match pid 4242.
+    let config = format!(
+        "{ETC_AND_DRIVERS}\n[[authorized]]\nexe = '%WINDIR%\\system32\\NOTEPAD.EXE'\nuser = '{alice}'\n"
+    );
+    let records = replay_with("kernel_file_events", &config);
+    assert_eq!(
+        authorized_summary(&records),
+        vec![
+            (4242, true),
+            (5000, false),
+            (5000, false),
+            (5000, false),
+            (5000, false),
+            (5000, false),
+            (4, false),
+        ]
+    );
+
+    // The right image run by another user is not authorized.
+    let config = format!(
+        "{ETC_AND_DRIVERS}\n[[authorized]]\nexe = 'C:\\Windows\\System32\\notepad.exe'\nuser = 'S-1-5-18'\n"
+    );
+    let records = replay_with("kernel_file_events", &config);
+    assert!(authorized_summary(&records).iter().all(|(_, a)| !a));
+
+    // A trailing wildcard covers the folder's direct contents, any user; pid 4
+    // has no process information and is never authorized.
+    let config = format!("{ETC_AND_DRIVERS}\n[[authorized]]\nexe = '%windir%\\System32\\*'\n");
+    let records = replay_with("kernel_file_events", &config);
+    let summary = authorized_summary(&records);
+    assert_eq!(summary.len(), 7);
+    assert!(summary[..6].iter().all(|(_, a)| *a));
+    assert_eq!(summary[6], (4, false));
+
+    // ...but not a subfolder's: C:\Windows\* does not reach System32\cmd.exe.
+    let config = format!("{ETC_AND_DRIVERS}\n[[authorized]]\nexe = '%windir%\\*'\n");
+    let records = replay_with("kernel_file_events", &config);
+    assert!(authorized_summary(&records).iter().all(|(_, a)| !a));
+}
+
+#[test]
+fn registry_changes_by_authorized_actors_are_labelled() {
+    let fixture = load_fixture(&fixtures().join("kernel_registry_events.json")).unwrap();
+    let Some(p) = fixture.processes.iter().find(|p| p.image_path.is_some()) else {
+        panic!("registry fixture has a process with an image path");
+    };
+    let mut config = String::from(fim_windows::rules::DEFAULT_CONFIG);
+    config.push_str(&format!(
+        "\n[[authorized]]\nexe = '{}'\n",
+        p.image_path.as_deref().unwrap().to_uppercase()
+    ));
+    let records = replay_with("kernel_registry_events", &config);
+    let mut by_that_pid = 0;
+    for r in &records {
+        let pid = get(r, "actor.process.pid").as_u64();
+        let authorized = get(r, "unmapped.fim.authorized").as_bool().unwrap();
+        assert_eq!(authorized, pid == Some(u64::from(p.pid)), "{r}");
+        by_that_pid += usize::from(authorized);
+    }
+    assert!(by_that_pid > 0);
+    // Nothing is dropped: the same number of records as without the entry.
+    assert_eq!(records.len(), replay("kernel_registry_events").len());
+}
