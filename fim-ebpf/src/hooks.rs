@@ -43,6 +43,17 @@ fn decide(targets: &[*const u8]) -> Option<(u32, u16)> {
     }
 }
 
+/// The filter's decision, then the scratch record with rule and decision flags filled in;
+/// `None` drops the event.
+#[inline(always)]
+fn begin(kind: EventKind, backend: Backend, targets: &[*const u8]) -> Option<&'static mut Record> {
+    let (rule, decision_flags) = decide(targets)?;
+    let record = emit::start(kind, backend)?;
+    record.header.rule_id = rule;
+    record.header.flags = decision_flags;
+    Some(record)
+}
+
 /// Fills `target` from a dentry's inode (if it has one) and its filesystem.
 #[inline(always)]
 fn describe_target(record: &mut Record, dentry: *const u8) {
@@ -92,15 +103,10 @@ pub fn dir_entry(
     args: Args,
     symlink_target: *const u8,
 ) -> Result<(), i64> {
-    let Some((rule, decision_flags)) = decide(&[dentry]) else {
-        return Ok(());
-    };
     let (mnt, _dir_dentry) = split_path(dir)?;
-    let Some(record) = emit::start(kind, backend) else {
+    let Some(record) = begin(kind, backend, &[dentry]) else {
         return Ok(());
     };
-    record.header.rule_id = rule;
-    record.header.flags = decision_flags;
     record.header.args = args;
     describe_target(record, dentry);
     let len1 = set_path1(record, dentry, mnt);
@@ -115,14 +121,9 @@ pub fn dir_entry(
 #[inline(always)]
 pub fn on_path(kind: EventKind, backend: Backend, path: *const u8, args: Args) -> Result<(), i64> {
     let (mnt, dentry) = split_path(path)?;
-    let Some((rule, decision_flags)) = decide(&[dentry]) else {
+    let Some(record) = begin(kind, backend, &[dentry]) else {
         return Ok(());
     };
-    let Some(record) = emit::start(kind, backend) else {
-        return Ok(());
-    };
-    record.header.rule_id = rule;
-    record.header.flags = decision_flags;
     record.header.args = args;
     describe_target(record, dentry);
     set_path1(record, dentry, mnt);
@@ -140,22 +141,36 @@ pub fn rename(
     new_dentry: *const u8,
     rename_flags: u32,
 ) -> Result<(), i64> {
-    let Some((rule, decision_flags)) = decide(&[old_dentry, new_dentry]) else {
-        return Ok(());
-    };
     let (old_mnt, _) = split_path(old_dir)?;
     let (new_mnt, _) = split_path(new_dir)?;
-    let Some(record) = emit::start(EventKind::Rename, backend) else {
-        return Ok(());
+    let old = (old_dentry, old_mnt);
+    two_paths(
+        EventKind::Rename,
+        backend,
+        old,
+        (new_dentry, new_mnt),
+        rename_flags,
+    );
+    Ok(())
+}
+
+/// An event about an existing object (old) and a new name for it: rename and link.
+#[inline(always)]
+fn two_paths(
+    kind: EventKind,
+    backend: Backend,
+    (old_dentry, old_mnt): (*const u8, *const u8),
+    (new_dentry, new_mnt): (*const u8, *const u8),
+    event_flags: u32,
+) {
+    let Some(record) = begin(kind, backend, &[old_dentry, new_dentry]) else {
+        return;
     };
-    record.header.rule_id = rule;
-    record.header.flags = decision_flags;
-    record.header.args.flags = rename_flags;
+    record.header.args.flags = event_flags;
     describe_target(record, old_dentry);
     let len1 = set_path1(record, old_dentry, old_mnt);
     set_path2(record, len1 & (PATH_CAP - 1), new_dentry, new_mnt);
     emit::submit(record, backend);
-    Ok(())
 }
 
 /// link(old_dentry, new_dir/new_dentry). The old dentry's mount is the new directory's (a hard
@@ -167,19 +182,14 @@ pub fn link(
     new_dir: *const u8,
     new_dentry: *const u8,
 ) -> Result<(), i64> {
-    let Some((rule, decision_flags)) = decide(&[old_dentry, new_dentry]) else {
-        return Ok(());
-    };
     let (mnt, _) = split_path(new_dir)?;
-    let Some(record) = emit::start(EventKind::Link, backend) else {
-        return Ok(());
-    };
-    record.header.rule_id = rule;
-    record.header.flags = decision_flags;
-    describe_target(record, old_dentry);
-    let len1 = set_path1(record, old_dentry, mnt);
-    set_path2(record, len1 & (PATH_CAP - 1), new_dentry, mnt);
-    emit::submit(record, backend);
+    two_paths(
+        EventKind::Link,
+        backend,
+        (old_dentry, mnt),
+        (new_dentry, mnt),
+        0,
+    );
     Ok(())
 }
 
@@ -192,14 +202,9 @@ pub fn xattr(
     dentry: *const u8,
     name: *const u8,
 ) -> Result<(), i64> {
-    let Some((rule, decision_flags)) = decide(&[dentry]) else {
+    let Some(record) = begin(kind, backend, &[dentry]) else {
         return Ok(());
     };
-    let Some(record) = emit::start(kind, backend) else {
-        return Ok(());
-    };
-    record.header.rule_id = rule;
-    record.header.flags = decision_flags;
     describe_target(record, dentry);
     let len1 = set_path1(record, dentry, core::ptr::null());
     set_string2(record, len1 & (PATH_CAP - 1), name);
@@ -242,14 +247,9 @@ fn file_event(
 ) -> Result<(), i64> {
     let f_path = file.wrapping_add(off!(file_f_path));
     let (mnt, dentry) = split_path(f_path)?;
-    let Some((rule, decision_flags)) = decide(&[dentry]) else {
+    let Some(record) = begin(kind, backend, &[dentry]) else {
         return Ok(());
     };
-    let Some(record) = emit::start(kind, backend) else {
-        return Ok(());
-    };
-    record.header.rule_id = rule;
-    record.header.flags = decision_flags;
     record.header.args.flags = event_flags;
     describe_target(record, dentry);
     set_path1(record, dentry, mnt);

@@ -196,72 +196,76 @@ scenario!(create, |b| {
     }
 });
 
-scenario!(write_close, |b| {
-    let f = scenario_dir("write", b).join("file");
-    touch(&f);
-    Scenario {
-        actor: args(&["write".as_ref(), f.as_ref()]),
-        expect: vec![ev(EventKind::OpenWrite, &f)],
-    }
-});
+scenario!(write_close, |b| existing_file_case(
+    "write",
+    b,
+    &["write"],
+    EventKind::OpenWrite
+));
 
-scenario!(append, |b| {
-    let f = scenario_dir("append", b).join("file");
-    touch(&f);
-    Scenario {
-        actor: args(&["append".as_ref(), f.as_ref()]),
-        expect: vec![ev(EventKind::OpenWrite, &f)],
-    }
-});
+scenario!(append, |b| existing_file_case(
+    "append",
+    b,
+    &["append"],
+    EventKind::OpenWrite
+));
 
-scenario!(truncate_path, |b| {
-    let f = scenario_dir("truncate", b).join("file");
+scenario!(truncate_path, |b| existing_file_case(
+    "truncate",
+    b,
+    &["truncate"],
+    EventKind::Truncate
+));
+
+/// `op [args...]` on an existing file (`op FILE ARGS...` for the actor) must produce exactly
+/// one `kind` record for it.
+fn existing_file_case(name: &str, b: Backend, op: &[&str], kind: EventKind) -> Scenario {
+    let f = scenario_dir(name, b).join("file");
     touch(&f);
+    let mut actor = vec![OsString::from(op[0]), f.clone().into_os_string()];
+    actor.extend(op[1..].iter().map(OsString::from));
     Scenario {
-        actor: args(&["truncate".as_ref(), f.as_ref()]),
-        expect: vec![ev(EventKind::Truncate, &f)],
+        actor,
+        expect: vec![ev(kind, &f)],
     }
-});
+}
+
+/// Renames `from` (created first) to `to` (created first too when `replacing`).
+fn rename_case(from: PathBuf, to: PathBuf, replacing: bool) -> Scenario {
+    touch(&from);
+    if replacing {
+        touch(&to);
+    }
+    Scenario {
+        actor: args(&["rename".as_ref(), from.as_ref(), to.as_ref()]),
+        expect: vec![ev2(EventKind::Rename, &from, &bytes(&to))],
+    }
+}
 
 scenario!(rename_within, |b| {
     let dir = scenario_dir("rename-within", b);
-    let (from, to) = (dir.join("a"), dir.join("b"));
-    touch(&from);
-    Scenario {
-        actor: args(&["rename".as_ref(), from.as_ref(), to.as_ref()]),
-        expect: vec![ev2(EventKind::Rename, &from, &bytes(&to))],
-    }
+    rename_case(dir.join("a"), dir.join("b"), false)
 });
 
 scenario!(rename_into_watched, |b| {
-    let from = unwatched_dir("rename-into", b).join("a");
-    let to = scenario_dir("rename-into", b).join("a");
-    touch(&from);
-    Scenario {
-        actor: args(&["rename".as_ref(), from.as_ref(), to.as_ref()]),
-        expect: vec![ev2(EventKind::Rename, &from, &bytes(&to))],
-    }
+    rename_case(
+        unwatched_dir("rename-into", b).join("a"),
+        scenario_dir("rename-into", b).join("a"),
+        false,
+    )
 });
 
 scenario!(rename_out_of_watched, |b| {
-    let from = scenario_dir("rename-out", b).join("a");
-    let to = unwatched_dir("rename-out", b).join("a");
-    touch(&from);
-    Scenario {
-        actor: args(&["rename".as_ref(), from.as_ref(), to.as_ref()]),
-        expect: vec![ev2(EventKind::Rename, &from, &bytes(&to))],
-    }
+    rename_case(
+        scenario_dir("rename-out", b).join("a"),
+        unwatched_dir("rename-out", b).join("a"),
+        false,
+    )
 });
 
 scenario!(rename_replacing, |b| {
     let dir = scenario_dir("rename-replace", b);
-    let (from, to) = (dir.join("a"), dir.join("b"));
-    touch(&from);
-    touch(&to);
-    Scenario {
-        actor: args(&["rename".as_ref(), from.as_ref(), to.as_ref()]),
-        expect: vec![ev2(EventKind::Rename, &from, &bytes(&to))],
-    }
+    rename_case(dir.join("a"), dir.join("b"), true)
 });
 
 scenario!(atomic_save, |b| {
@@ -286,23 +290,19 @@ scenario!(atomic_save, |b| {
     }
 });
 
-scenario!(unlink, |b| {
-    let f = scenario_dir("unlink", b).join("victim");
-    touch(&f);
-    Scenario {
-        actor: args(&["unlinkat".as_ref(), f.as_ref()]),
-        expect: vec![ev(EventKind::Unlink, &f)],
-    }
-});
+scenario!(unlink, |b| existing_file_case(
+    "unlink",
+    b,
+    &["unlinkat"],
+    EventKind::Unlink
+));
 
-scenario!(unlink_glibc, |b| {
-    let f = scenario_dir("unlink-glibc", b).join("victim");
-    touch(&f);
-    Scenario {
-        actor: args(&["unlink".as_ref(), f.as_ref()]),
-        expect: vec![ev(EventKind::Unlink, &f)],
-    }
-});
+scenario!(unlink_glibc, |b| existing_file_case(
+    "unlink-glibc",
+    b,
+    &["unlink"],
+    EventKind::Unlink
+));
 
 scenario!(mkdir_rmdir, |b| {
     let d = scenario_dir("mkdir", b).join("sub");
@@ -318,32 +318,26 @@ scenario!(mkdir_rmdir, |b| {
     }
 });
 
-scenario!(chmod, |b| {
-    let f = scenario_dir("chmod", b).join("file");
-    touch(&f);
-    Scenario {
-        actor: args(&["chmod".as_ref(), f.as_ref(), "0o600".as_ref()]),
-        expect: vec![ev(EventKind::Chmod, &f)],
-    }
-});
+scenario!(chmod, |b| existing_file_case(
+    "chmod",
+    b,
+    &["chmod", "0o600"],
+    EventKind::Chmod
+));
 
-scenario!(fchmod, |b| {
-    let f = scenario_dir("fchmod", b).join("file");
-    touch(&f);
-    Scenario {
-        actor: args(&["fchmod".as_ref(), f.as_ref(), "0o640".as_ref()]),
-        expect: vec![ev(EventKind::Chmod, &f)],
-    }
-});
+scenario!(fchmod, |b| existing_file_case(
+    "fchmod",
+    b,
+    &["fchmod", "0o640"],
+    EventKind::Chmod
+));
 
-scenario!(chown, |b| {
-    let f = scenario_dir("chown", b).join("file");
-    touch(&f);
-    Scenario {
-        actor: args(&["chown".as_ref(), f.as_ref(), "1".as_ref(), "1".as_ref()]),
-        expect: vec![ev(EventKind::Chown, &f)],
-    }
-});
+scenario!(chown, |b| existing_file_case(
+    "chown",
+    b,
+    &["chown", "1", "1"],
+    EventKind::Chown
+));
 
 scenario!(xattr_set_remove, |b| {
     let f = scenario_dir("xattr", b).join("file");
