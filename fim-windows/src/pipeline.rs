@@ -302,4 +302,74 @@ mod tests {
         assert_eq!((big.blake3, big.content), (None, None));
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    /// A registry in memory for the snapshot walk.
+    struct MemRegistry(BTreeMap<String, crate::snapshot::KeySnapshot>);
+
+    impl crate::snapshot::RegistryReader for MemRegistry {
+        fn read_key(&self, path: &str) -> Result<Option<crate::snapshot::KeySnapshot>> {
+            Ok(self.0.get(path).cloned())
+        }
+    }
+
+    fn key(subkeys: &[&str], values: &[(&str, &[u8])]) -> crate::snapshot::KeySnapshot {
+        crate::snapshot::KeySnapshot {
+            values: values
+                .iter()
+                .map(|(n, d)| {
+                    (
+                        n.to_string(),
+                        crate::change::RegistryValueState {
+                            value_type: 1,
+                            size: d.len() as u64,
+                            blake3: Some(blake3_hex(d)),
+                        },
+                    )
+                })
+                .collect(),
+            subkeys: subkeys.iter().map(|s| s.to_string()).collect(),
+            security_digest: None,
+        }
+    }
+
+    #[test]
+    fn wildcard_registry_rules_are_snapshotted_and_their_changes_reported() {
+        let config = crate::rules::Config::parse(
+            "[[registry_rule]]\nname = 'per-user Run'\nkey_path = 'HKU\\*\\Software\\Run'\n",
+            "t",
+        )
+        .unwrap();
+        let rules = RuleSet::compile(&config, &|_| None, None).unwrap();
+        let roots = rules.snapshot_roots();
+        let mut reg = MemRegistry(BTreeMap::from([
+            ("HKU".to_string(), key(&["S-1", "S-2"], &[])),
+            (r"HKU\S-1".to_string(), key(&["Software"], &[])),
+            (r"HKU\S-1\Software".to_string(), key(&["Run"], &[])),
+            (
+                r"HKU\S-1\Software\Run".to_string(),
+                key(&[], &[("a", b"1")]),
+            ),
+            (r"HKU\S-2".to_string(), key(&[], &[])),
+        ]));
+        let mut pipeline = Pipeline::new(
+            rules,
+            DeviceMap::new(),
+            16,
+            "h".into(),
+            Box::new(StaticProcesses::new(&[])),
+            Box::new(StaticFiles::new(&BTreeMap::new())),
+        );
+        let take = |reg: &MemRegistry, t| crate::snapshot::take_snapshot(reg, &roots, 100, t);
+        assert!(pipeline.on_snapshot(take(&reg, 1).unwrap()).is_empty());
+        reg.0.insert(
+            r"HKU\S-1\Software\Run".to_string(),
+            key(&[], &[("a", b"2")]),
+        );
+        let records = pipeline.on_snapshot(take(&reg, 2).unwrap());
+        assert_eq!(records.len(), 1, "{records:?}");
+        assert_eq!(records[0]["reg_value"]["path"], r"HKU\S-1\Software\Run");
+        assert_eq!(records[0]["activity_name"], "Modify");
+        assert_eq!(records[0]["unmapped"]["fim"]["rule"], "per-user Run");
+        assert_eq!(records[0]["unmapped"]["fim"]["backend"], "snapshot");
+    }
 }

@@ -445,10 +445,12 @@ impl RuleSet {
             })
     }
 
-    /// Registry keys the baseline should snapshot, with recursion.
+    /// Registry keys the baseline should snapshot, with recursion. Key
+    /// paths with globs are returned as patterns: the snapshot expands them
+    /// (`snapshot::expand_roots`) against the registry as it is then.
     pub fn snapshot_roots(&self) -> Vec<(String, bool)> {
         let mut roots: BTreeMap<String, bool> = BTreeMap::new();
-        for r in self.registry.iter().filter(|r| !has_glob(&r.key_path)) {
+        for r in &self.registry {
             let entry = roots.entry(r.key_path.clone()).or_insert(false);
             *entry |= r.recursive;
         }

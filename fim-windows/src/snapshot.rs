@@ -2,11 +2,153 @@
 //! types, sizes, BLAKE3 of data, subkeys, security descriptor digest), and
 //! the diff between two snapshots expressed as registry changes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use crate::change::{RegistryActivity, RegistryChange, RegistryValueState};
+use crate::glob::{glob_match, has_glob};
+
+/// What a snapshot needs from a registry: the Windows reader
+/// (`windows::registry::WinRegistry`) and, in tests, an in-memory fake.
+pub trait RegistryReader {
+    /// One key's values, subkey names and security digest; Ok(None) when
+    /// the key does not exist (or vanished while being read).
+    fn read_key(&self, path: &str) -> Result<Option<KeySnapshot>>;
+
+    /// Direct subkey names; Ok(None) when the key does not exist.
+    fn subkeys(&self, path: &str) -> Result<Option<Vec<String>>> {
+        Ok(self.read_key(path)?.map(|k| k.subkeys))
+    }
+}
+
+/// Turn snapshot roots whose key path has `*`, `?` or `**` segments into
+/// the concrete keys that exist now, by enumerating subkeys segment by
+/// segment (`*`/`?` match one key name, `**` any depth including none).
+/// At most `max_keys` keys are enumerated; the bool is true when that bound
+/// cut the expansion short. Roots without globs are returned unchanged
+/// (whether they exist or not); duplicate keys merge their recursion flag.
+pub fn expand_roots(
+    reader: &dyn RegistryReader,
+    roots: &[(String, bool)],
+    max_keys: usize,
+) -> Result<(Vec<(String, bool)>, bool)> {
+    let mut out: BTreeMap<String, (String, bool)> = BTreeMap::new();
+    let mut budget = max_keys;
+    let mut truncated = false;
+    for (pattern, recursive) in roots {
+        let keys = if has_glob(pattern) {
+            let (keys, cut) = expand_pattern(reader, pattern, &mut budget)?;
+            truncated |= cut;
+            keys
+        } else {
+            vec![pattern.clone()]
+        };
+        for key in keys {
+            let entry = out.entry(key.to_lowercase()).or_insert((key, false));
+            entry.1 |= *recursive;
+        }
+    }
+    Ok((out.into_values().collect(), truncated))
+}
+
+fn expand_pattern(
+    reader: &dyn RegistryReader,
+    pattern: &str,
+    budget: &mut usize,
+) -> Result<(Vec<String>, bool)> {
+    let mut segments = pattern.split('\\');
+    let mut current: Vec<String> = segments.next().map(str::to_string).into_iter().collect();
+    for segment in segments {
+        let mut next = Vec::new();
+        for key in &current {
+            if !has_glob(segment) {
+                next.push(format!("{key}\\{segment}"));
+                continue;
+            }
+            if segment == "**" {
+                // The key itself and every key below it.
+                let mut queue = VecDeque::from([key.clone()]);
+                while let Some(k) = queue.pop_front() {
+                    if *budget == 0 {
+                        // Partial keys are at the wrong depth: none at all.
+                        return Ok((Vec::new(), true));
+                    }
+                    *budget -= 1;
+                    for sub in reader.subkeys(&k)?.unwrap_or_default() {
+                        queue.push_back(format!("{k}\\{sub}"));
+                    }
+                    next.push(k);
+                }
+                continue;
+            }
+            if *budget == 0 {
+                return Ok((Vec::new(), true));
+            }
+            *budget -= 1;
+            for sub in reader.subkeys(key)?.unwrap_or_default() {
+                if glob_match(segment, &sub) {
+                    next.push(format!("{key}\\{sub}"));
+                }
+            }
+        }
+        current = dedup(next);
+    }
+    // Literal segments after a glob were appended unchecked: keep the keys
+    // that exist.
+    let mut existing = Vec::new();
+    for key in current {
+        if *budget == 0 {
+            return Ok((existing, true));
+        }
+        *budget -= 1;
+        if reader.subkeys(&key)?.is_some() {
+            existing.push(key);
+        }
+    }
+    Ok((existing, false))
+}
+
+fn dedup(mut keys: Vec<String>) -> Vec<String> {
+    keys.sort_by_key(|k| k.to_lowercase());
+    keys.dedup_by(|a, b| a.eq_ignore_ascii_case(b));
+    keys
+}
+
+/// Snapshot the given roots (key path or key pattern, recursive), reading
+/// at most `max_keys` keys. Missing roots are simply absent (their creation
+/// shows up in a later diff); a bound hit marks the snapshot truncated.
+pub fn take_snapshot(
+    reader: &dyn RegistryReader,
+    roots: &[(String, bool)],
+    max_keys: usize,
+    taken_ms: u64,
+) -> Result<RegistrySnapshot> {
+    let (concrete, expansion_cut) = expand_roots(reader, roots, max_keys)?;
+    let mut snapshot = RegistrySnapshot {
+        taken_ms,
+        truncated: expansion_cut,
+        ..Default::default()
+    };
+    let mut queue: VecDeque<(String, bool)> = concrete.into_iter().collect();
+    while let Some((path, recursive)) = queue.pop_front() {
+        if snapshot.keys.len() >= max_keys {
+            snapshot.truncated = true;
+            break;
+        }
+        let Some(entry) = reader.read_key(&path)? else {
+            continue;
+        };
+        if recursive {
+            for sub in &entry.subkeys {
+                queue.push_back((format!("{path}\\{sub}"), true));
+            }
+        }
+        snapshot.keys.insert(path, entry);
+    }
+    Ok(snapshot)
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeySnapshot {
@@ -330,5 +472,135 @@ mod tests {
         let mut b = snap(&[(r"HKLM\A", &[], None)]);
         b.truncated = true;
         assert!(diff(&a, &b).is_empty());
+    }
+
+    /// An in-memory registry: keys by path, subkey lists derived from them.
+    struct FakeRegistry {
+        keys: BTreeMap<String, KeySnapshot>,
+    }
+
+    impl FakeRegistry {
+        fn new(paths: &[&str]) -> Self {
+            let mut keys: BTreeMap<String, KeySnapshot> = BTreeMap::new();
+            for path in paths {
+                let mut prefix = String::new();
+                for seg in path.split('\\') {
+                    let parent = prefix.clone();
+                    prefix = if prefix.is_empty() {
+                        seg.to_string()
+                    } else {
+                        format!("{prefix}\\{seg}")
+                    };
+                    let fresh = !keys.contains_key(&prefix.to_lowercase());
+                    keys.entry(prefix.to_lowercase()).or_insert(KeySnapshot {
+                        values: BTreeMap::from([("p".to_string(), value(1, prefix.as_bytes()))]),
+                        subkeys: vec![],
+                        security_digest: None,
+                    });
+                    if fresh && !parent.is_empty() {
+                        keys.get_mut(&parent.to_lowercase())
+                            .unwrap()
+                            .subkeys
+                            .push(seg.to_string());
+                    }
+                }
+            }
+            Self { keys }
+        }
+    }
+
+    impl RegistryReader for FakeRegistry {
+        fn read_key(&self, path: &str) -> Result<Option<KeySnapshot>> {
+            Ok(self.keys.get(&path.to_lowercase()).cloned())
+        }
+    }
+
+    fn registry() -> FakeRegistry {
+        FakeRegistry::new(&[
+            r"HKU\S-1-5-21-1\Software\Run\Child",
+            r"HKU\S-1-5-21-2\Software\Other",
+            r"HKU\.DEFAULT\Software\Run",
+            r"HKU\S-1-5-18\Software\Run",
+            r"HKLM\A\Run",
+            r"HKLM\A\x\Run",
+            r"HKLM\A\x\y\Run",
+            r"HKLM\A\x\y\NotRun",
+        ])
+    }
+
+    fn keys_of(snapshot: &RegistrySnapshot) -> Vec<&str> {
+        snapshot.keys.keys().map(String::as_str).collect()
+    }
+
+    #[test]
+    fn wildcard_segments_are_expanded_by_enumerating_subkeys() {
+        let reg = registry();
+        let roots = vec![(r"HKU\S-1-5-21-*\Software\Run".to_string(), false)];
+        let snap = take_snapshot(&reg, &roots, 100, 7).unwrap();
+        // S-1-5-21-2 has no Run key; .DEFAULT and S-1-5-18 do not match.
+        assert_eq!(keys_of(&snap), vec![r"HKU\S-1-5-21-1\Software\Run"]);
+        assert!(!snap.truncated);
+        let roots = vec![(r"HKU\*\Software\Run".to_string(), true)];
+        let snap = take_snapshot(&reg, &roots, 100, 7).unwrap();
+        assert_eq!(
+            keys_of(&snap),
+            vec![
+                r"HKU\.DEFAULT\Software\Run",
+                r"HKU\S-1-5-18\Software\Run",
+                r"HKU\S-1-5-21-1\Software\Run",
+                r"HKU\S-1-5-21-1\Software\Run\Child",
+            ]
+        );
+    }
+
+    #[test]
+    fn double_star_segments_match_any_depth_including_none() {
+        let reg = registry();
+        let roots = vec![(r"HKLM\A\**\Run".to_string(), false)];
+        let (expanded, cut) = expand_roots(&reg, &roots, 100).unwrap();
+        assert!(!cut);
+        assert_eq!(
+            expanded,
+            vec![
+                (r"HKLM\A\Run".to_string(), false),
+                (r"HKLM\A\x\Run".to_string(), false),
+                (r"HKLM\A\x\y\Run".to_string(), false),
+            ]
+        );
+    }
+
+    #[test]
+    fn expansion_is_bounded_and_a_cut_snapshot_infers_no_deletions() {
+        let reg = registry();
+        let roots = vec![(r"HKLM\A\**\Run".to_string(), false)];
+        let (_, cut) = expand_roots(&reg, &roots, 2).unwrap();
+        assert!(cut);
+        let full = take_snapshot(&reg, &roots, 100, 1).unwrap();
+        let cut_short = take_snapshot(&reg, &roots, 2, 2).unwrap();
+        assert!(cut_short.truncated);
+        assert!(cut_short.keys.len() < full.keys.len());
+        assert!(
+            diff(&full, &cut_short).is_empty(),
+            "{:?}",
+            diff(&full, &cut_short)
+        );
+    }
+
+    #[test]
+    fn concrete_roots_pass_through_and_duplicates_merge_recursion() {
+        let reg = registry();
+        let roots = vec![
+            (r"HKLM\A\Run".to_string(), false),
+            (r"HKLM\*\run".to_string(), true),
+            (r"HKLM\Missing".to_string(), false),
+        ];
+        let (expanded, _) = expand_roots(&reg, &roots, 100).unwrap();
+        assert_eq!(
+            expanded,
+            vec![
+                (r"HKLM\A\Run".to_string(), true),
+                (r"HKLM\Missing".to_string(), false),
+            ]
+        );
     }
 }

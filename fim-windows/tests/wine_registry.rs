@@ -205,3 +205,22 @@ fn reg_notify_wakes_on_change_within_bounded_wait() {
         "spurious wake after the changes were consumed"
     );
 }
+
+#[test]
+fn snapshot_expands_wildcard_key_paths_on_the_live_registry() {
+    let t = TestKey::new("glob");
+    for sub in [r"a\Sub", r"b\Sub", r"c\Other", r"d\Deep\Sub"] {
+        create_key(&format!(r"{}\{sub}", t.path)).unwrap();
+    }
+    let keys = |pattern: &str| -> Vec<String> {
+        let snap = read_snapshot(&[(format!(r"{}\{pattern}", t.path), false)], 100, 1).unwrap();
+        assert!(!snap.truncated);
+        snap.keys
+            .keys()
+            .map(|k| k.strip_prefix(&t.path).unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(keys(r"*\Sub"), vec![r"\a\Sub", r"\b\Sub"]);
+    assert_eq!(keys(r"**\Sub"), vec![r"\a\Sub", r"\b\Sub", r"\d\Deep\Sub"]);
+    assert_eq!(keys(r"?\Oth*"), vec![r"\c\Other"]);
+}

@@ -11,12 +11,13 @@ use windows_sys::Win32::Storage::FileSystem::QueryDosDeviceW;
 use super::etw_session::EtwSession;
 use super::process_info::{WindowsProcesses, current_user_sid};
 use super::reg_notify::{KeyWatcher, wait_any};
-use super::registry::{read_dword, read_snapshot};
+use super::registry::{WinRegistry, read_dword, read_snapshot};
 use super::wide::{from_wide, to_wide};
 use crate::etw_event::EtwEvent;
 use crate::nt_path::DeviceMap;
 use crate::pipeline::{FsInspector, Pipeline};
 use crate::rules::{Config, RuleSet};
+use crate::snapshot::expand_roots;
 
 enum Input {
     Etw(EtwEvent),
@@ -103,7 +104,10 @@ pub fn run(config: Config) -> Result<()> {
             }
         }
     });
-    let watch_roots = roots.clone();
+    // RegNotifyChangeKeyValue needs concrete keys: patterns are expanded
+    // once here; keys matching a pattern later are still snapshotted
+    // (periodically), just not watched for an early snapshot.
+    let (watch_roots, _) = expand_roots(&WinRegistry, &roots, settings.max_snapshot_keys)?;
     std::thread::spawn(move || {
         // Notifications are bound to the registering thread: arm and wait here.
         let watchers: Vec<KeyWatcher> = watch_roots

@@ -2,7 +2,6 @@
 //! security descriptor digest) plus the few write helpers the Wine tests use.
 
 use std::collections::BTreeMap;
-use std::collections::VecDeque;
 
 use anyhow::{Result, bail};
 use windows_sys::Win32::Foundation::{
@@ -20,7 +19,7 @@ use windows_sys::Win32::System::Registry::{
 
 use super::wide::{from_wide, to_wide};
 use crate::change::{RegistryValueState, blake3_hex};
-use crate::snapshot::{KeySnapshot, RegistrySnapshot};
+use crate::snapshot::{KeySnapshot, RegistryReader, RegistrySnapshot, take_snapshot};
 
 /// An open key, closed on drop.
 pub struct Key(pub HKEY);
@@ -292,37 +291,34 @@ pub fn read_key(key: &Key) -> Result<KeySnapshot> {
     })
 }
 
-/// Snapshot the given roots (path, recursive), visiting at most `max_keys`.
-/// Missing roots are simply absent (their creation shows up in a later diff).
+/// The live registry, for the platform-independent snapshot walk.
+pub struct WinRegistry;
+
+impl RegistryReader for WinRegistry {
+    fn read_key(&self, path: &str) -> Result<Option<KeySnapshot>> {
+        let Some(key) = open_key(path, KEY_READ)? else {
+            return Ok(None);
+        };
+        // A key deleted or locked mid-walk is skipped, not fatal.
+        Ok(read_key(&key).ok())
+    }
+
+    fn subkeys(&self, path: &str) -> Result<Option<Vec<String>>> {
+        let Some(key) = open_key(path, KEY_READ)? else {
+            return Ok(None);
+        };
+        Ok(query_info(&key)
+            .and_then(|info| subkey_names(&key, &info))
+            .ok())
+    }
+}
+
+/// Snapshot the given roots (path or pattern with `*`/`**` segments,
+/// recursive), visiting at most `max_keys`; see `snapshot::take_snapshot`.
 pub fn read_snapshot(
     roots: &[(String, bool)],
     max_keys: usize,
     taken_ms: u64,
 ) -> Result<RegistrySnapshot> {
-    let mut snapshot = RegistrySnapshot {
-        taken_ms,
-        ..Default::default()
-    };
-    let mut queue: VecDeque<(String, bool)> = roots.iter().cloned().collect();
-    while let Some((path, recursive)) = queue.pop_front() {
-        if snapshot.keys.len() >= max_keys {
-            snapshot.truncated = true;
-            break;
-        }
-        let Some(key) = open_key(&path, KEY_READ)? else {
-            continue;
-        };
-        let entry = match read_key(&key) {
-            Ok(entry) => entry,
-            // A key deleted or locked mid-walk is skipped, not fatal.
-            Err(_) => continue,
-        };
-        if recursive {
-            for sub in &entry.subkeys {
-                queue.push_back((format!("{path}\\{sub}"), true));
-            }
-        }
-        snapshot.keys.insert(path, entry);
-    }
-    Ok(snapshot)
+    take_snapshot(&WinRegistry, roots, max_keys, taken_ms)
 }
