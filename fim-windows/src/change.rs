@@ -33,6 +33,9 @@ pub enum RegistryActivity {
     SetKeySecurity,
     SetValue,
     DeleteValue,
+    /// Inferred from a snapshot diff: a key vanished and a sibling with an
+    /// identical subtree appeared (`previous_key_path` is the old path).
+    RenameKey,
 }
 
 /// What fim knows about one value's content: never the data itself, only
@@ -57,6 +60,8 @@ pub struct RegistryChange {
     /// Security descriptor digests for SetKeySecurity seen by snapshots.
     pub security_digest: Option<String>,
     pub previous_security_digest: Option<String>,
+    /// The key's path before a RenameKey.
+    pub previous_key_path: Option<String>,
     pub pid: Option<u32>,
     pub time_ms: u64,
     pub truncated_path: bool,
@@ -72,6 +77,7 @@ impl RegistryChange {
             previous_value: None,
             security_digest: None,
             previous_security_digest: None,
+            previous_key_path: None,
             pid: None,
             time_ms,
             truncated_path: false,

@@ -312,10 +312,12 @@ pub fn registry_record(
     match change.activity {
         RegistryActivity::CreateKey
         | RegistryActivity::DeleteKey
+        | RegistryActivity::RenameKey
         | RegistryActivity::SetKeySecurity => {
             let (id, name) = match change.activity {
                 RegistryActivity::CreateKey => (1, "Create"),
                 RegistryActivity::DeleteKey => (4, "Delete"),
+                RegistryActivity::RenameKey => (5, "Rename"),
                 _ => (6, "Set Security"),
             };
             m = base(
@@ -327,9 +329,15 @@ pub fn registry_record(
                 em,
             );
             m.insert("reg_key".into(), json!({"path": change.key_path}));
+            if let Some(old) = &change.previous_key_path {
+                m.insert("prev_reg_key".into(), json!({"path": old}));
+            }
             (changed, previous) = match change.activity {
                 RegistryActivity::CreateKey => (vec!["created"], Value::Null),
                 RegistryActivity::DeleteKey => (vec!["deleted"], Value::Null),
+                RegistryActivity::RenameKey => {
+                    (vec!["path"], json!({"path": change.previous_key_path}))
+                }
                 _ => (
                     vec!["security_descriptor"],
                     change
@@ -421,5 +429,27 @@ mod tests {
             assert_eq!(base64_encode(plain.as_bytes()), encoded, "{plain:?}");
         }
         assert_eq!(base64_encode(&[0xfb, 0xff, 0xbf]), "+/+/");
+    }
+
+    #[test]
+    fn key_rename_is_registry_key_activity_5_with_the_previous_key() {
+        let mut change = RegistryChange::new(RegistryActivity::RenameKey, r"HKLM\A\New".into(), 9);
+        change.previous_key_path = Some(r"HKLM\A\Old".into());
+        let em = Emission {
+            hostname: "h",
+            rule: "r",
+            group: "g",
+            backend: Backend::Snapshot,
+            authorized: false,
+        };
+        let r = registry_record(&change, None, &em);
+        assert_eq!(r["class_uid"], 201_001);
+        assert_eq!(r["activity_id"], 5);
+        assert_eq!(r["activity_name"], "Rename");
+        assert_eq!(r["type_uid"], 20_100_105);
+        assert_eq!(r["reg_key"]["path"], r"HKLM\A\New");
+        assert_eq!(r["prev_reg_key"]["path"], r"HKLM\A\Old");
+        assert_eq!(r["unmapped"]["fim"]["changed"], json!(["path"]));
+        assert_eq!(r["unmapped"]["fim"]["previous"]["path"], r"HKLM\A\Old");
     }
 }

@@ -28,7 +28,9 @@ enum Kind {
 
 fn kind(activity: RegistryActivity) -> Kind {
     match activity {
-        RegistryActivity::CreateKey | RegistryActivity::DeleteKey => Kind::Key,
+        RegistryActivity::CreateKey | RegistryActivity::DeleteKey | RegistryActivity::RenameKey => {
+            Kind::Key
+        }
         RegistryActivity::SetKeySecurity => Kind::KeySecurity,
         RegistryActivity::SetValue | RegistryActivity::DeleteValue => Kind::Value,
     }

@@ -416,10 +416,17 @@ impl RuleSet {
     }
 
     pub fn match_registry(&self, change: &RegistryChange) -> Option<RuleMatch> {
-        let key = change.key_path.to_lowercase();
+        // A rename into or out of a watched place both matter.
+        std::iter::once(change.key_path.as_str())
+            .chain(change.previous_key_path.as_deref())
+            .find_map(|key| self.match_registry_key(change.activity, key))
+    }
+
+    fn match_registry_key(&self, activity: RegistryActivity, key: &str) -> Option<RuleMatch> {
+        let key = key.to_lowercase();
         let key_ops = matches!(
-            change.activity,
-            RegistryActivity::CreateKey | RegistryActivity::DeleteKey
+            activity,
+            RegistryActivity::CreateKey | RegistryActivity::DeleteKey | RegistryActivity::RenameKey
         );
         self.registry
             .iter()

@@ -232,6 +232,111 @@ pub fn diff(before: &RegistrySnapshot, after: &RegistrySnapshot) -> Vec<Registry
             (None, None) => {}
         }
     }
+    if after.truncated {
+        return out;
+    }
+    infer_renames(&old, &new, out)
+}
+
+fn parent(lower: &str) -> &str {
+    lower.rsplit_once('\\').map_or("", |(p, _)| p)
+}
+
+/// BLAKE3 over a key's subtree as the snapshot holds it: every key at or
+/// below `root`, by path relative to it, with its values, subkey names and
+/// security digest. Two keys with the same digest look the same apart from
+/// their own name.
+fn subtree_digest(root: &str, keys: &BTreeMap<String, (&String, &KeySnapshot)>) -> String {
+    let below = format!("{root}\\");
+    let mut hasher = blake3::Hasher::new();
+    for (lower, (_, key)) in keys
+        .range(root.to_string()..)
+        .take_while(|(k, _)| *k == root || k.starts_with(&below))
+    {
+        let rel = &lower[root.len()..];
+        let mut subkeys: Vec<String> = key.subkeys.iter().map(|s| s.to_lowercase()).collect();
+        subkeys.sort();
+        let entry = serde_json::json!([rel, key.values, subkeys, key.security_digest]);
+        hasher.update(entry.to_string().as_bytes());
+        hasher.update(b"\n");
+    }
+    hasher.finalize().to_hex().to_string()
+}
+
+/// Kernel-Registry has no rename event, so a renamed key shows up in a
+/// diff as a vanished key and a new sibling. Where exactly one vanished key
+/// and exactly one appeared key under the same parent have the same
+/// subtree digest, report one RenameKey (at the new path, with the old
+/// path) instead of the deletes and creates of both subtrees.
+fn infer_renames(
+    old: &BTreeMap<String, (&String, &KeySnapshot)>,
+    new: &BTreeMap<String, (&String, &KeySnapshot)>,
+    changes: Vec<RegistryChange>,
+) -> Vec<RegistryChange> {
+    // Topmost vanished / appeared keys (a subtree moves with its root).
+    let top = |from: &BTreeMap<String, (&String, &KeySnapshot)>,
+               other: &BTreeMap<String, (&String, &KeySnapshot)>|
+     -> Vec<String> {
+        from.keys()
+            .filter(|k| !other.contains_key(*k))
+            .filter(|k| {
+                // Keep k unless its parent vanished (appeared) too.
+                let p = parent(k);
+                !from.contains_key(p) || other.contains_key(p)
+            })
+            .cloned()
+            .collect()
+    };
+    let vanished = top(old, new);
+    let appeared = top(new, old);
+    let mut candidates: BTreeMap<(String, String), (Vec<String>, Vec<String>)> = BTreeMap::new();
+    for k in &vanished {
+        let slot = candidates
+            .entry((parent(k).to_string(), subtree_digest(k, old)))
+            .or_default();
+        slot.0.push(k.clone());
+    }
+    for k in &appeared {
+        if let Some(slot) = candidates.get_mut(&(parent(k).to_string(), subtree_digest(k, new))) {
+            slot.1.push(k.clone());
+        }
+    }
+    // new lower path -> old lower path, unambiguous pairs only.
+    let renames: BTreeMap<String, String> = candidates
+        .into_values()
+        .filter(|(v, a)| v.len() == 1 && a.len() == 1)
+        .map(|(v, a)| (a[0].clone(), v[0].clone()))
+        .collect();
+    if renames.is_empty() {
+        return changes;
+    }
+    fn within<'a>(path: &str, mut roots: impl Iterator<Item = &'a String>) -> bool {
+        let lower = path.to_lowercase();
+        roots.any(|r| lower == *r || lower.starts_with(&format!("{r}\\")))
+    }
+    let mut out = Vec::with_capacity(changes.len());
+    for change in changes {
+        let lower = change.key_path.to_lowercase();
+        if change.activity == RegistryActivity::CreateKey
+            && let Some(old_lower) = renames.get(&lower)
+        {
+            let mut rename = change.clone();
+            rename.activity = RegistryActivity::RenameKey;
+            rename.previous_key_path = old.get(old_lower).map(|(p, _)| (*p).clone());
+            out.push(rename);
+            continue;
+        }
+        let moved_in = within(&change.key_path, renames.keys())
+            && matches!(
+                change.activity,
+                RegistryActivity::CreateKey | RegistryActivity::SetValue
+            );
+        let moved_out = within(&change.key_path, renames.values())
+            && change.activity == RegistryActivity::DeleteKey;
+        if !(moved_in || moved_out) {
+            out.push(change);
+        }
+    }
     out
 }
 
@@ -472,6 +577,98 @@ mod tests {
         let mut b = snap(&[(r"HKLM\A", &[], None)]);
         b.truncated = true;
         assert!(diff(&a, &b).is_empty());
+    }
+
+    fn with_subkeys(mut s: RegistrySnapshot, key: &str, subkeys: &[&str]) -> RegistrySnapshot {
+        s.keys.get_mut(key).unwrap().subkeys = subkeys.iter().map(|k| k.to_string()).collect();
+        s
+    }
+
+    fn renamed_tree(new_name: &str, inner: &[u8]) -> RegistrySnapshot {
+        let a = snap(&[
+            (r"HKLM\A", &[], None),
+            (
+                &format!(r"HKLM\A\{new_name}"),
+                &[("v", value(1, b"same"))],
+                Some("sd"),
+            ),
+            (
+                &format!(r"HKLM\A\{new_name}\Sub"),
+                &[("w", value(4, inner))],
+                None,
+            ),
+        ]);
+        let a = with_subkeys(a, r"HKLM\A", &[new_name]);
+        with_subkeys(a, &format!(r"HKLM\A\{new_name}"), &["Sub"])
+    }
+
+    fn summary_of(changes: &[RegistryChange]) -> Vec<(RegistryActivity, String, Option<String>)> {
+        changes
+            .iter()
+            .map(|c| (c.activity, c.key_path.clone(), c.previous_key_path.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn a_key_replaced_by_an_identical_sibling_is_a_rename() {
+        let before = renamed_tree("Old", b"1");
+        let after = renamed_tree("New", b"1");
+        assert_eq!(
+            summary_of(&diff(&before, &after)),
+            vec![(
+                RegistryActivity::RenameKey,
+                r"HKLM\A\New".to_string(),
+                Some(r"HKLM\A\Old".to_string())
+            )]
+        );
+    }
+
+    #[test]
+    fn different_content_parent_or_ambiguity_is_not_a_rename() {
+        // A value below differs: delete + create, as before.
+        let changes = diff(&renamed_tree("Old", b"1"), &renamed_tree("New", b"2"));
+        assert!(
+            changes
+                .iter()
+                .all(|c| c.activity != RegistryActivity::RenameKey)
+        );
+        assert_eq!(
+            changes
+                .iter()
+                .filter(|c| c.activity == RegistryActivity::DeleteKey)
+                .count(),
+            2
+        );
+        // Same content under another parent: a move, which RegRenameKey
+        // cannot do; not inferred.
+        let before = snap(&[(r"HKLM\A\Old", &[("v", value(1, b"x"))], None)]);
+        let after = snap(&[(r"HKLM\B\Old", &[("v", value(1, b"x"))], None)]);
+        assert!(
+            diff(&before, &after)
+                .iter()
+                .all(|c| c.activity != RegistryActivity::RenameKey)
+        );
+        // Two identical keys vanished, one appeared: which one was renamed
+        // is unknown, so nothing is inferred.
+        let before = snap(&[(r"HKLM\A\One", &[], None), (r"HKLM\A\Two", &[], None)]);
+        let after = snap(&[(r"HKLM\A\New", &[], None)]);
+        assert_eq!(
+            summary_of(&diff(&before, &after)),
+            vec![
+                (RegistryActivity::CreateKey, r"HKLM\A\New".to_string(), None),
+                (RegistryActivity::DeleteKey, r"HKLM\A\One".to_string(), None),
+                (RegistryActivity::DeleteKey, r"HKLM\A\Two".to_string(), None),
+            ]
+        );
+        // A truncated snapshot infers neither deletions nor renames.
+        let mut after = renamed_tree("New", b"1");
+        after.truncated = true;
+        assert!(
+            diff(&renamed_tree("Old", b"1"), &after)
+                .iter()
+                .all(|c| c.activity == RegistryActivity::CreateKey
+                    || c.activity == RegistryActivity::SetValue)
+        );
     }
 
     /// An in-memory registry: keys by path, subkey lists derived from them.
