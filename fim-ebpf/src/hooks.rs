@@ -7,7 +7,7 @@ use fim_common::{Args, Backend, EventKind, Record, flags, record::PATH_CAP};
 use crate::{
     emit, filter,
     kernel::{off, read, read_ptr},
-    path,
+    path, writers,
 };
 
 /// `struct path` -> (mnt, dentry).
@@ -223,7 +223,37 @@ pub fn file_open(backend: Backend, file: *const u8) -> Result<(), i64> {
     if f_mode & FMODE_WRITE == 0 && f_flags & O_TRUNC == 0 {
         return Ok(());
     }
-    file_event(EventKind::OpenWrite, backend, file, f_flags)
+    if let Some(rule) = file_event(EventKind::OpenWrite, backend, file, f_flags)?
+        && f_mode & FMODE_WRITE != 0
+    {
+        writers::opened(file, rule);
+    }
+    Ok(())
+}
+
+/// The last reference to a file is gone: if it was opened for writing in a watched place,
+/// report `Modified` (no filter walk: the decision was made at open).
+#[inline(always)]
+pub fn file_closed(backend: Backend, file: *const u8) -> Result<(), i64> {
+    let Some(rule) = writers::closing(file) else {
+        return Ok(());
+    };
+    if filter::actor_excluded() {
+        return Ok(());
+    }
+    let f_path = file.wrapping_add(off!(file_f_path));
+    let (mnt, dentry) = split_path(f_path)?;
+    let Some(record) = emit::start(EventKind::Modified, backend) else {
+        return Ok(());
+    };
+    record.header.rule_id = rule;
+    if rule == 0 {
+        record.header.flags |= flags::FILTER_UNDECIDED;
+    }
+    describe_target(record, dentry);
+    set_path1(record, dentry, mnt);
+    emit::submit(record, backend);
+    Ok(())
 }
 
 const MAP_SHARED: u64 = 0x01;
@@ -235,24 +265,27 @@ pub fn mmap(backend: Backend, file: *const u8, prot: u64, map_flags: u64) -> Res
     if file.is_null() || map_flags & MAP_SHARED == 0 || prot & PROT_WRITE == 0 {
         return Ok(());
     }
-    file_event(EventKind::MmapSharedWrite, backend, file, map_flags as u32)
+    file_event(EventKind::MmapSharedWrite, backend, file, map_flags as u32).map(|_| ())
 }
 
 #[inline(always)]
+/// Reports an event about an open file; returns the rule it was reported under (0 when the
+/// filter was undecided), or `None` when it was dropped.
 fn file_event(
     kind: EventKind,
     backend: Backend,
     file: *const u8,
     event_flags: u32,
-) -> Result<(), i64> {
+) -> Result<Option<u32>, i64> {
     let f_path = file.wrapping_add(off!(file_f_path));
     let (mnt, dentry) = split_path(f_path)?;
     let Some(record) = begin(kind, backend, &[dentry]) else {
-        return Ok(());
+        return Ok(None);
     };
     record.header.args.flags = event_flags;
     describe_target(record, dentry);
     set_path1(record, dentry, mnt);
+    let rule = record.header.rule_id;
     emit::submit(record, backend);
-    Ok(())
+    Ok(Some(rule))
 }

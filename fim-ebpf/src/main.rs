@@ -11,10 +11,11 @@ mod hooks;
 mod kernel;
 mod path;
 mod syscalls;
+mod writers;
 
 use aya_ebpf::{
-    macros::{fexit, lsm, tracepoint},
-    programs::{FExitContext, LsmContext, TracePointContext},
+    macros::{fentry, fexit, lsm, tracepoint},
+    programs::{FEntryContext, FExitContext, LsmContext, TracePointContext},
 };
 use fim_common::{Args, Backend, EventKind};
 use syscalls::{Pending, Shape, arg, stash};
@@ -236,6 +237,20 @@ fexit_program!(fexit_mmap_file, "security_mmap_file", |ctx, b| hooks::mmap(
     ctx.arg(1),
     ctx.arg(2)
 ));
+
+// The release of a file (void hook: nothing to pass on, nothing to deny). fentry, not fexit:
+// security_file_free returns nothing whose success could be checked.
+#[lsm(hook = "file_free_security")]
+pub fn lsm_file_free_security(ctx: LsmContext) -> i32 {
+    let _ = hooks::file_closed(Backend::Lsm, ctx.arg(0));
+    0
+}
+
+#[fentry(function = "security_file_free")]
+pub fn fentry_file_free(ctx: FEntryContext) -> u32 {
+    let _ = hooks::file_closed(Backend::Fentry, ctx.arg(0));
+    0
+}
 
 // ---------------------------------------------------------------------------------------------
 // Tracepoints: one sys_enter program per argument layout, one shared sys_exit program.
@@ -467,6 +482,13 @@ enter!(tp_enter_fremovexattr, |ctx| Some(Pending {
     p2: arg(&ctx, 1),
     ..Pending::new(EventKind::RemoveXattr, Shape::Fd)
 }));
+
+/// close(fd): a tracked writer's close is `Modified`; reported at enter, while the fd is valid.
+#[tracepoint]
+pub fn tp_enter_close(ctx: TracePointContext) -> u32 {
+    let _ = syscalls::close(fd(arg(&ctx, 0)));
+    0
+}
 
 #[tracepoint]
 pub fn tp_exit(ctx: TracePointContext) -> u32 {

@@ -22,6 +22,7 @@ use crate::{
     emit, filter,
     kernel::{off, read, read_ptr},
     path::{self, DATA_MASK, Piece},
+    writers,
 };
 
 const BACKEND: Backend = Backend::Tracepoint;
@@ -144,6 +145,7 @@ pub fn exit(ctx: &TracePointContext) -> Result<(), i64> {
     record.header.args.gid = pending.gid;
     record.header.args.flags = pending.flags;
     let data = record.data.as_mut_ptr();
+    let mut opened_file: *const u8 = core::ptr::null();
 
     let piece1 = match shape {
         SHAPE_SYMLINK => resolve(data, 0, pending.dfd2, pending.p2, flags::PATH1_TRUNCATED),
@@ -179,6 +181,7 @@ pub fn exit(ctx: &TracePointContext) -> Result<(), i64> {
         SHAPE_OPEN => {
             // The file is open now: describe it, and tell creation from opening.
             if let Some(file) = fd_file(ret) {
+                opened_file = file;
                 let f_mode = read::<u32>(file, off!(file_f_mode)).unwrap_or(0);
                 if f_mode & FMODE_CREATED != 0 {
                     record.header.kind = EventKind::Create as u16;
@@ -197,8 +200,22 @@ pub fn exit(ctx: &TracePointContext) -> Result<(), i64> {
         Some(rule) => record.header.rule_id = rule,
         None => record.header.flags |= flags::FILTER_UNDECIDED,
     }
+    if !opened_file.is_null() && pending.flags & (O_WRONLY | O_RDWR) != 0 {
+        writers::opened(opened_file, record.header.rule_id);
+    }
     emit::submit(record, BACKEND);
     Ok(())
+}
+
+const O_WRONLY: u32 = 0o1;
+const O_RDWR: u32 = 0o2;
+
+/// close(fd) of a file opened for writing in a watched place: `Modified`.
+pub fn close(fd: i64) -> Result<(), i64> {
+    let Some(file) = fd_file(fd) else {
+        return Ok(());
+    };
+    crate::hooks::file_closed(BACKEND, file)
 }
 
 const FMODE_CREATED: u32 = 0x0010_0000;

@@ -12,8 +12,9 @@ use anyhow::{Context, Result, bail};
 use crate::{cmd, paths};
 
 /// Debian packages the build and tests need.
-/// qemu-system-x86, busybox-static, cpio: the VM kernel tests (QEMU, the initramfs userland).
-const VM_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "cpio"];
+/// busybox-static, cpio: the VM tests' initramfs userland. QEMU itself comes from
+/// bookworm-backports (see `vm::ensure_qemu`).
+const VM_PACKAGES: &[&str] = &["busybox-static", "cpio"];
 
 /// The bpf-linker version known to work with the installed nightly (TOOLCHAIN.md).
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -34,6 +35,7 @@ pub fn run(scope: Scope) -> Result<()> {
     if scope == Scope::All {
         let mut apt = Apt::default();
         apt.ensure_packages(VM_PACKAGES)?;
+        crate::vm::ensure_qemu()?;
         crate::vm::ensure_kernels(&mut apt)?;
         crate::windows::setup(&mut apt)?;
     }

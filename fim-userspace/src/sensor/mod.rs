@@ -24,7 +24,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
-    programs::{FExit, Lsm, TracePoint},
+    programs::{FEntry, FExit, Lsm, TracePoint},
 };
 pub use event::Event;
 pub use fim_common::{Backend, EventKind};
@@ -324,7 +324,7 @@ fn drain(ring: &mut RingBuf<MapData>, out: &mut Vec<Event>, malformed: &mut u64)
 fn check_prototype(btf: &btf::KernelBtf, spec: &ProgramSpec) -> Result<()> {
     let function = match &spec.attach {
         Attach::Lsm { hook } => format!("bpf_lsm_{hook}"),
-        Attach::Fexit { function } => function.to_string(),
+        Attach::Fexit { function } | Attach::Fentry { function } => function.to_string(),
         Attach::Tracepoints { .. } => return Ok(()),
     };
     let actual = btf
@@ -382,6 +382,22 @@ fn attach_program(ebpf: &mut Ebpf, spec: &ProgramSpec, btf: Option<&Btf>) -> Res
                 explain(
                     e.into(),
                     &format!("attaching fexit program {name} ({function})"),
+                )
+            })?;
+        }
+        Attach::Fentry { function } => {
+            let btf = btf.context("fentry programs need kernel BTF")?;
+            let fentry: &mut FEntry = program.try_into()?;
+            fentry.load(function, btf).map_err(|e| {
+                explain(
+                    e.into(),
+                    &format!("loading fentry program {name} ({function})"),
+                )
+            })?;
+            fentry.attach().map_err(|e| {
+                explain(
+                    e.into(),
+                    &format!("attaching fentry program {name} ({function})"),
                 )
             })?;
         }

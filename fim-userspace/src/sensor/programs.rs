@@ -9,6 +9,8 @@ pub enum Attach {
     Lsm { hook: &'static str },
     /// fexit on a kernel function.
     Fexit { function: &'static str },
+    /// fentry on a kernel function (where there is no result to check).
+    Fentry { function: &'static str },
     /// One program on several `syscalls:*` tracepoints; `optional` ones may be absent from
     /// older kernels (e.g. fchmodat2 before 6.6).
     Tracepoints {
@@ -93,6 +95,7 @@ static LSM: &[ProgramSpec] = &[
     ),
     lsm!("lsm_inode_removexattr", "inode_removexattr", &[ANY, D, S]),
     lsm!("lsm_mmap_file", "mmap_file", &[F, ANY, ANY, ANY]),
+    lsm!("lsm_file_free_security", "file_free_security", &[F]),
 ];
 
 static FEXIT: &[ProgramSpec] = &[
@@ -122,6 +125,13 @@ static FEXIT: &[ProgramSpec] = &[
         &[ANY, D, S]
     ),
     fexit!("fexit_mmap_file", "security_mmap_file", &[F, ANY, ANY]),
+    ProgramSpec {
+        name: "fentry_file_free",
+        attach: Attach::Fentry {
+            function: "security_file_free",
+        },
+        params: &[F],
+    },
 ];
 
 static TRACEPOINT: &[ProgramSpec] = &[
@@ -163,6 +173,7 @@ static TRACEPOINT: &[ProgramSpec] = &[
     ),
     tp!("tp_enter_fsetxattr", &["sys_enter_fsetxattr"]),
     tp!("tp_enter_fremovexattr", &["sys_enter_fremovexattr"]),
+    tp!("tp_enter_close", &["sys_enter_close"]),
     tp!(
         "tp_exit",
         &[
