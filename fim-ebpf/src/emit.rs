@@ -22,9 +22,19 @@ static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(4, 0);
 #[map]
 static SCRATCH: PerCpuArray<Record> = PerCpuArray::with_max_entries(1, 0);
 
-/// The scratch record with a fresh header for `kind`/`backend`.
+/// The scratch record with a fresh header for `kind`/`backend` and the actor filled in.
 #[inline(always)]
 pub fn start(kind: EventKind, backend: Backend) -> Option<&'static mut Record> {
+    let record = start_bare(kind, backend)?;
+    crate::actor::fill(&mut record.header.actor);
+    Some(record)
+}
+
+/// The scratch record with a fresh header but no actor yet: for callers that still have to
+/// decide whether to report (the actor costs a dozen kernel reads).
+#[inline(always)]
+pub fn start_bare(kind: EventKind, backend: Backend) -> Option<&'static mut Record> {
+    // SAFETY: valid per-CPU map value pointer, used by one program at a time on this CPU.
     let record = unsafe { &mut *SCRATCH.get_ptr_mut(0)? };
     record.header = RecordHeader {
         kind: kind as u16,
@@ -33,7 +43,6 @@ pub fn start(kind: EventKind, backend: Backend) -> Option<&'static mut Record> {
         ktime_ns: unsafe { bpf_ktime_get_ns() },
         ..RecordHeader::default()
     };
-    crate::actor::fill(&mut record.header.actor);
     Some(record)
 }
 

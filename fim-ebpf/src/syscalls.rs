@@ -137,7 +137,7 @@ pub fn exit(ctx: &TracePointContext) -> Result<(), i64> {
     if !(1..=6).contains(&shape) {
         return Ok(());
     }
-    let Some(record) = emit::start(kind, BACKEND) else {
+    let Some(record) = emit::start_bare(kind, BACKEND) else {
         return Ok(());
     };
     record.header.args.mode = pending.mode;
@@ -200,6 +200,8 @@ pub fn exit(ctx: &TracePointContext) -> Result<(), i64> {
         Some(rule) => record.header.rule_id = rule,
         None => record.header.flags |= flags::FILTER_UNDECIDED,
     }
+    // Only now, with the decision made, is the actor worth its kernel reads.
+    crate::actor::fill(&mut record.header.actor);
     if !opened_file.is_null() && pending.flags & (O_WRONLY | O_RDWR) != 0 {
         writers::opened(opened_file, record.header.rule_id);
     }
