@@ -77,7 +77,7 @@ pub struct Sensor {
     prefixes: BpfHashMap<MapData, u64, WatchValue>,
     excluded: BpfHashMap<MapData, u32, Excluded>,
     registered: watch::FilterEntries,
-    roots_cache: Vec<WatchRoot>,
+    roots: Vec<WatchRoot>,
     mounts: Vec<watch::Mount>,
     /// Events read while waiting for something else (the self-test); handed out first.
     pending: VecDeque<Event>,
@@ -139,7 +139,7 @@ impl Sensor {
             prefixes,
             excluded,
             registered: watch::FilterEntries::default(),
-            roots_cache: Vec::new(),
+            roots: Vec::new(),
             mounts: watch::mounts(),
             pending: VecDeque::new(),
             malformed: 0,
@@ -187,7 +187,7 @@ impl Sensor {
         }
         let problems = entries.problems.clone();
         self.registered = entries;
-        self.roots_cache = roots.to_vec();
+        self.roots = roots.to_vec();
         self.mounts = watch::mounts();
         Ok(problems)
     }
@@ -250,16 +250,12 @@ impl Sensor {
             rule_id: SELF_TEST_RULE,
             recursive: true,
         });
-        let previous = self.current_roots();
+        let previous = self.roots.clone();
         roots.extend(previous.iter().cloned());
         self.set_roots(&roots)?;
         let result = self.self_test_in(&dir.path, timeout).await;
         self.set_roots(&previous)?;
         result
-    }
-
-    fn current_roots(&self) -> Vec<WatchRoot> {
-        self.roots_cache.clone()
     }
 
     async fn self_test_in(&mut self, dir: &Path, timeout: Duration) -> Result<()> {

@@ -103,16 +103,7 @@ fn perform(op: &[OsString]) -> io::Result<()> {
                 write_all(fd, b"appended\n")?;
                 close(fd)
             }
-            "otrunc" => {
-                let fd = open(&c(a1)?, libc::O_WRONLY | libc::O_TRUNC)?;
-                close(fd)
-            }
             "truncate" => check(libc::truncate(c(a1)?.as_ptr(), 0)).map(|_| ()),
-            "ftruncate" => {
-                let fd = open(&c(a1)?, libc::O_WRONLY)?;
-                check(libc::ftruncate(fd, 1))?;
-                close(fd)
-            }
             "rename" => check(libc::rename(c(a1)?.as_ptr(), c(a2)?.as_ptr())).map(|_| ()),
             "unlink" => check(libc::unlink(c(a1)?.as_ptr())).map(|_| ()),
             "unlinkat" => check(libc::unlinkat(libc::AT_FDCWD, c(a1)?.as_ptr(), 0)).map(|_| ()),
