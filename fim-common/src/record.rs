@@ -269,6 +269,11 @@ pub mod watch {
     pub const CHILDREN: u32 = 1 << 1;
     /// This inode itself (a file rule, or the directory itself).
     pub const SELF: u32 = 1 << 2;
+    /// Tracepoint prefixes only: a watched root lies below this path. A prefix that is
+    /// neither watched nor an ancestor ends the kernel's string scan early.
+    pub const ANCESTOR: u32 = 1 << 3;
+    /// The flags that make a prefix watched (as opposed to merely an ancestor).
+    pub const WATCHING: u32 = RECURSIVE | CHILDREN | SELF;
 }
 
 /// Value of the watched-roots map.

@@ -37,6 +37,17 @@ impl Verdict {
         Verdict(V_WATCHED | (rule as u64) << 8)
     }
 
+    /// The verdict as one integer, for map memory and loop state.
+    #[inline(always)]
+    pub fn raw(self) -> u64 {
+        self.0
+    }
+
+    #[inline(always)]
+    pub fn from_raw(raw: u64) -> Verdict {
+        Verdict(raw)
+    }
+
     #[inline(always)]
     pub fn is_unwatched(self) -> bool {
         self.0 & 0xff == V_UNWATCHED

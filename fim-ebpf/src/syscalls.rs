@@ -9,12 +9,13 @@
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
     macros::map,
-    maps::{HashMap, LruHashMap},
+    maps::HashMap,
     programs::TracePointContext,
 };
 use fim_common::{
     Backend, EventKind, Record, WatchValue, flags,
     record::{PATH_CAP, fnv1a_start, fnv1a_step},
+    watch,
 };
 
 use crate::{
@@ -27,12 +28,16 @@ use crate::{
 
 const BACKEND: Backend = Backend::Tracepoint;
 const AT_FDCWD: i64 = -100;
-/// Watched path prefixes are at most this long (user space enforces it).
-const PREFIX_SCAN: usize = 256;
-
-/// FNV-1a of a watched path (no trailing slash) -> its rule.
+/// FNV-1a of a watched path (no trailing slash) -> its rule; also every proper ancestor of a
+/// watched path, flagged `watch::ANCESTOR`.
 #[map]
 static PREFIXES: HashMap<u64, WatchValue> = HashMap::with_max_entries(16384, 0);
+
+/// The entry for "/" (a rule on the root directory watches every path), kept apart from
+/// `PREFIXES` because every scan checks it: an array lookup is nearly free.
+#[map]
+static ROOT_PREFIX: aya_ebpf::maps::Array<WatchValue> =
+    aya_ebpf::maps::Array::with_max_entries(1, 0);
 
 /// How the stashed arguments are turned into paths at exit.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -73,12 +78,17 @@ pub struct Pending {
     pub gid: u32,
     pub flags: u32,
     pub _pad: u32,
+    /// The filter's `Verdict` (raw), decided at sys_enter.
+    pub verdict: u64,
 }
 
-/// Arguments of in-flight syscalls, per thread. LRU so a thread that never returns (killed
-/// in the syscall) cannot leak an entry forever.
+/// Arguments of in-flight watched syscalls, per thread. Every stashed syscall reaches its
+/// sys_exit (a killed task still returns through it), which removes the entry, so a plain hash
+/// map cannot fill up with leftovers; it is much cheaper to update than an LRU map. Only
+/// entries stashed just before the exit programs were attached can linger, until the same
+/// thread's next watched syscall replaces them.
 #[map]
-static PENDING: LruHashMap<u64, Pending> = LruHashMap::with_max_entries(16384, 0);
+static PENDING: HashMap<u64, Pending> = HashMap::with_max_entries(16384, 0);
 
 /// Argument `i` of a `sys_enter_*` tracepoint (after the 8-byte common header and the
 /// syscall number).
@@ -88,12 +98,56 @@ pub fn arg(ctx: &TracePointContext, i: usize) -> u64 {
     unsafe { ctx.read_at::<u64>(16 + 8 * i).unwrap_or(0) }
 }
 
+/// Keeps the arguments of a syscall for its exit, but only when it touches a watched path (or
+/// one the kernel cannot decide): an unwatched operation costs one string scan and no map
+/// update. Deciding at enter also sees the paths as they were before the operation.
 #[inline(always)]
-pub fn stash(pending: Pending) {
+pub fn stash(mut pending: Pending) {
     if filter::actor_excluded() {
         return;
     }
-    let _ = PENDING.insert(bpf_get_current_pid_tgid(), pending, 0);
+    let verdict = decide(&pending);
+    if verdict.is_unwatched() {
+        return;
+    }
+    pending.verdict = verdict.raw();
+    if PENDING
+        .insert(bpf_get_current_pid_tgid(), pending, 0)
+        .is_err()
+    {
+        // Full: more threads inside watched syscalls than slots. Never silent.
+        emit::count_lost(BACKEND);
+    }
+}
+
+/// The filter verdict for a syscall about to run, from its path arguments.
+fn decide(pending: &Pending) -> filter::Verdict {
+    let Some(data) = emit::data_ptr() else {
+        return filter::Verdict::Undecided;
+    };
+    let shape = pending.shape;
+    if shape == SHAPE_FD {
+        // The file is open: decide on its dentry, as the LSM backends do.
+        let Some(file) = fd_file(pending.dfd1) else {
+            return filter::Verdict::Undecided;
+        };
+        let f_path = file.wrapping_add(off!(file_f_path));
+        return match read_ptr(f_path, off!(path_dentry)) {
+            Ok(dentry) => filter::check(dentry),
+            Err(_) => filter::Verdict::Undecided,
+        };
+    }
+    let piece = if shape == SHAPE_SYMLINK {
+        resolve(data, 0, pending.dfd2, pending.p2, flags::PATH1_TRUNCATED)
+    } else {
+        resolve(data, 0, pending.dfd1, pending.p1, flags::PATH1_TRUNCATED)
+    };
+    let verdict = prefix_verdict(0, piece.len(), piece.flags() != 0);
+    if shape != SHAPE_TWO_PATHS || !verdict.is_unwatched() {
+        return verdict;
+    }
+    let piece2 = resolve(data, 0, pending.dfd2, pending.p2, flags::PATH2_TRUNCATED);
+    prefix_verdict(0, piece2.len(), piece2.flags() != 0)
 }
 
 impl Pending {
@@ -111,6 +165,7 @@ impl Pending {
             gid: u32::MAX,
             flags: 0,
             _pad: 0,
+            verdict: 0,
         }
     }
 }
@@ -155,16 +210,13 @@ pub fn exit(ctx: &TracePointContext) -> Result<(), i64> {
     let len1 = piece1.len();
     record.header.path1_len = len1 as u16;
     record.header.flags |= piece1.flags();
-    let mut verdict = prefix_verdict(data, 0, len1);
+    let verdict = filter::Verdict::from_raw(pending.verdict);
 
     match shape {
         SHAPE_TWO_PATHS => {
             let piece2 = resolve(data, len1, pending.dfd2, pending.p2, flags::PATH2_TRUNCATED);
             record.header.path2_len = piece2.len() as u16;
             record.header.flags |= piece2.flags();
-            if verdict.is_unwatched() {
-                verdict = prefix_verdict(data, len1, piece2.len());
-            }
         }
         SHAPE_SYMLINK => {
             let piece2 =
@@ -192,9 +244,6 @@ pub fn exit(ctx: &TracePointContext) -> Result<(), i64> {
             }
         }
         _ => {}
-    }
-    if verdict.is_unwatched() {
-        return Ok(());
     }
     match verdict.rule() {
         Some(rule) => record.header.rule_id = rule,
@@ -320,128 +369,206 @@ struct Scan {
     hash: u64,
     component_len: u64,
     dots: u64,
+    /// A `filter::Verdict` once decided, `SCAN_CONTINUE` before.
     verdict: u64,
     /// Where the string starts in the scratch record's data area, and its length.
     dst: u64,
     len: u64,
+    /// A prefix was neither watched nor an ancestor of a watched root: only a `..` component
+    /// further on can still lead back to a watched place. Then this is where the rest starts.
+    pruned_at: u64,
+    /// The `..` search over the rest: dot lanes of the previous word, and whether a pair was
+    /// found.
+    carry: u64,
+    pairs: u64,
 }
 
 #[map]
 static SCANSTATE: aya_ebpf::maps::PerCpuArray<Scan> =
     aya_ebpf::maps::PerCpuArray::with_max_entries(1, 0);
 
-const SCAN_CONTINUE: u64 = 0;
-const SCAN_UNDECIDED: u64 = 1;
-const SCAN_WATCHED: u64 = 2;
+const SCAN_CONTINUE: u64 = u64::MAX;
+/// Bytes scanned per `bpf_loop` iteration: a callback per byte costs more than the scan.
+const SCAN_STEP: usize = 8;
 
-/// Scans one byte; returns false when a verdict was reached.
-#[inline(always)]
-fn scan_byte(state: *mut Scan, byte: u8, first: bool) -> bool {
-    // SAFETY (all accesses): `state` is a valid per-CPU map value.
-    unsafe {
-        let hash = core::ptr::read_volatile(&raw const (*state).hash);
-        let component_len = core::ptr::read_volatile(&raw const (*state).component_len);
-        let dots = core::ptr::read_volatile(&raw const (*state).dots);
-        if byte == b'/' {
-            if !first {
-                if component_len == 0 || (component_len == dots && dots <= 2) {
-                    core::ptr::write_volatile(&raw mut (*state).verdict, SCAN_UNDECIDED);
-                    return false;
-                }
-                if let Some(rule) = lookup_prefix(hash) {
-                    core::ptr::write_volatile(
-                        &raw mut (*state).verdict,
-                        SCAN_WATCHED | (rule as u64) << 8,
-                    );
-                    return false;
-                }
-            }
-            core::ptr::write_volatile(&raw mut (*state).component_len, 0);
-            core::ptr::write_volatile(&raw mut (*state).dots, 0);
-        } else {
-            core::ptr::write_volatile(&raw mut (*state).component_len, component_len + 1);
-            if byte == b'.' {
-                core::ptr::write_volatile(&raw mut (*state).dots, dots + 1);
-            }
-        }
-        core::ptr::write_volatile(&raw mut (*state).hash, fnv1a_step(hash, byte));
-    }
-    true
+macro_rules! load {
+    ($state:ident, $field:ident) => {
+        // SAFETY: `$state` is a valid per-CPU map value.
+        unsafe { core::ptr::read_volatile(&raw const (*$state).$field) }
+    };
+}
+macro_rules! store {
+    ($state:ident, $field:ident, $value:expr) => {
+        // SAFETY: as above.
+        unsafe { core::ptr::write_volatile(&raw mut (*$state).$field, $value) }
+    };
 }
 
-/// One `bpf_loop` iteration of the prefix scan over the scratch record's data.
+/// One `bpf_loop` iteration of the prefix scan: `SCAN_STEP` bytes of the scratch data.
 unsafe extern "C" fn scan_callback(index: u64, _ctx: *mut core::ffi::c_void) -> i64 {
     let (Some(state), Some(data)) = (SCANSTATE.get_ptr_mut(0), emit::data_ptr()) else {
         return 1;
     };
-    // SAFETY: valid per-CPU map value.
-    let dst = unsafe { core::ptr::read_volatile(&raw const (*state).dst) } as usize;
-    // SAFETY: (dst + index) & DATA_MASK < DATA_CAP.
-    let byte = unsafe { *data.add(path::bounded(dst + index as usize, DATA_MASK)) };
-    if scan_byte(state, byte, index == 0) {
-        0
-    } else {
-        1
+    let dst = load!(state, dst) as usize;
+    let len = load!(state, len) as usize;
+    let mut hash = load!(state, hash);
+    let mut component_len = load!(state, component_len);
+    let mut dots = load!(state, dots);
+    let base = index as usize * SCAN_STEP;
+    for k in 0..SCAN_STEP {
+        let pos = base + k;
+        if pos >= len {
+            break;
+        }
+        // SAFETY: (dst + pos) & DATA_MASK < DATA_CAP.
+        let byte = unsafe { *data.add(path::bounded(dst + pos, DATA_MASK)) };
+        if byte == b'/' {
+            if pos != 0 {
+                if component_len == 0 || (component_len == dots && dots <= 2) {
+                    store!(state, verdict, filter::Verdict::Undecided.raw());
+                    return 1;
+                }
+                match lookup_prefix(hash) {
+                    None => {
+                        store!(state, pruned_at, pos as u64);
+                        return 1;
+                    }
+                    Some(v) if v.flags & watch::WATCHING != 0 => {
+                        store!(state, verdict, filter::Verdict::Watched(v.rule_id).raw());
+                        return 1;
+                    }
+                    Some(_) => {}
+                }
+            }
+            component_len = 0;
+            dots = 0;
+        } else {
+            component_len += 1;
+            if byte == b'.' {
+                dots += 1;
+            }
+        }
+        hash = fnv1a_step(hash, byte);
     }
+    store!(state, hash, hash);
+    store!(state, component_len, component_len);
+    store!(state, dots, dots);
+    0
 }
 
-/// Looks up every '/'-bounded prefix of `data[dst..dst+len]` (and the whole path) in
-/// `PREFIXES`. `.`/`..` components or doubled slashes make the string non-canonical: user space
-/// decides those.
-fn prefix_verdict(data: *const u8, dst: usize, len: usize) -> filter::Verdict {
+/// Words per iteration of the `..` search.
+const PAIR_WORDS: usize = 8;
+const DOTS: u64 = 0x2e2e_2e2e_2e2e_2e2e;
+const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+const HIGH: u64 = 0x8080_8080_8080_8080;
+
+/// One iteration of the `..` search after a pruned prefix: `PAIR_WORDS` 8-byte words,
+/// branch-free (a branch per byte is what makes the verifier's job explode). A word's dot
+/// lanes get their high bit set; a dot lane followed by a dot lane is a `..`.
+unsafe extern "C" fn pairs_callback(index: u64, _ctx: *mut core::ffi::c_void) -> i64 {
+    let (Some(state), Some(data)) = (SCANSTATE.get_ptr_mut(0), emit::data_ptr()) else {
+        return 1;
+    };
+    let dst = load!(state, dst) as usize;
+    let len = load!(state, len) as usize;
+    let start = load!(state, pruned_at) as usize;
+    let mut carry = load!(state, carry);
+    let mut pairs = load!(state, pairs);
+    for k in 0..PAIR_WORDS {
+        let pos = start + (index as usize * PAIR_WORDS + k) * 8;
+        if pos >= len {
+            break;
+        }
+        let at = path::bounded(dst + pos, DATA_MASK);
+        // SAFETY: at + 8 <= DATA_MASK + 8 < DATA_CAP.
+        let mut word = unsafe { core::ptr::read_unaligned(data.add(at).cast::<u64>()) };
+        let left = len - pos;
+        if left < 8 {
+            // Bytes past the end belong to an earlier record: clear them.
+            word &= (1u64 << (8 * left as u32)) - 1;
+        }
+        let x = word ^ DOTS;
+        let dot_lanes = !(((x & LOW7) + LOW7) | x | LOW7);
+        pairs |= (dot_lanes & (dot_lanes >> 8)) | (carry & (dot_lanes << 56));
+        carry = dot_lanes;
+    }
+    store!(state, carry, carry);
+    store!(state, pairs, pairs);
+    0
+}
+
+/// The filter verdict for the absolute path at `data[dst..dst+len]`: the FNV-1a hash of every
+/// '/'-bounded prefix is looked up in `PREFIXES`, which holds the watched paths and their
+/// ancestors; the first prefix that is neither ends the lookups. `.`/`..` components or
+/// doubled slashes make the string non-canonical: user space decides those.
+fn prefix_verdict(dst: usize, len: usize, truncated: bool) -> filter::Verdict {
     let Some(state) = SCANSTATE.get_ptr_mut(0) else {
         return filter::Verdict::Undecided;
     };
-    if len == 0 {
+    if len == 0 || truncated {
         return filter::Verdict::Undecided;
     }
-    // SAFETY: valid per-CPU map value.
-    unsafe {
-        core::ptr::write_volatile(&raw mut (*state).hash, fnv1a_start());
-        core::ptr::write_volatile(&raw mut (*state).component_len, 0);
-        core::ptr::write_volatile(&raw mut (*state).dots, 0);
-        core::ptr::write_volatile(&raw mut (*state).verdict, SCAN_CONTINUE);
+    // "/" itself as a watched root covers everything.
+    if let Some(v) = ROOT_PREFIX.get(0)
+        && v.flags & watch::WATCHING != 0
+    {
+        return filter::Verdict::Watched(v.rule_id);
     }
-    let _ = data;
-    // SAFETY: valid per-CPU map value; bpf_loop as in the path walk.
+    store!(state, hash, fnv1a_start());
+    store!(state, component_len, 0);
+    store!(state, dots, 0);
+    store!(state, pruned_at, 0);
+    store!(state, carry, 0);
+    store!(state, pairs, 0);
+    store!(state, verdict, SCAN_CONTINUE);
+    store!(state, dst, dst as u64);
+    store!(state, len, len as u64);
+    let steps = len.div_ceil(SCAN_STEP) as u32;
+    // SAFETY: the callback only touches per-CPU map values; bpf_loop as in the path walk.
     unsafe {
-        core::ptr::write_volatile(&raw mut (*state).dst, dst as u64);
-        core::ptr::write_volatile(&raw mut (*state).len, len as u64);
-        let scan = len.min(PREFIX_SCAN) as u32;
         aya_ebpf::helpers::generated::bpf_loop(
-            scan,
+            steps,
             scan_callback as *mut core::ffi::c_void,
             core::ptr::null_mut(),
             0,
         );
     }
-    // SAFETY: valid per-CPU map value.
-    let (verdict, hash, component_len, dots) = unsafe {
-        (
-            core::ptr::read_volatile(&raw const (*state).verdict),
-            core::ptr::read_volatile(&raw const (*state).hash),
-            core::ptr::read_volatile(&raw const (*state).component_len),
-            core::ptr::read_volatile(&raw const (*state).dots),
-        )
-    };
-    match verdict & 0xff {
-        SCAN_UNDECIDED => return filter::Verdict::Undecided,
-        SCAN_WATCHED => return filter::Verdict::Watched((verdict >> 8) as u32),
-        _ => {}
+    let verdict = load!(state, verdict);
+    if verdict != SCAN_CONTINUE {
+        return filter::Verdict::from_raw(verdict);
     }
-    if len <= PREFIX_SCAN {
-        if component_len == dots && dots > 0 && dots <= 2 {
-            return filter::Verdict::Undecided;
+    let pruned_at = load!(state, pruned_at) as usize;
+    if pruned_at != 0 {
+        // Only a `..` can climb back out of the unwatched prefix; "." and "//" cannot.
+        let words = (len - pruned_at).div_ceil(8);
+        // SAFETY: as above.
+        unsafe {
+            aya_ebpf::helpers::generated::bpf_loop(
+                words.div_ceil(PAIR_WORDS) as u32,
+                pairs_callback as *mut core::ffi::c_void,
+                core::ptr::null_mut(),
+                0,
+            );
         }
-        if let Some(rule) = lookup_prefix(hash) {
-            return filter::Verdict::Watched(rule);
-        }
+        return if load!(state, pairs) & HIGH != 0 {
+            filter::Verdict::Undecided
+        } else {
+            filter::Verdict::Unwatched
+        };
     }
-    filter::Verdict::Unwatched
+    let component_len = load!(state, component_len);
+    let dots = load!(state, dots);
+    if component_len == dots && dots > 0 && dots <= 2 {
+        return filter::Verdict::Undecided;
+    }
+    match lookup_prefix(load!(state, hash)) {
+        Some(v) if v.flags & watch::WATCHING != 0 => filter::Verdict::Watched(v.rule_id),
+        _ => filter::Verdict::Unwatched,
+    }
 }
 
 #[inline(always)]
-fn lookup_prefix(hash: u64) -> Option<u32> {
+fn lookup_prefix(hash: u64) -> Option<WatchValue> {
     // SAFETY: copied out at once.
-    unsafe { PREFIXES.get(hash).map(|v| v.rule_id) }
+    unsafe { PREFIXES.get(hash).copied() }
 }

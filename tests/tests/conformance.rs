@@ -435,6 +435,44 @@ scenario!(odd_bytes_in_names, |b| {
     }
 });
 
+// `..` components climbing from an unwatched directory into the watched tree: the kernel's
+// string filter cannot decide (tracepoint) and user space resolves the path.
+scenario!(dot_dot_into_watched, |b| {
+    let from = unwatched_dir("dotdot", b);
+    let into = scenario_dir("dotdot", b);
+    let mut spelled = from.into_os_string();
+    spelled.push(format!("/../../watched/dotdot-{}/sub", b.name()));
+    Scenario {
+        actor: args(&["mkdir".as_ref(), spelled.as_ref()]),
+        expect: vec![ev(EventKind::Mkdir, &into.join("sub"))],
+    }
+});
+
+// `.` components and doubled slashes inside the watched tree: the path is reported clean.
+scenario!(dot_and_double_slash, |b| {
+    let dir = scenario_dir("dot-slash", b);
+    let mut spelled = dir.clone().into_os_string();
+    spelled.push("/.//sub");
+    Scenario {
+        actor: args(&["mkdir".as_ref(), spelled.as_ref()]),
+        expect: vec![ev(EventKind::Mkdir, &dir.join("sub"))],
+    }
+});
+
+// A file deeper below its watched root than the kernel's parent walk goes (64 levels): the
+// kernel cannot decide, user space does, and the path is complete.
+scenario!(deeper_than_the_walk_limit, |b| {
+    let mut dir = scenario_dir("deep", b);
+    for _ in 0..70 {
+        dir.push("d");
+    }
+    std::fs::create_dir_all(&dir).expect("creating the deep tree");
+    Scenario {
+        actor: args(&["mkdir".as_ref(), dir.join("leaf").as_ref()]),
+        expect: vec![ev(EventKind::Mkdir, &dir.join("leaf"))],
+    }
+});
+
 scenario!(unwatched_directory_is_silent, |b| {
     let f = unwatched_dir("silent", b).join("file");
     Scenario {
@@ -452,6 +490,86 @@ scenario!(unwatched_directory_is_silent, |b| {
         expect: Vec::new(),
     }
 });
+
+/// Creates `levels` directories named `name` below `base`, one `mkdirat` at a time (the
+/// whole path is longer than a syscall accepts); returns the deepest.
+fn deep_tree(base: &Path, name: &str, levels: usize) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &OsStr| std::ffi::CString::new(p.as_bytes()).unwrap();
+    let component = c(OsStr::new(name));
+    let mut path = base.to_path_buf();
+    // SAFETY: valid strings and descriptors this function owns.
+    unsafe {
+        let mut fd = libc::open(
+            c(base.as_os_str()).as_ptr(),
+            libc::O_DIRECTORY | libc::O_CLOEXEC,
+        );
+        assert!(fd >= 0, "open {base:?}");
+        for _ in 0..levels {
+            assert_eq!(libc::mkdirat(fd, component.as_ptr(), 0o755), 0, "mkdirat");
+            let next = libc::openat(fd, component.as_ptr(), libc::O_DIRECTORY | libc::O_CLOEXEC);
+            assert!(next >= 0, "openat");
+            libc::close(fd);
+            fd = next;
+            path.push(name);
+        }
+        libc::close(fd);
+    }
+    path
+}
+
+/// A path longer than the kernel's path buffer (4096 bytes): reported with its leaf end and
+/// flagged truncated, never as a wrong complete path.
+fn longer_than_the_path_buffer(backend: Backend) {
+    with_sensor(backend, |runtime, sensor| {
+        let base = scenario_dir("long", backend);
+        let deep = deep_tree(&base, &"n".repeat(200), 24);
+        assert!(deep.as_os_str().len() > 4800);
+        drain(runtime, sensor);
+        let pid = run_actor(&[
+            OsStr::new("--cwd"),
+            deep.as_os_str(),
+            OsStr::new("mkdir"),
+            OsStr::new("leaf"),
+        ])
+        .expect("actor");
+        let events = collect(runtime, sensor, pid, 1, Duration::from_secs(10));
+        assert_eq!(events.len(), 1, "{:#?}", show(&events));
+        let event = &events[0];
+        assert_eq!(event.kind, EventKind::Mkdir);
+        assert!(
+            event.truncated(),
+            "not flagged truncated: {:?}",
+            show(&events)
+        );
+        let full = bytes(&deep.join("leaf"));
+        assert!(
+            event.path.len() < full.len() && full.ends_with(&event.path),
+            "{} bytes reported are not the end of the {}-byte path",
+            event.path.len(),
+            full.len()
+        );
+    });
+}
+
+mod path_longer_than_the_buffer {
+    use super::*;
+
+    #[test]
+    fn lsm() {
+        longer_than_the_path_buffer(Backend::Lsm);
+    }
+
+    #[test]
+    fn fentry() {
+        longer_than_the_path_buffer(Backend::Fentry);
+    }
+
+    #[test]
+    fn tracepoint() {
+        longer_than_the_path_buffer(Backend::Tracepoint);
+    }
+}
 
 /// fim's own process is an excluded actor: its changes in a watched tree are dropped in the
 /// kernel. Then a separate process's change in the same place is still seen.

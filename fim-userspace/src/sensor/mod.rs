@@ -9,6 +9,7 @@ mod btf;
 mod event;
 mod offsets;
 mod programs;
+pub mod undecided;
 pub mod watch;
 
 use std::{
@@ -75,9 +76,12 @@ pub struct Sensor {
     lost: PerCpuArray<MapData, u64>,
     watched: BpfHashMap<MapData, WatchKey, WatchValue>,
     prefixes: BpfHashMap<MapData, u64, WatchValue>,
+    root_prefix: aya::maps::Array<MapData, WatchValue>,
     excluded: BpfHashMap<MapData, u32, Excluded>,
     registered: watch::FilterEntries,
     roots: Vec<WatchRoot>,
+    /// The roots as user space matches undecided records against them.
+    root_spellings: Vec<(PathBuf, u32, bool)>,
     mounts: Vec<watch::Mount>,
     /// Events read while waiting for something else (the self-test); handed out first.
     pending: VecDeque<Event>,
@@ -126,6 +130,8 @@ impl Sensor {
         let watched = BpfHashMap::try_from(take(&mut ebpf, "WATCHED")?).context("WATCHED map")?;
         let prefixes =
             BpfHashMap::try_from(take(&mut ebpf, "PREFIXES")?).context("PREFIXES map")?;
+        let root_prefix = aya::maps::Array::try_from(take(&mut ebpf, "ROOT_PREFIX")?)
+            .context("ROOT_PREFIX map")?;
         let excluded =
             BpfHashMap::try_from(take(&mut ebpf, "EXCLUDED")?).context("EXCLUDED map")?;
         let mut sensor = Sensor {
@@ -137,9 +143,11 @@ impl Sensor {
             lost,
             watched,
             prefixes,
+            root_prefix,
             excluded,
             registered: watch::FilterEntries::default(),
             roots: Vec::new(),
+            root_spellings: Vec::new(),
             mounts: watch::mounts(),
             pending: VecDeque::new(),
             malformed: 0,
@@ -185,9 +193,19 @@ impl Sensor {
                 .insert(hash, value, 0)
                 .context("filling the PREFIXES map (too many roots?)")?;
         }
+        let root = entries
+            .prefixes
+            .iter()
+            .find(|(_, _, bytes)| bytes == b"/")
+            .map(|(_, value, _)| *value)
+            .unwrap_or_default();
+        self.root_prefix
+            .set(0, root, 0)
+            .context("setting the ROOT_PREFIX map")?;
         let problems = entries.problems.clone();
         self.registered = entries;
         self.roots = roots.to_vec();
+        self.root_spellings = undecided::spellings(roots);
         self.mounts = watch::mounts();
         Ok(problems)
     }
@@ -211,10 +229,16 @@ impl Sensor {
             let before = out.len();
             drain(self.ring.get_mut(), out, &mut self.malformed);
             if out.len() > before {
-                for event in &mut out[before..] {
-                    absolutize(event, &self.mounts);
+                for mut event in out.split_off(before) {
+                    absolutize(&mut event, &self.mounts);
+                    if undecided::decide(&mut event, &self.root_spellings) {
+                        out.push(event);
+                    }
                 }
-                return Ok(());
+                if out.len() > before {
+                    return Ok(());
+                }
+                continue;
             }
             tokio::select! {
                 ready = self.ring.readable_mut() => {

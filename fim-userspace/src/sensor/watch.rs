@@ -11,9 +11,6 @@ use std::{
 use anyhow::{Context, Result};
 use fim_common::{WatchKey, WatchValue, record::fnv1a, watch};
 
-/// Prefix strings longer than this are not matched by the tracepoint backend's kernel filter.
-pub const MAX_PREFIX_LEN: usize = 255;
-
 /// One watched place.
 #[derive(Clone, Debug)]
 pub struct WatchRoot {
@@ -121,6 +118,7 @@ pub fn entries(roots: &[WatchRoot]) -> FilterEntries {
             out.problems.push(format!("{}: {e:#}", root.path.display()));
         }
     }
+    out.prefixes = merge_prefixes(std::mem::take(&mut out.prefixes));
     out
 }
 
@@ -188,16 +186,48 @@ fn add_root(
         } else {
             bytes
         };
-        if bytes.len() > MAX_PREFIX_LEN {
-            out.problems.push(format!(
-                "{}: longer than {MAX_PREFIX_LEN} bytes, the tracepoint backend's kernel filter cannot match it",
-                spelling.display()
-            ));
-            continue;
-        }
         out.prefixes.push((fnv1a(bytes), value, bytes.to_vec()));
+        // Every proper ancestor ("/a", "/a/b" of "/a/b/c"), so the kernel can stop scanning
+        // a path at its first prefix that leads to no watched root.
+        for (i, _) in bytes
+            .iter()
+            .enumerate()
+            .skip(1)
+            .filter(|(_, b)| **b == b'/')
+        {
+            let ancestor = &bytes[..i];
+            let value = WatchValue {
+                rule_id: 0,
+                flags: watch::ANCESTOR,
+            };
+            out.prefixes
+                .push((fnv1a(ancestor), value, ancestor.to_vec()));
+        }
     }
     Ok(())
+}
+
+/// One map entry per hash: a path that is both watched and an ancestor of another watched
+/// path keeps both flags and its rule.
+fn merge_prefixes(prefixes: Vec<(u64, WatchValue, Vec<u8>)>) -> Vec<(u64, WatchValue, Vec<u8>)> {
+    let mut merged: Vec<(u64, WatchValue, Vec<u8>)> = Vec::with_capacity(prefixes.len());
+    let mut index: HashMap<u64, usize> = HashMap::new();
+    for (hash, value, bytes) in prefixes {
+        match index.get(&hash) {
+            Some(&i) => {
+                let entry = &mut merged[i].1;
+                entry.flags |= value.flags;
+                if entry.rule_id == 0 {
+                    entry.rule_id = value.rule_id;
+                }
+            }
+            None => {
+                index.insert(hash, merged.len());
+                merged.push((hash, value, bytes));
+            }
+        }
+    }
+    merged
 }
 
 /// The mount point to prefix to a path the kernel built relative to the root of filesystem
@@ -277,5 +307,40 @@ mod tests {
                 .any(|(h, v, _)| *h == fnv1a(canonical.as_os_str().as_bytes()) && v.rule_id == 7)
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn ancestors_are_registered_once_and_keep_root_flags() {
+        let prefixes = |bytes: &[u8], rule_id, flags| {
+            (fnv1a(bytes), WatchValue { rule_id, flags }, bytes.to_vec())
+        };
+        let mut list = vec![prefixes(b"/a/b", 3, watch::SELF | watch::RECURSIVE)];
+        list.push(prefixes(b"/a", 0, watch::ANCESTOR));
+        list.push(prefixes(b"/a/b/c", 4, watch::SELF));
+        list.push(prefixes(b"/a", 0, watch::ANCESTOR));
+        list.push(prefixes(b"/a/b", 0, watch::ANCESTOR));
+        let merged = merge_prefixes(list);
+        assert_eq!(merged.len(), 3);
+        assert_eq!(
+            merged[0].1,
+            WatchValue {
+                rule_id: 3,
+                flags: watch::SELF | watch::RECURSIVE | watch::ANCESTOR
+            }
+        );
+        assert_eq!(
+            merged[1].1,
+            WatchValue {
+                rule_id: 0,
+                flags: watch::ANCESTOR
+            }
+        );
+        assert_eq!(
+            merged[2].1,
+            WatchValue {
+                rule_id: 4,
+                flags: watch::SELF
+            }
+        );
     }
 }

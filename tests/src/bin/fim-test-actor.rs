@@ -21,7 +21,7 @@ fn main() -> ExitCode {
             eprintln!("fim-test-actor: --cwd needs a directory");
             return ExitCode::FAILURE;
         }
-        if let Err(e) = std::env::set_current_dir(&args[1]) {
+        if let Err(e) = change_dir(std::path::Path::new(&args[1])) {
             eprintln!("fim-test-actor: chdir {:?}: {e}", args[1]);
             return ExitCode::FAILURE;
         }
@@ -34,6 +34,18 @@ fn main() -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+/// chdir, one component at a time when the path is too long for one syscall (the tests
+/// build trees deeper than PATH_MAX).
+fn change_dir(dir: &std::path::Path) -> io::Result<()> {
+    if dir.as_os_str().len() < 4000 {
+        return std::env::set_current_dir(dir);
+    }
+    for component in dir.components() {
+        std::env::set_current_dir(component.as_os_str())?;
+    }
+    Ok(())
 }
 
 fn c(arg: Option<&OsString>) -> io::Result<CString> {
