@@ -1,0 +1,270 @@
+//! The change worker: examines the paths jobs name, compares them with the baseline, and
+//! produces change records and the store operations that keep the baseline current.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+
+use super::assemble::{Job, JobKind};
+use crate::baseline::{BaselineEntry, ChangedField, ContentVersion, changed_fields, hex};
+use crate::store::{ChangeRecord, ContentRecord, StoreOp, activity, previous_json};
+
+/// Stored baseline rows, one path at a time (the daemon never loads the whole baseline).
+pub trait BaselineLookup: Send {
+    fn get(&mut self, path: &[u8]) -> Result<Option<BaselineEntry>>;
+}
+
+/// What examining a path found.
+// Made once per job and matched at once; boxing the entry would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
+pub enum Examined {
+    Present {
+        entry: BaselineEntry,
+        content: Option<ContentVersion>,
+    },
+    Vanished,
+}
+
+/// Looks at one path now: metadata, xattrs, link target, and BLAKE3 for a regular file
+/// (reusing `previous`'s hash when identity and times are unchanged).
+pub trait Examine: Send {
+    fn examine(
+        &mut self,
+        path: &[u8],
+        previous: Option<&BaselineEntry>,
+        keep_content_up_to: Option<u64>,
+    ) -> Examined;
+}
+
+/// Rows this worker wrote that the store may not have committed yet: reads go here first, so
+/// a second change to a path right after the first compares with the right baseline.
+const OVERLAY_TTL: Duration = Duration::from_secs(30);
+const OVERLAY_MAX: usize = 65_536;
+
+pub struct ChangeMaker {
+    lookup: Box<dyn BaselineLookup>,
+    examine: Box<dyn Examine>,
+    overlay: HashMap<Vec<u8>, (Option<BaselineEntry>, Instant)>,
+    host: String,
+    content_max_size: u64,
+    /// Baseline lookups that failed (the change is still reported, without previous values).
+    pub lookup_errors: u64,
+}
+
+/// The output of one job.
+#[derive(Default)]
+pub struct Made {
+    pub changes: Vec<ChangeRecord>,
+    /// Store writes: the changes themselves first, then baseline and content rows.
+    pub ops: Vec<StoreOp>,
+    /// Bytes hashed for this job (for metrics).
+    pub hashed_bytes: u64,
+}
+
+fn content_changed(changed: &[ChangedField]) -> bool {
+    changed.iter().any(|c| {
+        matches!(
+            c,
+            ChangedField::Content
+                | ChangedField::Size
+                | ChangedField::Type
+                | ChangedField::LinkTarget
+        )
+    })
+}
+
+impl ChangeMaker {
+    pub fn new(
+        lookup: Box<dyn BaselineLookup>,
+        examine: Box<dyn Examine>,
+        host: String,
+        content_max_size: u64,
+    ) -> ChangeMaker {
+        ChangeMaker {
+            lookup,
+            examine,
+            overlay: HashMap::new(),
+            host,
+            content_max_size,
+            lookup_errors: 0,
+        }
+    }
+
+    fn baseline(&mut self, path: &[u8]) -> Option<BaselineEntry> {
+        if let Some((entry, at)) = self.overlay.get(path)
+            && at.elapsed() < OVERLAY_TTL
+        {
+            return entry.clone();
+        }
+        match self.lookup.get(path) {
+            Ok(entry) => entry,
+            Err(e) => {
+                self.lookup_errors += 1;
+                log::warn!("baseline lookup failed: {e:#}");
+                None
+            }
+        }
+    }
+
+    fn set(&mut self, path: &[u8], entry: Option<BaselineEntry>, ops: &mut Vec<StoreOp>) {
+        if self.overlay.len() >= OVERLAY_MAX {
+            self.overlay.retain(|_, (_, at)| at.elapsed() < OVERLAY_TTL);
+            if self.overlay.len() >= OVERLAY_MAX {
+                self.overlay.clear();
+            }
+        }
+        ops.push(match &entry {
+            Some(e) => StoreOp::BaselineUpsert(e.clone()),
+            None => StoreOp::BaselineRemove(path.to_vec()),
+        });
+        self.overlay.insert(path.to_vec(), (entry, Instant::now()));
+    }
+
+    fn record(&self, job: &Job, activity: i64, path: &[u8]) -> ChangeRecord {
+        let rule = job.rule.as_ref().or(job.rule2.as_ref());
+        ChangeRecord {
+            time_ns: job.time_ns,
+            host: self.host.clone(),
+            activity,
+            path: path.to_vec(),
+            rule: rule.map(|r| r.name.clone()),
+            group: rule.map(|r| r.group.clone()),
+            backend: job.backend.to_string(),
+            authorized: job.authorized,
+            truncated_path: job.truncated_path,
+            actor: (*job.actor).clone(),
+            ..ChangeRecord::default()
+        }
+    }
+
+    fn keep_content(&self, job: &Job) -> Option<u64> {
+        let rule = job.rule2.as_ref().or(job.rule.as_ref());
+        rule.is_some_and(|r| r.upload_content)
+            .then_some(self.content_max_size)
+    }
+
+    /// Processes one job.
+    pub fn make(&mut self, job: &Job) -> Made {
+        let mut made = Made::default();
+        match job.what {
+            JobKind::Examine => self.examine_job(job, &mut made),
+            JobKind::Delete => {
+                let previous = self.baseline(&job.path);
+                let mut change = self.record(job, activity::DELETE, &job.path);
+                if let Some(p) = &previous {
+                    change.previous = Some(previous_json(p));
+                    change.hash_before = p.blake3.map(|h| hex(&h));
+                }
+                made.changes.push(change);
+                self.set(&job.path, None, &mut made.ops);
+            }
+            JobKind::Rename => self.rename_job(job, &mut made),
+        }
+        let mut ops: Vec<StoreOp> = made.changes.iter().cloned().map(StoreOp::Change).collect();
+        ops.append(&mut made.ops);
+        made.ops = ops;
+        made
+    }
+
+    fn examine_job(&mut self, job: &Job, made: &mut Made) {
+        if job.truncated_path {
+            // The path is not complete: report what the kernel said, examine nothing.
+            made.changes.push(self.record(job, job.activity, &job.path));
+            return;
+        }
+        let previous = self.baseline(&job.path);
+        let keep = self.keep_content(job);
+        match self.examine.examine(&job.path, previous.as_ref(), keep) {
+            Examined::Vanished => {
+                // Gone before it could be examined: a creation is still reported (without
+                // content); anything else is followed by its own delete or rename record.
+                if job.activity == activity::CREATE && previous.is_none() {
+                    made.changes
+                        .push(self.record(job, activity::CREATE, &job.path));
+                }
+            }
+            Examined::Present { entry, content } => {
+                if let Some(c) = content {
+                    made.hashed_bytes += c.content.len() as u64;
+                    made.ops.push(StoreOp::Content(ContentRecord {
+                        blake3: c.blake3,
+                        content: c.content,
+                        stored_at_ns: job.time_ns,
+                    }));
+                }
+                let change = match &previous {
+                    None => {
+                        let mut change = self.record(job, activity::CREATE, &job.path);
+                        change.hash_after = entry.blake3.map(|h| hex(&h));
+                        change.size = Some(entry.size);
+                        Some(change)
+                    }
+                    Some(old) => {
+                        let changed = changed_fields(old, &entry);
+                        if changed.is_empty() {
+                            None
+                        } else {
+                            let activity = match job.activity {
+                                activity::SET_ATTRIBUTES | activity::SET_SECURITY => job.activity,
+                                _ if content_changed(&changed) => activity::UPDATE,
+                                _ => activity::SET_ATTRIBUTES,
+                            };
+                            let mut change = self.record(job, activity, &job.path);
+                            change.changed = changed.iter().map(|c| c.name().to_string()).collect();
+                            change.previous = Some(previous_json(old));
+                            change.hash_before = old.blake3.map(|h| hex(&h));
+                            change.hash_after = entry.blake3.map(|h| hex(&h));
+                            change.size = Some(entry.size);
+                            Some(change)
+                        }
+                    }
+                };
+                made.changes.extend(change);
+                self.set(&job.path, Some(entry), &mut made.ops);
+            }
+        }
+    }
+
+    fn rename_job(&mut self, job: &Job, made: &mut Made) {
+        let Some(new_path) = job.new_path.clone() else {
+            return;
+        };
+        let old = self.baseline(&job.path);
+        let replaced = self.baseline(&new_path);
+        let mut change = self.record(job, activity::RENAME, &job.path);
+        change.new_path = Some(new_path.clone());
+        change.hash_before = old.as_ref().and_then(|o| o.blake3.map(|h| hex(&h)));
+        if old.is_some() {
+            self.set(&job.path, None, &mut made.ops);
+        }
+        if job.rule2.is_some() && !job.truncated_path {
+            let keep = self.keep_content(job);
+            if let Examined::Present { entry, content } =
+                self.examine.examine(&new_path, old.as_ref(), keep)
+            {
+                // Replacing a file (an atomic save): what changed relative to the replaced one.
+                if let Some(r) = &replaced {
+                    change.changed = changed_fields(r, &entry)
+                        .iter()
+                        .map(|c| c.name().to_string())
+                        .collect();
+                }
+                change.hash_after = entry.blake3.map(|h| hex(&h));
+                change.size = Some(entry.size);
+                if let Some(c) = content {
+                    made.ops.push(StoreOp::Content(ContentRecord {
+                        blake3: c.blake3,
+                        content: c.content,
+                        stored_at_ns: job.time_ns,
+                    }));
+                }
+                self.set(&new_path, Some(entry), &mut made.ops);
+            }
+        } else if replaced.is_some() {
+            self.set(&new_path, None, &mut made.ops);
+        }
+        change.previous = replaced.as_ref().or(old.as_ref()).map(previous_json);
+        made.changes.push(change);
+    }
+}

@@ -1,0 +1,155 @@
+//! From a kernel record to an observation: who did it (enrichment), which rule covers it, and
+//! whether the actor is authorized or excluded.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::config::{Authorized, RuleSet};
+use crate::sensor::{Event, EventKind};
+use crate::store::Actor;
+
+/// Turns the kernel's view of a process into the attribution stored with a change.
+pub trait Enrich: Send {
+    fn actor(&mut self, event: &Event) -> Arc<Actor>;
+}
+
+/// Attribution from the kernel record alone (pid, parent, uids, comm, start time): what is
+/// known for certain even when /proc has nothing left to say.
+#[derive(Default)]
+pub struct KernelOnly;
+
+impl Enrich for KernelOnly {
+    fn actor(&mut self, event: &Event) -> Arc<Actor> {
+        Arc::new(kernel_actor(event))
+    }
+}
+
+/// The attribution the record itself carries.
+pub fn kernel_actor(event: &Event) -> Actor {
+    let a = &event.actor;
+    Actor {
+        pid: Some(a.tgid),
+        ppid: Some(a.ppid),
+        uid: Some(a.uid),
+        login_uid: (a.loginuid != u32::MAX).then_some(a.loginuid),
+        comm: Some(event.comm()),
+        ..Actor::default()
+    }
+}
+
+/// The rule a path falls under, as the change records name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleRef {
+    pub name: String,
+    pub group: String,
+    pub upload_content: bool,
+}
+
+/// One kernel record that matters: its rule and attribution decided.
+#[derive(Debug, Clone)]
+pub struct Observation {
+    pub event: Event,
+    pub actor: Arc<Actor>,
+    /// The rule of `event.path` (for renames and links: of either path).
+    pub rule: Option<RuleRef>,
+    /// The rule of `event.path2` for renames and links (where the object went).
+    pub rule2: Option<RuleRef>,
+    pub authorized: bool,
+}
+
+/// Executables whose changes happen inside package-manager transactions.
+const PACKAGE_MANAGERS: &[&[u8]] = &[
+    b"/usr/bin/dpkg",
+    b"/usr/bin/apt",
+    b"/usr/bin/apt-get",
+    b"/usr/lib/apt/methods/",
+    b"/usr/bin/unattended-upgrade",
+    b"/usr/bin/rpm",
+    b"/usr/bin/dnf",
+    b"/usr/bin/yum",
+];
+
+/// Rule matching and actor policy for observations.
+pub struct Classifier {
+    rules: Arc<RuleSet>,
+    authorized: Authorized,
+    excluded: Vec<PathBuf>,
+}
+
+/// What the classifier decided about one record.
+pub enum Verdict {
+    Report(Box<Observation>),
+    /// No enabled rule covers the path(s), or a rule ignores them.
+    NoRule,
+    /// The actor is an excluded executable.
+    Excluded,
+}
+
+impl Classifier {
+    pub fn new(rules: Arc<RuleSet>, authorized: Authorized, excluded: Vec<PathBuf>) -> Classifier {
+        Classifier {
+            rules,
+            authorized,
+            excluded,
+        }
+    }
+
+    pub fn rules(&self) -> &Arc<RuleSet> {
+        &self.rules
+    }
+
+    fn rule(&self, path: &[u8]) -> Option<RuleRef> {
+        self.rules.match_bytes(path).map(|r| RuleRef {
+            name: r.name.clone(),
+            group: r.group.clone(),
+            upload_content: r.upload_content,
+        })
+    }
+
+    /// Matches the record's paths against the rules, then attributes it.
+    pub fn classify(&self, event: Event, enrich: &mut dyn Enrich) -> Verdict {
+        let rule = self.rule(&event.path);
+        let rule2 = if matches!(event.kind, EventKind::Rename | EventKind::Link) {
+            self.rule(&event.path2)
+        } else {
+            None
+        };
+        if rule.is_none() && rule2.is_none() {
+            return Verdict::NoRule;
+        }
+        let actor = enrich.actor(&event);
+        let exe = actor.exe.as_deref();
+        if let Some(exe) = exe
+            && self
+                .excluded
+                .iter()
+                .any(|x| x.as_os_str().as_encoded_bytes() == exe)
+        {
+            return Verdict::Excluded;
+        }
+        let authorized = exe.is_some_and(|exe| {
+            self.authorized
+                .exes
+                .iter()
+                .any(|a| a.as_os_str().as_encoded_bytes() == exe)
+                || (self.authorized.package_managers && is_package_manager(exe))
+        });
+        Verdict::Report(Box::new(Observation {
+            event,
+            actor,
+            rule,
+            rule2,
+            authorized,
+        }))
+    }
+}
+
+fn is_package_manager(exe: &[u8]) -> bool {
+    PACKAGE_MANAGERS.iter().any(|pm| {
+        if pm.ends_with(b"/") {
+            exe.starts_with(pm)
+        } else {
+            exe == *pm
+        }
+    })
+}

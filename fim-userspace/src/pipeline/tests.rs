@@ -1,0 +1,412 @@
+//! The pipeline's logic with injected records, an in-memory baseline and a fake filesystem.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use fim_common::{Actor as KernelActor, Args, Target, flags};
+
+use super::*;
+use crate::baseline::{BaselineEntry, EntryFlags, FileKind};
+use crate::config::{Authorized, PathPattern, PathType, Rule, RuleSet};
+use crate::sensor::{Backend, Event, EventKind};
+use crate::store::{StoreOp, activity};
+
+/// The fake filesystem: path -> (content digest byte, size, mode).
+type Files = Arc<Mutex<HashMap<Vec<u8>, (u8, u64, u32)>>>;
+
+fn entry(path: &[u8], (digest, size, mode): (u8, u64, u32)) -> BaselineEntry {
+    BaselineEntry {
+        path: path.to_vec(),
+        kind: FileKind::File,
+        size,
+        mode,
+        uid: 0,
+        gid: 0,
+        mtime_ns: 0,
+        ctime_ns: 0,
+        inode: 1,
+        dev: 1,
+        blake3: Some([digest; 32]),
+        xattr_digest: None,
+        link_target: None,
+        flags: EntryFlags::default(),
+        errno: None,
+        scanned_at_ns: 0,
+    }
+}
+
+struct FakeFs(Files);
+
+impl Examine for FakeFs {
+    fn examine(&mut self, path: &[u8], _: Option<&BaselineEntry>, _: Option<u64>) -> Examined {
+        match self.0.lock().unwrap().get(path) {
+            Some(state) => Examined::Present {
+                entry: entry(path, *state),
+                content: None,
+            },
+            None => Examined::Vanished,
+        }
+    }
+}
+
+struct MemoryBaseline(Arc<Mutex<HashMap<Vec<u8>, BaselineEntry>>>);
+
+impl BaselineLookup for MemoryBaseline {
+    fn get(&mut self, path: &[u8]) -> anyhow::Result<Option<BaselineEntry>> {
+        Ok(self.0.lock().unwrap().get(path).cloned())
+    }
+}
+
+struct Harness {
+    files: Files,
+    stored: Arc<Mutex<HashMap<Vec<u8>, BaselineEntry>>>,
+    classifier: Classifier,
+    assembler: Assembler,
+    maker: ChangeMaker,
+    ktime: u64,
+}
+
+fn rules() -> RuleSet {
+    RuleSet::new(vec![Rule {
+        name: "etc".into(),
+        group: "system".into(),
+        path: PathPattern::new("/etc").unwrap(),
+        path_type: PathType::Folder,
+        recursive: true,
+        enabled: true,
+        upload_content: false,
+        ignore: Vec::new(),
+    }])
+}
+
+impl Harness {
+    fn new() -> Harness {
+        let files: Files = Arc::default();
+        let stored: Arc<Mutex<HashMap<Vec<u8>, BaselineEntry>>> = Arc::default();
+        Harness {
+            files: Arc::clone(&files),
+            stored: Arc::clone(&stored),
+            classifier: Classifier::new(Arc::new(rules()), Authorized::default(), Vec::new()),
+            assembler: Assembler::new(0),
+            maker: ChangeMaker::new(
+                Box::new(MemoryBaseline(stored)),
+                Box::new(FakeFs(files)),
+                "host".into(),
+                1 << 20,
+            ),
+            ktime: 1_000_000_000,
+        }
+    }
+
+    fn baseline(&self, path: &str, state: (u8, u64, u32)) {
+        self.files.lock().unwrap().insert(path.into(), state);
+        self.stored
+            .lock()
+            .unwrap()
+            .insert(path.into(), entry(path.as_bytes(), state));
+    }
+
+    fn disk(&self, path: &str, state: Option<(u8, u64, u32)>) {
+        let mut files = self.files.lock().unwrap();
+        match state {
+            Some(s) => files.insert(path.into(), s),
+            None => files.remove(path.as_bytes()),
+        };
+    }
+
+    /// Feeds one record; returns the changes of the jobs it completed.
+    fn feed(
+        &mut self,
+        kind: EventKind,
+        path: &str,
+        path2: &str,
+        open_flags: u32,
+    ) -> Vec<crate::store::ChangeRecord> {
+        self.ktime += 1_000_000;
+        let event = Event {
+            kind,
+            backend: Backend::Tracepoint,
+            flags: if kind == EventKind::SetXattr {
+                flags::PATH2_IS_STRING
+            } else {
+                0
+            },
+            rule_id: 1,
+            ktime_ns: self.ktime,
+            actor: KernelActor {
+                tgid: 4242,
+                pid: 4242,
+                ppid: 1,
+                uid: 1000,
+                loginuid: u32::MAX,
+                ..KernelActor::default()
+            },
+            target: Target::default(),
+            args: Args {
+                flags: open_flags,
+                ..Args::default()
+            },
+            path: path.as_bytes().to_vec(),
+            path2: path2.as_bytes().to_vec(),
+        };
+        let mut jobs = Vec::new();
+        match self.classifier.classify(event, &mut KernelOnly) {
+            Verdict::Report(o) => self.assembler.observe(*o, &mut jobs),
+            Verdict::NoRule | Verdict::Excluded => {}
+        }
+        self.run(jobs)
+    }
+
+    fn run(&mut self, jobs: Vec<Job>) -> Vec<crate::store::ChangeRecord> {
+        let mut out = Vec::new();
+        for job in jobs {
+            let made = self.maker.make(&job);
+            // The store applies the baseline ops (as the writer would).
+            for op in &made.ops {
+                match op {
+                    StoreOp::BaselineUpsert(e) => {
+                        self.stored
+                            .lock()
+                            .unwrap()
+                            .insert(e.path.clone(), e.clone());
+                    }
+                    StoreOp::BaselineRemove(p) => {
+                        self.stored.lock().unwrap().remove(p);
+                    }
+                    _ => {}
+                }
+            }
+            out.extend(made.changes);
+        }
+        out
+    }
+
+    fn tick(&mut self, after_ms: u64) -> Vec<crate::store::ChangeRecord> {
+        self.ktime += after_ms * 1_000_000;
+        let mut jobs = Vec::new();
+        self.assembler.tick(self.ktime, &mut jobs);
+        self.run(jobs)
+    }
+}
+
+const O_WRONLY: u32 = libc::O_WRONLY as u32;
+
+#[test]
+fn writes_of_one_open_close_become_one_update_with_previous_values() {
+    let mut h = Harness::new();
+    h.baseline("/etc/passwd", (1, 10, 0o644));
+    assert!(
+        h.feed(EventKind::OpenWrite, "/etc/passwd", "", O_WRONLY)
+            .is_empty()
+    );
+    h.disk("/etc/passwd", Some((2, 12, 0o644)));
+    let changes = h.feed(EventKind::Modified, "/etc/passwd", "", 0);
+    assert_eq!(changes.len(), 1);
+    let c = &changes[0];
+    assert_eq!(c.activity, activity::UPDATE);
+    assert_eq!(c.changed, ["content", "size"]);
+    assert_eq!(c.previous.as_ref().unwrap()["size"], 10);
+    assert_eq!(c.hash_before.as_deref(), Some(&"01".repeat(32)[..]));
+    assert_eq!(c.hash_after.as_deref(), Some(&"02".repeat(32)[..]));
+    assert_eq!(c.actor.pid, Some(4242));
+    assert_eq!(c.rule.as_deref(), Some("etc"));
+    assert_eq!(c.group.as_deref(), Some("system"));
+    // The baseline now holds the new state: the same write again reports nothing.
+    h.feed(EventKind::OpenWrite, "/etc/passwd", "", O_WRONLY);
+    assert!(h.feed(EventKind::Modified, "/etc/passwd", "", 0).is_empty());
+}
+
+#[test]
+fn two_writers_are_reported_once_after_the_last_close() {
+    let mut h = Harness::new();
+    h.baseline("/etc/hosts", (1, 10, 0o644));
+    h.feed(EventKind::OpenWrite, "/etc/hosts", "", O_WRONLY);
+    h.feed(EventKind::OpenWrite, "/etc/hosts", "", O_WRONLY);
+    h.disk("/etc/hosts", Some((3, 10, 0o644)));
+    assert!(h.feed(EventKind::Modified, "/etc/hosts", "", 0).is_empty());
+    let changes = h.feed(EventKind::Modified, "/etc/hosts", "", 0);
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].changed, ["content"]);
+}
+
+#[test]
+fn a_created_file_is_one_create_with_its_hash() {
+    let mut h = Harness::new();
+    h.disk("/etc/new", Some((5, 3, 0o600)));
+    assert!(
+        h.feed(
+            EventKind::Create,
+            "/etc/new",
+            "",
+            O_WRONLY | libc::O_CREAT as u32
+        )
+        .is_empty()
+    );
+    let changes = h.feed(EventKind::Modified, "/etc/new", "", 0);
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].activity, activity::CREATE);
+    assert_eq!(changes[0].hash_after.as_deref(), Some(&"05".repeat(32)[..]));
+    assert_eq!(changes[0].size, Some(3));
+}
+
+#[test]
+fn a_creation_without_a_writer_settles_on_the_tick() {
+    let mut h = Harness::new();
+    h.disk("/etc/fifo", Some((0, 0, 0o600)));
+    assert!(h.feed(EventKind::Create, "/etc/fifo", "", 0).is_empty());
+    assert!(h.tick(50).is_empty(), "reported before it settled");
+    let changes = h.tick(300);
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].activity, activity::CREATE);
+}
+
+#[test]
+fn a_long_writer_is_reported_periodically() {
+    let mut h = Harness::new();
+    h.baseline("/etc/log", (1, 1, 0o644));
+    h.feed(EventKind::OpenWrite, "/etc/log", "", O_WRONLY);
+    h.disk("/etc/log", Some((2, 2, 0o644)));
+    assert!(h.tick(1000).is_empty());
+    let changes = h.tick(5000);
+    assert_eq!(
+        changes.len(),
+        1,
+        "a writer holding the file open must not hide changes"
+    );
+    assert_eq!(changes[0].activity, activity::UPDATE);
+}
+
+#[test]
+fn created_then_removed_before_settling_is_still_reported() {
+    let mut h = Harness::new();
+    h.feed(
+        EventKind::Create,
+        "/etc/tmp",
+        "",
+        O_WRONLY | libc::O_CREAT as u32,
+    );
+    let changes = h.feed(EventKind::Unlink, "/etc/tmp", "", 0);
+    let kinds: Vec<i64> = changes.iter().map(|c| c.activity).collect();
+    assert_eq!(kinds, [activity::CREATE, activity::DELETE]);
+}
+
+#[test]
+fn delete_carries_the_previous_values() {
+    let mut h = Harness::new();
+    h.baseline("/etc/shadow", (9, 100, 0o640));
+    h.disk("/etc/shadow", None);
+    let changes = h.feed(EventKind::Unlink, "/etc/shadow", "", 0);
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].activity, activity::DELETE);
+    assert_eq!(changes[0].previous.as_ref().unwrap()["mode"], 0o640);
+    assert!(h.stored.lock().unwrap().get(&b"/etc/shadow"[..]).is_none());
+}
+
+#[test]
+fn atomic_save_is_a_rename_that_lists_what_changed_in_the_target() {
+    let mut h = Harness::new();
+    h.baseline("/etc/conf", (1, 10, 0o644));
+    // An editor writes a temp file, then renames it over the original.
+    h.disk("/etc/.conf.swp", Some((2, 11, 0o644)));
+    h.feed(
+        EventKind::Create,
+        "/etc/.conf.swp",
+        "",
+        O_WRONLY | libc::O_CREAT as u32,
+    );
+    let created = h.feed(EventKind::Modified, "/etc/.conf.swp", "", 0);
+    assert_eq!(created.len(), 1);
+    h.disk("/etc/.conf.swp", None);
+    h.disk("/etc/conf", Some((2, 11, 0o644)));
+    let changes = h.feed(EventKind::Rename, "/etc/.conf.swp", "/etc/conf", 0);
+    assert_eq!(changes.len(), 1);
+    let c = &changes[0];
+    assert_eq!(c.activity, activity::RENAME);
+    assert_eq!(c.new_path.as_deref(), Some(&b"/etc/conf"[..]));
+    assert_eq!(c.changed, ["content", "size"]);
+    assert_eq!(c.previous.as_ref().unwrap()["size"], 10);
+    let stored = h.stored.lock().unwrap();
+    assert!(stored.get(&b"/etc/.conf.swp"[..]).is_none());
+    assert_eq!(stored.get(&b"/etc/conf"[..]).unwrap().size, 11);
+}
+
+#[test]
+fn rename_out_of_the_watched_tree_drops_the_baseline_entry() {
+    let mut h = Harness::new();
+    h.baseline("/etc/a", (1, 1, 0o644));
+    h.disk("/etc/a", None);
+    let changes = h.feed(EventKind::Rename, "/etc/a", "/tmp/a", 0);
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].rule.as_deref(), Some("etc"));
+    assert!(h.stored.lock().unwrap().is_empty());
+}
+
+#[test]
+fn chmod_to_the_same_mode_reports_nothing_and_a_real_one_reports_mode() {
+    let mut h = Harness::new();
+    h.baseline("/etc/x", (1, 1, 0o644));
+    assert!(h.feed(EventKind::Chmod, "/etc/x", "", 0).is_empty());
+    h.disk("/etc/x", Some((1, 1, 0o600)));
+    let changes = h.feed(EventKind::Chmod, "/etc/x", "", 0);
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].activity, activity::SET_ATTRIBUTES);
+    assert_eq!(changes[0].changed, ["mode"]);
+}
+
+#[test]
+fn security_xattrs_are_set_security() {
+    let mut h = Harness::new();
+    h.baseline("/etc/x", (1, 1, 0o644));
+    h.disk("/etc/x", Some((1, 1, 0o600)));
+    let changes = h.feed(EventKind::SetXattr, "/etc/x", "security.selinux", 0);
+    assert_eq!(changes[0].activity, activity::SET_SECURITY);
+}
+
+#[test]
+fn paths_no_rule_covers_produce_nothing() {
+    let mut h = Harness::new();
+    h.disk("/var/tmp/x", Some((1, 1, 0o644)));
+    assert!(h.feed(EventKind::Mkdir, "/var/tmp/x", "", 0).is_empty());
+    assert_eq!(h.assembler.open_sessions(), 0);
+}
+
+#[test]
+fn authorized_and_excluded_executables() {
+    struct WithExe(&'static str);
+    impl Enrich for WithExe {
+        fn actor(&mut self, event: &Event) -> Arc<crate::store::Actor> {
+            let mut actor = kernel_actor(event);
+            actor.exe = Some(self.0.as_bytes().to_vec());
+            Arc::new(actor)
+        }
+    }
+    let classifier = Classifier::new(
+        Arc::new(rules()),
+        Authorized {
+            exes: vec!["/usr/sbin/chef".into()],
+            package_managers: true,
+        },
+        vec!["/usr/bin/backup".into()],
+    );
+    let event = |path: &str| Event {
+        kind: EventKind::Chmod,
+        backend: Backend::Lsm,
+        flags: 0,
+        rule_id: 1,
+        ktime_ns: 1,
+        actor: KernelActor::default(),
+        target: Target::default(),
+        args: Args::default(),
+        path: path.as_bytes().to_vec(),
+        path2: Vec::new(),
+    };
+    let authorized = |exe| match classifier.classify(event("/etc/a"), &mut WithExe(exe)) {
+        Verdict::Report(o) => Some(o.authorized),
+        _ => None,
+    };
+    assert_eq!(authorized("/usr/sbin/chef"), Some(true));
+    assert_eq!(authorized("/usr/bin/dpkg"), Some(true));
+    assert_eq!(authorized("/usr/lib/apt/methods/http"), Some(true));
+    assert_eq!(authorized("/usr/bin/vi"), Some(false));
+    assert_eq!(authorized("/usr/bin/backup"), None);
+}
