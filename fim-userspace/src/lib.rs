@@ -3,5 +3,6 @@
 pub mod baseline;
 pub mod config;
 pub mod host;
+pub mod metrics;
 pub mod sensor;
 pub mod store;
