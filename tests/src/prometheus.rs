@@ -166,7 +166,7 @@ impl PrometheusServer {
             if let Ok(result) = &last
                 && predicate(result)
             {
-                return Ok(last?);
+                return last;
             }
             if started.elapsed() >= timeout {
                 bail!(
