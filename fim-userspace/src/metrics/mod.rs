@@ -235,7 +235,10 @@ impl Metrics {
         );
         r.register(
             "changes",
-            "Change events fim reported, by rule group (at most 64 groups, the rest as \"other\")",
+            format!(
+                "Change events fim reported, by rule group (at most {MAX_GROUPS} groups, \
+                 the rest as \"{OVERFLOW_LABEL}\")"
+            ),
             metrics.changes.clone(),
         );
         r.register(
