@@ -1,8 +1,10 @@
 //! The fim daemon's library: everything the `fim` binary does, reusable by tests and benches.
 
 pub mod baseline;
+pub mod completions;
 pub mod config;
 pub mod host;
+pub mod metrics;
 pub mod pipeline;
 pub mod sensor;
 pub mod store;

@@ -24,6 +24,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Print a shell completion script on stdout (used by `cargo xtask completions`).
+    #[command(hide = true)]
+    Completions { shell: fim::completions::Shell },
     /// Run the monitoring daemon in the foreground.
     Run {
         /// Use exactly this sensor backend instead of the best one that works.
@@ -74,6 +77,7 @@ const EXIT_CONFIG: u8 = 78;
 /// Commands that need no async runtime; `None` for the daemon.
 fn run_offline_command(command: &Command) -> Option<std::process::ExitCode> {
     match command {
+        Command::Completions { shell } => Some(print_completions(*shell)),
         Command::CheckConfig { config } => Some(check_config(config.as_deref())),
         Command::Scan { config, json } => Some(match scan(config.as_deref(), *json) {
             Ok(()) => std::process::ExitCode::SUCCESS,
@@ -87,6 +91,17 @@ fn run_offline_command(command: &Command) -> Option<std::process::ExitCode> {
             Ok(_) => None,
             Err(_) => Some(check_config(config.as_deref())),
         },
+    }
+}
+
+fn print_completions(shell: fim::completions::Shell) -> std::process::ExitCode {
+    let script = fim::completions::script(shell, &mut <Cli as clap::CommandFactory>::command());
+    match std::io::stdout().lock().write_all(&script) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("writing the completion script: {e}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }
 
@@ -249,6 +264,8 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
+            // Handled before the runtime starts.
+            Command::Completions { .. } => Ok(()),
             Command::Run { backend, config } => {
                 run(backend.map(Backend::from), config.as_deref()).await
             }

@@ -3,6 +3,8 @@
 //! shared sensor per backend (loading a backend costs seconds under QEMU, so every scenario
 //! of a test binary reuses it).
 
+pub mod prometheus;
+
 use std::{
     ffi::OsStr,
     os::unix::ffi::OsStrExt,

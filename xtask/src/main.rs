@@ -6,8 +6,11 @@
 //! - `test`: the whole test suite: fmt, clippy (host, eBPF, Windows), the fim-windows.exe build,
 //!   unit, native integration, Wine and VM tests
 //! - `vm-test`: the kernel tests in QEMU on the Debian 6.1 and 6.12 kernels
+//! - `completions`: bash, zsh and fish completions for `fim`
+//! - `install`: the release binary, the systemd unit and the completions, system-wide
 
 mod cmd;
+mod install;
 mod paths;
 mod setup;
 mod testing;
@@ -15,6 +18,8 @@ mod vm;
 mod windows;
 
 use std::process::ExitCode;
+
+use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -59,6 +64,19 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Generate bash, zsh and fish completions for `fim` (builds the release binary).
+    Completions {
+        /// Directory for `fim` (bash), `_fim` (zsh) and `fim.fish` (default target/completions).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Install fim as a service: /usr/local/bin/fim, /etc/systemd/system/fim.service and the
+    /// shell completions (needs root); then `systemctl enable --now fim`.
+    Install {
+        /// Install below this directory instead of / (to stage a package).
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+    },
     /// Run the kernel tests inside QEMU on the Debian test kernels.
     VmTest {
         /// Which kernel: 6.1, 6.12 or all.
@@ -80,6 +98,8 @@ fn main() -> ExitCode {
         Task::Run { args } => testing::run_fim(&args).map(|_| true),
         Task::Test { no_vm } => testing::run_all(!no_vm),
         Task::Bench { what, args } => testing::bench(&what, &args).map(|_| true),
+        Task::Completions { out } => install::completions(out.as_deref()).map(|_| true),
+        Task::Install { root } => install::install(&root).map(|_| true),
         Task::VmTest { kernel } => vm::run(&kernel).map(|counts| {
             counts.print_closing("total");
             counts.failed == 0

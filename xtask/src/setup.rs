@@ -38,9 +38,42 @@ pub fn run(scope: Scope) -> Result<()> {
         crate::vm::ensure_qemu()?;
         crate::vm::ensure_kernels(&mut apt)?;
         crate::windows::setup(&mut apt)?;
+        ensure_prometheus(&mut apt)?;
+        ensure_systemd_analyze(&mut apt)?;
     }
     println!("setup complete in {:.1}s", started.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// A real Prometheus server: the metrics integration tests start their own instance (free
+/// port, temporary storage) and check fim's endpoint through its query API.
+fn ensure_prometheus(apt: &mut Apt) -> Result<()> {
+    cmd::step("prometheus (the metrics tests scrape fim with a real server)");
+    if cmd::succeeds(Command::new("prometheus").arg("--version")) {
+        println!("    present");
+        return Ok(());
+    }
+    apt.ensure_packages(&["prometheus"])?;
+    // The package enables (and under systemd starts) its own server on :9090 with a database
+    // in /var/lib/prometheus. The tests never use it, so switch it off, but only right after
+    // installing it: a Prometheus that was already there belongs to the administrator.
+    let systemd_running = Path::new("/run/systemd/system").exists();
+    let mut disable = Command::new("systemctl");
+    disable.args(["disable", "prometheus.service"]);
+    if systemd_running {
+        disable.arg("--now");
+    }
+    cmd::run(&mut disable).context("disabling the packaged prometheus service")
+}
+
+/// `systemd-analyze verify` checks fim's unit file (it works without systemd as PID 1).
+fn ensure_systemd_analyze(apt: &mut Apt) -> Result<()> {
+    cmd::step("systemd-analyze (checks fim's service unit)");
+    if cmd::succeeds(Command::new("systemd-analyze").arg("--version")) {
+        println!("    present");
+        return Ok(());
+    }
+    apt.ensure_packages(&["systemd"])
 }
 
 fn ensure_nightly_rust_src() -> Result<()> {
