@@ -5,6 +5,7 @@ pub mod completions;
 pub mod config;
 pub mod host;
 pub mod metrics;
+pub mod output;
 pub mod pipeline;
 pub mod sensor;
 pub mod store;

@@ -153,6 +153,7 @@ impl ChangeMaker {
                 let previous = self.baseline(&job.path);
                 let mut change = self.record(job, activity::DELETE, &job.path);
                 if let Some(p) = &previous {
+                    change.kind = Some(p.kind);
                     change.previous = Some(previous_json(p));
                     change.hash_before = p.blake3.map(|h| hex(&h));
                 }
@@ -220,7 +221,10 @@ impl ChangeMaker {
                         }
                     }
                 };
-                made.changes.extend(change);
+                made.changes.extend(change.map(|mut c| {
+                    c.kind = Some(entry.kind);
+                    c
+                }));
                 self.set(&job.path, Some(entry), &mut made.ops);
             }
         }
@@ -252,6 +256,7 @@ impl ChangeMaker {
                 }
                 change.hash_after = entry.blake3.map(|h| hex(&h));
                 change.size = Some(entry.size);
+                change.kind = Some(entry.kind);
                 if let Some(c) = content {
                     made.ops.push(StoreOp::Content(ContentRecord {
                         blake3: c.blake3,

@@ -56,6 +56,9 @@ pub struct ChangeRecord {
     pub hash_before: Option<String>,
     pub hash_after: Option<String>,
     pub size: Option<u64>,
+    /// The type of the object now (or before, when it is gone); for the output's
+    /// `file.type_id`, not stored.
+    pub kind: Option<crate::baseline::FileKind>,
     pub authorized: bool,
     pub truncated_path: bool,
     pub actor: Actor,
@@ -190,6 +193,7 @@ pub(crate) fn history(conn: &Connection, path: &[u8], limit: usize) -> Result<Ve
         let changed: String = row.get(8)?;
         let previous: Option<String> = row.get(9)?;
         Ok(ChangeRecord {
+            kind: None,
             time_ns: row.get(0)?,
             host: row.get(1)?,
             activity: row.get(2)?,

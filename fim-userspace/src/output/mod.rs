@@ -1,0 +1,9 @@
+//! Outputs of change events: OCSF JSON lines to stdout or a rotated file.
+
+mod ocsf;
+mod sink;
+#[cfg(test)]
+mod tests;
+
+pub use ocsf::{OCSF_VERSION, OcsfContext, activity_name, event, type_id};
+pub use sink::OutputSink;

@@ -1,0 +1,181 @@
+use std::os::unix::ffi::OsStrExt;
+
+use serde_json::json;
+
+use super::*;
+use crate::baseline::FileKind;
+use crate::config::Output;
+use crate::store::{Actor, ChangeRecord, activity};
+
+fn change() -> ChangeRecord {
+    ChangeRecord {
+        time_ns: 1_700_000_000_123_456_789,
+        host: "h".into(),
+        activity: activity::UPDATE,
+        path: b"/etc/passwd".to_vec(),
+        rule: Some("etc".into()),
+        group: Some("system".into()),
+        backend: "lsm".into(),
+        changed: vec!["content".into(), "size".into()],
+        previous: Some(json!({"hash": "aa", "size": 1, "mode": 420, "uid": 0, "gid": 0})),
+        hash_before: Some("aa".into()),
+        hash_after: Some("bb".into()),
+        size: Some(2),
+        kind: Some(FileKind::File),
+        authorized: false,
+        truncated_path: false,
+        actor: Actor {
+            pid: Some(7),
+            ppid: Some(1),
+            exe: Some(b"/usr/bin/vi".to_vec()),
+            cmdline: Some(b"vi /etc/passwd".to_vec()),
+            uid: Some(0),
+            user: Some("root".into()),
+            login_uid: Some(1000),
+            login_user: Some("alice".into()),
+            container_id: None,
+            comm: Some("vi".into()),
+            start_time_ns: Some(1_700_000_000_000_000_000),
+        },
+        ..ChangeRecord::default()
+    }
+}
+
+fn ctx() -> OcsfContext {
+    OcsfContext {
+        hostname: "web-1".into(),
+        version: "0.1.0".into(),
+    }
+}
+
+#[test]
+fn update_event_has_the_contract_fields() {
+    let e = event(&change(), &ctx());
+    let expected = json!({
+        "class_uid": 1001, "class_name": "File System Activity",
+        "category_uid": 1, "category_name": "System Activity",
+        "activity_id": 3, "activity_name": "Update",
+        "type_uid": 100103, "type_name": "File System Activity: Update",
+        "severity_id": 1,
+        "time": 1_700_000_000_123i64,
+        "file": {
+            "path": "/etc/passwd", "name": "passwd", "parent_folder": "/etc",
+            "type_id": 1, "size": 2,
+            "hashes": [{"algorithm_id": 99, "algorithm": "BLAKE3", "value": "bb"}],
+        },
+        "actor": {
+            "process": {
+                "pid": 7, "name": "vi", "file": {"path": "/usr/bin/vi"},
+                "cmd_line": "vi /etc/passwd", "parent_process": {"pid": 1},
+                "created_time": 1_700_000_000_000i64,
+            },
+            "user": {"uid": "0", "name": "root"},
+        },
+        "device": {"hostname": "web-1"},
+        "metadata": {"version": OCSF_VERSION, "product": {"name": "fim", "vendor_name": "fim", "version": "0.1.0"}},
+        "unmapped": {"fim": {
+            "rule": "etc", "group": "system", "backend": "lsm",
+            "changed": ["content", "size"],
+            "previous": {"hash": "aa", "size": 1, "mode": 420, "uid": 0, "gid": 0},
+            "authorized": false, "truncated_path": false,
+            "login_uid": 1000, "login_user": "alice",
+        }},
+    });
+    assert_eq!(e, expected);
+}
+
+#[test]
+fn renames_have_file_result_and_type_uid_follows_activity() {
+    for id in [1, 3, 4, 5, 6, 7, 99] {
+        let mut c = change();
+        c.activity = id;
+        c.new_path = (id == 5).then(|| b"/etc/passwd.new".to_vec());
+        let e = event(&c, &ctx());
+        assert_eq!(e["type_uid"], 100100 + id);
+        assert_eq!(e["file_result"]["path"] == "/etc/passwd.new", id == 5);
+    }
+}
+
+#[test]
+fn unknown_attribution_is_said_not_invented() {
+    let mut c = change();
+    c.actor = Actor::default();
+    c.backend = "scan".into();
+    let e = event(&c, &ctx());
+    assert_eq!(e["unmapped"]["fim"]["attribution"], "unknown");
+    assert!(e["actor"]["process"].as_object().unwrap().is_empty());
+}
+
+#[test]
+fn hostile_paths_stay_valid_json_and_lose_nothing() {
+    let mut c = change();
+    let mut path = b"/etc/new\nline \xff\xfe".to_vec();
+    path.extend(std::iter::repeat_n(b'x', 4000));
+    c.path = path.clone();
+    let line = serde_json::to_string(&event(&c, &ctx())).unwrap();
+    assert!(!line.contains('\n'), "one event per line");
+    let parsed: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let hex = parsed["unmapped"]["fim"]["raw"]["path_hex"]
+        .as_str()
+        .unwrap();
+    assert_eq!(hex, crate::baseline::hex(&path));
+    assert!(
+        parsed["file"]["path"]
+            .as_str()
+            .unwrap()
+            .starts_with("/etc/new\nline ")
+    );
+}
+
+#[test]
+fn file_output_rotates_by_size_and_keeps_n() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fim.json");
+    let output = Output::File {
+        path: path.clone(),
+        max_size_bytes: 4096,
+        keep: 2,
+    };
+    let mut sink = OutputSink::open(&output, ctx()).unwrap();
+    for _ in 0..40 {
+        sink.write(&change()).unwrap();
+    }
+    sink.flush().unwrap();
+    let names: Vec<String> = {
+        let mut v: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().as_bytes().escape_ascii().to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names, ["fim.json", "fim.json.1", "fim.json.2"]);
+    for name in &names {
+        let text = std::fs::read_to_string(dir.path().join(name)).unwrap();
+        assert!(text.len() <= 4096, "{name} is {} bytes", text.len());
+        for line in text.lines() {
+            let e: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(e["class_uid"], 1001);
+        }
+    }
+}
+
+#[test]
+fn file_output_reopens_after_an_external_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("out/fim.json");
+    let output = Output::File {
+        path: path.clone(),
+        max_size_bytes: 1 << 20,
+        keep: 1,
+    };
+    let mut sink = OutputSink::open(&output, ctx()).unwrap();
+    sink.write(&change()).unwrap();
+    sink.flush().unwrap();
+    std::fs::rename(&path, dir.path().join("moved")).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    sink.write(&change()).unwrap();
+    sink.flush().unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(text.lines().count(), 1, "the new file gets the new line");
+}
