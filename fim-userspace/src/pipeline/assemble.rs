@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use fim_common::flags;
 
-use super::observe::{Observation, RuleRef};
+use super::observe::{Observation, Process, RuleRef};
 use crate::sensor::{Backend, EventKind};
-use crate::store::{Actor, activity};
+use crate::store::activity;
 
 /// A path that was created or written and awaits its last close before it is examined.
 struct Session {
@@ -43,7 +43,7 @@ pub struct Job {
     pub rule: Option<RuleRef>,
     /// The rule of the new path (renames and links).
     pub rule2: Option<RuleRef>,
-    pub actor: Arc<Actor>,
+    pub process: Arc<Process>,
     pub authorized: bool,
     pub backend: &'static str,
     pub truncated_path: bool,
@@ -102,7 +102,7 @@ impl Assembler {
             activity,
             rule: o.rule.clone(),
             rule2: o.rule2.clone(),
-            actor: Arc::clone(&o.actor),
+            process: Arc::clone(&o.process),
             authorized: o.authorized,
             backend: e.backend.name(),
             truncated_path: e.truncated(),
@@ -246,7 +246,7 @@ impl Assembler {
                         },
                         rule: who.rule.clone(),
                         rule2: None,
-                        actor: Arc::clone(&who.actor),
+                        process: Arc::clone(&who.process),
                         authorized: who.authorized,
                         backend: e.backend.name(),
                         truncated_path: e.truncated(),

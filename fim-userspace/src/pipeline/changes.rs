@@ -133,7 +133,7 @@ impl ChangeMaker {
             backend: job.backend.to_string(),
             authorized: job.authorized,
             truncated_path: job.truncated_path,
-            actor: (*job.actor).clone(),
+            actor: job.process.actor.clone(),
             ..ChangeRecord::default()
         }
     }

@@ -13,4 +13,6 @@ mod tests;
 
 pub use assemble::{Assembler, Job, JobKind};
 pub use changes::{BaselineLookup, ChangeMaker, Examine, Examined, Made};
-pub use observe::{Classifier, Enrich, KernelOnly, Observation, RuleRef, Verdict, kernel_actor};
+pub use observe::{
+    Classifier, Enrich, KernelOnly, Observation, Process, RuleRef, Verdict, kernel_actor,
+};

@@ -8,19 +8,30 @@ use crate::config::{Authorized, RuleSet};
 use crate::sensor::{Event, EventKind};
 use crate::store::Actor;
 
-/// Turns the kernel's view of a process into the attribution stored with a change.
-pub trait Enrich: Send {
-    fn actor(&mut self, event: &Event) -> Arc<Actor>;
+/// The process behind a record: its attribution and the executables of its ancestors
+/// (nearest first), which tell a package-manager transaction.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Process {
+    pub actor: Actor,
+    pub ancestors: Vec<Vec<u8>>,
 }
 
-/// Attribution from the kernel record alone (pid, parent, uids, comm, start time): what is
-/// known for certain even when /proc has nothing left to say.
+/// Turns the kernel's view of a process into the attribution stored with a change.
+pub trait Enrich: Send {
+    fn actor(&mut self, event: &Event) -> Arc<Process>;
+}
+
+/// Attribution from the kernel record alone (pid, parent, uids, comm): what is known for
+/// certain even when /proc has nothing left to say.
 #[derive(Default)]
 pub struct KernelOnly;
 
 impl Enrich for KernelOnly {
-    fn actor(&mut self, event: &Event) -> Arc<Actor> {
-        Arc::new(kernel_actor(event))
+    fn actor(&mut self, event: &Event) -> Arc<Process> {
+        Arc::new(Process {
+            actor: kernel_actor(event),
+            ancestors: Vec::new(),
+        })
     }
 }
 
@@ -49,7 +60,7 @@ pub struct RuleRef {
 #[derive(Debug, Clone)]
 pub struct Observation {
     pub event: Event,
-    pub actor: Arc<Actor>,
+    pub process: Arc<Process>,
     /// The rule of `event.path` (for renames and links: of either path).
     pub rule: Option<RuleRef>,
     /// The rule of `event.path2` for renames and links (where the object went).
@@ -117,8 +128,8 @@ impl Classifier {
         if rule.is_none() && rule2.is_none() {
             return Verdict::NoRule;
         }
-        let actor = enrich.actor(&event);
-        let exe = actor.exe.as_deref();
+        let process = enrich.actor(&event);
+        let exe = process.actor.exe.as_deref();
         if let Some(exe) = exe
             && self
                 .excluded
@@ -132,11 +143,14 @@ impl Classifier {
                 .exes
                 .iter()
                 .any(|a| a.as_os_str().as_encoded_bytes() == exe)
-                || (self.authorized.package_managers && is_package_manager(exe))
-        });
+        }) || (self.authorized.package_managers
+            && exe
+                .into_iter()
+                .chain(process.ancestors.iter().map(Vec::as_slice))
+                .any(is_package_manager));
         Verdict::Report(Box::new(Observation {
             event,
-            actor,
+            process,
             rule,
             rule2,
             authorized,

@@ -374,10 +374,15 @@ fn paths_no_rule_covers_produce_nothing() {
 fn authorized_and_excluded_executables() {
     struct WithExe(&'static str);
     impl Enrich for WithExe {
-        fn actor(&mut self, event: &Event) -> Arc<crate::store::Actor> {
+        fn actor(&mut self, event: &Event) -> Arc<Process> {
             let mut actor = kernel_actor(event);
             actor.exe = Some(self.0.as_bytes().to_vec());
-            Arc::new(actor)
+            let ancestors = if self.0 == "/bin/sh" {
+                vec![b"/usr/bin/dpkg".to_vec()]
+            } else {
+                Vec::new()
+            };
+            Arc::new(Process { actor, ancestors })
         }
     }
     let classifier = Classifier::new(
@@ -408,5 +413,7 @@ fn authorized_and_excluded_executables() {
     assert_eq!(authorized("/usr/bin/dpkg"), Some(true));
     assert_eq!(authorized("/usr/lib/apt/methods/http"), Some(true));
     assert_eq!(authorized("/usr/bin/vi"), Some(false));
+    // A maintainer script run by dpkg is inside the package transaction.
+    assert_eq!(authorized("/bin/sh"), Some(true));
     assert_eq!(authorized("/usr/bin/backup"), None);
 }

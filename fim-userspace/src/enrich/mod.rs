@@ -1,0 +1,231 @@
+//! Process enrichment: the executable, command line, user names, container and ancestry of
+//! the process behind a kernel record, from /proc, cached per (pid, start time).
+//!
+//! Attribution is never guessed: /proc is used only when the process there has the start
+//! time the kernel recorded (pids are reused); otherwise only what the record itself carries
+//! (pid, parent, uids, comm, start time) is reported and the rest stays unknown.
+
+mod container;
+mod users;
+
+use std::collections::HashMap;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use container::container_id;
+pub use users::Users;
+
+use crate::pipeline::{Enrich, Process, kernel_actor};
+use crate::sensor::Event;
+
+/// Processes kept; beyond this the cache starts over (a process seen again is re-read).
+const CACHE_MAX: usize = 16_384;
+/// Ancestors read for package-manager detection.
+const ANCESTRY_DEPTH: usize = 8;
+
+/// Reads /proc once per process and remembers it.
+pub struct ProcessCache {
+    proc_root: PathBuf,
+    /// Keyed by pid, start time and comm: an exec keeps the first two but changes the comm.
+    cache: HashMap<(u32, u64, [u8; 16]), Arc<Process>>,
+    users: Users,
+    ticks_per_sec: u64,
+    /// CLOCK_REALTIME - CLOCK_BOOTTIME: turns the kernel's boot-time stamps into wall time.
+    boot_epoch_ns: i64,
+    /// Lookups answered from /proc (misses) and from the cache (hits).
+    pub misses: u64,
+    pub hits: u64,
+}
+
+fn clock_ns(clock: libc::clockid_t) -> i64 {
+    // SAFETY: clock_gettime fills the struct it is given.
+    let ts = unsafe {
+        let mut ts: libc::timespec = std::mem::zeroed();
+        libc::clock_gettime(clock, &mut ts);
+        ts
+    };
+    ts.tv_sec * 1_000_000_000 + ts.tv_nsec
+}
+
+/// Wall-clock ns at boot (for the kernel's CLOCK_BOOTTIME stamps).
+pub fn boot_epoch_ns() -> i64 {
+    clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_BOOTTIME)
+}
+
+/// Wall-clock ns at boot for the kernel's CLOCK_MONOTONIC stamps (`bpf_ktime_get_ns`).
+pub fn monotonic_epoch_ns() -> i64 {
+    clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC)
+}
+
+impl Default for ProcessCache {
+    fn default() -> Self {
+        ProcessCache::new()
+    }
+}
+
+impl ProcessCache {
+    pub fn new() -> ProcessCache {
+        ProcessCache::with_roots(PathBuf::from("/proc"), Users::system())
+    }
+
+    /// A cache over another /proc and passwd (tests).
+    pub fn with_roots(proc_root: PathBuf, users: Users) -> ProcessCache {
+        // SAFETY: sysconf has no preconditions.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        ProcessCache {
+            proc_root,
+            cache: HashMap::new(),
+            users,
+            ticks_per_sec: if ticks > 0 { ticks as u64 } else { 100 },
+            boot_epoch_ns: boot_epoch_ns(),
+            misses: 0,
+            hits: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.cache.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.cache.is_empty()
+    }
+
+    /// Forgets an exited process.
+    pub fn exited(&mut self, tgid: u32, start_boottime_ns: u64) {
+        self.cache
+            .retain(|(pid, start, _), _| !(*pid == tgid && *start == start_boottime_ns));
+    }
+
+    /// /proc/<pid>/stat's start time (field 22, clock ticks since boot), if readable.
+    fn proc_start_ticks(&self, pid: u32) -> Option<u64> {
+        let stat = std::fs::read(self.proc_root.join(pid.to_string()).join("stat")).ok()?;
+        // The command name is in parentheses and may contain anything: split after the last ')'.
+        let close = stat.iter().rposition(|&b| b == b')')?;
+        let rest = std::str::from_utf8(&stat[close + 1..]).ok()?;
+        // Fields after the name start at field 3; starttime is field 22.
+        rest.split_ascii_whitespace().nth(19)?.parse().ok()
+    }
+
+    fn same_process(&self, pid: u32, start_boottime_ns: u64) -> bool {
+        let Some(ticks) = self.proc_start_ticks(pid) else {
+            return false;
+        };
+        let recorded = start_boottime_ns / (1_000_000_000 / self.ticks_per_sec);
+        ticks.abs_diff(recorded) <= 1
+    }
+
+    fn read(&self, pid: u32, what: &str) -> Option<Vec<u8>> {
+        std::fs::read(self.proc_root.join(pid.to_string()).join(what)).ok()
+    }
+
+    fn exe(&self, pid: u32) -> Option<Vec<u8>> {
+        std::fs::read_link(self.proc_root.join(pid.to_string()).join("exe"))
+            .ok()
+            .map(|p| p.as_os_str().as_bytes().to_vec())
+    }
+
+    fn parent_of(&self, pid: u32) -> Option<u32> {
+        let status = self.read(pid, "status")?;
+        let text = String::from_utf8_lossy(&status);
+        text.lines()
+            .find_map(|l| l.strip_prefix("PPid:"))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    fn ancestry(&self, mut pid: u32) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        for _ in 0..ANCESTRY_DEPTH {
+            if pid <= 1 {
+                break;
+            }
+            if let Some(exe) = self.exe(pid) {
+                out.push(exe);
+            }
+            match self.parent_of(pid) {
+                Some(parent) if parent != pid => pid = parent,
+                _ => break,
+            }
+        }
+        out
+    }
+
+    fn examine(&mut self, event: &Event) -> Process {
+        let k = &event.actor;
+        let mut actor = kernel_actor(event);
+        actor.start_time_ns = Some(self.boot_epoch_ns + k.start_boottime_ns as i64);
+        actor.user = self.users.name(k.uid);
+        actor.login_uid.inspect(|uid| {
+            actor.login_user = self.users.name(*uid);
+        });
+        let mut ancestors = Vec::new();
+        if self.same_process(k.tgid, k.start_boottime_ns) {
+            actor.exe = self.exe(k.tgid);
+            actor.cmdline = self.read(k.tgid, "cmdline").map(|raw| command_line(&raw));
+            actor.container_id = self
+                .read(k.tgid, "cgroup")
+                .and_then(|c| container_id(&String::from_utf8_lossy(&c)));
+            // The process may have exited between the two reads: check again before trusting.
+            if !self.same_process(k.tgid, k.start_boottime_ns) {
+                actor.exe = None;
+                actor.cmdline = None;
+                actor.container_id = None;
+            } else {
+                ancestors = self.ancestry(k.ppid);
+            }
+        }
+        Process { actor, ancestors }
+    }
+}
+
+/// NUL-separated arguments as one line; arguments with spaces or quotes are quoted.
+pub fn command_line(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len());
+    for arg in raw.split(|&b| b == 0).filter(|a| !a.is_empty()) {
+        if !out.is_empty() {
+            out.push(b' ');
+        }
+        let plain = arg
+            .iter()
+            .all(|&b| b.is_ascii_graphic() && !matches!(b, b'\'' | b'"' | b'\\' | b'$' | b'`'));
+        if plain {
+            out.extend_from_slice(arg);
+        } else {
+            out.push(b'\'');
+            for &b in arg {
+                if b == b'\'' {
+                    out.extend_from_slice(b"'\\''");
+                } else {
+                    out.push(b);
+                }
+            }
+            out.push(b'\'');
+        }
+    }
+    out
+}
+
+impl Enrich for ProcessCache {
+    fn actor(&mut self, event: &Event) -> Arc<Process> {
+        let key = (
+            event.actor.tgid,
+            event.actor.start_boottime_ns,
+            event.actor.comm,
+        );
+        if let Some(hit) = self.cache.get(&key) {
+            self.hits += 1;
+            return Arc::clone(hit);
+        }
+        self.misses += 1;
+        let process = Arc::new(self.examine(event));
+        if self.cache.len() >= CACHE_MAX {
+            self.cache.clear();
+        }
+        self.cache.insert(key, Arc::clone(&process));
+        process
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,92 @@
+use std::os::unix::ffi::OsStrExt;
+
+use fim_common::{Actor as KernelActor, Args, Target};
+
+use super::*;
+use crate::sensor::{Backend, EventKind};
+
+/// A record as the kernel would write it for process `pid` started at `start_boottime_ns`.
+fn event_of(pid: u32, start_boottime_ns: u64, comm: &str) -> Event {
+    let mut comm_bytes = [0u8; 16];
+    comm_bytes[..comm.len().min(15)].copy_from_slice(&comm.as_bytes()[..comm.len().min(15)]);
+    Event {
+        kind: EventKind::Chmod,
+        backend: Backend::Lsm,
+        flags: 0,
+        rule_id: 1,
+        ktime_ns: 0,
+        actor: KernelActor {
+            tgid: pid,
+            pid,
+            ppid: 1,
+            uid: 0,
+            loginuid: u32::MAX,
+            start_boottime_ns,
+            comm: comm_bytes,
+            ..KernelActor::default()
+        },
+        target: Target::default(),
+        args: Args::default(),
+        path: b"/etc/x".to_vec(),
+        path2: Vec::new(),
+    }
+}
+
+/// This process's start time in ns since boot, from /proc (tick precision).
+fn own_start_ns() -> u64 {
+    let cache = ProcessCache::new();
+    let ticks = cache.proc_start_ticks(std::process::id()).unwrap();
+    ticks * (1_000_000_000 / cache.ticks_per_sec)
+}
+
+#[test]
+fn a_live_process_is_fully_attributed_and_then_cached() {
+    let mut cache = ProcessCache::new();
+    let event = event_of(std::process::id(), own_start_ns(), "test");
+    let p = cache.actor(&event);
+    let exe = std::env::current_exe().unwrap();
+    assert_eq!(p.actor.exe.as_deref(), Some(exe.as_os_str().as_bytes()));
+    let cmdline = String::from_utf8_lossy(p.actor.cmdline.as_deref().unwrap()).into_owned();
+    assert!(cmdline.contains("enrich"), "{cmdline}");
+    assert_eq!(p.actor.user.as_deref(), Some("root"));
+    let again = cache.actor(&event);
+    assert!(Arc::ptr_eq(&p, &again));
+    assert_eq!((cache.hits, cache.misses), (1, 1));
+}
+
+#[test]
+fn a_reused_pid_is_not_attributed_to_the_new_process() {
+    let mut cache = ProcessCache::new();
+    // Our pid, but a start time an hour off: the record was about another process.
+    let event = event_of(
+        std::process::id(),
+        own_start_ns() + 3_600_000_000_000,
+        "old",
+    );
+    let p = cache.actor(&event);
+    assert_eq!(p.actor.exe, None);
+    assert_eq!(p.actor.cmdline, None);
+    assert_eq!(p.actor.pid, Some(std::process::id()));
+    assert_eq!(p.actor.comm.as_deref(), Some("old"));
+}
+
+#[test]
+fn an_exited_process_is_unknown_not_guessed() {
+    let mut child = std::process::Command::new("/bin/true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    let mut cache = ProcessCache::new();
+    let p = cache.actor(&event_of(pid, own_start_ns(), "true"));
+    assert_eq!(p.actor.exe, None);
+    assert_eq!(p.actor.comm.as_deref(), Some("true"));
+}
+
+#[test]
+fn command_lines_are_quoted_where_needed() {
+    assert_eq!(command_line(b"vi\0/etc/passwd\0"), b"vi /etc/passwd");
+    assert_eq!(
+        command_line(b"sh\0-c\0echo hi > /etc/x\0"),
+        b"sh -c 'echo hi > /etc/x'"
+    );
+    assert_eq!(command_line(b"a\0it's\0"), b"a 'it'\\''s'");
+}
