@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 /// The type of a file system entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum FileKind {
     File,
     Dir,

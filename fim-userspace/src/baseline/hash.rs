@@ -29,7 +29,7 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    fn of(meta: &std::fs::Metadata) -> Snapshot {
+    pub(crate) fn of(meta: &std::fs::Metadata) -> Snapshot {
         Snapshot {
             dev: meta.dev(),
             inode: meta.ino(),
@@ -124,27 +124,72 @@ fn errno_of(e: &std::io::Error) -> i32 {
 /// (size, mtime, ctime or inode differ between the `fstat` before and after reading, or the
 /// bytes read differ from the size).
 pub fn hash_file(path: &Path, request: &HashRequest<'_>, buffer: &mut Vec<u8>) -> HashOutcome {
-    buffer.resize(READ_BUFFER, 0);
+    hash_opened(path, None, request, buffer)
+}
+
+/// A regular file opened without following symlinks, with the `fstat` taken right after.
+pub struct OpenedFile {
+    pub file: File,
+    pub snapshot: Snapshot,
+}
+
+/// What opening a path for hashing found.
+pub enum Opened {
+    File(OpenedFile),
+    /// A symlink, a directory, a FIFO... or nothing any more.
+    NotRegular,
+    Unreadable {
+        errno: i32,
+    },
+}
+
+/// Opens `path` for hashing: never follows a final symlink, never blocks on a FIFO.
+pub fn open_regular(path: &Path) -> Opened {
+    let file = match open_no_follow(path) {
+        Ok(file) => file,
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Opened::NotRegular,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Opened::NotRegular,
+        Err(e) => {
+            return Opened::Unreadable {
+                errno: errno_of(&e),
+            };
+        }
+    };
+    match file.metadata() {
+        Ok(meta) if meta.file_type().is_file() => Opened::File(OpenedFile {
+            snapshot: Snapshot::of(&meta),
+            file,
+        }),
+        Ok(_) => Opened::NotRegular,
+        Err(e) => Opened::Unreadable {
+            errno: errno_of(&e),
+        },
+    }
+}
+
+/// [`hash_file`] with the first attempt on a file the caller already opened with
+/// [`open_regular`] (saves an open and an `fstat`); later attempts open `path` again.
+pub fn hash_opened(
+    path: &Path,
+    mut opened: Option<OpenedFile>,
+    request: &HashRequest<'_>,
+    buffer: &mut Vec<u8>,
+) -> HashOutcome {
+    if buffer.len() < READ_BUFFER {
+        buffer.resize(READ_BUFFER, 0);
+    }
     let mut last = None;
     for attempt in 1..=HASH_ATTEMPTS {
-        let mut file = match open_no_follow(path) {
-            Ok(file) => file,
-            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return HashOutcome::NotRegular,
-            Err(e) if e.kind() == ErrorKind::NotFound => return HashOutcome::NotRegular,
-            Err(e) => {
-                return HashOutcome::Unreadable {
-                    errno: errno_of(&e),
-                };
-            }
-        };
-        let before = match file.metadata() {
-            Ok(meta) if meta.file_type().is_file() => Snapshot::of(&meta),
-            Ok(_) => return HashOutcome::NotRegular,
-            Err(e) => {
-                return HashOutcome::Unreadable {
-                    errno: errno_of(&e),
-                };
-            }
+        let OpenedFile {
+            mut file,
+            snapshot: before,
+        } = match opened.take() {
+            Some(opened) => opened,
+            None => match open_regular(path) {
+                Opened::File(opened) => opened,
+                Opened::NotRegular => return HashOutcome::NotRegular,
+                Opened::Unreadable { errno } => return HashOutcome::Unreadable { errno },
+            },
         };
         let mut content = request
             .keep_content_up_to
@@ -175,6 +220,11 @@ pub fn hash_file(path: &Path, request: &HashRequest<'_>, buffer: &mut Vec<u8>) -
                 if let Some(hook) = request.mid_read {
                     hook(attempt);
                 }
+            }
+            // All the bytes the fstat announced: no read just to see end-of-file (one syscall
+            // per small file). A file that grew meanwhile shows in the fstat after.
+            if bytes_read == before.size {
+                break;
             }
         }
         let after = match file.metadata() {
