@@ -28,6 +28,8 @@ use super::walk::{Found, SortedWalk};
 
 /// Paths in flight between the walker and the sink.
 pub const WINDOW: u64 = 2048;
+/// Jobs handed over at once: fewer wake-ups of the threads than one path at a time.
+const BATCH: usize = 32;
 /// Stored rows read per query.
 const PAGE: usize = 512;
 
@@ -75,6 +77,8 @@ enum Job {
 }
 
 /// What the sink receives, in walk order.
+// Moved once from examiner to sink; boxing the large variant would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Outcome {
     /// A covered path as it is now, with its stored row if there was one.
@@ -167,6 +171,14 @@ impl Window {
         }
     }
 
+    /// Whether job `seq` may be sent right now.
+    fn open_for(&self, seq: u64) -> bool {
+        self.state
+            .lock()
+            .map(|state| !state.1 && seq < state.0 + WINDOW)
+            .unwrap_or(false)
+    }
+
     /// Waits until job `seq` may be sent; false once the scan is aborted.
     fn admit(&self, seq: u64) -> bool {
         let Ok(mut state) = self.state.lock() else {
@@ -201,15 +213,33 @@ fn produce<S: StoredRows>(
     ctx: &Context<'_>,
     segments: &[Segment],
     stored: &mut S,
-    jobs: &SyncSender<(u64, Job)>,
+    jobs: &SyncSender<Vec<(u64, Job)>>,
     window: &Window,
 ) -> Result<()> {
     let mut seq = 0u64;
-    let mut send = |job: Job| -> Result<bool> {
-        if !window.admit(seq) || jobs.send((seq, job)).is_err() {
+    let mut batch: Vec<(u64, Job)> = Vec::with_capacity(BATCH);
+    // Sends what is batched before waiting for the window: the sink may need exactly those.
+    let mut send = |job: Option<Job>| -> Result<bool> {
+        let Some(job) = job else {
+            return Ok(batch.is_empty() || jobs.send(std::mem::take(&mut batch)).is_ok());
+        };
+        if !window.open_for(seq) {
+            if !batch.is_empty() && jobs.send(std::mem::take(&mut batch)).is_err() {
+                return Ok(false);
+            }
+            if !window.admit(seq) {
+                return Ok(false);
+            }
+        }
+        batch.push((seq, job));
+        seq += 1;
+        if batch.len() >= BATCH
+            && jobs
+                .send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))
+                .is_err()
+        {
             return Ok(false);
         }
-        seq += 1;
         Ok(true)
     };
     // Directories that could not be listed, as `dir/`: stored rows below them are kept.
@@ -228,7 +258,7 @@ fn produce<S: StoredRows>(
             use std::os::unix::ffi::OsStrExt;
             let path = found.path.as_os_str().as_bytes();
             while let Some(row) = cursor.take_before(path)? {
-                if !send(removed_or_kept(row, &unlisted))? {
+                if !send(Some(removed_or_kept(row, &unlisted)))? {
                     return Ok(());
                 }
             }
@@ -245,7 +275,7 @@ fn produce<S: StoredRows>(
             } else {
                 // Not covered any more (the rules changed): the stored row goes.
                 if let Some(row) = previous
-                    && !send(Job::Removed(row))?
+                    && !send(Some(Job::Removed(row)))?
                 {
                     return Ok(());
                 }
@@ -254,24 +284,25 @@ fn produce<S: StoredRows>(
                     None => continue,
                 }
             };
-            if !send(job)? {
+            if !send(Some(job))? {
                 return Ok(());
             }
         }
         while let Some(row) = cursor.take_any()? {
-            if !send(removed_or_kept(row, &unlisted))? {
+            if !send(Some(removed_or_kept(row, &unlisted)))? {
                 return Ok(());
             }
         }
     }
+    send(None)?;
     Ok(())
 }
 
 /// An examiner: takes jobs until the walker is done (or the sink went away).
 fn work(
     ctx: &Context<'_>,
-    jobs: &Mutex<Receiver<(u64, Job)>>,
-    results: &SyncSender<(u64, Option<Outcome>)>,
+    jobs: &Mutex<Receiver<Vec<(u64, Job)>>>,
+    results: &SyncSender<Vec<(u64, Option<Outcome>)>>,
     aborted: &AtomicBool,
 ) {
     let mut buffer = Vec::new();
@@ -283,29 +314,34 @@ fn work(
             Ok(jobs) => jobs.recv(),
             Err(_) => return,
         };
-        let Ok((seq, job)) = next else {
+        let Ok(batch) = next else {
             return;
         };
-        let outcome = match job {
-            Job::Examine { found, previous } => {
-                match examine(&found, previous.as_ref(), ctx, &mut buffer) {
-                    Some((current, content)) => Some(Outcome::Seen {
-                        current,
-                        previous,
-                        content,
-                    }),
-                    // Vanished since the walk listed it.
-                    None => previous.map(Outcome::Removed),
-                }
-            }
-            Job::Removed(row) => Some(Outcome::Removed(row)),
-            Job::Kept(row) => Some(Outcome::Kept(row)),
-            Job::Unlisted(path, errno) => Some(Outcome::Unlisted(path, errno)),
-        };
-        // `None` still takes its place in the order, so the sink can count it as handled.
-        if results.send((seq, outcome)).is_err() {
+        let mut done = Vec::with_capacity(batch.len());
+        for (seq, job) in batch {
+            done.push((seq, outcome_of(job, ctx, &mut buffer)));
+        }
+        if results.send(done).is_err() {
             return;
         }
+    }
+}
+
+/// Examines what needs it; `None` when a path vanished and nothing was stored for it.
+fn outcome_of(job: Job, ctx: &Context<'_>, buffer: &mut Vec<u8>) -> Option<Outcome> {
+    match job {
+        Job::Examine { found, previous } => match examine(&found, previous.as_ref(), ctx, buffer) {
+            Some((current, content)) => Some(Outcome::Seen {
+                current,
+                previous,
+                content,
+            }),
+            // Vanished since the walk listed it.
+            None => previous.map(Outcome::Removed),
+        },
+        Job::Removed(row) => Some(Outcome::Removed(row)),
+        Job::Kept(row) => Some(Outcome::Kept(row)),
+        Job::Unlisted(path, errno) => Some(Outcome::Unlisted(path, errno)),
     }
 }
 
@@ -320,8 +356,9 @@ pub fn run<S: StoredRows>(
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let window = Window::new();
     let aborted = AtomicBool::new(false);
-    let (job_tx, job_rx) = mpsc::sync_channel::<(u64, Job)>(WINDOW as usize);
-    let (result_tx, result_rx) = mpsc::sync_channel::<(u64, Option<Outcome>)>(WINDOW as usize);
+    // Capacities in batches: never reached, the window bounds what is in flight.
+    let (job_tx, job_rx) = mpsc::sync_channel::<Vec<(u64, Job)>>(WINDOW as usize);
+    let (result_tx, result_rx) = mpsc::sync_channel::<Vec<(u64, Option<Outcome>)>>(WINDOW as usize);
     let job_rx = Mutex::new(job_rx);
     let mut stats = ScanStats::default();
     let progress = ctx.options.progress.then(|| {
@@ -351,8 +388,8 @@ pub fn run<S: StoredRows>(
         let mut pending: BTreeMap<u64, Option<Outcome>> = BTreeMap::new();
         let mut next = 0u64;
         let mut sink_result = Ok(());
-        'receive: for (seq, outcome) in result_rx.iter() {
-            pending.insert(seq, outcome);
+        'receive: for done in result_rx.iter() {
+            pending.extend(done);
             while let Some(outcome) = pending.remove(&next) {
                 next += 1;
                 let Some(outcome) = outcome else {

@@ -9,9 +9,11 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::entry::timestamp_ns;
+use super::mapped::{self, Mapped};
 
-/// Large reads keep syscalls few; one buffer per hashing thread bounds memory.
-pub const READ_BUFFER: usize = 1 << 20;
+/// Files below [`mapped::MIN_SIZE`] take one read; larger ones are mapped, or read in
+/// chunks of this size when mapping is not possible. One buffer per hashing thread.
+pub const READ_BUFFER: usize = 256 << 10;
 /// Attempts before a file that keeps changing is recorded as unstable.
 pub const HASH_ATTEMPTS: u32 = 3;
 
@@ -198,33 +200,59 @@ pub fn hash_opened(
         let mut hasher = blake3::Hasher::new();
         let mut bytes_read = 0u64;
         let mut first_chunk = true;
-        loop {
-            let n = match file.read(buffer) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    return HashOutcome::Unreadable {
-                        errno: errno_of(&e),
-                    };
-                }
-            };
-            hasher.update(&buffer[..n]);
-            if let Some(content) = content.as_mut() {
-                content.extend_from_slice(&buffer[..n]);
-            }
-            bytes_read += n as u64;
-            request.budget.spend(n as u64);
-            if first_chunk {
-                first_chunk = false;
-                if let Some(hook) = request.mid_read {
+        let mut mapped = false;
+        if content.is_none() && before.size >= mapped::MIN_SIZE {
+            let windows = mapped::hash(&file, before.size, &mut hasher, |n| {
+                bytes_read += n as u64;
+                request.budget.spend(n as u64);
+                if std::mem::take(&mut first_chunk)
+                    && let Some(hook) = request.mid_read
+                {
                     hook(attempt);
                 }
+            });
+            match windows {
+                Mapped::Done => mapped = true,
+                Mapped::Faulted => {
+                    // Shrunk while mapped: a change, like a differing fstat.
+                    last = Some(file.metadata().map_or(before, |meta| Snapshot::of(&meta)));
+                    continue;
+                }
+                Mapped::Unavailable => {
+                    hasher.reset();
+                    bytes_read = 0;
+                }
             }
-            // All the bytes the fstat announced: no read just to see end-of-file (one syscall
-            // per small file). A file that grew meanwhile shows in the fstat after.
-            if bytes_read == before.size {
-                break;
+        }
+        if !mapped {
+            loop {
+                let n = match file.read(&mut buffer[..READ_BUFFER]) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        return HashOutcome::Unreadable {
+                            errno: errno_of(&e),
+                        };
+                    }
+                };
+                hasher.update(&buffer[..n]);
+                if let Some(content) = content.as_mut() {
+                    content.extend_from_slice(&buffer[..n]);
+                }
+                bytes_read += n as u64;
+                request.budget.spend(n as u64);
+                if first_chunk {
+                    first_chunk = false;
+                    if let Some(hook) = request.mid_read {
+                        hook(attempt);
+                    }
+                }
+                // All the bytes the fstat announced: no read just to see end-of-file (one syscall
+                // per small file). A file that grew meanwhile shows in the fstat after.
+                if bytes_read == before.size {
+                    break;
+                }
             }
         }
         let after = match file.metadata() {

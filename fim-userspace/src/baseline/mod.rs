@@ -7,6 +7,7 @@ mod drift;
 mod engine;
 mod entry;
 pub mod hash;
+mod mapped;
 mod rescan;
 mod scan;
 mod walk;

@@ -25,6 +25,8 @@ pub enum Scope {
 }
 
 /// One difference between the stored baseline and what is on disk.
+// Handed over once; boxing `Modified` would cost an allocation per change.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DriftItem {
     Added(BaselineEntry),

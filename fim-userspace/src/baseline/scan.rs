@@ -286,6 +286,7 @@ pub fn observe(
         path: path.to_path_buf(),
         kind_hint: None,
         covered: true,
+        upload_content: rules.match_path(path).is_some_and(|r| r.upload_content),
         list_errno: None,
     };
     examine(&found, previous, &ctx, &mut Vec::new())
@@ -408,11 +409,7 @@ fn hash_into(
     buffer: &mut Vec<u8>,
 ) -> Option<(BaselineEntry, Option<ContentVersion>)> {
     let path = found.path.as_path();
-    let keep_content = ctx
-        .rules
-        .match_path(path)
-        .is_some_and(|rule| rule.upload_content)
-        .then_some(ctx.options.content_max_size);
+    let keep_content = found.upload_content.then_some(ctx.options.content_max_size);
     let request = HashRequest {
         budget: &ctx.budget,
         keep_content_up_to: keep_content,
@@ -490,6 +487,7 @@ fn examine_again(
         path: found.path.clone(),
         kind_hint: None,
         covered: found.covered,
+        upload_content: found.upload_content,
         list_errno: found.list_errno,
     };
     examine(&found, previous, ctx, buffer)

@@ -29,6 +29,8 @@ pub struct Found {
     /// The type from the directory entry (from `lstat` for roots), used when `lstat` fails.
     pub kind_hint: Option<FileKind>,
     pub covered: bool,
+    /// The covering rule keeps content versions (`upload_content`).
+    pub upload_content: bool,
     /// For directories that could not be listed: the errno.
     pub list_errno: Option<i32>,
 }
@@ -71,8 +73,10 @@ impl<'r> SortedWalk<'r> {
     fn next_failed_root(&mut self) -> Option<Found> {
         let (path, errno) = self.failed_roots.pop()?;
         let path = PathBuf::from(OsString::from_vec(path));
+        let rule = self.rules.match_path(&path);
         Some(Found {
-            covered: self.rules.match_path(&path).is_some(),
+            covered: rule.is_some(),
+            upload_content: rule.is_some_and(|r| r.upload_content),
             path,
             kind_hint: None,
             list_errno: Some(errno),
@@ -109,7 +113,9 @@ impl Iterator for SortedWalk<'_> {
 impl SortedWalk<'_> {
     /// Looks at one path; a directory worth descending into is listed and its entries queued.
     fn visit(&mut self, path: Vec<u8>, kind: Option<FileKind>) -> Option<Found> {
-        let covered = self.rules.match_bytes(&path).is_some();
+        let rule = self.rules.match_bytes(&path);
+        let covered = rule.is_some();
+        let upload_content = rule.is_some_and(|r| r.upload_content);
         let descend = kind == Some(FileKind::Dir) && self.rules.should_descend(bytes_os(&path));
         let mut list_errno = None;
         if descend {
@@ -119,6 +125,7 @@ impl SortedWalk<'_> {
             path: PathBuf::from(OsString::from_vec(path)),
             kind_hint: kind,
             covered,
+            upload_content,
             list_errno,
         })
     }
