@@ -224,7 +224,9 @@ fn tool_version(program: &str) -> String {
         .unwrap_or_default()
 }
 
-/// `cargo xtask bench scan [--rounds N] [--tree PATH] [--no-aide]`.
+/// `cargo xtask bench scan [--rounds N] [--tree PATH] [--no-aide] [--also-fim PATH]`;
+/// `--also-fim` times another fim binary in the same rounds (e.g. an older build, for a
+/// before/after comparison measured side by side).
 pub fn scan(args: &[String]) -> Result<()> {
     let rounds: usize = parsed(args, "--rounds", 3)?;
     if rounds == 0 {
@@ -256,10 +258,11 @@ pub fn scan(args: &[String]) -> Result<()> {
     let aide_config = work.join("aide.conf");
     write_aide_config(&aide_config, &tree, &work)?;
 
-    let run_fim = || -> Result<serde_json::Value> {
+    let also_fim = flag(args, "--also-fim").map(PathBuf::from);
+    let run_fim = |binary: &Path| -> Result<serde_json::Value> {
         // A fresh store each time: nothing can be reused, every file is read.
         let _ = fs::remove_dir_all(&state);
-        fim_scan(&fim, &fim_config)
+        fim_scan(binary, &fim_config)
     };
     let run_b3sum = || -> Result<()> {
         std::thread::scope(|scope| {
@@ -281,11 +284,17 @@ pub fn scan(args: &[String]) -> Result<()> {
     if with_aide {
         tools.push("aide");
     }
+    if also_fim.is_some() {
+        tools.push("fim (other)");
+    }
     cmd::step("warm-up pass (untimed): fills the page cache");
-    let warm = run_fim()?;
+    let warm = run_fim(&fim)?;
     run_b3sum()?;
     if with_aide {
         run_aide()?;
+    }
+    if let Some(other) = &also_fim {
+        run_fim(other)?;
     }
     let hashed = warm["stats"]["files_hashed"].as_u64().unwrap_or(0);
     println!("    fim hashed {hashed} of {file_count} regular files");
@@ -296,9 +305,10 @@ pub fn scan(args: &[String]) -> Result<()> {
         // Rotate who goes first, so none always runs right after the same one.
         for k in 0..tools.len() {
             let t = (round + k) % tools.len();
-            let elapsed = match tools[t] {
-                "fim" => time(|| run_fim().map(|_| ()))?,
-                "b3sum x2" => time(run_b3sum)?,
+            let elapsed = match (tools[t], &also_fim) {
+                ("fim", _) => time(|| run_fim(&fim).map(|_| ()))?,
+                ("b3sum x2", _) => time(run_b3sum)?,
+                ("fim (other)", Some(other)) => time(|| run_fim(other).map(|_| ()))?,
                 _ => time(run_aide)?,
             };
             samples[t].push(elapsed);
@@ -314,14 +324,14 @@ pub fn scan(args: &[String]) -> Result<()> {
     let b3 = median(&samples[1]);
     println!();
     println!(
-        "{:<10} {:>9} {:>8} {:>8} {:>10}",
+        "{:<12} {:>9} {:>8} {:>8} {:>10}",
         "tool", "median s", "min", "max", "vs b3sum"
     );
     let mut rows = Vec::new();
     for (tool, s) in tools.iter().zip(&samples) {
         let med = median(s);
         println!(
-            "{:<10} {:>9.2} {:>8.2} {:>8.2} {:>9.2}x",
+            "{:<12} {:>9.2} {:>8.2} {:>8.2} {:>9.2}x",
             tool,
             med,
             min(s),
@@ -351,6 +361,7 @@ pub fn scan(args: &[String]) -> Result<()> {
         "b3sum": tool_version("b3sum"),
         "aide": if with_aide { tool_version("aide") } else { String::new() },
         "fim_files_hashed": hashed,
+        "also_fim": also_fim.as_ref().map(|p| p.display().to_string()),
         "results": rows,
     });
     write_report("scan", &report)?;
