@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use fim::baseline::{self, Drift, ScanOptions, display_path};
+use fim::baseline::{self, Drift, ScanOptions, Scope, display_path};
 use fim::config::Config;
 use fim::sensor::{self, Backend, Event, SensorConfig, WatchRoot};
-use fim::store::{ChangeRecord, ContentRecord, HealthRecord, Retention, Store, StoreOp};
+use fim::store::{HealthRecord, Retention, Store, StoreOp};
 
 #[derive(Parser)]
 #[command(
@@ -45,6 +45,9 @@ enum Command {
         /// Print the full drift as JSON instead of a summary.
         #[arg(long)]
         json: bool,
+        /// Read and hash every file, even those whose stored hash could be reused.
+        #[arg(long)]
+        rehash: bool,
     },
     /// Validate the configuration; errors are printed as file:line:col: message (exit 78).
     CheckConfig {
@@ -79,7 +82,11 @@ fn run_offline_command(command: &Command) -> Option<std::process::ExitCode> {
     match command {
         Command::Completions { shell } => Some(print_completions(*shell)),
         Command::CheckConfig { config } => Some(check_config(config.as_deref())),
-        Command::Scan { config, json } => Some(match scan(config.as_deref(), *json) {
+        Command::Scan {
+            config,
+            json,
+            rehash,
+        } => Some(match scan(config.as_deref(), *json, *rehash) {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 log::error!("{e:#}");
@@ -120,20 +127,29 @@ fn check_config(path: Option<&Path>) -> std::process::ExitCode {
     }
 }
 
-fn scan(config_path: Option<&Path>, json: bool) -> Result<()> {
+fn scan(config_path: Option<&Path>, json: bool, rehash: bool) -> Result<()> {
     let config = Config::load(config_path)
         .map_err(|errors| anyhow::anyhow!("invalid configuration:\n{errors}"))?;
     let mut store = Store::open(&config.state_dir)?;
-    let previous = store
-        .load_baseline()
-        .context("loading the stored baseline")?;
     let options = ScanOptions {
         max_file_size: config.hashing.max_file_size,
         scan_bytes_per_sec: config.hashing.scan_bytes_per_sec,
         content_max_size: config.store.content_max_size,
         progress: std::io::stderr().is_terminal(),
+        rehash,
     };
-    let report = baseline::scan(&config.rules, &previous, &options);
+    // The scan streams against the stored baseline and records each change (attribution
+    // unknown: nobody watched while it happened) with the baseline row it explains. Only the
+    // drift is kept here, for the report.
+    let mut drift = Drift::default();
+    let report = baseline::rescan(
+        &mut store,
+        &config.rules,
+        &options,
+        &Scope::Everything,
+        |item| drift.push(item),
+    )
+    .context("scanning the watched paths")?;
     for (dir, errno) in &report.unlisted_dirs {
         log::warn!(
             "cannot list {}: {}; files a rule covers inside it are not in the baseline",
@@ -141,31 +157,12 @@ fn scan(config_path: Option<&Path>, json: bool) -> Result<()> {
             std::io::Error::from_raw_os_error(*errno)
         );
     }
-    // The first scan only establishes the baseline; later ones record drift as changes
-    // (attribution unknown: nobody watched while it happened).
-    let first_scan = previous.is_empty();
-    let drift = if first_scan {
-        Drift::default()
-    } else {
-        Drift::between(&previous, &report.baseline)
-    };
+    let first_scan = report.first_scan;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as i64);
-    let host = fim::store::local_hostname();
-    let mut ops: Vec<StoreOp> = ChangeRecord::from_drift(&drift, &config.rules, &host, now)
-        .into_iter()
-        .map(StoreOp::Change)
-        .collect();
-    ops.extend(report.contents.iter().map(|c| {
-        StoreOp::Content(ContentRecord {
-            blake3: c.blake3,
-            content: c.content.clone(),
-            stored_at_ns: now,
-        })
-    }));
     let stats = &report.stats;
-    ops.push(StoreOp::Health(HealthRecord {
+    let health = StoreOp::Health(HealthRecord {
         time_ns: now,
         kind: "scan".to_string(),
         backend: None,
@@ -180,12 +177,8 @@ fn scan(config_path: Option<&Path>, json: bool) -> Result<()> {
             drift.summary()
         )),
         lost_events: 0,
-    }));
-    // Changes first: a crash in between reports the drift again, it never loses it.
-    store.write(&ops).context("recording the drift")?;
-    store
-        .replace_baseline(&report.baseline)
-        .context("storing the new baseline")?;
+    });
+    store.write(&[health]).context("recording the scan")?;
     let retention_ns =
         i64::from(config.store.retention_days).saturating_mul(86_400 * 1_000_000_000);
     store

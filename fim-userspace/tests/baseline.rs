@@ -8,9 +8,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use fim::baseline::hash::{HashOutcome, HashRequest, ReadBudget, hash_file};
+use std::collections::BTreeSet;
+
 use fim::baseline::{
-    Baseline, BaselineEntry, ChangedField, Drift, EntryFlags, FileKind, ScanOptions, ScanReport,
-    changed_fields, scan,
+    Baseline, BaselineEntry, ChangedField, Drift, DriftItem, EntryFlags, FileKind, RescanReport,
+    ScanOptions, ScanReport, Scope, changed_fields, observe_and_update, rescan, scan,
 };
 use fim::config::{Config, ConfigSource};
 
@@ -32,6 +34,7 @@ fn options() -> ScanOptions {
         scan_bytes_per_sec: 0,
         content_max_size: 5 << 20,
         progress: false,
+        rehash: false,
     }
 }
 
@@ -577,4 +580,223 @@ fn walks_only_where_rules_can_match() {
         .map(|e| OsStr::from_bytes(&e.path))
         .collect();
     assert_eq!(paths, [home.join("alice/.ssh/authorized_keys").as_os_str()]);
+}
+
+fn store_in(dir: &Path) -> fim::store::Store {
+    fim::store::Store::open(&dir.join("state")).unwrap()
+}
+
+fn rescan_collect(
+    store: &mut fim::store::Store,
+    config: &Config,
+    scope: &Scope,
+) -> (RescanReport, Vec<DriftItem>) {
+    let mut items = Vec::new();
+    let report = rescan(store, &config.rules, &options(), scope, |item| {
+        items.push(item)
+    })
+    .unwrap();
+    (report, items)
+}
+
+fn paths_of(items: &[DriftItem], pick: fn(&DriftItem) -> bool) -> BTreeSet<Vec<u8>> {
+    items
+        .iter()
+        .filter(|i| pick(i))
+        .map(|i| i.path().to_vec())
+        .collect()
+}
+
+#[test]
+fn a_streaming_rescan_of_20000_files_reports_exact_drift() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    let file = |d: usize, f: usize| tree.join(format!("d{d:02}/f{f:04}"));
+    for d in 0..20 {
+        std::fs::create_dir_all(tree.join(format!("d{d:02}"))).unwrap();
+        for f in 0..1000 {
+            std::fs::write(file(d, f), format!("{d} {f}")).unwrap();
+        }
+    }
+    let config = rules_for(&tree, "");
+    let mut store = store_in(dir.path());
+
+    let (first, items) = rescan_collect(&mut store, &config, &Scope::Everything);
+    assert!(first.first_scan);
+    assert!(items.is_empty(), "the first scan only creates the baseline");
+    assert_eq!(first.stats.entries, 1 + 20 + 20_000);
+    assert_eq!(first.stats.files_hashed, 20_000);
+    assert_eq!(store.baseline_len().unwrap(), 1 + 20 + 20_000);
+    let stored = store
+        .baseline_entry(&bytes(&file(7, 123)))
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.blake3, Some(*blake3::hash(b"7 123").as_bytes()));
+
+    let mut want_added = BTreeSet::new();
+    let mut want_removed = BTreeSet::new();
+    let mut want_content = BTreeSet::new();
+    let mut want_mode = BTreeSet::new();
+    for k in 0..37 {
+        let p = file(k % 20, 10 + k * 7);
+        std::fs::write(&p, format!("changed {k}")).unwrap();
+        touch_later(&p);
+        want_content.insert(bytes(&p));
+    }
+    for k in 0..23 {
+        let p = file((k * 3) % 20, 500 + k);
+        std::fs::remove_file(&p).unwrap();
+        want_removed.insert(bytes(&p));
+    }
+    for k in 0..5 {
+        let p = file(19, 900 + k);
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        want_mode.insert(bytes(&p));
+    }
+    let new_dir = tree.join("d05-new");
+    std::fs::create_dir(&new_dir).unwrap();
+    want_added.insert(bytes(&new_dir));
+    for k in 0..40 {
+        let p = new_dir.join(format!("n{k}"));
+        std::fs::write(&p, b"new").unwrap();
+        want_added.insert(bytes(&p));
+    }
+    // Sorts between d05 and d05/...: the merge must not take it for a removal or a child.
+    std::fs::write(tree.join("d05.txt"), b"x").unwrap();
+    want_added.insert(bytes(&tree.join("d05.txt")));
+
+    let (second, items) = rescan_collect(&mut store, &config, &Scope::Everything);
+    assert!(!second.first_scan);
+    let added = paths_of(&items, |i| matches!(i, DriftItem::Added(_)));
+    let removed = paths_of(&items, |i| matches!(i, DriftItem::Removed(_)));
+    assert_eq!(added, want_added);
+    assert_eq!(removed, want_removed);
+    let mut content = BTreeSet::new();
+    let mut mode = BTreeSet::new();
+    for item in &items {
+        if let DriftItem::Modified(m) = item {
+            if m.changed.contains(&ChangedField::Content) {
+                content.insert(m.current.path.clone());
+                assert!(m.previous.blake3.is_some() && m.previous.blake3 != m.current.blake3);
+            } else {
+                assert_eq!(m.changed, [ChangedField::Mode], "{m:?}");
+                assert_eq!(m.current.mode, 0o600);
+                mode.insert(m.current.path.clone());
+            }
+        }
+    }
+    assert_eq!(content, want_content);
+    assert_eq!(mode, want_mode);
+    assert_eq!(
+        (second.added, second.removed, second.modified),
+        (42, 23, 42),
+        "{}",
+        second.summary()
+    );
+    // Drift comes in path order.
+    let order: Vec<&[u8]> = items.iter().map(|i| i.path()).collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]));
+    // Only changed files were read again (a chmod changes the ctime, so those too).
+    assert_eq!(second.stats.files_hashed, 37 + 41 + 5);
+    assert_eq!(
+        store.baseline_len().unwrap(),
+        1 + 20 + 20_000 - 23 + 42,
+        "the table follows the tree"
+    );
+    // Each drift item was recorded as a change with its previous values.
+    let gone = want_removed.iter().next().unwrap();
+    let history = store.history(gone, 10).unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].activity, fim::store::activity::DELETE);
+    assert_eq!(history[0].backend, "scan");
+
+    let (third, items) = rescan_collect(&mut store, &config, &Scope::Everything);
+    assert!(items.is_empty(), "{items:?}");
+    assert_eq!(third.stats.files_hashed, 0);
+    assert_eq!(third.rows_written, 0, "nothing changed: nothing written");
+
+    // A targeted rescan covers its subtree only.
+    std::fs::remove_file(file(3, 1)).unwrap();
+    std::fs::remove_file(file(4, 1)).unwrap();
+    let scope = Scope::Paths(vec![tree.join("d03")]);
+    let (_, items) = rescan_collect(&mut store, &config, &scope);
+    assert_eq!(
+        items.iter().map(|i| i.path().to_vec()).collect::<Vec<_>>(),
+        [bytes(&file(3, 1))]
+    );
+    let (_, items) = rescan_collect(&mut store, &config, &Scope::Everything);
+    assert_eq!(
+        items.iter().map(|i| i.path().to_vec()).collect::<Vec<_>>(),
+        [bytes(&file(4, 1))]
+    );
+}
+
+#[test]
+fn observe_and_update_rehashes_one_path_and_reports_previous_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    std::fs::create_dir(&tree).unwrap();
+    let path = tree.join("passwd");
+    std::fs::write(&path, b"root:x:0:0").unwrap();
+    let config = rules_for(&tree, "");
+    let mut store = store_in(dir.path());
+    rescan_collect(&mut store, &config, &Scope::Everything);
+
+    // Same size, rewritten at once: only a forced rehash can tell (the realtime case).
+    std::fs::write(&path, b"evil:x:0:0").unwrap();
+    let options = ScanOptions {
+        rehash: true,
+        ..options()
+    };
+    let item = observe_and_update(&mut store, &config.rules, &options, &path)
+        .unwrap()
+        .expect("a content change");
+    let DriftItem::Modified(m) = item else {
+        panic!("{item:?}");
+    };
+    assert_eq!(m.changed, [ChangedField::Content]);
+    assert_eq!(
+        m.previous.blake3,
+        Some(*blake3::hash(b"root:x:0:0").as_bytes())
+    );
+    assert_eq!(
+        store.baseline_entry(&bytes(&path)).unwrap().unwrap().blake3,
+        Some(*blake3::hash(b"evil:x:0:0").as_bytes())
+    );
+    assert_eq!(
+        observe_and_update(&mut store, &config.rules, &options, &path).unwrap(),
+        None
+    );
+    std::fs::remove_file(&path).unwrap();
+    let item = observe_and_update(&mut store, &config.rules, &options, &path).unwrap();
+    assert!(matches!(item, Some(DriftItem::Removed(_))), "{item:?}");
+    assert_eq!(store.baseline_entry(&bytes(&path)).unwrap(), None);
+    // Outside every rule: left alone.
+    let outside = dir.path().join("elsewhere");
+    std::fs::write(&outside, b"x").unwrap();
+    assert_eq!(
+        observe_and_update(&mut store, &config.rules, &options, &outside).unwrap(),
+        None
+    );
+}
+
+#[test]
+fn a_large_file_is_hashed_like_a_small_one() {
+    // Above the mapping threshold and across windows: the mapped path must agree with BLAKE3.
+    let dir = tempfile::tempdir().unwrap();
+    let data: Vec<u8> = (0..(17usize << 20) + 7)
+        .map(|i| (i * 31 % 251) as u8)
+        .collect();
+    std::fs::write(dir.path().join("big"), &data).unwrap();
+    std::fs::write(dir.path().join("mid"), &data[..70_000]).unwrap();
+    let report = run(&rules_for(dir.path(), ""), &Baseline::new());
+    assert_eq!(
+        entry(&report, &dir.path().join("big")).blake3,
+        Some(*blake3::hash(&data).as_bytes())
+    );
+    assert_eq!(
+        entry(&report, &dir.path().join("mid")).blake3,
+        Some(*blake3::hash(&data[..70_000]).as_bytes())
+    );
+    assert_eq!(report.stats.bytes_hashed, data.len() as u64 + 70_000);
 }

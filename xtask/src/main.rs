@@ -9,6 +9,7 @@
 //! - `completions`: bash, zsh and fish completions for `fim`
 //! - `install`: the release binary, the systemd unit and the completions, system-wide
 
+mod bench;
 mod cmd;
 mod install;
 mod paths;
@@ -40,6 +41,10 @@ enum Task {
         /// Only what building fim needs (no QEMU, no test kernels).
         #[arg(long)]
         build_only: bool,
+        /// Also what `cargo xtask bench scan` compares with: b3sum (pinned) and Debian's
+        /// AIDE (without its daily-check cron job). The benchmark installs them itself too.
+        #[arg(long)]
+        bench: bool,
     },
     /// Build the `fim` binary (release) with its embedded eBPF object.
     Build,
@@ -56,11 +61,14 @@ enum Task {
         #[arg(long)]
         no_vm: bool,
     },
-    /// Benchmarks: `sensor` (workload cost without fim and with each backend that starts here).
+    /// Benchmarks: `sensor` (workload cost without fim and with each backend that starts
+    /// here), `scan` (fim scan vs b3sum and AIDE on the same tree), `memory` (peak RSS of
+    /// fim scan over a million files).
     Bench {
-        /// Which benchmark: sensor.
+        /// Which benchmark: sensor, scan or memory.
         what: String,
-        /// Arguments for the benchmark harness, e.g. `-- --rounds 9 --iterations 20000`.
+        /// Arguments for the benchmark, e.g. `-- --rounds 9 --iterations 20000` (sensor),
+        /// `-- --rounds 3 --tree /usr/lib [--no-aide]` (scan), `-- --files 1000000` (memory).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -88,11 +96,14 @@ enum Task {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result: Result<bool> = match cli.task {
-        Task::Setup { build_only } => setup::run(if build_only {
-            setup::Scope::Build
-        } else {
-            setup::Scope::All
-        })
+        Task::Setup { build_only, bench } => setup::run_with(
+            if build_only {
+                setup::Scope::Build
+            } else {
+                setup::Scope::All
+            },
+            bench,
+        )
         .map(|_| true),
         Task::Build => testing::build_release().map(|_| true),
         Task::Run { args } => testing::run_fim(&args).map(|_| true),

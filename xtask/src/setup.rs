@@ -16,6 +16,10 @@ use crate::{cmd, paths};
 /// bookworm-backports (see `vm::ensure_qemu`).
 const VM_PACKAGES: &[&str] = &["busybox-static", "cpio"];
 
+/// The b3sum `cargo xtask bench scan` compares with: the same BLAKE3 implementation fim
+/// uses (the blake3 crate of Cargo.lock), so the comparison is about the scan, not the hash.
+const B3SUM_VERSION: &str = "1.8.7";
+
 /// The bpf-linker version known to work with the installed nightly (TOOLCHAIN.md).
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -29,6 +33,11 @@ pub enum Scope {
 }
 
 pub fn run(scope: Scope) -> Result<()> {
+    run_with(scope, false)
+}
+
+/// [`run`], plus the benchmark tools when `bench` ([`ensure_bench_tools`]).
+pub fn run_with(scope: Scope, bench: bool) -> Result<()> {
     let started = Instant::now();
     ensure_nightly_rust_src()?;
     ensure_bpf_linker()?;
@@ -40,6 +49,9 @@ pub fn run(scope: Scope) -> Result<()> {
         crate::windows::setup(&mut apt)?;
         ensure_prometheus(&mut apt)?;
         ensure_systemd_analyze(&mut apt)?;
+    }
+    if bench {
+        ensure_bench_tools(true)?;
     }
     println!("setup complete in {:.1}s", started.elapsed().as_secs_f64());
     Ok(())
@@ -222,4 +234,46 @@ impl Apt {
         )
         .with_context(|| format!("installing {} failed; run setup as root", missing.join(" ")))
     }
+}
+
+/// What `cargo xtask bench scan` compares with: b3sum (cargo, pinned) and, with `aide`,
+/// Debian's AIDE 0.18. Installed when the benchmark runs (or by `setup --bench`), not by
+/// the plain setup: CI and the tests need neither.
+///
+/// AIDE is installed without its recommended `aide-common`, which holds the daily check
+/// (cron job and systemd timer) and the system configuration: only the binary comes, so
+/// nothing starts scans of its own.
+pub fn ensure_bench_tools(aide: bool) -> Result<()> {
+    cmd::step(&format!("b3sum {B3SUM_VERSION} (cargo install --locked)"));
+    let installed = Command::new("b3sum")
+        .arg("--version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    if installed.as_deref() == Some(&format!("b3sum {B3SUM_VERSION}")) {
+        println!("    present");
+    } else {
+        println!(
+            "    installing (found: {})",
+            installed.as_deref().unwrap_or("none")
+        );
+        cmd::run(
+            cmd::clean_cargo_env(&mut Command::new("cargo"))
+                .args(["install", "b3sum", "--locked", "--version", B3SUM_VERSION])
+                // Outside the workspace: its toolchain file and target dir stay out of it.
+                .current_dir(std::env::temp_dir()),
+        )
+        .context("installing b3sum")?;
+    }
+    if aide {
+        Apt::default().ensure_packages(&["aide"])?;
+        if Apt::is_installed("aide-common") {
+            println!(
+                "    note: aide-common is installed; its daily check (dailyaidecheck) may run \
+                 during a benchmark"
+            );
+        }
+    }
+    Ok(())
 }

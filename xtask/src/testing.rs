@@ -55,7 +55,9 @@ pub fn run_fim(args: &[String]) -> Result<()> {
 pub fn bench(what: &str, args: &[String]) -> Result<()> {
     let bin = match what {
         "sensor" => "fim-sensor-bench",
-        other => bail!("unknown benchmark {other:?}; available: sensor"),
+        "scan" => return crate::bench::scan(args),
+        "memory" => return crate::bench::memory(args),
+        other => bail!("unknown benchmark {other:?}; available: sensor, scan, memory"),
     };
     if !is_root() {
         bail!("the {what} benchmark loads eBPF programs and must run as root");

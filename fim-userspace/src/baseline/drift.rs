@@ -105,6 +105,15 @@ impl Drift {
         drift
     }
 
+    /// Adds one item found by a streaming scan (which reports them in path order).
+    pub fn push(&mut self, item: super::DriftItem) {
+        match item {
+            super::DriftItem::Added(e) => self.added.push(e),
+            super::DriftItem::Removed(e) => self.removed.push(e),
+            super::DriftItem::Modified(m) => self.modified.push(m),
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.added.is_empty() && self.removed.is_empty() && self.modified.is_empty()
     }

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 /// The type of a file system entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum FileKind {
     File,
     Dir,
@@ -134,9 +134,11 @@ pub fn timestamp_ns(secs: i64, nsec: i64) -> i64 {
 
 /// Lower-case hex of a digest.
 pub fn hex(digest: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(digest.len() * 2);
-    for b in digest {
-        let _ = write!(out, "{b:02x}");
+    for &b in digest {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 0xf)] as char);
     }
     out
 }

@@ -9,9 +9,11 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::entry::timestamp_ns;
+use super::mapped::{self, Mapped};
 
-/// Large reads keep syscalls few; one buffer per hashing thread bounds memory.
-pub const READ_BUFFER: usize = 1 << 20;
+/// Files below [`mapped::MIN_SIZE`] take one read; larger ones are mapped, or read in
+/// chunks of this size when mapping is not possible. One buffer per hashing thread.
+pub const READ_BUFFER: usize = 256 << 10;
 /// Attempts before a file that keeps changing is recorded as unstable.
 pub const HASH_ATTEMPTS: u32 = 3;
 
@@ -29,7 +31,7 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    fn of(meta: &std::fs::Metadata) -> Snapshot {
+    pub(crate) fn of(meta: &std::fs::Metadata) -> Snapshot {
         Snapshot {
             dev: meta.dev(),
             inode: meta.ino(),
@@ -124,27 +126,72 @@ fn errno_of(e: &std::io::Error) -> i32 {
 /// (size, mtime, ctime or inode differ between the `fstat` before and after reading, or the
 /// bytes read differ from the size).
 pub fn hash_file(path: &Path, request: &HashRequest<'_>, buffer: &mut Vec<u8>) -> HashOutcome {
-    buffer.resize(READ_BUFFER, 0);
+    hash_opened(path, None, request, buffer)
+}
+
+/// A regular file opened without following symlinks, with the `fstat` taken right after.
+pub struct OpenedFile {
+    pub file: File,
+    pub snapshot: Snapshot,
+}
+
+/// What opening a path for hashing found.
+pub enum Opened {
+    File(OpenedFile),
+    /// A symlink, a directory, a FIFO... or nothing any more.
+    NotRegular,
+    Unreadable {
+        errno: i32,
+    },
+}
+
+/// Opens `path` for hashing: never follows a final symlink, never blocks on a FIFO.
+pub fn open_regular(path: &Path) -> Opened {
+    let file = match open_no_follow(path) {
+        Ok(file) => file,
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Opened::NotRegular,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Opened::NotRegular,
+        Err(e) => {
+            return Opened::Unreadable {
+                errno: errno_of(&e),
+            };
+        }
+    };
+    match file.metadata() {
+        Ok(meta) if meta.file_type().is_file() => Opened::File(OpenedFile {
+            snapshot: Snapshot::of(&meta),
+            file,
+        }),
+        Ok(_) => Opened::NotRegular,
+        Err(e) => Opened::Unreadable {
+            errno: errno_of(&e),
+        },
+    }
+}
+
+/// [`hash_file`] with the first attempt on a file the caller already opened with
+/// [`open_regular`] (saves an open and an `fstat`); later attempts open `path` again.
+pub fn hash_opened(
+    path: &Path,
+    mut opened: Option<OpenedFile>,
+    request: &HashRequest<'_>,
+    buffer: &mut Vec<u8>,
+) -> HashOutcome {
+    if buffer.len() < READ_BUFFER {
+        buffer.resize(READ_BUFFER, 0);
+    }
     let mut last = None;
     for attempt in 1..=HASH_ATTEMPTS {
-        let mut file = match open_no_follow(path) {
-            Ok(file) => file,
-            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return HashOutcome::NotRegular,
-            Err(e) if e.kind() == ErrorKind::NotFound => return HashOutcome::NotRegular,
-            Err(e) => {
-                return HashOutcome::Unreadable {
-                    errno: errno_of(&e),
-                };
-            }
-        };
-        let before = match file.metadata() {
-            Ok(meta) if meta.file_type().is_file() => Snapshot::of(&meta),
-            Ok(_) => return HashOutcome::NotRegular,
-            Err(e) => {
-                return HashOutcome::Unreadable {
-                    errno: errno_of(&e),
-                };
-            }
+        let OpenedFile {
+            mut file,
+            snapshot: before,
+        } = match opened.take() {
+            Some(opened) => opened,
+            None => match open_regular(path) {
+                Opened::File(opened) => opened,
+                Opened::NotRegular => return HashOutcome::NotRegular,
+                Opened::Unreadable { errno } => return HashOutcome::Unreadable { errno },
+            },
         };
         let mut content = request
             .keep_content_up_to
@@ -153,27 +200,58 @@ pub fn hash_file(path: &Path, request: &HashRequest<'_>, buffer: &mut Vec<u8>) -
         let mut hasher = blake3::Hasher::new();
         let mut bytes_read = 0u64;
         let mut first_chunk = true;
-        loop {
-            let n = match file.read(buffer) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    return HashOutcome::Unreadable {
-                        errno: errno_of(&e),
-                    };
-                }
-            };
-            hasher.update(&buffer[..n]);
-            if let Some(content) = content.as_mut() {
-                content.extend_from_slice(&buffer[..n]);
-            }
-            bytes_read += n as u64;
-            request.budget.spend(n as u64);
-            if first_chunk {
-                first_chunk = false;
-                if let Some(hook) = request.mid_read {
+        let mut mapped = false;
+        if content.is_none() && before.size >= mapped::MIN_SIZE {
+            let windows = mapped::hash(&file, before.size, &mut hasher, |n| {
+                bytes_read += n as u64;
+                request.budget.spend(n as u64);
+                if std::mem::take(&mut first_chunk)
+                    && let Some(hook) = request.mid_read
+                {
                     hook(attempt);
+                }
+            });
+            match windows {
+                Mapped::Done => mapped = true,
+                Mapped::Faulted => {
+                    // Shrunk while mapped: a change, like a differing fstat.
+                    last = Some(file.metadata().map_or(before, |meta| Snapshot::of(&meta)));
+                    continue;
+                }
+                Mapped::Unavailable => {
+                    hasher.reset();
+                    bytes_read = 0;
+                }
+            }
+        }
+        if !mapped {
+            loop {
+                let n = match file.read(&mut buffer[..READ_BUFFER]) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        return HashOutcome::Unreadable {
+                            errno: errno_of(&e),
+                        };
+                    }
+                };
+                hasher.update(&buffer[..n]);
+                if let Some(content) = content.as_mut() {
+                    content.extend_from_slice(&buffer[..n]);
+                }
+                bytes_read += n as u64;
+                request.budget.spend(n as u64);
+                if first_chunk {
+                    first_chunk = false;
+                    if let Some(hook) = request.mid_read {
+                        hook(attempt);
+                    }
+                }
+                // All the bytes the fstat announced: no read just to see end-of-file (one syscall
+                // per small file). A file that grew meanwhile shows in the fstat after.
+                if bytes_read == before.size {
+                    break;
                 }
             }
         }

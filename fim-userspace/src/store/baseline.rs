@@ -1,9 +1,17 @@
 //! The `baseline` table: one row per watched path.
 
-use anyhow::{Context, Result};
-use rusqlite::{Connection, params};
+use std::ops::Bound;
+use std::path::Path;
 
+use anyhow::{Context, Result};
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use super::change::{self, ChangeRecord};
+use super::content::{self, ContentRecord};
 use crate::baseline::{Baseline, BaselineEntry, EntryFlags, FileKind, hex, parse_hex32};
+
+const COLUMNS: &str = "path, inode, dev, type, size, mode, uid, gid, mtime, ctime, blake3, \
+     xattr_digest, link_target, flags, errno, scanned_at";
 
 pub(crate) fn upsert(conn: &Connection, e: &BaselineEntry) -> Result<()> {
     conn.prepare_cached(
@@ -55,52 +63,213 @@ pub(crate) fn replace(conn: &mut Connection, baseline: &Baseline) -> Result<()> 
     Ok(())
 }
 
+/// One row; `None` for a type this fim cannot interpret. Such a row is skipped: the next
+/// scan reports the path as added, which is visible, rather than failing every later scan.
+fn entry_of(row: &Row<'_>) -> rusqlite::Result<Option<BaselineEntry>> {
+    let kind: String = row.get(3)?;
+    let Some(kind) = FileKind::parse(&kind) else {
+        log::warn!("baseline row with unknown type {kind:?} ignored");
+        return Ok(None);
+    };
+    let blake3: Option<String> = row.get(10)?;
+    let xattr: Option<String> = row.get(11)?;
+    Ok(Some(BaselineEntry {
+        path: row.get(0)?,
+        kind,
+        // SQLite integers are signed 64-bit; inode and dev round-trip through the cast.
+        inode: row.get::<_, i64>(1)? as u64,
+        dev: row.get::<_, i64>(2)? as u64,
+        size: row.get::<_, i64>(4)? as u64,
+        mode: row.get(5)?,
+        uid: row.get(6)?,
+        gid: row.get(7)?,
+        mtime_ns: row.get(8)?,
+        ctime_ns: row.get(9)?,
+        blake3: blake3.as_deref().and_then(parse_hex32),
+        xattr_digest: xattr.as_deref().and_then(parse_hex32),
+        link_target: row.get(12)?,
+        flags: EntryFlags(row.get(13)?),
+        errno: row.get(14)?,
+        scanned_at_ns: row.get(15)?,
+    }))
+}
+
 pub(crate) fn load(conn: &Connection) -> Result<Baseline> {
-    let mut stmt = conn.prepare(
-        "SELECT path, inode, dev, type, size, mode, uid, gid, mtime, ctime, blake3,
-             xattr_digest, link_target, flags, errno, scanned_at FROM baseline",
-    )?;
-    let rows = stmt.query_map([], |row| {
-        let kind: String = row.get(3)?;
-        let blake3: Option<String> = row.get(10)?;
-        let xattr: Option<String> = row.get(11)?;
-        Ok((
-            kind,
-            blake3,
-            xattr,
-            BaselineEntry {
-                path: row.get(0)?,
-                kind: FileKind::File,
-                inode: row.get::<_, i64>(1)? as u64,
-                dev: row.get::<_, i64>(2)? as u64,
-                size: row.get::<_, i64>(4)? as u64,
-                mode: row.get(5)?,
-                uid: row.get(6)?,
-                gid: row.get(7)?,
-                mtime_ns: row.get(8)?,
-                ctime_ns: row.get(9)?,
-                blake3: None,
-                xattr_digest: None,
-                link_target: row.get(12)?,
-                flags: EntryFlags(row.get(13)?),
-                errno: row.get(14)?,
-                scanned_at_ns: row.get(15)?,
-            },
-        ))
-    })?;
+    let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM baseline"))?;
+    let rows = stmt.query_map([], entry_of)?;
     let mut baseline = Baseline::new();
     for row in rows {
-        let (kind, blake3, xattr, mut entry) = row.context("reading the baseline")?;
-        // A row this fim cannot interpret is skipped: the next scan reports it as added,
-        // which is visible, rather than failing every later scan.
-        let Some(kind) = FileKind::parse(&kind) else {
-            log::warn!("baseline row with unknown type {kind:?} ignored");
-            continue;
-        };
-        entry.kind = kind;
-        entry.blake3 = blake3.as_deref().and_then(parse_hex32);
-        entry.xattr_digest = xattr.as_deref().and_then(parse_hex32);
-        baseline.insert(entry);
+        if let Some(entry) = row.context("reading the baseline")? {
+            baseline.insert(entry);
+        }
     }
     Ok(baseline)
+}
+
+/// The stored row of one path (a primary-key lookup).
+pub(crate) fn get(conn: &Connection, path: &[u8]) -> Result<Option<BaselineEntry>> {
+    Ok(conn
+        .prepare_cached(&format!("SELECT {COLUMNS} FROM baseline WHERE path = ?1"))?
+        .query_row(params![path], entry_of)
+        .optional()
+        .context("looking up a baseline row")?
+        .flatten())
+}
+
+pub(crate) fn is_empty(conn: &Connection) -> Result<bool> {
+    let any: bool = conn
+        .query_row("SELECT EXISTS (SELECT 1 FROM baseline)", [], |row| {
+            row.get(0)
+        })
+        .context("checking for a baseline")?;
+    Ok(!any)
+}
+
+pub(crate) fn count(conn: &Connection) -> Result<u64> {
+    let n: i64 = conn
+        .query_row("SELECT count(*) FROM baseline", [], |row| row.get(0))
+        .context("counting baseline rows")?;
+    Ok(n as u64)
+}
+
+/// Up to `limit` rows in path order within the bounds, and the path to continue after
+/// (`None` once the range is exhausted). Paths are BLOBs, compared like `memcmp`, the same
+/// order as `Vec<u8>`.
+pub(crate) fn page(
+    conn: &Connection,
+    lower: Bound<&[u8]>,
+    upper: Option<&[u8]>,
+    limit: usize,
+) -> Result<(Vec<BaselineEntry>, Option<Vec<u8>>)> {
+    let (op, low) = match lower {
+        Bound::Included(low) => (">=", low),
+        Bound::Excluded(low) => (">", low),
+        Bound::Unbounded => (">=", &[][..]),
+    };
+    let sql = match upper {
+        Some(_) => format!(
+            "SELECT {COLUMNS} FROM baseline WHERE path {op} ?1 AND path < ?3 ORDER BY path LIMIT ?2"
+        ),
+        None => format!("SELECT {COLUMNS} FROM baseline WHERE path {op} ?1 ORDER BY path LIMIT ?2"),
+    };
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows = match upper {
+        Some(up) => stmt.query(params![low, limit as i64, up])?,
+        None => stmt.query(params![low, limit as i64])?,
+    };
+    let mut entries = Vec::with_capacity(limit);
+    let mut read = 0;
+    let mut last = None;
+    while let Some(row) = rows.next().context("reading baseline rows")? {
+        read += 1;
+        if read == limit {
+            last = Some(row.get::<_, Vec<u8>>(0)?);
+        }
+        if let Some(entry) = entry_of(row)? {
+            entries.push(entry);
+        }
+    }
+    Ok((entries, last))
+}
+
+/// The baseline read in path order on a connection of its own (the scan's walker thread),
+/// while the scan writes through the store's connection.
+pub struct BaselineReader {
+    conn: Connection,
+}
+
+impl BaselineReader {
+    pub(crate) fn open(path: &Path) -> Result<BaselineReader> {
+        Ok(BaselineReader {
+            conn: super::open_read_write(path)?,
+        })
+    }
+
+    pub fn page(
+        &mut self,
+        lower: Bound<&[u8]>,
+        upper: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<(Vec<BaselineEntry>, Option<Vec<u8>>)> {
+        page(&self.conn, lower, upper, limit)
+    }
+}
+
+/// Writes of one scan, committed every [`BaselineBatch::ROWS`] rows: each baseline row and
+/// the change that explains it are in the same transaction, so a crash can repeat a change
+/// report but never lose one.
+pub struct BaselineBatch<'c> {
+    conn: &'c Connection,
+    open: bool,
+    rows: usize,
+}
+
+impl<'c> BaselineBatch<'c> {
+    pub const ROWS: usize = 4096;
+
+    pub(crate) fn new(conn: &'c Connection) -> BaselineBatch<'c> {
+        BaselineBatch {
+            conn,
+            open: false,
+            rows: 0,
+        }
+    }
+
+    fn begin(&mut self) -> Result<()> {
+        if !self.open {
+            self.conn
+                .execute_batch("BEGIN IMMEDIATE")
+                .context("starting a baseline batch")?;
+            self.open = true;
+        }
+        self.rows += 1;
+        Ok(())
+    }
+
+    pub fn upsert(&mut self, entry: &BaselineEntry) -> Result<()> {
+        self.begin()?;
+        upsert(self.conn, entry)
+    }
+
+    pub fn remove(&mut self, path: &[u8]) -> Result<()> {
+        self.begin()?;
+        remove(self.conn, path)
+    }
+
+    pub fn change(&mut self, record: &ChangeRecord) -> Result<()> {
+        self.begin()?;
+        change::insert(self.conn, record)
+    }
+
+    pub fn content(&mut self, record: &ContentRecord) -> Result<()> {
+        self.begin()?;
+        content::insert(self.conn, record)
+    }
+
+    /// Commits when the batch is full; call after each path's writes.
+    pub fn maybe_commit(&mut self) -> Result<()> {
+        if self.rows >= Self::ROWS {
+            self.commit()?;
+        }
+        Ok(())
+    }
+
+    pub fn commit(&mut self) -> Result<()> {
+        if self.open {
+            self.conn
+                .execute_batch("COMMIT")
+                .context("committing a baseline batch")?;
+            self.open = false;
+        }
+        self.rows = 0;
+        Ok(())
+    }
+}
+
+impl Drop for BaselineBatch<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+    }
 }

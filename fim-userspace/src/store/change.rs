@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 use rusqlite::{Connection, params};
 use serde_json::json;
 
-use crate::baseline::{BaselineEntry, Drift, hex};
+use crate::baseline::{BaselineEntry, Drift, DriftItem, hex};
 use crate::config::RuleSet;
 
 /// OCSF File System Activity ids (the output contract).
@@ -84,6 +84,24 @@ impl ChangeRecord {
         host: &str,
         time_ns: i64,
     ) -> Vec<ChangeRecord> {
+        let added = drift.added.iter().cloned().map(DriftItem::Added);
+        let removed = drift.removed.iter().cloned().map(DriftItem::Removed);
+        let modified = drift.modified.iter().cloned().map(DriftItem::Modified);
+        added
+            .chain(removed)
+            .chain(modified)
+            .map(|item| ChangeRecord::from_drift_item(&item, rules, host, time_ns))
+            .collect()
+    }
+
+    /// The change row for one drift item found by a scan (backend `scan`, attribution
+    /// unknown).
+    pub fn from_drift_item(
+        item: &DriftItem,
+        rules: &RuleSet,
+        host: &str,
+        time_ns: i64,
+    ) -> ChangeRecord {
         let base = |path: &[u8], activity: i64| {
             let rule = rules.match_bytes(path);
             ChangeRecord {
@@ -97,46 +115,42 @@ impl ChangeRecord {
                 ..ChangeRecord::default()
             }
         };
-        let mut records = Vec::new();
-        for added in &drift.added {
-            records.push(ChangeRecord {
+        match item {
+            DriftItem::Added(added) => ChangeRecord {
                 hash_after: added.blake3.map(|h| hex(&h)),
                 size: Some(added.size),
                 ..base(&added.path, activity::CREATE)
-            });
-        }
-        for removed in &drift.removed {
-            records.push(ChangeRecord {
+            },
+            DriftItem::Removed(removed) => ChangeRecord {
                 hash_before: removed.blake3.map(|h| hex(&h)),
                 previous: Some(previous_json(removed)),
                 ..base(&removed.path, activity::DELETE)
-            });
-        }
-        for modified in &drift.modified {
-            use crate::baseline::ChangedField as F;
-            let content = modified
-                .changed
-                .iter()
-                .any(|c| matches!(c, F::Content | F::Size | F::Type | F::LinkTarget));
-            let activity = if content {
-                activity::UPDATE
-            } else {
-                activity::SET_ATTRIBUTES
-            };
-            records.push(ChangeRecord {
-                changed: modified
+            },
+            DriftItem::Modified(modified) => {
+                use crate::baseline::ChangedField as F;
+                let content = modified
                     .changed
                     .iter()
-                    .map(|c| c.name().to_string())
-                    .collect(),
-                previous: Some(previous_json(&modified.previous)),
-                hash_before: modified.previous.blake3.map(|h| hex(&h)),
-                hash_after: modified.current.blake3.map(|h| hex(&h)),
-                size: Some(modified.current.size),
-                ..base(&modified.current.path, activity)
-            });
+                    .any(|c| matches!(c, F::Content | F::Size | F::Type | F::LinkTarget));
+                let activity = if content {
+                    activity::UPDATE
+                } else {
+                    activity::SET_ATTRIBUTES
+                };
+                ChangeRecord {
+                    changed: modified
+                        .changed
+                        .iter()
+                        .map(|c| c.name().to_string())
+                        .collect(),
+                    previous: Some(previous_json(&modified.previous)),
+                    hash_before: modified.previous.blake3.map(|h| hex(&h)),
+                    hash_after: modified.current.blake3.map(|h| hex(&h)),
+                    size: Some(modified.current.size),
+                    ..base(&modified.current.path, activity)
+                }
+            }
         }
-        records
     }
 }
 

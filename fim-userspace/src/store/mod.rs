@@ -17,6 +17,7 @@ use anyhow::{Context, Result, anyhow};
 use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags};
 
+pub use baseline::{BaselineBatch, BaselineReader};
 pub use change::{Actor, ChangeRecord, activity, local_hostname, previous_json};
 pub use content::ContentRecord;
 pub use health::HealthRecord;
@@ -26,7 +27,7 @@ pub use writer::{
     BatchSink, SqliteSink, StoreOp, StoreWriter, WriterCounters, WriterSettings, WriterStats,
 };
 
-use crate::baseline::Baseline;
+use crate::baseline::{Baseline, BaselineEntry};
 
 /// The database file name under the state directory.
 pub const DATABASE_FILE: &str = "fim.db";
@@ -96,6 +97,42 @@ impl Store {
 
     pub fn load_baseline(&self) -> Result<Baseline> {
         baseline::load(&self.conn)
+    }
+
+    /// The stored baseline row of one path (primary-key lookup; what the realtime path
+    /// compares a rehashed file with).
+    pub fn baseline_entry(&self, path: &[u8]) -> Result<Option<BaselineEntry>> {
+        baseline::get(&self.conn, path)
+    }
+
+    /// Writes one baseline row (insert or replace).
+    pub fn upsert_baseline(&mut self, entry: &BaselineEntry) -> Result<()> {
+        baseline::upsert(&self.conn, entry)
+    }
+
+    /// Deletes one baseline row (nothing if there is none).
+    pub fn remove_baseline(&mut self, path: &[u8]) -> Result<()> {
+        baseline::remove(&self.conn, path)
+    }
+
+    /// Whether no baseline row exists yet (the first scan only establishes one).
+    pub fn baseline_is_empty(&self) -> Result<bool> {
+        baseline::is_empty(&self.conn)
+    }
+
+    /// The number of baseline rows.
+    pub fn baseline_len(&self) -> Result<u64> {
+        baseline::count(&self.conn)
+    }
+
+    /// A second connection that reads the baseline in path order, for a scan's walker.
+    pub fn baseline_reader(&self) -> Result<BaselineReader> {
+        BaselineReader::open(&self.path)
+    }
+
+    /// Batched baseline writes on this connection (one transaction per batch).
+    pub fn baseline_batch(&mut self) -> BaselineBatch<'_> {
+        BaselineBatch::new(&self.conn)
     }
 
     /// Replaces the stored baseline with this one, atomically.
