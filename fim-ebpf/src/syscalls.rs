@@ -415,6 +415,8 @@ unsafe extern "C" fn scan_callback(index: u64, _ctx: *mut core::ffi::c_void) -> 
     let mut component_len = load!(state, component_len);
     let mut dots = load!(state, dots);
     let base = index as usize * SCAN_STEP;
+    // Branch-free bookkeeping per byte: a branch per byte and per case multiplies the paths
+    // the verifier walks through the unrolled steps (6.1 gives up), so only a '/' branches.
     for k in 0..SCAN_STEP {
         let pos = base + k;
         if pos >= len {
@@ -422,38 +424,42 @@ unsafe extern "C" fn scan_callback(index: u64, _ctx: *mut core::ffi::c_void) -> 
         }
         // SAFETY: (dst + pos) & DATA_MASK < DATA_CAP.
         let byte = unsafe { *data.add(path::bounded(dst + pos, DATA_MASK)) };
-        if byte == b'/' {
-            if pos != 0 {
-                if component_len == 0 || (component_len == dots && dots <= 2) {
-                    store!(state, verdict, filter::Verdict::Undecided.raw());
+        let slash = is_zero((byte ^ b'/') as u64);
+        if slash != 0 {
+            // An empty, "." or ".." component: not canonical, user space decides.
+            let bad = is_zero(component_len)
+                | (is_zero(component_len ^ dots) & ((dots.wrapping_sub(3) >> 63) & 1));
+            if bad != 0 {
+                store!(state, verdict, filter::Verdict::Undecided.raw());
+                return 1;
+            }
+            match lookup_prefix(hash) {
+                None => {
+                    store!(state, pruned_at, pos as u64);
                     return 1;
                 }
-                match lookup_prefix(hash) {
-                    None => {
-                        store!(state, pruned_at, pos as u64);
-                        return 1;
-                    }
-                    Some(v) if v.flags & watch::WATCHING != 0 => {
-                        store!(state, verdict, filter::Verdict::Watched(v.rule_id).raw());
-                        return 1;
-                    }
-                    Some(_) => {}
+                Some(v) if v.flags & watch::WATCHING != 0 => {
+                    store!(state, verdict, filter::Verdict::Watched(v.rule_id).raw());
+                    return 1;
                 }
-            }
-            component_len = 0;
-            dots = 0;
-        } else {
-            component_len += 1;
-            if byte == b'.' {
-                dots += 1;
+                Some(_) => {}
             }
         }
+        let keep = 1 - slash;
+        component_len = (component_len + 1) * keep;
+        dots = (dots + is_zero((byte ^ b'.') as u64)) * keep;
         hash = fnv1a_step(hash, byte);
     }
     store!(state, hash, hash);
     store!(state, component_len, component_len);
     store!(state, dots, dots);
     0
+}
+
+/// 1 when `x` is zero, else 0, without a branch (`x` below 2^63).
+#[inline(always)]
+fn is_zero(x: u64) -> u64 {
+    1 - ((x | x.wrapping_neg()) >> 63)
 }
 
 /// Words per iteration of the `..` search.
@@ -481,12 +487,10 @@ unsafe extern "C" fn pairs_callback(index: u64, _ctx: *mut core::ffi::c_void) ->
         }
         let at = path::bounded(dst + pos, DATA_MASK);
         // SAFETY: at + 8 <= DATA_MASK + 8 < DATA_CAP.
-        let mut word = unsafe { core::ptr::read_unaligned(data.add(at).cast::<u64>()) };
-        let left = len - pos;
-        if left < 8 {
-            // Bytes past the end belong to an earlier record: clear them.
-            word &= (1u64 << (8 * left as u32)) - 1;
-        }
+        let word = unsafe { core::ptr::read_unaligned(data.add(at).cast::<u64>()) };
+        // The last word may read a few bytes past the string (NUL, then leftovers of earlier
+        // records). Not masking them keeps this branch-free; a '..' among them only makes the
+        // verdict undecided, and user space then decides on the real path.
         let x = word ^ DOTS;
         let dot_lanes = !(((x & LOW7) + LOW7) | x | LOW7);
         pairs |= (dot_lanes & (dot_lanes >> 8)) | (carry & (dot_lanes << 56));
@@ -514,7 +518,17 @@ fn prefix_verdict(dst: usize, len: usize, truncated: bool) -> filter::Verdict {
     {
         return filter::Verdict::Watched(v.rule_id);
     }
-    store!(state, hash, fnv1a_start());
+    // Every path here is absolute: the scan starts after the leading '/', whose prefix (the
+    // empty string) needs no lookup.
+    let Some(data) = emit::data_ptr() else {
+        return filter::Verdict::Undecided;
+    };
+    // SAFETY: dst & DATA_MASK < DATA_CAP.
+    if unsafe { *data.add(path::bounded(dst, DATA_MASK)) } != b'/' {
+        return filter::Verdict::Undecided;
+    }
+    let (dst, len) = (dst + 1, len - 1);
+    store!(state, hash, fnv1a_step(fnv1a_start(), b'/'));
     store!(state, component_len, 0);
     store!(state, dots, 0);
     store!(state, pruned_at, 0);
