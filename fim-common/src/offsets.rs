@@ -53,7 +53,11 @@ pub struct KernelOffsets {
     // struct nsproxy / mnt_namespace
     pub nsproxy_mnt_ns: u32,
     pub mnt_namespace_ns_inum: u32,
-    pub _pad: u32,
+    // struct task_struct -> mm_struct (the executable and the argument strings)
+    pub task_mm: u32,
+    pub mm_exe_file: u32,
+    pub mm_arg_start: u32,
+    pub mm_arg_end: u32,
 }
 
 #[cfg(feature = "user")]

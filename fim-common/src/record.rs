@@ -48,10 +48,13 @@ pub enum EventKind {
     Symlink = 14,
     /// A file was mapped shared and writable.
     MmapSharedWrite = 15,
+    /// A process executed a program: path1 is the executable, path2 the arguments
+    /// (NUL-separated, `PATH2_IS_STRING`). Feeds attribution; not a file change.
+    Exec = 16,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 15] = [
+    pub const ALL: [EventKind; 16] = [
         EventKind::Create,
         EventKind::OpenWrite,
         EventKind::Modified,
@@ -67,6 +70,7 @@ impl EventKind {
         EventKind::Link,
         EventKind::Symlink,
         EventKind::MmapSharedWrite,
+        EventKind::Exec,
     ];
 
     /// Decodes a kind received from the kernel; unknown values are not trusted.
@@ -92,6 +96,7 @@ impl EventKind {
             Link => "link",
             Symlink => "symlink",
             MmapSharedWrite => "mmap_shared_write",
+            Exec => "exec",
         }
     }
 }

@@ -6,6 +6,7 @@
 
 mod actor;
 mod emit;
+mod exec;
 mod filter;
 mod hooks;
 mod kernel;
@@ -482,6 +483,20 @@ enter!(tp_enter_fremovexattr, |ctx| Some(Pending {
     p2: arg(&ctx, 1),
     ..Pending::new(EventKind::RemoveXattr, Shape::Fd)
 }));
+
+// Program executions (attribution), one program per backend so the record names it.
+macro_rules! exec_program {
+    ($name:ident, $backend:expr) => {
+        #[tracepoint]
+        pub fn $name(_ctx: TracePointContext) -> u32 {
+            let _ = exec::exec($backend);
+            0
+        }
+    };
+}
+exec_program!(exec_lsm, Backend::Lsm);
+exec_program!(exec_fentry, Backend::Fentry);
+exec_program!(exec_tracepoint, Backend::Tracepoint);
 
 /// close(fd): a tracked writer's close is `Modified`; reported at enter, while the fd is valid.
 #[tracepoint]

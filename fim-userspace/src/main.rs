@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use fim::baseline::{self, Drift, ScanOptions, Scope, display_path};
 use fim::config::Config;
-use fim::sensor::{self, Backend, Event, SensorConfig, WatchRoot};
+use fim::sensor::Backend;
 use fim::store::{HealthRecord, Retention, Store, StoreOp};
 
 #[derive(Parser)]
@@ -275,91 +275,7 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// The sensor's roots from the configured rules: the literal prefix of each enabled rule's
-/// path, recursive unless the rule only reaches the root itself or its direct entries.
-/// Roots that do not exist are left out (the sensor reports what it could not register).
-fn sensor_roots(rules: &fim::config::RuleSet) -> Vec<WatchRoot> {
-    rules
-        .watch_roots()
-        .into_iter()
-        .enumerate()
-        .filter(|(_, root)| root.path.exists())
-        .map(|(i, root)| WatchRoot {
-            path: root.path,
-            rule_id: i as u32 + 1,
-            recursive: root.max_depth.is_none_or(|depth| depth > 1),
-        })
-        .collect()
-}
-
 async fn run(forced: Option<Backend>, config_path: Option<&Path>) -> Result<()> {
     let settings = Config::load(config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let roots = sensor_roots(&settings.rules);
-    log::info!(
-        "watching {} roots: {}",
-        roots.len(),
-        roots
-            .iter()
-            .map(|r| r.path.display().to_string())
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
-    let config = SensorConfig {
-        roots,
-        ..SensorConfig::default()
-    };
-    let selection = sensor::start_best(forced, &config).await?;
-    for (backend, why) in &selection.skipped {
-        log::warn!("backend {} skipped: {why:#}", backend.name());
-    }
-    let mut sensor = selection.sensor;
-    log::info!(
-        "sensor backend {} is running on kernel {}",
-        sensor.backend().name(),
-        fim::host::kernel_release()
-    );
-
-    let mut batch = Vec::new();
-    let stdout = std::io::stdout();
-    loop {
-        tokio::select! {
-            received = sensor.recv(&mut batch) => received?,
-            _ = tokio::signal::ctrl_c() => {
-                log::info!("interrupted; lost events: {}", sensor.lost_events().unwrap_or(0));
-                return Ok(());
-            }
-        }
-        let mut out = stdout.lock();
-        for record in batch.drain(..) {
-            writeln!(out, "{}", record_json(&record)).context("writing to stdout")?;
-        }
-        out.flush().context("flushing stdout")?;
-    }
-}
-
-/// One JSON line per kernel event (the OCSF output replaces this with the daemon pipeline).
-fn record_json(event: &Event) -> serde_json::Value {
-    serde_json::json!({
-        "kind": event.kind.name(),
-        "backend": event.backend.name(),
-        "rule_id": event.rule_id,
-        "path": String::from_utf8_lossy(&event.path),
-        "path2": String::from_utf8_lossy(&event.path2),
-        "truncated": event.truncated(),
-        "flags": event.flags,
-        "ktime_ns": event.ktime_ns,
-        "pid": event.actor.tgid,
-        "tid": event.actor.pid,
-        "ppid": event.actor.ppid,
-        "uid": event.actor.uid,
-        "euid": event.actor.euid,
-        "loginuid": event.actor.loginuid,
-        "gid": event.actor.gid,
-        "comm": event.comm(),
-        "cgroup_id": event.actor.cgroup_id,
-        "mnt_ns": event.actor.mnt_ns,
-        "dev": event.target.dev,
-        "ino": event.target.ino,
-        "mode": event.target.mode,
-    })
+    fim::daemon::run(settings, forced).await
 }

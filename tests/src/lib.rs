@@ -188,14 +188,27 @@ pub fn with_sensor(
     }
 }
 
-/// Events of process `pid`, collected until `expected` arrived (plus a grace period to catch
-/// unexpected extras) or `timeout` passed.
+/// File events of process `pid` (its exec record is left out: see [`collect_all`]),
+/// collected until `expected` arrived (plus a grace period to catch unexpected extras) or
+/// `timeout` passed.
 pub fn collect(
     runtime: &tokio::runtime::Runtime,
     sensor: &mut sensor::Sensor,
     pid: u32,
     expected: usize,
     timeout: Duration,
+) -> Vec<Event> {
+    collect_all(runtime, sensor, pid, expected, timeout, false)
+}
+
+/// [`collect`], keeping exec records when `with_exec`.
+pub fn collect_all(
+    runtime: &tokio::runtime::Runtime,
+    sensor: &mut sensor::Sensor,
+    pid: u32,
+    expected: usize,
+    timeout: Duration,
+    with_exec: bool,
 ) -> Vec<Event> {
     runtime.block_on(async {
         let deadline = tokio::time::Instant::now() + timeout;
@@ -209,7 +222,9 @@ pub fn collect(
                 Ok(Err(e)) => panic!("sensor failed: {e:#}"),
                 Ok(Ok(())) => {}
             }
-            mine.extend(batch.into_iter().filter(|e| e.actor.tgid == pid));
+            mine.extend(batch.into_iter().filter(|e| {
+                e.actor.tgid == pid && (with_exec || e.kind != sensor::EventKind::Exec)
+            }));
             if mine.len() >= expected && grace.is_none() {
                 grace = Some(tokio::time::Instant::now() + Duration::from_millis(300));
             }

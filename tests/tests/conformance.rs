@@ -552,6 +552,50 @@ fn longer_than_the_path_buffer(backend: Backend) {
     });
 }
 
+/// Every backend reports program executions with the executable (as /proc/PID/exe names it)
+/// and the arguments, so a process that is gone by the time its change is processed still
+/// has them.
+fn exec_is_reported(backend: Backend) {
+    with_sensor(backend, |runtime, sensor| {
+        let dir = scenario_dir("exec", backend);
+        drain(runtime, sensor);
+        let pid = run_actor(&[OsStr::new("mkdir"), dir.join("sub").as_os_str()]).expect("actor");
+        let events = fim_tests::collect_all(runtime, sensor, pid, 2, Duration::from_secs(10), true);
+        let exec: Vec<&Event> = events
+            .iter()
+            .filter(|e| e.kind == EventKind::Exec)
+            .collect();
+        assert_eq!(exec.len(), 1, "{:#?}", show(&events));
+        let actor = std::fs::canonicalize(fim_tests::actor_path()).unwrap();
+        assert_eq!(exec[0].path, bytes(&actor));
+        let mut args = fim_tests::actor_path().into_os_string().into_vec();
+        args.extend_from_slice(b"\0mkdir\0");
+        args.extend_from_slice(&bytes(&dir.join("sub")));
+        args.push(0);
+        assert_eq!(exec[0].path2, args);
+        assert_eq!(exec[0].actor.tgid, pid);
+    });
+}
+
+mod exec_record {
+    use super::*;
+
+    #[test]
+    fn lsm() {
+        exec_is_reported(Backend::Lsm);
+    }
+
+    #[test]
+    fn fentry() {
+        exec_is_reported(Backend::Fentry);
+    }
+
+    #[test]
+    fn tracepoint() {
+        exec_is_reported(Backend::Tracepoint);
+    }
+}
+
 mod path_longer_than_the_buffer {
     use super::*;
 

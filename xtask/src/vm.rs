@@ -347,7 +347,7 @@ fn labels() -> Vec<&'static str> {
 
 /// Integration tests that need host tools the initramfs does not have (a Prometheus
 /// server); they exercise no kernel code, and `cargo test` runs them natively.
-const NATIVE_ONLY_TESTS: &[&str] = &["prometheus"];
+const NATIVE_ONLY_TESTS: &[&str] = &["prometheus", "daemon"];
 
 /// Static builds of the integration test binaries and the test actor.
 fn build_static_tests() -> Result<(Vec<PathBuf>, PathBuf)> {

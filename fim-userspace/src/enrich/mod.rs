@@ -29,6 +29,8 @@ pub struct ProcessCache {
     proc_root: PathBuf,
     /// Keyed by pid, start time and comm: an exec keeps the first two but changes the comm.
     cache: HashMap<(u32, u64, [u8; 16]), Arc<Process>>,
+    /// The newest exec of each pid (to find a parent's entry).
+    last_exec: HashMap<u32, (u32, u64, [u8; 16])>,
     users: Users,
     ticks_per_sec: u64,
     /// CLOCK_REALTIME - CLOCK_BOOTTIME: turns the kernel's boot-time stamps into wall time.
@@ -76,6 +78,7 @@ impl ProcessCache {
         ProcessCache {
             proc_root,
             cache: HashMap::new(),
+            last_exec: HashMap::new(),
             users,
             ticks_per_sec: if ticks > 0 { ticks as u64 } else { 100 },
             boot_epoch_ns: boot_epoch_ns(),
@@ -96,6 +99,7 @@ impl ProcessCache {
     pub fn exited(&mut self, tgid: u32, start_boottime_ns: u64) {
         self.cache
             .retain(|(pid, start, _), _| !(*pid == tgid && *start == start_boottime_ns));
+        self.last_exec.remove(&tgid);
     }
 
     /// /proc/<pid>/stat's start time (field 22, clock ticks since boot), if readable.
@@ -206,7 +210,63 @@ pub fn command_line(raw: &[u8]) -> Vec<u8> {
     out
 }
 
+impl ProcessCache {
+    /// The process an exec record describes: executable and arguments from the kernel, the
+    /// ancestors from the parent's own exec (or /proc).
+    fn process_of_exec(&mut self, event: &Event) -> Process {
+        let k = &event.actor;
+        let mut actor = kernel_actor(event);
+        actor.start_time_ns = Some(self.boot_epoch_ns + k.start_boottime_ns as i64);
+        actor.user = self.users.name(k.uid);
+        actor.login_uid.inspect(|uid| {
+            actor.login_user = self.users.name(*uid);
+        });
+        if !event.path.is_empty() && !event.truncated() {
+            actor.exe = Some(event.path.clone());
+        }
+        if !event.path2.is_empty() {
+            actor.cmdline = Some(command_line(&event.path2));
+        }
+        if self.same_process(k.tgid, k.start_boottime_ns) {
+            actor.container_id = self
+                .read(k.tgid, "cgroup")
+                .and_then(|c| container_id(&String::from_utf8_lossy(&c)));
+        }
+        let ancestors = match self
+            .last_exec
+            .get(&k.ppid)
+            .and_then(|key| self.cache.get(key))
+        {
+            Some(parent) => parent
+                .actor
+                .exe
+                .iter()
+                .cloned()
+                .chain(parent.ancestors.iter().cloned())
+                .take(ANCESTRY_DEPTH)
+                .collect(),
+            None => self.ancestry(k.ppid),
+        };
+        Process { actor, ancestors }
+    }
+}
+
 impl Enrich for ProcessCache {
+    fn exec(&mut self, event: &Event) {
+        let key = (
+            event.actor.tgid,
+            event.actor.start_boottime_ns,
+            event.actor.comm,
+        );
+        let process = Arc::new(self.process_of_exec(event));
+        if self.cache.len() >= CACHE_MAX {
+            self.cache.clear();
+            self.last_exec.clear();
+        }
+        self.cache.insert(key, process);
+        self.last_exec.insert(event.actor.tgid, key);
+    }
+
     fn actor(&mut self, event: &Event) -> Arc<Process> {
         let key = (
             event.actor.tgid,
@@ -221,6 +281,7 @@ impl Enrich for ProcessCache {
         let process = Arc::new(self.examine(event));
         if self.cache.len() >= CACHE_MAX {
             self.cache.clear();
+            self.last_exec.clear();
         }
         self.cache.insert(key, Arc::clone(&process));
         process

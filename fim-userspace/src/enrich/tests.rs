@@ -47,7 +47,8 @@ fn a_live_process_is_fully_attributed_and_then_cached() {
     let exe = std::env::current_exe().unwrap();
     assert_eq!(p.actor.exe.as_deref(), Some(exe.as_os_str().as_bytes()));
     let cmdline = String::from_utf8_lossy(p.actor.cmdline.as_deref().unwrap()).into_owned();
-    assert!(cmdline.contains("enrich"), "{cmdline}");
+    let name = exe.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(cmdline.contains(&name), "{cmdline}");
     assert_eq!(p.actor.user.as_deref(), Some("root"));
     let again = cache.actor(&event);
     assert!(Arc::ptr_eq(&p, &again));

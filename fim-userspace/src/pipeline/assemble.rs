@@ -9,6 +9,7 @@ use std::time::Duration;
 use fim_common::flags;
 
 use super::observe::{Observation, Process, RuleRef};
+use crate::baseline::FileKind;
 use crate::sensor::{Backend, EventKind};
 use crate::store::activity;
 
@@ -34,6 +35,11 @@ const LONG_WRITER: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct Job {
     pub what: JobKind,
+    /// The kernel record behind the job (what happened, even if the path is gone when it
+    /// is examined).
+    pub kind: EventKind,
+    /// The object's type as the kernel saw it, when it did.
+    pub file_kind: Option<FileKind>,
     pub path: Vec<u8>,
     /// Renames and links: the new path.
     pub new_path: Option<Vec<u8>>,
@@ -71,6 +77,13 @@ pub struct Assembler {
     pub clock_offset_ns: i64,
 }
 
+fn file_kind(e: &crate::sensor::Event) -> Option<FileKind> {
+    if e.flags & flags::TARGET_KNOWN == 0 {
+        return None;
+    }
+    FileKind::from_mode(e.target.mode)
+}
+
 fn write_intent(open_flags: u32) -> bool {
     open_flags & (libc::O_WRONLY as u32 | libc::O_RDWR as u32) != 0
 }
@@ -97,6 +110,8 @@ impl Assembler {
         let renamed = matches!(what, JobKind::Rename) || e.kind == EventKind::Link;
         Job {
             what,
+            kind: e.kind,
+            file_kind: file_kind(e),
             path: e.path.clone(),
             new_path: renamed.then(|| e.path2.clone()),
             activity,
@@ -157,6 +172,8 @@ impl Assembler {
                 }
                 out.push(self.job(JobKind::Rename, activity::RENAME, &o));
             }
+            // Attribution only; the classifier hands these to the enrichment.
+            EventKind::Exec => {}
             EventKind::Mkdir | EventKind::Symlink => {
                 out.push(self.job(JobKind::Examine, activity::CREATE, &o));
             }
@@ -237,6 +254,8 @@ impl Assembler {
                     let e = &who.event;
                     Job {
                         what: JobKind::Examine,
+                        kind: e.kind,
+                        file_kind: file_kind(e),
                         path: e.path.clone(),
                         new_path: None,
                         activity: if s.created {

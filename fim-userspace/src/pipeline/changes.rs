@@ -8,6 +8,7 @@ use anyhow::Result;
 
 use super::assemble::{Job, JobKind};
 use crate::baseline::{BaselineEntry, ChangedField, ContentVersion, changed_fields, hex};
+use crate::sensor::EventKind;
 use crate::store::{ChangeRecord, ContentRecord, StoreOp, activity, previous_json};
 
 /// Stored baseline rows, one path at a time (the daemon never loads the whole baseline).
@@ -27,13 +28,15 @@ pub enum Examined {
 }
 
 /// Looks at one path now: metadata, xattrs, link target, and BLAKE3 for a regular file
-/// (reusing `previous`'s hash when identity and times are unchanged).
+/// (reusing `previous`'s hash when identity and times are unchanged, unless `rehash`: after a
+/// write, a same-size rewrite within one timestamp tick must not go unnoticed).
 pub trait Examine: Send {
     fn examine(
         &mut self,
         path: &[u8],
         previous: Option<&BaselineEntry>,
         keep_content_up_to: Option<u64>,
+        rehash: bool,
     ) -> Examined;
 }
 
@@ -60,6 +63,8 @@ pub struct Made {
     pub ops: Vec<StoreOp>,
     /// Bytes hashed for this job (for metrics).
     pub hashed_bytes: u64,
+    /// Baseline rows added minus removed (for the baseline-size gauge).
+    pub baseline_delta: i64,
 }
 
 fn content_changed(changed: &[ChangedField]) -> bool {
@@ -91,6 +96,11 @@ impl ChangeMaker {
         }
     }
 
+    /// Drops the rows remembered as recently written (after a rescan rewrote the baseline).
+    pub fn forget_recent(&mut self) {
+        self.overlay.clear();
+    }
+
     fn baseline(&mut self, path: &[u8]) -> Option<BaselineEntry> {
         if let Some((entry, at)) = self.overlay.get(path)
             && at.elapsed() < OVERLAY_TTL
@@ -107,7 +117,10 @@ impl ChangeMaker {
         }
     }
 
-    fn set(&mut self, path: &[u8], entry: Option<BaselineEntry>, ops: &mut Vec<StoreOp>) {
+    /// Records the new baseline state of `path`; `existed` says whether it had a row before.
+    fn set(&mut self, path: &[u8], entry: Option<BaselineEntry>, made: &mut Made, existed: bool) {
+        made.baseline_delta += i64::from(entry.is_some()) - i64::from(existed);
+        let ops = &mut made.ops;
         if self.overlay.len() >= OVERLAY_MAX {
             self.overlay.retain(|_, (_, at)| at.elapsed() < OVERLAY_TTL);
             if self.overlay.len() >= OVERLAY_MAX {
@@ -158,7 +171,8 @@ impl ChangeMaker {
                     change.hash_before = p.blake3.map(|h| hex(&h));
                 }
                 made.changes.push(change);
-                self.set(&job.path, None, &mut made.ops);
+                let existed = previous.is_some();
+                self.set(&job.path, None, &mut made, existed);
             }
             JobKind::Rename => self.rename_job(job, &mut made),
         }
@@ -176,14 +190,32 @@ impl ChangeMaker {
         }
         let previous = self.baseline(&job.path);
         let keep = self.keep_content(job);
-        match self.examine.examine(&job.path, previous.as_ref(), keep) {
+        let written = matches!(job.activity, activity::CREATE | activity::UPDATE);
+        match self
+            .examine
+            .examine(&job.path, previous.as_ref(), keep, written)
+        {
             Examined::Vanished => {
-                // Gone before it could be examined: a creation is still reported (without
-                // content); anything else is followed by its own delete or rename record.
-                if job.activity == activity::CREATE && previous.is_none() {
-                    made.changes
-                        .push(self.record(job, activity::CREATE, &job.path));
+                // Gone (renamed or removed) before it could be examined: what the kernel saw
+                // is still reported, without the new content; its delete or rename record
+                // follows.
+                let mut change = self.record(job, job.activity, &job.path);
+                if job.activity != activity::CREATE || previous.is_some() {
+                    let field = match job.kind {
+                        EventKind::Chmod => "mode",
+                        EventKind::Chown => "owner",
+                        EventKind::SetXattr | EventKind::RemoveXattr => "xattr",
+                        _ => "content",
+                    };
+                    change.changed = vec![field.to_string()];
                 }
+                change.kind = job.file_kind;
+                if let Some(p) = &previous {
+                    change.kind = change.kind.or(Some(p.kind));
+                    change.previous = Some(previous_json(p));
+                    change.hash_before = p.blake3.map(|h| hex(&h));
+                }
+                made.changes.push(change);
             }
             Examined::Present { entry, content } => {
                 if let Some(c) = content {
@@ -225,7 +257,7 @@ impl ChangeMaker {
                     c.kind = Some(entry.kind);
                     c
                 }));
-                self.set(&job.path, Some(entry), &mut made.ops);
+                self.set(&job.path, Some(entry), made, previous.is_some());
             }
         }
     }
@@ -240,12 +272,12 @@ impl ChangeMaker {
         change.new_path = Some(new_path.clone());
         change.hash_before = old.as_ref().and_then(|o| o.blake3.map(|h| hex(&h)));
         if old.is_some() {
-            self.set(&job.path, None, &mut made.ops);
+            self.set(&job.path, None, made, true);
         }
         if job.rule2.is_some() && !job.truncated_path {
             let keep = self.keep_content(job);
             if let Examined::Present { entry, content } =
-                self.examine.examine(&new_path, old.as_ref(), keep)
+                self.examine.examine(&new_path, old.as_ref(), keep, false)
             {
                 // Replacing a file (an atomic save): what changed relative to the replaced one.
                 if let Some(r) = &replaced {
@@ -264,10 +296,10 @@ impl ChangeMaker {
                         stored_at_ns: job.time_ns,
                     }));
                 }
-                self.set(&new_path, Some(entry), &mut made.ops);
+                self.set(&new_path, Some(entry), made, replaced.is_some());
             }
         } else if replaced.is_some() {
-            self.set(&new_path, None, &mut made.ops);
+            self.set(&new_path, None, made, true);
         }
         change.previous = replaced.as_ref().or(old.as_ref()).map(previous_json);
         made.changes.push(change);

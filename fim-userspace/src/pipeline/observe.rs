@@ -19,6 +19,10 @@ pub struct Process {
 /// Turns the kernel's view of a process into the attribution stored with a change.
 pub trait Enrich: Send {
     fn actor(&mut self, event: &Event) -> Arc<Process>;
+
+    /// A program execution the kernel reported (executable and arguments): remember it, so
+    /// the process's changes are attributed even after it is gone.
+    fn exec(&mut self, _event: &Event) {}
 }
 
 /// Attribution from the kernel record alone (pid, parent, uids, comm): what is known for
@@ -94,6 +98,8 @@ pub enum Verdict {
     NoRule,
     /// The actor is an excluded executable.
     Excluded,
+    /// A program execution: fed to the enrichment, not a change.
+    Exec,
 }
 
 impl Classifier {
@@ -119,6 +125,10 @@ impl Classifier {
 
     /// Matches the record's paths against the rules, then attributes it.
     pub fn classify(&self, event: Event, enrich: &mut dyn Enrich) -> Verdict {
+        if event.kind == EventKind::Exec {
+            enrich.exec(&event);
+            return Verdict::Exec;
+        }
         let rule = self.rule(&event.path);
         let rule2 = if matches!(event.kind, EventKind::Rename | EventKind::Link) {
             self.rule(&event.path2)

@@ -38,7 +38,13 @@ fn entry(path: &[u8], (digest, size, mode): (u8, u64, u32)) -> BaselineEntry {
 struct FakeFs(Files);
 
 impl Examine for FakeFs {
-    fn examine(&mut self, path: &[u8], _: Option<&BaselineEntry>, _: Option<u64>) -> Examined {
+    fn examine(
+        &mut self,
+        path: &[u8],
+        _: Option<&BaselineEntry>,
+        _: Option<u64>,
+        _: bool,
+    ) -> Examined {
         match self.0.lock().unwrap().get(path) {
             Some(state) => Examined::Present {
                 entry: entry(path, *state),
@@ -152,7 +158,7 @@ impl Harness {
         let mut jobs = Vec::new();
         match self.classifier.classify(event, &mut KernelOnly) {
             Verdict::Report(o) => self.assembler.observe(*o, &mut jobs),
-            Verdict::NoRule | Verdict::Excluded => {}
+            Verdict::NoRule | Verdict::Excluded | Verdict::Exec => {}
         }
         self.run(jobs)
     }
@@ -351,6 +357,19 @@ fn chmod_to_the_same_mode_reports_nothing_and_a_real_one_reports_mode() {
     assert_eq!(changes.len(), 1);
     assert_eq!(changes[0].activity, activity::SET_ATTRIBUTES);
     assert_eq!(changes[0].changed, ["mode"]);
+}
+
+#[test]
+fn a_change_to_a_path_gone_before_examination_is_still_reported() {
+    let mut h = Harness::new();
+    h.baseline("/etc/x", (1, 1, 0o644));
+    // chmod, then the file is removed before the worker looks at it.
+    h.disk("/etc/x", None);
+    let changes = h.feed(EventKind::Chmod, "/etc/x", "", 0);
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].activity, activity::SET_ATTRIBUTES);
+    assert_eq!(changes[0].changed, ["mode"]);
+    assert_eq!(changes[0].previous.as_ref().unwrap()["mode"], 0o644);
 }
 
 #[test]

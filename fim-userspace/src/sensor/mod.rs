@@ -106,9 +106,8 @@ impl Sensor {
                 );
             }
         }
-        if backend == Backend::Tracepoint {
-            host::ensure_tracefs()?;
-        }
+        // Every backend has tracepoint programs (at least the exec one).
+        host::ensure_tracefs()?;
         let (kernel_btf, offsets) = offsets::from_running_kernel()?;
         for spec in programs(backend) {
             check_prototype(&kernel_btf, spec)
@@ -345,7 +344,7 @@ fn check_prototype(btf: &btf::KernelBtf, spec: &ProgramSpec) -> Result<()> {
     let function = match &spec.attach {
         Attach::Lsm { hook } => format!("bpf_lsm_{hook}"),
         Attach::Fexit { function } | Attach::Fentry { function } => function.to_string(),
-        Attach::Tracepoints { .. } => return Ok(()),
+        Attach::Tracepoints { .. } | Attach::Tracepoint { .. } => return Ok(()),
     };
     let actual = btf
         .function_params(&function)
@@ -436,6 +435,18 @@ fn attach_program(ebpf: &mut Ebpf, spec: &ProgramSpec, btf: Option<&Btf>) -> Res
                     log::debug!("optional tracepoint syscalls:{event} not attached: {e}");
                 }
             }
+        }
+        Attach::Tracepoint {
+            category,
+            name: event,
+        } => {
+            let tracepoint: &mut TracePoint = program.try_into()?;
+            tracepoint
+                .load()
+                .map_err(|e| explain(e.into(), &format!("loading tracepoint program {name}")))?;
+            tracepoint.attach(category, event).map_err(|e| {
+                explain(e.into(), &format!("attaching {name} to {category}:{event}"))
+            })?;
         }
     }
     Ok(())

@@ -44,7 +44,10 @@ pub fn resolve(btf: &KernelBtf) -> Result<KernelOffsets> {
         fdtable_fd: o("fdtable", "fd")?,
         nsproxy_mnt_ns: o("nsproxy", "mnt_ns")?,
         mnt_namespace_ns_inum: o("mnt_namespace", "ns.inum")?,
-        _pad: 0,
+        task_mm: o("task_struct", "mm")?,
+        mm_exe_file: o("mm_struct", "exe_file")?,
+        mm_arg_start: o("mm_struct", "arg_start")?,
+        mm_arg_end: o("mm_struct", "arg_end")?,
     };
     Ok(offsets)
 }

@@ -17,6 +17,26 @@ pub enum Attach {
         events: &'static [&'static str],
         optional: &'static [&'static str],
     },
+    /// One tracepoint outside `syscalls`, e.g. `sched:sched_process_exec`.
+    Tracepoint {
+        category: &'static str,
+        name: &'static str,
+    },
+}
+
+/// The exec program of a backend: every backend reports program executions, which is how
+/// short-lived processes keep their executable and command line.
+macro_rules! exec {
+    ($name:literal) => {
+        ProgramSpec {
+            name: $name,
+            attach: Attach::Tracepoint {
+                category: "sched",
+                name: "sched_process_exec",
+            },
+            params: &[],
+        }
+    };
 }
 
 pub struct ProgramSpec {
@@ -77,6 +97,7 @@ macro_rules! tp {
 }
 
 static LSM: &[ProgramSpec] = &[
+    exec!("exec_lsm"),
     lsm!("lsm_path_mknod", "path_mknod", &[P, D, ANY, ANY]),
     lsm!("lsm_path_mkdir", "path_mkdir", &[P, D, ANY]),
     lsm!("lsm_path_rmdir", "path_rmdir", &[P, D]),
@@ -99,6 +120,7 @@ static LSM: &[ProgramSpec] = &[
 ];
 
 static FEXIT: &[ProgramSpec] = &[
+    exec!("exec_fentry"),
     fexit!("fexit_path_mknod", "security_path_mknod", &[P, D, ANY, ANY]),
     fexit!("fexit_path_mkdir", "security_path_mkdir", &[P, D, ANY]),
     fexit!("fexit_path_rmdir", "security_path_rmdir", &[P, D]),
@@ -135,6 +157,7 @@ static FEXIT: &[ProgramSpec] = &[
 ];
 
 static TRACEPOINT: &[ProgramSpec] = &[
+    exec!("exec_tracepoint"),
     tp!("tp_enter_unlink", &["sys_enter_unlink"]),
     tp!("tp_enter_unlinkat", &["sys_enter_unlinkat"]),
     tp!("tp_enter_rmdir", &["sys_enter_rmdir"]),

@@ -1,0 +1,526 @@
+//! `fim run`: the sensor feeding the pipeline, the change worker, the store, the outputs and
+//! the metrics endpoint, wired together.
+//!
+//! Threads: the async main task reads the ring buffer, enriches, matches rules and assembles
+//! (the hot path); one change worker examines and hashes paths, runs the drift check at start
+//! and every rescan, writes outputs and feeds the store's batching writer.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use crate::baseline::{self, BaselineEntry, ScanOptions, Scope};
+use crate::config::{Config, RuleSet};
+use crate::enrich::{ProcessCache, monotonic_epoch_ns};
+use crate::metrics::{self, Metrics};
+use crate::output::{OcsfContext, OutputSink};
+use crate::pipeline::{
+    Assembler, BaselineLookup, ChangeMaker, Classifier, Examine, Examined, Job, Verdict,
+};
+use crate::sensor::{self, Backend, Event, SensorConfig, WatchRoot};
+use crate::store::{
+    ChangeRecord, HealthRecord, Store, StoreOp, StoreWriter, WriterSettings, local_hostname,
+};
+
+/// Jobs waiting for the change worker; beyond this the paths are remembered for a rescan
+/// instead (never dropped silently; see README "Back-pressure").
+const JOB_QUEUE: usize = 65_536;
+/// Paths remembered while the queue is full; beyond this the next rescan covers everything.
+const OVERFLOW_PATHS: usize = 10_000;
+const TICK: Duration = Duration::from_millis(100);
+
+/// The sensor's roots from the configured rules: the literal prefix of each enabled rule's
+/// path, recursive unless the rule only reaches the root itself or its direct entries.
+/// Roots that do not exist are left out (the sensor reports what it could not register).
+pub fn sensor_roots(rules: &RuleSet) -> Vec<WatchRoot> {
+    rules
+        .watch_roots()
+        .into_iter()
+        .enumerate()
+        .filter(|(_, root)| root.path.exists())
+        .map(|(i, root)| WatchRoot {
+            path: root.path,
+            rule_id: i as u32 + 1,
+            recursive: root.max_depth.is_none_or(|depth| depth > 1),
+        })
+        .collect()
+}
+
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}
+
+fn scan_options(config: &Config, rehash: bool) -> ScanOptions {
+    ScanOptions {
+        max_file_size: config.hashing.max_file_size,
+        scan_bytes_per_sec: config.hashing.scan_bytes_per_sec,
+        content_max_size: config.store.content_max_size,
+        progress: false,
+        rehash,
+    }
+}
+
+/// Baseline rows from the store, one path at a time.
+struct StoreLookup(Store);
+
+impl BaselineLookup for StoreLookup {
+    fn get(&mut self, path: &[u8]) -> Result<Option<BaselineEntry>> {
+        self.0.baseline_entry(path)
+    }
+}
+
+/// The filesystem as the scan sees it.
+struct FsExamine {
+    rules: Arc<RuleSet>,
+    config: Config,
+}
+
+impl Examine for FsExamine {
+    fn examine(
+        &mut self,
+        path: &[u8],
+        previous: Option<&BaselineEntry>,
+        keep_content_up_to: Option<u64>,
+        rehash: bool,
+    ) -> Examined {
+        use std::os::unix::ffi::OsStrExt;
+        let mut options = scan_options(&self.config, rehash);
+        if let Some(limit) = keep_content_up_to {
+            options.content_max_size = limit;
+        }
+        let path = Path::new(std::ffi::OsStr::from_bytes(path));
+        match baseline::observe(path, &self.rules, &options, previous) {
+            Some((entry, content)) => Examined::Present { entry, content },
+            None => Examined::Vanished,
+        }
+    }
+}
+
+/// What the change worker is asked to do.
+enum Work {
+    Job(Box<Job>),
+    /// Compare these places (or everything) with the baseline; why, for the health row.
+    Rescan(Scope, &'static str),
+    Stop,
+}
+
+/// The change worker's outputs.
+struct Outputs {
+    sink: OutputSink,
+    writer: Arc<StoreWriter>,
+    metrics: Arc<Metrics>,
+    clock_offset_ns: i64,
+}
+
+impl Outputs {
+    fn emit(&mut self, change: &ChangeRecord, ktime_ns: Option<u64>) {
+        if let Err(e) = self.sink.write(change) {
+            self.metrics.output_error();
+            log::warn!("output: {e:#}");
+        }
+        self.metrics
+            .change(change.activity, change.group.as_deref());
+        if let Some(ktime) = ktime_ns {
+            let now = now_ns() - self.clock_offset_ns;
+            self.metrics.latency(Duration::from_nanos(
+                now.saturating_sub(ktime as i64).max(0) as u64,
+            ));
+        }
+    }
+
+    fn store(&self, op: StoreOp) {
+        if self.writer.send(op).is_err() {
+            self.metrics.store_error();
+        }
+    }
+
+    fn health(&self, kind: &str, backend: Option<&str>, detail: String, lost: u64) {
+        log::info!("health: {kind}: {detail}");
+        self.store(StoreOp::Health(HealthRecord {
+            time_ns: now_ns(),
+            kind: kind.to_string(),
+            backend: backend.map(str::to_string),
+            detail: Some(detail),
+            lost_events: lost,
+        }));
+    }
+}
+
+fn change_worker(
+    work: Receiver<Work>,
+    mut maker: ChangeMaker,
+    mut outputs: Outputs,
+    config: Config,
+    rules: Arc<RuleSet>,
+) {
+    let host = local_hostname();
+    let mut store = match Store::open(&config.state_dir) {
+        Ok(store) => Some(store),
+        Err(e) => {
+            log::error!("the change worker cannot open the store for rescans: {e:#}");
+            None
+        }
+    };
+    let mut last_flush = Instant::now();
+    let mut baseline_files: i64 = 0;
+    loop {
+        let item = match work.recv_timeout(Duration::from_millis(200)) {
+            Ok(item) => Some(item),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        match item {
+            Some(Work::Job(job)) => {
+                let started = Instant::now();
+                let made = maker.make(&job);
+                if made.baseline_delta != 0 {
+                    baseline_files = (baseline_files + made.baseline_delta).max(0);
+                    outputs.metrics.set_baseline_files(baseline_files as u64);
+                }
+                if made.hashed_bytes > 0 {
+                    outputs.metrics.hashed(made.hashed_bytes, started.elapsed());
+                }
+                for change in &made.changes {
+                    outputs.emit(change, Some(job.ktime_ns));
+                }
+                for op in made.ops {
+                    outputs.store(op);
+                }
+            }
+            Some(Work::Rescan(scope, why)) => {
+                let Some(store) = store.as_mut() else {
+                    continue;
+                };
+                // Let the writer commit what is queued, so the scan compares with it.
+                let _ = outputs.writer.flush();
+                outputs.metrics.rescan();
+                let started = Instant::now();
+                let options = scan_options(&config, false);
+                let mut found = Vec::new();
+                let result = baseline::rescan(store, &rules, &options, &scope, |item| {
+                    found.push(ChangeRecord::from_drift_item(
+                        &item,
+                        &rules,
+                        &host,
+                        now_ns(),
+                    ));
+                });
+                for change in &found {
+                    outputs.emit(change, None);
+                }
+                maker.forget_recent();
+                match result {
+                    Ok(report) => {
+                        let kind = if why == "start" { "scan" } else { "rescan" };
+                        outputs.health(
+                            kind,
+                            None,
+                            format!(
+                                "{why}: {}{} in {:.1}s; {} entries, {} hashed",
+                                report.summary(),
+                                if report.first_scan {
+                                    " (baseline created)"
+                                } else {
+                                    ""
+                                },
+                                started.elapsed().as_secs_f64(),
+                                report.stats.entries,
+                                report.stats.files_hashed,
+                            ),
+                            0,
+                        );
+                        if let Ok(n) = store.baseline_len() {
+                            baseline_files = n as i64;
+                            outputs.metrics.set_baseline_files(n);
+                        }
+                    }
+                    Err(e) => {
+                        outputs.metrics.store_error();
+                        log::error!("rescan ({why}) failed: {e:#}");
+                    }
+                }
+            }
+            Some(Work::Stop) => break,
+            None => {}
+        }
+        if last_flush.elapsed() >= Duration::from_millis(200) {
+            last_flush = Instant::now();
+            if let Err(e) = outputs.sink.flush() {
+                outputs.metrics.output_error();
+                log::warn!("output: {e:#}");
+            }
+            let stats = outputs.writer.stats();
+            outputs
+                .metrics
+                .set_store_totals(stats.write_errors, stats.rows_dropped, stats.pending);
+        }
+    }
+    let _ = outputs.sink.flush();
+}
+
+/// Jobs for the worker, with the overflow policy: when the queue is full the path is kept for
+/// a targeted rescan, so a storm costs latency and attribution, never a change.
+struct Feeder {
+    tx: SyncSender<Work>,
+    overflow: BTreeSet<PathBuf>,
+    overflow_everything: bool,
+    metrics: Arc<Metrics>,
+    queued: u64,
+}
+
+impl Feeder {
+    fn job(&mut self, job: Job) {
+        use std::os::unix::ffi::OsStrExt;
+        let paths: Vec<Vec<u8>> = std::iter::once(job.path.clone())
+            .chain(job.new_path.clone())
+            .collect();
+        match self.tx.try_send(Work::Job(Box::new(job))) {
+            Ok(()) => self.queued += 1,
+            Err(TrySendError::Full(_)) => {
+                self.metrics.store_dropped(0);
+                for path in paths {
+                    if self.overflow.len() >= OVERFLOW_PATHS {
+                        self.overflow_everything = true;
+                    } else {
+                        self.overflow
+                            .insert(PathBuf::from(std::ffi::OsStr::from_bytes(&path)));
+                    }
+                }
+            }
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+
+    /// Asks for the rescan of what overflowed, once there is room again.
+    fn drain_overflow(&mut self) {
+        if self.overflow.is_empty() && !self.overflow_everything {
+            return;
+        }
+        let scope = if self.overflow_everything {
+            Scope::Everything
+        } else {
+            // Each path's parent: a path that overflowed may have been renamed or removed.
+            let parents: BTreeSet<PathBuf> = self
+                .overflow
+                .iter()
+                .map(|p| {
+                    p.parent()
+                        .map(Path::to_path_buf)
+                        .unwrap_or_else(|| p.clone())
+                })
+                .collect();
+            Scope::Paths(parents.into_iter().collect())
+        };
+        if self
+            .tx
+            .try_send(Work::Rescan(scope, "queue overflow"))
+            .is_ok()
+        {
+            self.overflow.clear();
+            self.overflow_everything = false;
+        }
+    }
+}
+
+/// Runs the daemon until SIGINT or SIGTERM.
+pub async fn run(config: Config, forced: Option<Backend>) -> Result<()> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let stop = async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+    };
+    run_until(config, forced, stop).await
+}
+
+/// Runs the daemon until `stop` completes (tests and embedders stop it this way).
+pub async fn run_until(
+    config: Config,
+    forced: Option<Backend>,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let listener = metrics::bind(config.metrics_address).await?;
+    tokio::spawn(metrics::serve(listener, Arc::clone(&metrics)));
+    log::info!("metrics on http://{}/metrics", config.metrics_address);
+
+    let store = Store::open(&config.state_dir)?;
+    let writer = Arc::new(
+        store
+            .spawn_writer(WriterSettings::default())
+            .context("starting the store writer")?,
+    );
+    let rules = Arc::new(config.rules.clone());
+
+    // The sensor starts before the drift check, so nothing that happens meanwhile is missed.
+    let roots = sensor_roots(&rules);
+    log::info!(
+        "watching {} roots: {}",
+        roots.len(),
+        roots
+            .iter()
+            .map(|r| r.path.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let sensor_config = SensorConfig {
+        roots: roots.clone(),
+        ..SensorConfig::default()
+    };
+    let selection = sensor::start_best(forced, &sensor_config).await?;
+    for (backend, why) in &selection.skipped {
+        log::warn!("backend {} skipped: {why:#}", backend.name());
+    }
+    let mut sensor = selection.sensor;
+    let backend = sensor.backend().name();
+    metrics.sensor(backend);
+    log::info!(
+        "sensor backend {backend} is running on kernel {}",
+        crate::host::kernel_release()
+    );
+
+    let clock_offset_ns = monotonic_epoch_ns();
+    let outputs = Outputs {
+        sink: OutputSink::open(&config.output, OcsfContext::new(local_hostname()))
+            .context("opening the output")?,
+        writer: Arc::clone(&writer),
+        metrics: Arc::clone(&metrics),
+        clock_offset_ns,
+    };
+    outputs.health(
+        "start",
+        Some(backend),
+        format!(
+            "fim {} pid {} on kernel {}",
+            env!("CARGO_PKG_VERSION"),
+            std::process::id(),
+            crate::host::kernel_release()
+        ),
+        0,
+    );
+    let maker = ChangeMaker::new(
+        Box::new(StoreLookup(Store::open(&config.state_dir)?)),
+        Box::new(FsExamine {
+            rules: Arc::clone(&rules),
+            config: config.clone(),
+        }),
+        local_hostname(),
+        config.store.content_max_size,
+    );
+    let (tx, rx) = mpsc::sync_channel(JOB_QUEUE);
+    // Changes made while fim was not running come first.
+    tx.send(Work::Rescan(Scope::Everything, "start"))
+        .context("queueing the start scan")?;
+    let worker = {
+        let (config, rules) = (config.clone(), Arc::clone(&rules));
+        std::thread::Builder::new()
+            .name("fim-changes".into())
+            .spawn(move || change_worker(rx, maker, outputs, config, rules))
+            .context("starting the change worker")?
+    };
+    let mut feeder = Feeder {
+        tx: tx.clone(),
+        overflow: BTreeSet::new(),
+        overflow_everything: false,
+        metrics: Arc::clone(&metrics),
+        queued: 0,
+    };
+    let classifier = Classifier::new(
+        Arc::clone(&rules),
+        config.authorized.clone(),
+        config.excluded.clone(),
+    );
+    let mut enrich = ProcessCache::new();
+    let mut assembler = Assembler::new(clock_offset_ns);
+    let mut batch: Vec<Event> = Vec::new();
+    let mut jobs: Vec<Job> = Vec::new();
+    let mut tick = tokio::time::interval(TICK);
+    let mut lost_seen = 0u64;
+    let root_paths: Vec<PathBuf> = roots.iter().map(|r| r.path.clone()).collect();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            received = sensor.recv(&mut batch) => {
+                received?;
+                metrics.kernel_records(backend, batch.len() as u64);
+                for event in batch.drain(..) {
+                    match classifier.classify(event, &mut enrich) {
+                        Verdict::Report(o) => assembler.observe(*o, &mut jobs),
+                        Verdict::NoRule | Verdict::Excluded | Verdict::Exec => {}
+                    }
+                }
+                for job in jobs.drain(..) {
+                    feeder.job(job);
+                }
+            }
+            _ = tick.tick() => {
+                let now = clock_ns_monotonic();
+                assembler.tick(now, &mut jobs);
+                for job in jobs.drain(..) {
+                    feeder.job(job);
+                }
+                feeder.drain_overflow();
+                let lost = sensor.lost_events().unwrap_or(lost_seen);
+                metrics.set_lost(backend, lost);
+                metrics.malformed(0);
+                if lost > lost_seen {
+                    let detail = format!("{} kernel records lost; rescanning the watched roots", lost - lost_seen);
+                    log::warn!("{detail}");
+                    writer_health(&writer, "loss", backend, detail, lost - lost_seen);
+                    lost_seen = lost;
+                    if tx.try_send(Work::Rescan(Scope::Paths(root_paths.clone()), "kernel loss")).is_err() {
+                        feeder.overflow_everything = true;
+                    }
+                }
+                metrics.set_queue_depth(assembler.open_sessions() as u64);
+            }
+            _ = &mut stop => break,
+        }
+    }
+    log::info!("stopping; lost kernel records: {lost_seen}");
+    assembler.flush_all(&mut jobs);
+    for job in jobs.drain(..) {
+        let _ = tx.send(Work::Job(Box::new(job)));
+    }
+    let _ = tx.send(Work::Stop);
+    let _ = worker.join();
+    writer_health(&writer, "stop", backend, "stopped".into(), 0);
+    drop(feeder);
+    match Arc::try_unwrap(writer) {
+        Ok(writer) => {
+            writer.shutdown().context("flushing the store")?;
+        }
+        Err(writer) => {
+            writer.flush().context("flushing the store")?;
+        }
+    }
+    Ok(())
+}
+
+fn writer_health(writer: &StoreWriter, kind: &str, backend: &str, detail: String, lost: u64) {
+    let _ = writer.send(StoreOp::Health(HealthRecord {
+        time_ns: now_ns(),
+        kind: kind.to_string(),
+        backend: Some(backend.to_string()),
+        detail: Some(detail),
+        lost_events: lost,
+    }));
+}
+
+fn clock_ns_monotonic() -> u64 {
+    // SAFETY: clock_gettime fills the struct it is given.
+    let ts = unsafe {
+        let mut ts: libc::timespec = std::mem::zeroed();
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
+        ts
+    };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}

@@ -1,0 +1,247 @@
+//! The daemon end to end: `fim run`'s pipeline in this process (on the best backend that
+//! works here), changes made by a separate process, and what comes out: OCSF lines with exact
+//! attribution and previous values, the store, and the metrics a real Prometheus scrapes.
+//! Then downtime: a change made while fim is stopped is reported at the next start with
+//! attribution unknown.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use fim::config::Config;
+use fim_tests::prometheus::{PrometheusServer, free_port, http_get};
+use fim_tests::{actor_path, require_root, run_actor};
+use serde_json::Value;
+
+struct Daemon {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Daemon {
+    fn start(config_file: &Path) -> Daemon {
+        let config = Config::load(Some(config_file)).expect("valid test configuration");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(fim::daemon::run_until(config, None, async move {
+                let _ = stopped.await;
+            }))
+        });
+        Daemon {
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        let result = self.thread.take().unwrap().join().expect("daemon thread");
+        result.expect("the daemon stopped with an error");
+    }
+}
+
+fn metric(address: SocketAddr, name: &str) -> Option<f64> {
+    let (status, body) = http_get(address, "/metrics").ok()?;
+    if status != 200 {
+        return None;
+    }
+    String::from_utf8_lossy(&body).lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?;
+        rest.starts_with(' ').then(|| rest.trim().parse().ok())?
+    })
+}
+
+fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The OCSF events in the output file about paths below `tree`.
+fn events(output: &Path, tree: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(output).unwrap_or_default();
+    let prefix = tree.to_string_lossy().into_owned();
+    text.lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("every output line is JSON"))
+        .filter(|e| {
+            e["file"]["path"]
+                .as_str()
+                .is_some_and(|p| p.starts_with(&prefix))
+        })
+        .collect()
+}
+
+fn find<'a>(events: &'a [Value], activity: i64, path: &Path) -> &'a Value {
+    let path = path.to_string_lossy();
+    events
+        .iter()
+        .find(|e| e["activity_id"] == activity && e["file"]["path"] == *path)
+        .unwrap_or_else(|| panic!("no activity {activity} for {path} in {events:#?}"))
+}
+
+fn write_config(dir: &Path, tree: &Path, metrics: SocketAddr) -> PathBuf {
+    let path = dir.join("fim.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "state_dir = \"{}\"\n[output]\nfile = \"{}\"\n[metrics]\naddress = \"{metrics}\"\n\n\
+             [[rule]]\nname = \"tree\"\ngroup = \"daemon-test\"\npath = \"{}\"\nrecursive = true\n",
+            dir.join("state").display(),
+            dir.join("out/fim.json").display(),
+            tree.display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn changes_are_reported_with_attribution_stored_and_counted() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let tree = std::fs::canonicalize(dir.path()).unwrap().join("tree");
+    std::fs::create_dir(&tree).unwrap();
+    std::fs::write(tree.join("a"), b"initial\n").unwrap();
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
+    let config = write_config(dir.path(), &tree, metrics);
+    let output = dir.path().join("out/fim.json");
+
+    let daemon = Daemon::start(&config);
+    // The start scan creates the baseline: the tree and `a`.
+    wait_until("the start scan", Duration::from_secs(30), || {
+        metric(metrics, "fim_baseline_files") == Some(2.0)
+    });
+    let prometheus = PrometheusServer::start(&[metrics])
+        .expect("starting Prometheus (installed by `cargo xtask setup`; this test needs it)");
+
+    let a = tree.join("a");
+    let (b, c, d) = (tree.join("b"), tree.join("c"), tree.join("d"));
+    let s = |p: &Path| p.as_os_str().to_owned();
+    let mut pids = Vec::new();
+    for (i, op) in [
+        vec!["write".into(), s(&a)],
+        vec!["create".into(), s(&b)],
+        vec!["chmod".into(), s(&b), "0o600".into()],
+        vec!["rename".into(), s(&b), s(&c)],
+        vec!["unlink".into(), s(&c)],
+        vec!["mkdir".into(), s(&d)],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        pids.push(run_actor(&op).expect("actor"));
+        // One at a time: each change is examined before the next one replaces it (a fast
+        // sequence is reported too, with less detail: see the pipeline's unit tests).
+        wait_until("the change event", Duration::from_secs(20), || {
+            events(&output, &tree).len() > i
+        });
+    }
+    let all = events(&output, &tree);
+    assert_eq!(all.len(), 6, "{all:#?}");
+    let exe = actor_path().to_string_lossy().into_owned();
+    let expect_actor = |e: &Value, pid: u32| {
+        assert_eq!(e["actor"]["process"]["pid"], pid, "{e:#}");
+        assert_eq!(e["actor"]["process"]["file"]["path"], *exe, "{e:#}");
+        assert_eq!(e["actor"]["user"]["uid"], "0", "{e:#}");
+        assert_eq!(e["unmapped"]["fim"]["rule"], "tree");
+        assert_eq!(e["unmapped"]["fim"]["group"], "daemon-test");
+        assert_eq!(e["class_uid"], 1001);
+        assert_eq!(e["type_uid"], 100100 + e["activity_id"].as_i64().unwrap());
+    };
+    let update = find(&all, 3, &a);
+    expect_actor(update, pids[0]);
+    assert_eq!(
+        update["unmapped"]["fim"]["changed"],
+        serde_json::json!(["content"])
+    );
+    assert_eq!(
+        update["unmapped"]["fim"]["previous"]["hash"],
+        blake3::hash(b"initial\n").to_hex().as_str()
+    );
+    assert_eq!(
+        update["file"]["hashes"][0]["value"],
+        blake3::hash(b"written\n").to_hex().as_str()
+    );
+    let create = find(&all, 1, &b);
+    expect_actor(create, pids[1]);
+    assert_eq!(create["file"]["type_id"], 1);
+    let chmod = find(&all, 6, &b);
+    expect_actor(chmod, pids[2]);
+    assert_eq!(
+        chmod["unmapped"]["fim"]["changed"],
+        serde_json::json!(["mode"])
+    );
+    assert_eq!(chmod["unmapped"]["fim"]["previous"]["mode"], 0o644);
+    let rename = find(&all, 5, &b);
+    expect_actor(rename, pids[3]);
+    assert_eq!(rename["file_result"]["path"], *c.to_string_lossy());
+    let delete = find(&all, 4, &c);
+    expect_actor(delete, pids[4]);
+    assert_eq!(delete["unmapped"]["fim"]["previous"]["mode"], 0o600);
+    let mkdir = find(&all, 1, &d);
+    expect_actor(mkdir, pids[5]);
+    assert_eq!(mkdir["file"]["type_id"], 2);
+
+    // The same numbers through a real Prometheus: two creations, and a baseline of the tree,
+    // a and d.
+    prometheus
+        .wait_for(
+            "fim_events_total{activity=\"create\"}",
+            |r| r.first().is_some_and(|(_, v)| *v == 2.0),
+            Duration::from_secs(20),
+        )
+        .expect("fim_events_total{activity=\"create\"} == 2 in Prometheus");
+    prometheus
+        .wait_for(
+            "fim_baseline_files",
+            |r| r.first().is_some_and(|(_, v)| *v == 3.0),
+            Duration::from_secs(20),
+        )
+        .expect("fim_baseline_files == 3 in Prometheus");
+    daemon.stop();
+
+    // The store has the six changes with their attribution.
+    let db = rusqlite::Connection::open(dir.path().join("state/fim.db")).unwrap();
+    let stored: i64 = db
+        .query_row(
+            "SELECT count(*) FROM changes WHERE backend != 'scan' AND pid IS NOT NULL AND exe IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(stored, 6);
+    let kinds: Vec<String> = db
+        .prepare("SELECT kind FROM health ORDER BY id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(kinds, ["start", "scan", "stop"]);
+
+    // Downtime: changed while fim was stopped, reported at the next start, attribution unknown.
+    std::fs::write(&a, b"changed while down\n").unwrap();
+    std::fs::remove_dir(&d).unwrap();
+    let before = events(&output, &tree).len();
+    let daemon = Daemon::start(&config);
+    wait_until("the downtime changes", Duration::from_secs(30), || {
+        events(&output, &tree).len() >= before + 2
+    });
+    daemon.stop();
+    let all = events(&output, &tree);
+    let late = &all[before..];
+    let update = find(late, 3, &a);
+    assert_eq!(update["unmapped"]["fim"]["backend"], "scan");
+    assert_eq!(update["unmapped"]["fim"]["attribution"], "unknown");
+    assert_eq!(
+        update["unmapped"]["fim"]["previous"]["hash"],
+        blake3::hash(b"written\n").to_hex().as_str()
+    );
+    assert!(update["actor"]["process"].get("pid").is_none());
+    find(late, 4, &d);
+}
