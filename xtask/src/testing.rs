@@ -55,11 +55,12 @@ pub fn run_fim(args: &[String]) -> Result<()> {
 pub fn bench(what: &str, args: &[String]) -> Result<()> {
     let bin = match what {
         "sensor" => "fim-sensor-bench",
+        "pipeline" => "fim-pipeline-bench",
         "scan" => return crate::bench::scan(args),
         "memory" => return crate::bench::memory(args),
-        other => bail!("unknown benchmark {other:?}; available: sensor, scan, memory"),
+        other => bail!("unknown benchmark {other:?}; available: sensor, pipeline, scan, memory"),
     };
-    if !is_root() {
+    if what == "sensor" && !is_root() {
         bail!("the {what} benchmark loads eBPF programs and must run as root");
     }
     setup::run(setup::Scope::Build)?;
