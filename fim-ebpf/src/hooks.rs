@@ -131,6 +131,17 @@ pub fn on_path(kind: EventKind, backend: Backend, path: *const u8, args: Args) -
     Ok(())
 }
 
+/// An open file truncated (ftruncate, or an O_TRUNC open on kernels >= 6.2).
+#[inline(always)]
+pub fn file_truncate(backend: Backend, file: *const u8) -> Result<(), i64> {
+    on_path(
+        EventKind::Truncate,
+        backend,
+        file.wrapping_add(off!(file_f_path)),
+        Args::default(),
+    )
+}
+
 /// rename(old_dir/old_dentry -> new_dir/new_dentry): reported when either side is watched.
 #[inline(always)]
 pub fn rename(

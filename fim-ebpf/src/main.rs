@@ -176,6 +176,15 @@ both!(
     1,
     |ctx, b| { hooks::on_path(EventKind::Truncate, b, ctx.arg(0), Args::default()) }
 );
+// Since 6.2, ftruncate and truncating opens (kernel >= 6.2 has no path_truncate call there).
+both!(
+    lsm_file_truncate,
+    fexit_file_truncate,
+    "file_truncate",
+    "security_file_truncate",
+    1,
+    |ctx, b| hooks::file_truncate(b, ctx.arg(0))
+);
 both!(
     lsm_path_chmod,
     fexit_path_chmod,

@@ -212,6 +212,34 @@ scenario!(truncate_path, |b| existing_file_case(
     &[EventKind::Truncate]
 ));
 
+// ftruncate on an open file: every backend reports the truncation between the open and the
+// close (lsm/fentry through path_truncate on 6.1 and file_truncate from 6.2 on).
+scenario!(ftruncate, |b| existing_file_case(
+    "ftruncate",
+    b,
+    &["ftruncate"],
+    &[
+        EventKind::OpenWrite,
+        EventKind::Truncate,
+        EventKind::Modified
+    ]
+));
+
+// open(O_TRUNC) of an existing file: the LSM backends see the truncation as such; the
+// tracepoint backend sees an open whose flags carry O_TRUNC (README's backend table).
+scenario!(open_with_o_trunc, |b| {
+    let kinds: &[EventKind] = if lsm_like(b) {
+        &[
+            EventKind::OpenWrite,
+            EventKind::Truncate,
+            EventKind::Modified,
+        ]
+    } else {
+        &[EventKind::OpenWrite, EventKind::Modified]
+    };
+    existing_file_case("opentrunc", b, &["opentrunc"], kinds)
+});
+
 /// `op [args...]` on an existing file (`op FILE ARGS...` for the actor) must produce exactly
 /// the `kinds` records for it.
 fn existing_file_case(name: &str, b: Backend, op: &[&str], kinds: &[EventKind]) -> Scenario {

@@ -109,9 +109,19 @@ impl Sensor {
         // Every backend has tracepoint programs (at least the exec one).
         host::ensure_tracefs()?;
         let (kernel_btf, offsets) = offsets::from_running_kernel()?;
+        let mut specs: Vec<&ProgramSpec> = Vec::new();
         for spec in programs(backend) {
-            check_prototype(&kernel_btf, spec)
-                .with_context(|| format!("{} backend on kernel {release}", backend.name()))?;
+            match check_prototype(&kernel_btf, spec) {
+                Ok(()) => specs.push(spec),
+                Err(e) if spec.optional => {
+                    log::debug!("{} not used on kernel {release}: {e:#}", spec.name);
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!("{} backend on kernel {release}", backend.name())
+                    });
+                }
+            }
         }
         let mut ebpf = EbpfLoader::new()
             .override_global("OFFSETS", &offsets, true)
@@ -162,7 +172,7 @@ impl Sensor {
             })?),
             Backend::Tracepoint => None,
         };
-        for spec in programs(backend) {
+        for spec in specs {
             attach_program(&mut sensor._ebpf, spec, btf.as_ref())
                 .with_context(|| format!("{} backend on kernel {release}", backend.name()))?;
         }

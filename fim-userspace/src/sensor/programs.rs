@@ -35,6 +35,7 @@ macro_rules! exec {
                 name: "sched_process_exec",
             },
             params: &[],
+            optional: false,
         }
     };
 }
@@ -45,6 +46,9 @@ pub struct ProgramSpec {
     pub attach: Attach,
     /// Expected parameter types ("_" = not checked). The count is always checked.
     pub params: &'static [&'static str],
+    /// A hook only newer kernels have: skipped (not an error) when the kernel's BTF lacks
+    /// it; older kernels cover the same operation with another hook.
+    pub optional: bool,
 }
 
 const P: &str = "struct path *";
@@ -59,6 +63,7 @@ macro_rules! lsm {
             name: $name,
             attach: Attach::Lsm { hook: $hook },
             params: $params,
+            optional: false,
         }
     };
 }
@@ -70,6 +75,7 @@ macro_rules! fexit {
                 function: $function,
             },
             params: $params,
+            optional: false,
         }
     };
 }
@@ -82,6 +88,7 @@ macro_rules! tp {
                 optional: &[],
             },
             params: &[],
+            optional: false,
         }
     };
     ($name:literal, $events:expr, optional $optional:expr) => {
@@ -92,6 +99,7 @@ macro_rules! tp {
                 optional: $optional,
             },
             params: &[],
+            optional: false,
         }
     };
 }
@@ -106,6 +114,11 @@ static LSM: &[ProgramSpec] = &[
     lsm!("lsm_path_link", "path_link", &[D, P, D]),
     lsm!("lsm_path_rename", "path_rename", &[P, D, P, D, ANY]),
     lsm!("lsm_path_truncate", "path_truncate", &[P]),
+    // Since 6.2 ftruncate and O_TRUNC opens call file_truncate instead of path_truncate.
+    ProgramSpec {
+        optional: true,
+        ..lsm!("lsm_file_truncate", "file_truncate", &[F])
+    },
     lsm!("lsm_path_chmod", "path_chmod", &[P, ANY]),
     lsm!("lsm_path_chown", "path_chown", &[P, ANY, ANY]),
     lsm!("lsm_file_open", "file_open", &[F]),
@@ -133,6 +146,10 @@ static FEXIT: &[ProgramSpec] = &[
         &[P, D, P, D, ANY]
     ),
     fexit!("fexit_path_truncate", "security_path_truncate", &[P]),
+    ProgramSpec {
+        optional: true,
+        ..fexit!("fexit_file_truncate", "security_file_truncate", &[F])
+    },
     fexit!("fexit_path_chmod", "security_path_chmod", &[P, ANY]),
     fexit!("fexit_path_chown", "security_path_chown", &[P, ANY, ANY]),
     fexit!("fexit_file_open", "security_file_open", &[F]),
@@ -153,6 +170,7 @@ static FEXIT: &[ProgramSpec] = &[
             function: "security_file_free",
         },
         params: &[F],
+        optional: false,
     },
 ];
 

@@ -116,6 +116,17 @@ fn perform(op: &[OsString]) -> io::Result<()> {
                 close(fd)
             }
             "truncate" => check(libc::truncate(c(a1)?.as_ptr(), 0)).map(|_| ()),
+            // open for writing, ftruncate, close
+            "ftruncate" => {
+                let fd = open(&c(a1)?, libc::O_WRONLY)?;
+                check(libc::ftruncate(fd, 0))?;
+                close(fd)
+            }
+            // open(O_WRONLY | O_TRUNC), close
+            "opentrunc" => {
+                let fd = open(&c(a1)?, libc::O_WRONLY | libc::O_TRUNC)?;
+                close(fd)
+            }
             "rename" => check(libc::rename(c(a1)?.as_ptr(), c(a2)?.as_ptr())).map(|_| ()),
             "unlink" => check(libc::unlink(c(a1)?.as_ptr())).map(|_| ()),
             "unlinkat" => check(libc::unlinkat(libc::AT_FDCWD, c(a1)?.as_ptr(), 0)).map(|_| ()),
