@@ -289,11 +289,23 @@ pub struct WatchValue {
     pub flags: u32,
 }
 
-/// Value of the excluded-actors map (keyed by tgid): present means "drop in the kernel".
+/// Value of the excluded-actors map (keyed by tgid): present means "drop in the kernel", for
+/// the process that started at `start_boottime_ns` only (0: whatever process has the pid).
+/// A reused pid is never excluded by mistake.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Excluded {
     pub reason: u32,
+    pub _pad: u32,
+    pub start_boottime_ns: u64,
+}
+
+/// Why a process is excluded (`Excluded::reason`).
+pub mod excluded {
+    /// fim itself.
+    pub const SELF: u32 = 1;
+    /// An executable listed in the configuration's `excluded`.
+    pub const CONFIGURED: u32 = 2;
 }
 
 /// FNV-1a 64 of a byte string: how watched path prefixes are keyed for the tracepoint

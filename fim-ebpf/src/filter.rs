@@ -72,8 +72,20 @@ impl Verdict {
 #[inline(always)]
 pub fn actor_excluded() -> bool {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    // SAFETY: the value is only tested for presence.
-    unsafe { EXCLUDED.get(tgid).is_some() }
+    // SAFETY: copied out at once.
+    let Some(start) = (unsafe { EXCLUDED.get(tgid).map(|e| e.start_boottime_ns) }) else {
+        return false;
+    };
+    start == 0 || start == current_start_boottime()
+}
+
+/// Start time of the current thread group (what user space keys processes by).
+fn current_start_boottime() -> u64 {
+    let task = crate::actor::current_task();
+    match read_ptr(task, off!(task_group_leader)) {
+        Ok(leader) => read::<u64>(leader, off!(task_start_boottime)).unwrap_or(0),
+        Err(_) => 0,
+    }
 }
 
 /// The device number of the filesystem a dentry lives on.

@@ -21,7 +21,7 @@ use crate::output::{OcsfContext, OutputSink};
 use crate::pipeline::{
     Assembler, BaselineLookup, ChangeMaker, Classifier, Examine, Examined, Job, Verdict,
 };
-use crate::sensor::{self, Backend, Event, SensorConfig, WatchRoot};
+use crate::sensor::{self, Backend, Event, EventKind, SensorConfig, WatchRoot};
 use crate::store::{
     ChangeRecord, HealthRecord, Store, StoreOp, StoreWriter, WriterSettings, local_hostname,
 };
@@ -439,6 +439,11 @@ pub async fn run_until(
         config.excluded.clone(),
     );
     let mut enrich = ProcessCache::new();
+    let excluded_exes: Vec<Vec<u8>> = config
+        .excluded
+        .iter()
+        .map(|p| p.as_os_str().as_encoded_bytes().to_vec())
+        .collect();
     let mut assembler = Assembler::new(clock_offset_ns);
     let mut batch: Vec<Event> = Vec::new();
     let mut jobs: Vec<Job> = Vec::new();
@@ -452,6 +457,13 @@ pub async fn run_until(
                 received?;
                 metrics.kernel_records(backend, batch.len() as u64);
                 for event in batch.drain(..) {
+                    // An excluded executable starting: drop that process in the kernel too.
+                    if event.kind == EventKind::Exec
+                        && excluded_exes.contains(&event.path)
+                        && let Err(e) = sensor.exclude_actor(event.actor.tgid, event.actor.start_boottime_ns)
+                    {
+                        log::warn!("excluding pid {} in the kernel: {e:#}", event.actor.tgid);
+                    }
                     match classifier.classify(event, &mut enrich) {
                         Verdict::Report(o) => assembler.observe(*o, &mut jobs),
                         Verdict::NoRule | Verdict::Excluded | Verdict::Exec => {}

@@ -645,6 +645,70 @@ mod path_longer_than_the_buffer {
 
 /// fim's own process is an excluded actor: its changes in a watched tree are dropped in the
 /// kernel. Then a separate process's change in the same place is still seen.
+/// A configured excluded executable is dropped in the kernel for the process that ran it
+/// (known from its exec record: pid and start time), and only for that process: the same
+/// pid with another start time (a reused pid) is still reported.
+fn configured_exclusion(backend: Backend) {
+    with_sensor(backend, |runtime, sensor| {
+        let dir = scenario_dir("configured-exclusion", backend);
+        drain(runtime, sensor);
+        let run = |sensor: &mut fim::sensor::Sensor, name: &str, start_offset: Option<u64>| {
+            let target = dir.join(name);
+            let mut child = std::process::Command::new(fim_tests::actor_path())
+                .args([OsStr::new("sleep"), OsStr::new("700"), OsStr::new("--")])
+                .args([OsStr::new("mkdir"), target.as_os_str()])
+                .spawn()
+                .expect("spawning the actor");
+            let pid = child.id();
+            let exec =
+                fim_tests::collect_all(runtime, sensor, pid, 1, Duration::from_secs(5), true);
+            let start = exec
+                .iter()
+                .find(|e| e.kind == EventKind::Exec)
+                .map(|e| e.actor.start_boottime_ns)
+                .expect("the actor's exec record");
+            if let Some(offset) = start_offset {
+                sensor
+                    .exclude_actor(pid, start + offset)
+                    .expect("excluding");
+            }
+            assert!(child.wait().unwrap().success());
+            collect(runtime, sensor, pid, 1, Duration::from_secs(2))
+        };
+        let excluded = run(sensor, "by-excluded", Some(0));
+        assert!(
+            excluded.is_empty(),
+            "excluded process reported: {:?}",
+            show(&excluded)
+        );
+        let reused = run(sensor, "by-reused-pid", Some(1));
+        assert_eq!(
+            reused.iter().map(|e| e.kind).collect::<Vec<_>>(),
+            vec![EventKind::Mkdir],
+            "a process with another start time must not be excluded"
+        );
+    });
+}
+
+mod configured_exclusion {
+    use super::*;
+
+    #[test]
+    fn lsm() {
+        configured_exclusion(Backend::Lsm);
+    }
+
+    #[test]
+    fn fentry() {
+        configured_exclusion(Backend::Fentry);
+    }
+
+    #[test]
+    fn tracepoint() {
+        configured_exclusion(Backend::Tracepoint);
+    }
+}
+
 fn excluded_actor(backend: Backend) {
     with_sensor(backend, |runtime, sensor| {
         let dir = scenario_dir("excluded", backend);

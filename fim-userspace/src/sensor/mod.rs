@@ -221,8 +221,37 @@ impl Sensor {
 
     /// Drops a process's activity in the kernel from now on.
     pub fn exclude_process(&mut self, tgid: u32) -> Result<()> {
+        self.exclude(tgid, 0, fim_common::excluded::SELF)
+    }
+
+    /// Drops the activity of the process `tgid` that started at `start_boottime_ns` (an
+    /// executable the configuration excludes) in the kernel from now on; a later process
+    /// with the same pid is not affected. When the map is full, the entries of processes
+    /// that are gone make room.
+    pub fn exclude_actor(&mut self, tgid: u32, start_boottime_ns: u64) -> Result<()> {
+        self.exclude(tgid, start_boottime_ns, fim_common::excluded::CONFIGURED)
+    }
+
+    fn exclude(&mut self, tgid: u32, start_boottime_ns: u64, reason: u32) -> Result<()> {
+        let value = Excluded {
+            reason,
+            _pad: 0,
+            start_boottime_ns,
+        };
+        if self.excluded.insert(tgid, value, 0).is_ok() {
+            return Ok(());
+        }
+        let gone: Vec<u32> = self
+            .excluded
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+            .collect();
+        for pid in gone {
+            let _ = self.excluded.remove(&pid);
+        }
         self.excluded
-            .insert(tgid, Excluded { reason: 1 }, 0)
+            .insert(tgid, value, 0)
             .context("filling the EXCLUDED map")
     }
 

@@ -131,6 +131,11 @@ fn perform(op: &[OsString]) -> io::Result<()> {
             "unlink" => check(libc::unlink(c(a1)?.as_ptr())).map(|_| ()),
             "unlinkat" => check(libc::unlinkat(libc::AT_FDCWD, c(a1)?.as_ptr(), 0)).map(|_| ()),
             "mkdir" => check(libc::mkdir(c(a1)?.as_ptr(), 0o755)).map(|_| ()),
+            // Wait (milliseconds) before the next operation.
+            "sleep" => {
+                std::thread::sleep(std::time::Duration::from_millis(number(a1)?.into()));
+                Ok(())
+            }
             "rmdir" => check(libc::rmdir(c(a1)?.as_ptr())).map(|_| ()),
             "chmod" => check(libc::chmod(c(a1)?.as_ptr(), number(a2)?)).map(|_| ()),
             "fchmod" => {
