@@ -60,6 +60,10 @@ pub fn bench(what: &str, args: &[String]) -> Result<()> {
         "memory" => return crate::bench::memory(args),
         other => bail!("unknown benchmark {other:?}; available: sensor, pipeline, scan, memory"),
     };
+    if what == "sensor" && args.first().map(String::as_str) == Some("--vm") {
+        setup::run(setup::Scope::All)?;
+        return crate::vm::bench(&args[1..]);
+    }
     if what == "sensor" && !is_root() {
         bail!("the {what} benchmark loads eBPF programs and must run as root");
     }

@@ -326,7 +326,7 @@ pub fn run(which: &str) -> Result<Counts> {
     {
         bail!("QEMU >= {QEMU_MIN_MAJOR} or busybox-static is missing: run `cargo xtask setup`");
     }
-    let initramfs = build_initramfs()?;
+    let initramfs = build_initramfs(None)?;
     let mut total = Counts::default();
     let mut per_kernel = Vec::new();
     for spec in selected {
@@ -339,6 +339,31 @@ pub fn run(which: &str) -> Result<Counts> {
         counts.print_closing(label);
     }
     Ok(total)
+}
+
+/// `cargo xtask bench sensor -- --vm [ARGS]`: the sensor benchmark inside each test kernel's
+/// VM (all three backends load there), ratios measured within the same VM. Under TCG every
+/// instruction is emulated: compare ratios, not seconds, with the native run.
+pub fn bench(args: &[String]) -> Result<()> {
+    let initramfs = build_initramfs(Some(&args.join(" ")))?;
+    for spec in KERNELS {
+        boot_and_test(spec, &initramfs)?;
+        let log = paths::target()
+            .join("vm")
+            .join(format!("console-{}.log", spec.label));
+        let text = fs::read_to_string(&log).with_context(|| format!("reading {}", log.display()))?;
+        let json = text
+            .lines()
+            .find_map(|l| l.split_once("FIM-VM: BENCH-JSON ").map(|(_, j)| j.to_string()))
+            .with_context(|| format!("the benchmark printed no result on {}", spec.label))?;
+        let out = paths::target()
+            .join("bench")
+            .join(format!("sensor-vm-{}.json", spec.label));
+        fs::create_dir_all(out.parent().context("bench dir")?)?;
+        fs::write(&out, json)?;
+        println!("[{}] written to {}", spec.label, out.display());
+    }
+    Ok(())
 }
 
 fn labels() -> Vec<&'static str> {
@@ -423,6 +448,13 @@ echo "FIM-VM: KERNEL $(uname -r)"
 echo "FIM-VM: LSM $(cat /sys/kernel/security/lsm)"
 # TCG makes every syscall slow: the burst test uses fewer files in the VM.
 export FIM_TEST_ENV=vm FIM_TEST_ACTOR=/bin/fim-test-actor PATH=/bin RUST_BACKTRACE=1 FIM_BURST_FILES=5000
+if [ -f /bench-args ]; then
+  # `cargo xtask bench sensor -- --vm`: the sensor benchmark instead of the tests.
+  /bin/fim-sensor-bench $(cat /bench-args) --out /tmp/sensor.json
+  echo "FIM-VM: BENCH-JSON $(tr -d '\n' < /tmp/sensor.json)"
+  echo "FIM-VM: DONE"
+  poweroff -f
+fi
 for t in /tests/*; do
   echo "FIM-VM: BEGIN $t"
   "$t" --test-threads=1
@@ -432,7 +464,7 @@ echo "FIM-VM: DONE"
 poweroff -f
 "#;
 
-fn build_initramfs() -> Result<PathBuf> {
+fn build_initramfs(bench_args: Option<&str>) -> Result<PathBuf> {
     let (tests, actor) = build_static_tests()?;
     cmd::step("packing the initramfs");
     let vm_dir = paths::target().join("vm");
@@ -448,6 +480,12 @@ fn build_initramfs() -> Result<PathBuf> {
     for test in &tests {
         let name = test.file_name().context("test binary without a name")?;
         fs::copy(test, root.join("tests").join(name))?;
+    }
+    if let Some(args) = bench_args {
+        let bench = actor.with_file_name("fim-sensor-bench");
+        fs::copy(&bench, root.join("bin/fim-sensor-bench"))
+            .with_context(|| format!("copying {}", bench.display()))?;
+        fs::write(root.join("bench-args"), args)?;
     }
     let init = root.join("init");
     fs::write(&init, INIT)?;
