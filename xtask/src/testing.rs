@@ -27,7 +27,7 @@ pub fn build_release() -> Result<()> {
     ]))
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
