@@ -148,3 +148,28 @@ fn scan_applies_store_retention() {
     let health = store.query("SELECT kind FROM health").unwrap().rows;
     assert_eq!(health.len(), 1);
 }
+
+#[test]
+fn run_with_a_malformed_configuration_exits_78_before_starting_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("fim.toml");
+    let state = dir.path().join("state");
+    std::fs::write(
+        &bad,
+        format!(
+            "state_dir = \"{}\"\nunknown_key = 1\n[[rule]]\nname = \"a\"\npath = \"/etc\"\n",
+            state.display()
+        ),
+    )
+    .unwrap();
+    let out = fim(&["run", "--config", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(78), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains(&format!("{}:2:1:", bad.display())),
+        "{}",
+        text(&out.stderr)
+    );
+    // Nothing started: no store was created, nothing was printed.
+    assert!(!state.exists());
+    assert!(out.stdout.is_empty());
+}
