@@ -8,6 +8,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 
@@ -158,6 +159,7 @@ fn change_worker(
     mut outputs: Outputs,
     config: Config,
     rules: Arc<RuleSet>,
+    pending: Arc<AtomicU64>,
 ) {
     let host = local_hostname();
     let mut store = match Store::open(&config.state_dir) {
@@ -192,6 +194,7 @@ fn change_worker(
                 for op in made.ops {
                     outputs.store(op);
                 }
+                pending.fetch_sub(1, Ordering::Relaxed);
             }
             Some(Work::Rescan(scope, why)) => {
                 let Some(store) = store.as_mut() else {
@@ -270,8 +273,8 @@ struct Feeder {
     tx: SyncSender<Work>,
     overflow: BTreeSet<PathBuf>,
     overflow_everything: bool,
-    metrics: Arc<Metrics>,
-    queued: u64,
+    /// Jobs sent and not yet done by the worker (the queue-depth gauge).
+    pending: Arc<AtomicU64>,
 }
 
 impl Feeder {
@@ -281,9 +284,15 @@ impl Feeder {
             .chain(job.new_path.clone())
             .collect();
         match self.tx.try_send(Work::Job(Box::new(job))) {
-            Ok(()) => self.queued += 1,
+            Ok(()) => {
+                self.pending.fetch_add(1, Ordering::Relaxed);
+            }
             Err(TrySendError::Full(_)) => {
-                self.metrics.store_dropped(0);
+                if self.overflow.is_empty() && !self.overflow_everything {
+                    log::warn!(
+                        "change queue full ({JOB_QUEUE} jobs): remembering paths for a rescan"
+                    );
+                }
                 for path in paths {
                     if self.overflow.len() >= OVERFLOW_PATHS {
                         self.overflow_everything = true;
@@ -416,22 +425,22 @@ pub async fn run_until(
         config.store.content_max_size,
     );
     let (tx, rx) = mpsc::sync_channel(JOB_QUEUE);
+    let pending = Arc::new(AtomicU64::new(0));
     // Changes made while fim was not running come first.
     tx.send(Work::Rescan(Scope::Everything, "start"))
         .context("queueing the start scan")?;
     let worker = {
-        let (config, rules) = (config.clone(), Arc::clone(&rules));
+        let (config, rules, done) = (config.clone(), Arc::clone(&rules), Arc::clone(&pending));
         std::thread::Builder::new()
             .name("fim-changes".into())
-            .spawn(move || change_worker(rx, maker, outputs, config, rules))
+            .spawn(move || change_worker(rx, maker, outputs, config, rules, done))
             .context("starting the change worker")?
     };
     let mut feeder = Feeder {
         tx: tx.clone(),
         overflow: BTreeSet::new(),
         overflow_everything: false,
-        metrics: Arc::clone(&metrics),
-        queued: 0,
+        pending: Arc::clone(&pending),
     };
     let classifier = Classifier::new(
         Arc::clone(&rules),
@@ -449,6 +458,7 @@ pub async fn run_until(
     let mut jobs: Vec<Job> = Vec::new();
     let mut tick = tokio::time::interval(TICK);
     let mut lost_seen = 0u64;
+    let mut malformed_seen = 0u64;
     let root_paths: Vec<PathBuf> = roots.iter().map(|r| r.path.clone()).collect();
     tokio::pin!(stop);
     loop {
@@ -482,7 +492,9 @@ pub async fn run_until(
                 feeder.drain_overflow();
                 let lost = sensor.lost_events().unwrap_or(lost_seen);
                 metrics.set_lost(backend, lost);
-                metrics.malformed(0);
+                let malformed = sensor.malformed_records();
+                metrics.malformed(malformed - malformed_seen);
+                malformed_seen = malformed;
                 if lost > lost_seen {
                     let detail = format!("{} kernel records lost; rescanning the watched roots", lost - lost_seen);
                     log::warn!("{detail}");
@@ -492,7 +504,7 @@ pub async fn run_until(
                         feeder.overflow_everything = true;
                     }
                 }
-                metrics.set_queue_depth(assembler.open_sessions() as u64);
+                metrics.set_queue_depth(pending.load(Ordering::Relaxed));
             }
             _ = &mut stop => break,
         }
@@ -500,6 +512,7 @@ pub async fn run_until(
     log::info!("stopping; lost kernel records: {lost_seen}");
     assembler.flush_all(&mut jobs);
     for job in jobs.drain(..) {
+        pending.fetch_add(1, Ordering::Relaxed);
         let _ = tx.send(Work::Job(Box::new(job)));
     }
     let _ = tx.send(Work::Stop);
