@@ -9,5 +9,6 @@ pub mod host;
 pub mod metrics;
 pub mod output;
 pub mod pipeline;
+pub mod query;
 pub mod sensor;
 pub mod store;

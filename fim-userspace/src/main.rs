@@ -49,12 +49,152 @@ enum Command {
         #[arg(long)]
         rehash: bool,
     },
+    /// Who changed PATH: its recorded changes, newest first, with the process behind each,
+    /// followed back through renames (the names the file had before).
+    Who {
+        /// The path (absolute, as fim reports it).
+        path: PathBuf,
+        /// At most this many changes.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Recorded changes matching filters, newest first.
+    Events {
+        /// Glob over the path or the new path (SQLite GLOB: `*` also matches `/`).
+        #[arg(long)]
+        path: Option<String>,
+        /// Only changes at or after this time: RFC 3339 or relative (30m, 2h, 7d).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only changes at or before this time: RFC 3339 or relative.
+        #[arg(long)]
+        until: Option<String>,
+        /// Only this activity (repeatable).
+        #[arg(long, value_enum)]
+        activity: Vec<ActivityArg>,
+        /// Only changes by this process id.
+        #[arg(long)]
+        pid: Option<u32>,
+        /// Only changes by this executable (absolute path).
+        #[arg(long)]
+        exe: Option<String>,
+        /// Only changes by this user id.
+        #[arg(long)]
+        uid: Option<u32>,
+        /// Only changes from this container id.
+        #[arg(long)]
+        container: Option<String>,
+        /// Only changes under rules of this group.
+        #[arg(long)]
+        group: Option<String>,
+        /// Only changes under this rule.
+        #[arg(long)]
+        rule: Option<String>,
+        /// Only authorized (true) or unauthorized (false) changes.
+        #[arg(long)]
+        authorized: Option<bool>,
+        /// At most this many changes.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Run one read-only SQL statement on the store (tables: baseline, changes, health,
+    /// content_versions, meta; view: ConfigurationChange). Writes are refused.
+    Sql {
+        /// The statement, e.g. "SELECT * FROM ConfigurationChange LIMIT 10".
+        statement: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// What changed in PATH between two of its recorded changes (default: the newest one and
+    /// the one before), with a unified diff when both contents were kept (upload_content).
+    Diff {
+        path: PathBuf,
+        /// The older change: its id, or a time (RFC 3339 or relative) for the newest change
+        /// at or before it.
+        #[arg(long)]
+        from: Option<String>,
+        /// The newer change: id or time, as --from (default: the newest).
+        #[arg(long)]
+        to: Option<String>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Whether the daemon runs (backend, uptime), what the store holds, kernel losses,
+    /// rescans and the last scan.
+    Status {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
     /// Validate the configuration; errors are printed as file:line:col: message (exit 78).
     CheckConfig {
         /// Main configuration file (default /etc/fim/fim.toml; conf.d/ next to it is read too).
         #[arg(long)]
         config: Option<PathBuf>,
     },
+}
+
+/// Where the query commands find the store, and how they print.
+#[derive(clap::Args)]
+struct StoreArgs {
+    /// Main configuration file whose state_dir holds the store (default /etc/fim/fim.toml).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The store database itself (instead of the configuration's state_dir/fim.db).
+    #[arg(long)]
+    store: Option<PathBuf>,
+    /// One JSON object per line instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ActivityArg {
+    Create,
+    Update,
+    Delete,
+    Rename,
+    SetAttributes,
+    SetSecurity,
+    Other,
+}
+
+impl ActivityArg {
+    fn id(self) -> i64 {
+        use fim::store::activity;
+        match self {
+            ActivityArg::Create => activity::CREATE,
+            ActivityArg::Update => activity::UPDATE,
+            ActivityArg::Delete => activity::DELETE,
+            ActivityArg::Rename => activity::RENAME,
+            ActivityArg::SetAttributes => activity::SET_ATTRIBUTES,
+            ActivityArg::SetSecurity => activity::SET_SECURITY,
+            ActivityArg::Other => activity::OTHER,
+        }
+    }
+}
+
+/// Runs one query command: opens the store read-only and reports errors like the others.
+fn query(
+    args: &StoreArgs,
+    run: impl FnOnce(&fim::store::ReadOnlyStore, &Path) -> Result<()>,
+) -> std::process::ExitCode {
+    let result = fim::query::open(args.config.as_deref(), args.store.as_deref())
+        .and_then(|(store, path)| run(&store, &path));
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fim: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn bytes(path: &Path) -> &[u8] {
+    path.as_os_str().as_bytes()
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -82,6 +222,60 @@ fn run_offline_command(command: &Command) -> Option<std::process::ExitCode> {
     match command {
         Command::Completions { shell } => Some(print_completions(*shell)),
         Command::CheckConfig { config } => Some(check_config(config.as_deref())),
+        Command::Who { path, limit, store } => Some(query(store, |s, _| {
+            fim::query::who(s, bytes(path), *limit, store.json)
+        })),
+        Command::Events {
+            path,
+            since,
+            until,
+            activity,
+            pid,
+            exe,
+            uid,
+            container,
+            group,
+            rule,
+            authorized,
+            limit,
+            store,
+        } => Some(query(store, |s, _| {
+            let now = fim::query::now_ns();
+            let time = |t: &Option<String>| {
+                t.as_deref()
+                    .map(|t| fim::query::parse_time(t, now))
+                    .transpose()
+            };
+            let filter = fim::query::EventFilter {
+                path: path.clone(),
+                since_ns: time(since)?,
+                until_ns: time(until)?,
+                activities: activity.iter().map(|a| a.id()).collect(),
+                pid: *pid,
+                exe: exe.clone(),
+                uid: *uid,
+                container: container.clone(),
+                group: group.clone(),
+                rule: rule.clone(),
+                authorized: *authorized,
+                limit: *limit,
+            };
+            fim::query::events(s, &filter, store.json)
+        })),
+        Command::Sql { statement, store } => Some(query(store, |s, _| {
+            fim::query::sql(s, statement, store.json)
+        })),
+        Command::Diff {
+            path,
+            from,
+            to,
+            store,
+        } => Some(query(store, |s, _| {
+            fim::query::diff(s, bytes(path), from.as_deref(), to.as_deref(), store.json)
+        })),
+        Command::Status { store } => Some(query(store, |s, path| {
+            fim::query::status(s, path, store.json)
+        })),
         Command::Scan {
             config,
             json,
@@ -258,7 +452,12 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             // Handled before the runtime starts.
-            Command::Completions { .. } => Ok(()),
+            Command::Completions { .. }
+            | Command::Who { .. }
+            | Command::Events { .. }
+            | Command::Sql { .. }
+            | Command::Diff { .. }
+            | Command::Status { .. } => Ok(()),
             Command::Run { backend, config } => {
                 run(backend.map(Backend::from), config.as_deref()).await
             }

@@ -541,3 +541,29 @@ fn who_history_is_newest_first() {
     let detail = format!("{:?}", plan.rows);
     assert!(detail.contains("changes_by_path_time"), "{detail}");
 }
+
+#[test]
+fn a_version_1_store_gets_the_rename_index_when_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fim.db");
+    drop(Store::open_path(&path).unwrap());
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch("DROP INDEX changes_by_new_path; PRAGMA user_version = 1;")
+            .unwrap();
+    }
+    drop(Store::open_path(&path).unwrap());
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, fim::store::SCHEMA_VERSION);
+    let index: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = 'changes_by_new_path'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(index, 1);
+}

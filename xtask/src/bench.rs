@@ -575,7 +575,9 @@ pub fn memory(args: &[String]) -> Result<()> {
 /// baseline gauge shows it), then reads its peak and current RSS and stops it. Returns
 /// (seconds, VmHWM KiB, VmRSS KiB).
 fn daemon_memory(fim: &Path, config: &Path, work: &Path) -> Result<(f64, u64, u64)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let daemon_config = work.join("fim-run.toml");
     let rules = fs::read_to_string(config)?;
     let (state, rules) = rules.split_at(rules.find("[[rule]]").unwrap_or(0));
@@ -603,14 +605,16 @@ fn daemon_memory(fim: &Path, config: &Path, work: &Path) -> Result<(f64, u64, u6
             break false;
         }
         std::thread::sleep(Duration::from_millis(500));
-        let scraped = std::net::TcpStream::connect(&metrics).ok().and_then(|mut s| {
-            use std::io::{Read, Write};
-            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                .ok()?;
-            let mut body = String::new();
-            s.read_to_string(&mut body).ok()?;
-            Some(body)
-        });
+        let scraped = std::net::TcpStream::connect(&metrics)
+            .ok()
+            .and_then(|mut s| {
+                use std::io::{Read, Write};
+                s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    .ok()?;
+                let mut body = String::new();
+                s.read_to_string(&mut body).ok()?;
+                Some(body)
+            });
         if scraped.is_some_and(|b| {
             b.lines().any(|l| {
                 l.strip_prefix("fim_baseline_files ")

@@ -56,9 +56,31 @@ pub fn bench(what: &str, args: &[String]) -> Result<()> {
     let bin = match what {
         "sensor" => "fim-sensor-bench",
         "pipeline" => "fim-pipeline-bench",
+        "who" => {
+            build_release()?;
+            cmd::step("building fim-who-bench (release)");
+            cmd::run(cargo().args([
+                "build",
+                "--release",
+                "--package",
+                "fim-tests",
+                "--bin",
+                "fim-who-bench",
+            ]))?;
+            let fim = paths::target().join("release").join("fim");
+            return cmd::run(
+                Command::new(paths::target().join("release").join("fim-who-bench"))
+                    .current_dir(paths::workspace())
+                    .arg("--fim")
+                    .arg(&fim)
+                    .args(args),
+            );
+        }
         "scan" => return crate::bench::scan(args),
         "memory" => return crate::bench::memory(args),
-        other => bail!("unknown benchmark {other:?}; available: sensor, pipeline, scan, memory"),
+        other => {
+            bail!("unknown benchmark {other:?}; available: sensor, pipeline, who, scan, memory")
+        }
     };
     if what == "sensor" && args.first().map(String::as_str) == Some("--vm") {
         setup::run(setup::Scope::All)?;

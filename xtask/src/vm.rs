@@ -351,10 +351,14 @@ pub fn bench(args: &[String]) -> Result<()> {
         let log = paths::target()
             .join("vm")
             .join(format!("console-{}.log", spec.label));
-        let text = fs::read_to_string(&log).with_context(|| format!("reading {}", log.display()))?;
+        let text =
+            fs::read_to_string(&log).with_context(|| format!("reading {}", log.display()))?;
         let json = text
             .lines()
-            .find_map(|l| l.split_once("FIM-VM: BENCH-JSON ").map(|(_, j)| j.to_string()))
+            .find_map(|l| {
+                l.split_once("FIM-VM: BENCH-JSON ")
+                    .map(|(_, j)| j.to_string())
+            })
             .with_context(|| format!("the benchmark printed no result on {}", spec.label))?;
         let out = paths::target()
             .join("bench")

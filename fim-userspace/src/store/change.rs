@@ -197,50 +197,70 @@ pub(crate) fn insert(conn: &Connection, change: &ChangeRecord) -> Result<()> {
 
 /// The newest changes of one path first (what `fim who PATH` shows).
 pub(crate) fn history(conn: &Connection, path: &[u8], limit: usize) -> Result<Vec<ChangeRecord>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT time, host, activity, path, new_path, rule, grp, backend, changed, previous,
+    Ok(select(conn, "path = ?1", &[&path], limit)?
+        .into_iter()
+        .map(|(_, change)| change)
+        .collect())
+}
+
+/// Change rows matching an SQL condition over the `changes` columns (`?1`... bound to
+/// `params`), newest first, with their row ids.
+pub fn select(
+    conn: &Connection,
+    condition: &str,
+    params: &[&dyn rusqlite::ToSql],
+    limit: usize,
+) -> Result<Vec<(i64, ChangeRecord)>> {
+    let sql = format!(
+        "SELECT id, time, host, activity, path, new_path, rule, grp, backend, changed, previous,
              hash_before, hash_after, size, authorized, truncated_path, pid, ppid, exe, cmdline,
              uid, user, login_uid, login_user, container_id, comm, process_start
-         FROM changes WHERE path = ?1 ORDER BY time DESC, id DESC LIMIT ?2",
-    )?;
-    let rows = stmt.query_map(params![path, limit as i64], |row| {
-        let changed: String = row.get(8)?;
-        let previous: Option<String> = row.get(9)?;
-        Ok(ChangeRecord {
-            kind: None,
-            time_ns: row.get(0)?,
-            host: row.get(1)?,
-            activity: row.get(2)?,
-            path: row.get(3)?,
-            new_path: row.get(4)?,
-            rule: row.get(5)?,
-            group: row.get(6)?,
-            backend: row.get(7)?,
-            // Written by `insert` as JSON; unreadable JSON (edited by hand) reads as empty.
-            changed: serde_json::from_str(&changed).unwrap_or_default(),
-            previous: previous.and_then(|p| serde_json::from_str(&p).ok()),
-            hash_before: row.get(10)?,
-            hash_after: row.get(11)?,
-            size: row.get::<_, Option<i64>>(12)?.map(|s| s as u64),
-            authorized: row.get(13)?,
-            truncated_path: row.get(14)?,
-            actor: Actor {
-                pid: row.get(15)?,
-                ppid: row.get(16)?,
-                exe: row.get(17)?,
-                cmdline: row.get(18)?,
-                uid: row.get(19)?,
-                user: row.get(20)?,
-                login_uid: row.get(21)?,
-                login_user: row.get(22)?,
-                container_id: row.get(23)?,
-                comm: row.get(24)?,
-                start_time_ns: row.get(25)?,
+         FROM changes WHERE {condition} ORDER BY time DESC, id DESC LIMIT {limit}"
+    );
+    let mut stmt = conn
+        .prepare_cached(&sql)
+        .context("preparing a change query")?;
+    let rows = stmt.query_map(params, |row| {
+        let changed: String = row.get(9)?;
+        let previous: Option<String> = row.get(10)?;
+        Ok((
+            row.get(0)?,
+            ChangeRecord {
+                kind: None,
+                time_ns: row.get(1)?,
+                host: row.get(2)?,
+                activity: row.get(3)?,
+                path: row.get(4)?,
+                new_path: row.get(5)?,
+                rule: row.get(6)?,
+                group: row.get(7)?,
+                backend: row.get(8)?,
+                // Written by `insert` as JSON; unreadable JSON (edited by hand) reads as empty.
+                changed: serde_json::from_str(&changed).unwrap_or_default(),
+                previous: previous.and_then(|p| serde_json::from_str(&p).ok()),
+                hash_before: row.get(11)?,
+                hash_after: row.get(12)?,
+                size: row.get::<_, Option<i64>>(13)?.map(|s| s as u64),
+                authorized: row.get(14)?,
+                truncated_path: row.get(15)?,
+                actor: Actor {
+                    pid: row.get(16)?,
+                    ppid: row.get(17)?,
+                    exe: row.get(18)?,
+                    cmdline: row.get(19)?,
+                    uid: row.get(20)?,
+                    user: row.get(21)?,
+                    login_uid: row.get(22)?,
+                    login_user: row.get(23)?,
+                    container_id: row.get(24)?,
+                    comm: row.get(25)?,
+                    start_time_ns: row.get(26)?,
+                },
             },
-        })
+        ))
     })?;
     rows.collect::<rusqlite::Result<Vec<_>>>()
-        .context("reading the change history")
+        .context("reading changes")
 }
 
 /// This host's name for the `host` column (`Computer` in the view); "unknown" if unavailable.

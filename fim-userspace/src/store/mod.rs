@@ -192,6 +192,27 @@ pub struct ReadOnlyStore {
 }
 
 impl ReadOnlyStore {
+    /// Change rows matching `condition` (SQL over the `changes` columns, `?1`... bound to
+    /// `params`), newest first, with their ids.
+    pub fn changes(
+        &self,
+        condition: &str,
+        params: &[&dyn rusqlite::ToSql],
+        limit: usize,
+    ) -> Result<Vec<(i64, ChangeRecord)>> {
+        change::select(&self.conn, condition, params, limit)
+    }
+
+    /// A stored content version.
+    pub fn content(&self, blake3: &[u8; 32]) -> Result<Option<Vec<u8>>> {
+        content::get(&self.conn, blake3)
+    }
+
+    /// The connection, for the query commands' own read-only statements.
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
     /// Runs one SQL statement and returns all its rows.
     pub fn query(&self, sql: &str) -> Result<QueryResult> {
         let explain = |e: rusqlite::Error| -> anyhow::Error {
@@ -204,6 +225,15 @@ impl ReadOnlyStore {
             }
         };
         let mut stmt = self.conn.prepare(sql).map_err(explain)?;
+        // SQLite's own verdict: anything that could write (or change how the connection
+        // writes, like PRAGMA writable_schema) is refused before it runs.
+        let setting_pragma =
+            sql.trim_start().to_ascii_lowercase().starts_with("pragma") && sql.contains('=');
+        if !stmt.readonly() || setting_pragma {
+            return Err(anyhow!(
+                "the store is opened read-only: only queries are allowed (this statement writes)"
+            ));
+        }
         let columns: Vec<String> = stmt.column_names().iter().map(|c| c.to_string()).collect();
         let count = columns.len();
         let mut rows = stmt.query([]).map_err(explain)?;

@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use rusqlite::Connection;
 
 /// Bumped when the schema changes; stored in `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS baseline (
@@ -61,6 +61,9 @@ CREATE TABLE IF NOT EXISTS changes (
 );
 CREATE INDEX IF NOT EXISTS changes_by_path_time ON changes (path, time DESC);
 CREATE INDEX IF NOT EXISTS changes_by_time ON changes (time);
+-- Version 2: `fim who` follows renames backwards (which rename produced this name?).
+CREATE INDEX IF NOT EXISTS changes_by_new_path ON changes (new_path, time DESC)
+    WHERE new_path IS NOT NULL;
 
 CREATE TABLE IF NOT EXISTS content_versions (
     blake3      TEXT PRIMARY KEY,
