@@ -77,11 +77,8 @@ fn run(args: &[String]) -> Result<()> {
     let targets: Vec<String> = [7u64, 123_456, 500_001, paths - 1]
         .iter()
         .map(|i| format!("/srv/data/d{}/f{}", i % 1000, i % paths))
-        .chain(std::iter::once(format!(
-            "/srv/data/d{}/g{}",
-            99 % 1000,
-            99 % paths
-        )))
+        // Row 99 is the first rename: its new name's history starts there.
+        .chain(std::iter::once(format!("/srv/data/d99/g{}", 99 % paths)))
         .collect();
     let mut end_to_end = Vec::new();
     let mut query_only = Vec::new();
