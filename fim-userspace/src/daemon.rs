@@ -24,7 +24,8 @@ use crate::pipeline::{
 };
 use crate::sensor::{self, Backend, Event, EventKind, SensorConfig, WatchRoot};
 use crate::store::{
-    ChangeRecord, HealthRecord, Store, StoreOp, StoreWriter, WriterSettings, local_hostname,
+    ChangeRecord, HealthRecord, Retention, Store, StoreOp, StoreWriter, WriterSettings,
+    local_hostname,
 };
 
 /// Jobs waiting for the change worker; beyond this the paths are remembered for a rescan
@@ -33,6 +34,8 @@ const JOB_QUEUE: usize = 65_536;
 /// Paths remembered while the queue is full; beyond this the next rescan covers everything.
 const OVERFLOW_PATHS: usize = 10_000;
 const TICK: Duration = Duration::from_millis(100);
+/// How often old change and health rows are pruned (`[store] retention_days`, `max_changes`).
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// The sensor's roots from the configured rules: the literal prefix of each enabled rule's
 /// path, recursive unless the rule only reaches the root itself or its direct entries.
@@ -170,6 +173,7 @@ fn change_worker(
         }
     };
     let mut last_flush = Instant::now();
+    let mut last_prune: Option<Instant> = None;
     let mut baseline_files: i64 = 0;
     loop {
         let item = match work.recv_timeout(Duration::from_millis(200)) {
@@ -251,6 +255,22 @@ fn change_worker(
             }
             Some(Work::Stop) => break,
             None => {}
+        }
+        // Retention, like `fim scan` applies it: at start and then every hour.
+        if last_prune.is_none_or(|at| at.elapsed() >= PRUNE_EVERY)
+            && let Some(store) = store.as_mut()
+        {
+            last_prune = Some(Instant::now());
+            let retention_ns =
+                i64::from(config.store.retention_days).saturating_mul(86_400 * 1_000_000_000);
+            let retention = Retention {
+                older_than_ns: now_ns().saturating_sub(retention_ns),
+                max_changes: config.store.max_changes,
+            };
+            if let Err(e) = store.prune(retention) {
+                outputs.metrics.store_error();
+                log::warn!("pruning old rows: {e:#}");
+            }
         }
         if last_flush.elapsed() >= Duration::from_millis(200) {
             last_flush = Instant::now();

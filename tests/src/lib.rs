@@ -3,6 +3,7 @@
 //! shared sensor per backend (loading a backend costs seconds under QEMU, so every scenario
 //! of a test binary reuses it).
 
+pub mod daemon;
 pub mod prometheus;
 
 use std::{

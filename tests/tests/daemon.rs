@@ -1,104 +1,18 @@
 //! The daemon end to end: `fim run`'s pipeline in this process (on the best backend that
-//! works here), changes made by a separate process, and what comes out: OCSF lines with exact
-//! attribution and previous values, the store, and the metrics a real Prometheus scrapes.
+//! works here: tracepoint natively, lsm in the VMs), changes made by a separate process, and
+//! what comes out: OCSF lines with exact attribution and previous values, the store, the
+//! metrics. (tests/daemon_prometheus.rs checks the metrics through a real Prometheus.)
 //! Then downtime: a change made while fim is stopped is reported at the next start with
 //! attribution unknown.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
-use fim::config::Config;
-use fim_tests::prometheus::{PrometheusServer, free_port, http_get};
+use fim_tests::daemon::{Daemon, events, find, metric, wait_until, write_config};
+use fim_tests::prometheus::free_port;
 use fim_tests::{actor_path, require_root, run_actor};
 use serde_json::Value;
-
-struct Daemon {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
-}
-
-impl Daemon {
-    fn start(config_file: &Path) -> Daemon {
-        let config = Config::load(Some(config_file)).expect("valid test configuration");
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(fim::daemon::run_until(config, None, async move {
-                let _ = stopped.await;
-            }))
-        });
-        Daemon {
-            stop: Some(stop),
-            thread: Some(thread),
-        }
-    }
-
-    fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        let result = self.thread.take().unwrap().join().expect("daemon thread");
-        result.expect("the daemon stopped with an error");
-    }
-}
-
-fn metric(address: SocketAddr, name: &str) -> Option<f64> {
-    let (status, body) = http_get(address, "/metrics").ok()?;
-    if status != 200 {
-        return None;
-    }
-    String::from_utf8_lossy(&body).lines().find_map(|line| {
-        let rest = line.strip_prefix(name)?;
-        rest.starts_with(' ').then(|| rest.trim().parse().ok())?
-    })
-}
-
-fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// The OCSF events in the output file about paths below `tree`.
-fn events(output: &Path, tree: &Path) -> Vec<Value> {
-    let text = std::fs::read_to_string(output).unwrap_or_default();
-    let prefix = tree.to_string_lossy().into_owned();
-    text.lines()
-        .map(|l| serde_json::from_str::<Value>(l).expect("every output line is JSON"))
-        .filter(|e| {
-            e["file"]["path"]
-                .as_str()
-                .is_some_and(|p| p.starts_with(&prefix))
-        })
-        .collect()
-}
-
-fn find<'a>(events: &'a [Value], activity: i64, path: &Path) -> &'a Value {
-    let path = path.to_string_lossy();
-    events
-        .iter()
-        .find(|e| e["activity_id"] == activity && e["file"]["path"] == *path)
-        .unwrap_or_else(|| panic!("no activity {activity} for {path} in {events:#?}"))
-}
-
-fn write_config(dir: &Path, tree: &Path, metrics: SocketAddr) -> PathBuf {
-    let path = dir.join("fim.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "state_dir = \"{}\"\n[output]\nfile = \"{}\"\n[metrics]\naddress = \"{metrics}\"\n\n\
-             [[rule]]\nname = \"tree\"\ngroup = \"daemon-test\"\npath = \"{}\"\nrecursive = true\n",
-            dir.join("state").display(),
-            dir.join("out/fim.json").display(),
-            tree.display()
-        ),
-    )
-    .unwrap();
-    path
-}
 
 #[test]
 fn changes_are_reported_with_attribution_stored_and_counted() {
@@ -116,8 +30,6 @@ fn changes_are_reported_with_attribution_stored_and_counted() {
     wait_until("the start scan", Duration::from_secs(30), || {
         metric(metrics, "fim_baseline_files") == Some(2.0)
     });
-    let prometheus = PrometheusServer::start(&[metrics])
-        .expect("starting Prometheus (installed by `cargo xtask setup`; this test needs it)");
 
     let a = tree.join("a");
     let (b, c, d) = (tree.join("b"), tree.join("c"), tree.join("d"));
@@ -187,22 +99,11 @@ fn changes_are_reported_with_attribution_stored_and_counted() {
     expect_actor(mkdir, pids[5]);
     assert_eq!(mkdir["file"]["type_id"], 2);
 
-    // The same numbers through a real Prometheus: two creations, and a baseline of the tree,
-    // a and d.
-    prometheus
-        .wait_for(
-            "fim_events_total{activity=\"create\"}",
-            |r| r.first().is_some_and(|(_, v)| *v == 2.0),
-            Duration::from_secs(20),
-        )
-        .expect("fim_events_total{activity=\"create\"} == 2 in Prometheus");
-    prometheus
-        .wait_for(
-            "fim_baseline_files",
-            |r| r.first().is_some_and(|(_, v)| *v == 3.0),
-            Duration::from_secs(20),
-        )
-        .expect("fim_baseline_files == 3 in Prometheus");
+    // The metrics endpoint counts them: two creations, and a baseline of the tree, a and d.
+    wait_until("the metrics", Duration::from_secs(10), || {
+        metric(metrics, "fim_events_total{activity=\"create\"}") == Some(2.0)
+            && metric(metrics, "fim_baseline_files") == Some(3.0)
+    });
     daemon.stop();
 
     // The store has the six changes with their attribution.

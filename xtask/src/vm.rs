@@ -376,7 +376,7 @@ fn labels() -> Vec<&'static str> {
 
 /// Integration tests that need host tools the initramfs does not have (a Prometheus
 /// server); they exercise no kernel code, and `cargo test` runs them natively.
-const NATIVE_ONLY_TESTS: &[&str] = &["prometheus", "daemon"];
+const NATIVE_ONLY_TESTS: &[&str] = &["prometheus", "daemon_prometheus"];
 
 /// Static builds of the integration test binaries and the test actor.
 fn build_static_tests() -> Result<(Vec<PathBuf>, PathBuf)> {
@@ -447,6 +447,8 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 mount -t tmpfs tmpfs /tmp
 mount -t securityfs securityfs /sys/kernel/security
+# Loopback for the tests that talk to fim's metrics endpoint.
+ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up
 echo
 echo "FIM-VM: KERNEL $(uname -r)"
 echo "FIM-VM: LSM $(cat /sys/kernel/security/lsm)"

@@ -96,7 +96,7 @@ pub fn status(store: &ReadOnlyStore, path: &Path, json_out: bool) -> Result<()> 
         "rescans": count(store, "SELECT count(*) FROM health WHERE kind = 'rescan'")?,
         "last_scan": scan.as_ref().map(|s| json!({"time": format_ns(s.time_ns), "detail": s.detail})),
         "store": {"path": path.display().to_string(), "bytes": size},
-        "last_store_problem": last_health(store, &["store_error", "rows_dropped"])?
+        "last_store_problem": last_health(store, &["store_error", "store_rows_dropped"])?
             .map(|h| json!({"time": format_ns(h.time_ns), "detail": h.detail})),
     });
     let mut out = std::io::stdout().lock();
