@@ -146,3 +146,91 @@ fn changes_are_reported_with_attribution_stored_and_counted() {
     assert!(update["actor"]["process"].get("pid").is_none());
     find(late, 4, &d);
 }
+
+/// The store's disk fills up while fim runs: changes are still reported on the output, the
+/// failure shows in the metrics, and once there is space again every change reaches the store.
+#[test]
+fn a_full_disk_for_the_store_is_survived_and_nothing_is_lost() {
+    use std::os::unix::ffi::OsStrExt;
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let root = std::fs::canonicalize(dir.path()).unwrap();
+    let tree = root.join("tree");
+    std::fs::create_dir(&tree).unwrap();
+    std::fs::write(tree.join("a"), b"initial\n").unwrap();
+    // The state directory on a small file system of its own.
+    let state = root.join("state");
+    std::fs::create_dir(&state).unwrap();
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    // SAFETY: valid strings; the mount is undone below.
+    let rc = unsafe {
+        libc::mount(
+            c(Path::new("tmpfs")).as_ptr(),
+            c(&state).as_ptr(),
+            c(Path::new("tmpfs")).as_ptr(),
+            0,
+            c(Path::new("size=4m")).as_ptr().cast(),
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "mounting a tmpfs: {}",
+        std::io::Error::last_os_error()
+    );
+    struct Unmount(std::ffi::CString);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            // SAFETY: unmounting what this test mounted.
+            unsafe { libc::umount2(self.0.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+    let _unmount = Unmount(c(&state));
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
+    let config = write_config(&root, &tree, metrics);
+    let output = root.join("out/fim.json");
+    let daemon = Daemon::start(&config);
+    wait_until("the start scan", Duration::from_secs(30), || {
+        metric(metrics, "fim_baseline_files") == Some(2.0)
+    });
+    // Fill the file system.
+    let filler = state.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 64 * 1024];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.sync_all();
+    }
+    let files = 20;
+    for i in 0..files {
+        run_actor(&["create".as_ref(), tree.join(format!("f{i}")).as_os_str()]).expect("actor");
+    }
+    // Monitoring goes on: the output has every change.
+    wait_until("the changes on the output", Duration::from_secs(20), || {
+        events(&output, &tree).len() >= files
+    });
+    wait_until(
+        "the store failure in the metrics",
+        Duration::from_secs(20),
+        || metric(metrics, "fim_store_errors_total").is_some_and(|v| v > 0.0),
+    );
+    // Space again: everything is written.
+    std::fs::remove_file(&filler).unwrap();
+    let count = || -> i64 {
+        let Ok(db) = rusqlite::Connection::open(state.join("fim.db")) else {
+            return 0;
+        };
+        db.query_row(
+            "SELECT count(*) FROM changes WHERE pid IS NOT NULL AND activity = 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap_or(0)
+    };
+    wait_until("the changes in the store", Duration::from_secs(90), || {
+        count() >= files as i64
+    });
+    daemon.stop();
+    assert_eq!(count(), files as i64, "each change exactly once");
+}
