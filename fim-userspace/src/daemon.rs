@@ -54,6 +54,16 @@ pub fn sensor_roots(rules: &RuleSet) -> Vec<WatchRoot> {
         .collect()
 }
 
+/// Gives memory freed by a burst of work (the kernel's BTF parsed while choosing a backend, a
+/// rescan) back to the system: glibc keeps freed heap otherwise, and it shows as resident.
+fn release_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 pub fn now_ns() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -222,6 +232,8 @@ fn change_worker(
                     outputs.emit(change, None);
                 }
                 maker.forget_recent();
+                drop(found);
+                release_free_memory();
                 match result {
                     Ok(report) => {
                         let kind = if why == "start" { "scan" } else { "rescan" };
@@ -409,6 +421,7 @@ pub async fn run_until(
         log::warn!("backend {} skipped: {why:#}", backend.name());
     }
     let mut sensor = selection.sensor;
+    release_free_memory();
     let backend = sensor.backend().name();
     metrics.sensor(backend);
     log::info!(

@@ -63,7 +63,9 @@ impl Default for SensorConfig {
     fn default() -> Self {
         SensorConfig {
             roots: Vec::new(),
-            ring_buffer_bytes: 16 * 1024 * 1024,
+            // Mapped twice into the process (the kernel's wrap-around trick), so it counts
+            // double in RSS; 8 MiB holds ~40,000 records while user space catches up.
+            ring_buffer_bytes: 8 * 1024 * 1024,
             exclude_self: true,
         }
     }
@@ -123,6 +125,8 @@ impl Sensor {
                 }
             }
         }
+        // The parsed kernel BTF is large: free it before aya parses its own copy.
+        drop(kernel_btf);
         let mut ebpf = EbpfLoader::new()
             .override_global("OFFSETS", &offsets, true)
             .map_max_entries("EVENTS", config.ring_buffer_bytes)
