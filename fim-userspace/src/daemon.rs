@@ -208,62 +208,39 @@ fn change_worker(
                 for op in made.ops {
                     outputs.store(op);
                 }
+                if made.moved_below {
+                    // The next lookups read below the new name from SQLite.
+                    let _ = outputs.writer.flush();
+                }
+                if let Some(dir) = made.scan_below {
+                    use std::os::unix::ffi::OsStrExt;
+                    let dir = PathBuf::from(std::ffi::OsStr::from_bytes(&dir));
+                    rescan_now(
+                        &mut store,
+                        &mut maker,
+                        &mut outputs,
+                        &config,
+                        &rules,
+                        &host,
+                        Scope::Paths(vec![dir]),
+                        "directory moved in",
+                        &mut baseline_files,
+                    );
+                }
                 pending.fetch_sub(1, Ordering::Relaxed);
             }
             Some(Work::Rescan(scope, why)) => {
-                let Some(store) = store.as_mut() else {
-                    continue;
-                };
-                // Let the writer commit what is queued, so the scan compares with it.
-                let _ = outputs.writer.flush();
-                outputs.metrics.rescan();
-                let started = Instant::now();
-                let options = scan_options(&config, false);
-                let mut found = Vec::new();
-                let result = baseline::rescan(store, &rules, &options, &scope, |item| {
-                    found.push(ChangeRecord::from_drift_item(
-                        &item,
-                        &rules,
-                        &host,
-                        now_ns(),
-                    ));
-                });
-                for change in &found {
-                    outputs.emit(change, None);
-                }
-                maker.forget_recent();
-                drop(found);
-                release_free_memory();
-                match result {
-                    Ok(report) => {
-                        let kind = if why == "start" { "scan" } else { "rescan" };
-                        outputs.health(
-                            kind,
-                            None,
-                            format!(
-                                "{why}: {}{} in {:.1}s; {} entries, {} hashed",
-                                report.summary(),
-                                if report.first_scan {
-                                    " (baseline created)"
-                                } else {
-                                    ""
-                                },
-                                started.elapsed().as_secs_f64(),
-                                report.stats.entries,
-                                report.stats.files_hashed,
-                            ),
-                            0,
-                        );
-                        if let Ok(n) = store.baseline_len() {
-                            baseline_files = n as i64;
-                            outputs.metrics.set_baseline_files(n);
-                        }
-                    }
-                    Err(e) => {
-                        outputs.metrics.store_error();
-                        log::error!("rescan ({why}) failed: {e:#}");
-                    }
-                }
+                rescan_now(
+                    &mut store,
+                    &mut maker,
+                    &mut outputs,
+                    &config,
+                    &rules,
+                    &host,
+                    scope,
+                    why,
+                    &mut baseline_files,
+                );
             }
             Some(Work::Stop) => break,
             None => {}
@@ -297,6 +274,70 @@ fn change_worker(
         }
     }
     let _ = outputs.sink.flush();
+}
+
+/// Compares `scope` with the baseline now (start, kernel loss, overflow, a directory moved in)
+/// and reports what differs, attribution unknown.
+#[allow(clippy::too_many_arguments)]
+fn rescan_now(
+    store: &mut Option<Store>,
+    maker: &mut ChangeMaker,
+    outputs: &mut Outputs,
+    config: &Config,
+    rules: &RuleSet,
+    host: &str,
+    scope: Scope,
+    why: &'static str,
+    baseline_files: &mut i64,
+) {
+    let Some(store) = store.as_mut() else {
+        return;
+    };
+    // Let the writer commit what is queued, so the scan compares with it.
+    let _ = outputs.writer.flush();
+    outputs.metrics.rescan();
+    let started = Instant::now();
+    let options = scan_options(config, false);
+    let mut found = Vec::new();
+    let result = baseline::rescan(store, rules, &options, &scope, |item| {
+        found.push(ChangeRecord::from_drift_item(&item, rules, host, now_ns()));
+    });
+    for change in &found {
+        outputs.emit(change, None);
+    }
+    maker.forget_recent();
+    drop(found);
+    release_free_memory();
+    match result {
+        Ok(report) => {
+            let kind = if why == "start" { "scan" } else { "rescan" };
+            outputs.health(
+                kind,
+                None,
+                format!(
+                    "{why}: {}{} in {:.1}s; {} entries, {} hashed",
+                    report.summary(),
+                    if report.first_scan {
+                        " (baseline created)"
+                    } else {
+                        ""
+                    },
+                    started.elapsed().as_secs_f64(),
+                    report.stats.entries,
+                    report.stats.files_hashed,
+                ),
+                0,
+            );
+            if let Ok(n) = store.baseline_len() {
+                *baseline_files = n as i64;
+                outputs.metrics.set_baseline_files(n);
+            }
+        }
+        Err(e) => {
+            outputs.metrics.store_error();
+            log::error!("rescan ({why}) failed: {e:#}");
+        }
+    }
 }
 
 /// Jobs for the worker, with the overflow policy: when the queue is full the path is kept for

@@ -567,3 +567,63 @@ fn a_version_1_store_gets_the_rename_index_when_opened() {
         .unwrap();
     assert_eq!(index, 1);
 }
+
+#[test]
+fn rows_below_a_renamed_directory_move_byte_for_byte() {
+    use fim::baseline::{BaselineEntry, EntryFlags, FileKind};
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open_path(&dir.path().join("fim.db")).unwrap();
+    let entry = |path: &[u8]| BaselineEntry {
+        path: path.to_vec(),
+        kind: FileKind::File,
+        size: 1,
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        mtime_ns: 0,
+        ctime_ns: 0,
+        inode: 1,
+        dev: 1,
+        blake3: None,
+        xattr_digest: None,
+        link_target: None,
+        flags: EntryFlags::default(),
+        errno: None,
+        scanned_at_ns: 0,
+    };
+    let paths: [&[u8]; 5] = [b"/d", b"/d/a", b"/d/sub/b\xff\n", b"/d0", b"/dx/c"];
+    let ops: Vec<StoreOp> = paths
+        .iter()
+        .map(|p| StoreOp::BaselineUpsert(entry(p)))
+        .collect();
+    store.write(&ops).unwrap();
+    store
+        .write(&[StoreOp::BaselineMoveBelow {
+            from: b"/d".to_vec(),
+            to: b"/e\xfe".to_vec(),
+        }])
+        .unwrap();
+    let mut now: Vec<Vec<u8>> = store
+        .load_baseline()
+        .unwrap()
+        .entries()
+        .map(|e| e.path.clone())
+        .collect();
+    now.sort();
+    let expected: Vec<Vec<u8>> = vec![
+        b"/d".to_vec(),
+        b"/d0".to_vec(),
+        b"/dx/c".to_vec(),
+        b"/e\xfe/a".to_vec(),
+        b"/e\xfe/sub/b\xff\n".to_vec(),
+    ];
+    assert_eq!(now, expected);
+    // Moved out of every watched tree: removed.
+    store
+        .write(&[StoreOp::BaselineMoveBelow {
+            from: b"/e\xfe".to_vec(),
+            to: Vec::new(),
+        }])
+        .unwrap();
+    assert_eq!(store.load_baseline().unwrap().len(), 3);
+}

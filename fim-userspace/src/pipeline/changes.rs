@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 
 use super::assemble::{Job, JobKind};
-use crate::baseline::{BaselineEntry, ChangedField, ContentVersion, changed_fields, hex};
+use crate::baseline::{BaselineEntry, ChangedField, ContentVersion, FileKind, changed_fields, hex};
 use crate::sensor::EventKind;
 use crate::store::{ChangeRecord, ContentRecord, StoreOp, activity, previous_json};
 
@@ -65,6 +65,10 @@ pub struct Made {
     pub hashed_bytes: u64,
     /// Baseline rows added minus removed (for the baseline-size gauge).
     pub baseline_delta: i64,
+    /// A directory moved into a watched tree: what is below it must be scanned.
+    pub scan_below: Option<Vec<u8>>,
+    /// The ops move baseline rows below a directory: later lookups must see them committed.
+    pub moved_below: bool,
 }
 
 fn content_changed(changed: &[ChangedField]) -> bool {
@@ -273,6 +277,30 @@ impl ChangeMaker {
         change.hash_before = old.as_ref().and_then(|o| o.blake3.map(|h| hex(&h)));
         if old.is_some() {
             self.set(&job.path, None, made, true);
+        }
+        let is_dir = old
+            .as_ref()
+            .map(|o| o.kind)
+            .or(job.file_kind)
+            .is_some_and(|k| k == FileKind::Dir);
+        if is_dir {
+            // What was below the directory is below its new name now (or gone from view).
+            let to = if job.rule2.is_some() {
+                new_path.clone()
+            } else {
+                Vec::new()
+            };
+            made.ops.push(StoreOp::BaselineMoveBelow {
+                from: job.path.clone(),
+                to,
+            });
+            made.moved_below = true;
+            let mut below = job.path.clone();
+            below.push(b'/');
+            self.overlay.retain(|path, _| !path.starts_with(&below));
+            if old.is_none() && job.rule2.is_some() {
+                made.scan_below = Some(new_path.clone());
+            }
         }
         if job.rule2.is_some() && !job.truncated_path {
             let keep = self.keep_content(job);

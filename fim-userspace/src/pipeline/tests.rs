@@ -179,6 +179,23 @@ impl Harness {
                     StoreOp::BaselineRemove(p) => {
                         self.stored.lock().unwrap().remove(p);
                     }
+                    StoreOp::BaselineMoveBelow { from, to } => {
+                        let mut stored = self.stored.lock().unwrap();
+                        let mut below = from.clone();
+                        below.push(b'/');
+                        let moved: Vec<Vec<u8>> = stored
+                            .keys()
+                            .filter(|p| p.starts_with(&below))
+                            .cloned()
+                            .collect();
+                        for path in moved {
+                            let mut e = stored.remove(&path).unwrap();
+                            if !to.is_empty() {
+                                e.path = [to.as_slice(), &path[from.len()..]].concat();
+                                stored.insert(e.path.clone(), e);
+                            }
+                        }
+                    }
                     _ => {}
                 }
             }
@@ -334,6 +351,35 @@ fn atomic_save_is_a_rename_that_lists_what_changed_in_the_target() {
     let stored = h.stored.lock().unwrap();
     assert!(stored.get(&b"/etc/.conf.swp"[..]).is_none());
     assert_eq!(stored.get(&b"/etc/conf"[..]).unwrap().size, 11);
+}
+
+#[test]
+fn a_renamed_directory_takes_its_entries_along() {
+    let mut h = Harness::new();
+    h.baseline("/etc/dir", (0, 4096, 0o755));
+    h.baseline("/etc/dir/f", (1, 1, 0o644));
+    h.stored
+        .lock()
+        .unwrap()
+        .get_mut(&b"/etc/dir"[..])
+        .unwrap()
+        .kind = FileKind::Dir;
+    h.disk("/etc/dir", None);
+    h.disk("/etc/dir/f", None);
+    h.disk("/etc/dir2", Some((0, 4096, 0o755)));
+    h.disk("/etc/dir2/f", Some((1, 1, 0o644)));
+    let changes = h.feed(EventKind::Rename, "/etc/dir", "/etc/dir2", 0);
+    assert_eq!(changes.len(), 1);
+    let stored = h.stored.lock().unwrap();
+    let mut paths: Vec<&[u8]> = stored.keys().map(Vec::as_slice).collect();
+    paths.sort();
+    assert_eq!(paths, [&b"/etc/dir2"[..], &b"/etc/dir2/f"[..]]);
+    drop(stored);
+    // A later write below the new name compares with the moved entry: an update, not a create.
+    h.disk("/etc/dir2/f", Some((2, 2, 0o644)));
+    h.feed(EventKind::OpenWrite, "/etc/dir2/f", "", O_WRONLY);
+    let changes = h.feed(EventKind::Modified, "/etc/dir2/f", "", 0);
+    assert_eq!(changes[0].activity, activity::UPDATE);
 }
 
 #[test]

@@ -49,6 +49,29 @@ pub(crate) fn remove(conn: &Connection, path: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Moves the rows below directory `from` to below `to` (`to` empty: removes them). Paths are
+/// BLOBs and compared as bytes: everything below `from/` sorts in [`from/`, `from0`).
+pub(crate) fn move_below(conn: &Connection, from: &[u8], to: &[u8]) -> Result<()> {
+    let mut lower = from.to_vec();
+    lower.push(b'/');
+    let mut upper = from.to_vec();
+    upper.push(b'0');
+    if to.is_empty() {
+        conn.prepare_cached("DELETE FROM baseline WHERE path >= ?1 AND path < ?2")?
+            .execute(params![lower, upper])
+            .context("removing baseline rows below a directory")?;
+        return Ok(());
+    }
+    // `||` yields TEXT; the CAST gives the same bytes back as a BLOB, like every other path.
+    conn.prepare_cached(
+        "UPDATE OR REPLACE baseline SET path = CAST(?1 || substr(path, ?2) AS BLOB)
+         WHERE path >= ?3 AND path < ?4",
+    )?
+    .execute(params![to, from.len() as i64 + 1, lower, upper])
+    .context("moving baseline rows below a renamed directory")?;
+    Ok(())
+}
+
 /// Replaces the whole table in one transaction (readers see the old or the new baseline).
 pub(crate) fn replace(conn: &mut Connection, baseline: &Baseline) -> Result<()> {
     let tx = conn

@@ -33,6 +33,12 @@ pub enum StoreOp {
     Content(ContentRecord),
     BaselineUpsert(BaselineEntry),
     BaselineRemove(Vec<u8>),
+    /// A directory was renamed: the rows below `from` move below `to` (replacing stale rows
+    /// there); with `to` empty they are removed (moved out of every watched tree).
+    BaselineMoveBelow {
+        from: Vec<u8>,
+        to: Vec<u8>,
+    },
 }
 
 /// Where batches go: SQLite in production, a fault-injecting fake in tests.
@@ -68,6 +74,7 @@ pub(crate) fn write_ops(conn: &mut Connection, ops: &[StoreOp]) -> Result<()> {
             StoreOp::Content(c) => content::insert(&tx, c)?,
             StoreOp::BaselineUpsert(e) => baseline::upsert(&tx, e)?,
             StoreOp::BaselineRemove(p) => baseline::remove(&tx, p)?,
+            StoreOp::BaselineMoveBelow { from, to } => baseline::move_below(&tx, from, to)?,
         }
     }
     tx.commit().context("committing a write batch")
