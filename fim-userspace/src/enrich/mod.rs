@@ -155,14 +155,19 @@ impl ProcessCache {
         out
     }
 
-    fn examine(&mut self, event: &Event) -> Process {
+    /// What the record itself tells, with the start time on the wall clock and user names.
+    fn record_actor(&mut self, event: &Event) -> crate::store::Actor {
         let k = &event.actor;
         let mut actor = kernel_actor(event);
         actor.start_time_ns = Some(self.boot_epoch_ns + k.start_boottime_ns as i64);
         actor.user = self.users.name(k.uid);
-        actor.login_uid.inspect(|uid| {
-            actor.login_user = self.users.name(*uid);
-        });
+        actor.login_user = actor.login_uid.and_then(|uid| self.users.name(uid));
+        actor
+    }
+
+    fn examine(&mut self, event: &Event) -> Process {
+        let k = &event.actor;
+        let mut actor = self.record_actor(event);
         let mut ancestors = Vec::new();
         if self.same_process(k.tgid, k.start_boottime_ns) {
             actor.exe = self.exe(k.tgid);
@@ -210,17 +215,21 @@ pub fn command_line(raw: &[u8]) -> Vec<u8> {
     out
 }
 
+/// pid, start time and comm: an exec keeps the first two but changes the comm.
+fn cache_key(event: &Event) -> (u32, u64, [u8; 16]) {
+    (
+        event.actor.tgid,
+        event.actor.start_boottime_ns,
+        event.actor.comm,
+    )
+}
+
 impl ProcessCache {
     /// The process an exec record describes: executable and arguments from the kernel, the
     /// ancestors from the parent's own exec (or /proc).
     fn process_of_exec(&mut self, event: &Event) -> Process {
         let k = &event.actor;
-        let mut actor = kernel_actor(event);
-        actor.start_time_ns = Some(self.boot_epoch_ns + k.start_boottime_ns as i64);
-        actor.user = self.users.name(k.uid);
-        actor.login_uid.inspect(|uid| {
-            actor.login_user = self.users.name(*uid);
-        });
+        let mut actor = self.record_actor(event);
         if !event.path.is_empty() && !event.truncated() {
             actor.exe = Some(event.path.clone());
         }
@@ -253,11 +262,7 @@ impl ProcessCache {
 
 impl Enrich for ProcessCache {
     fn exec(&mut self, event: &Event) {
-        let key = (
-            event.actor.tgid,
-            event.actor.start_boottime_ns,
-            event.actor.comm,
-        );
+        let key = cache_key(event);
         let process = Arc::new(self.process_of_exec(event));
         if self.cache.len() >= CACHE_MAX {
             self.cache.clear();
@@ -268,11 +273,7 @@ impl Enrich for ProcessCache {
     }
 
     fn actor(&mut self, event: &Event) -> Arc<Process> {
-        let key = (
-            event.actor.tgid,
-            event.actor.start_boottime_ns,
-            event.actor.comm,
-        );
+        let key = cache_key(event);
         if let Some(hit) = self.cache.get(&key) {
             self.hits += 1;
             return Arc::clone(hit);
