@@ -24,8 +24,8 @@ use crate::pipeline::{
 };
 use crate::sensor::{self, Backend, Event, EventKind, SensorConfig, WatchRoot};
 use crate::store::{
-    ChangeRecord, HealthRecord, Retention, Store, StoreOp, StoreWriter, WriterSettings,
-    local_hostname,
+    ChangeRecord, HealthRecord, IntegrityReport, Retention, Store, StoreOp, StoreWriter,
+    WriterSettings, local_hostname,
 };
 
 /// Jobs waiting for the change worker; beyond this the paths are remembered for a rescan
@@ -148,10 +148,40 @@ impl Outputs {
         }
     }
 
+    fn flush(&mut self) {
+        if let Err(e) = self.sink.flush() {
+            self.metrics.output_error();
+            log::warn!("output: {e:#}");
+        }
+    }
+
     fn store(&self, op: StoreOp) {
         if self.writer.send(op).is_err() {
             self.metrics.store_error();
         }
+    }
+
+    /// The start's baseline check: an alert on every channel when something is wrong.
+    fn integrity(&mut self, report: &IntegrityReport) {
+        if !report.alert() {
+            log::info!("baseline integrity: {}", report.summary());
+            return;
+        }
+        log::error!("BASELINE INTEGRITY ALERT: {}", report.summary());
+        for path in report.logged_paths() {
+            log::error!("baseline row failed authentication: {path}");
+        }
+        self.metrics.integrity_alert();
+        if let Err(e) = self.sink.write_value(&crate::output::integrity_finding(
+            report,
+            now_ns(),
+            self.sink.context(),
+        )) {
+            self.metrics.output_error();
+            log::warn!("output: {e:#}");
+        }
+        self.flush();
+        self.health("integrity", None, report.summary(), 0);
     }
 
     fn health(&self, kind: &str, backend: Option<&str>, detail: String, lost: u64) {
@@ -204,6 +234,11 @@ fn change_worker(
                 }
                 for change in &made.changes {
                     outputs.emit(change, Some(job.ktime_ns));
+                }
+                if !made.changes.is_empty() {
+                    // The report leaves fim before the baseline moves on: killed in between,
+                    // the next start finds the change again (at least once, never zero).
+                    outputs.flush();
                 }
                 for op in made.ops {
                     outputs.store(op);
@@ -298,15 +333,16 @@ fn rescan_now(
     outputs.metrics.rescan();
     let started = Instant::now();
     let options = scan_options(config, false);
-    let mut found = Vec::new();
+    // Each change is written out before the scan commits the rows it explains (the scan
+    // commits after this callback returns): killed in between, the next start reports it again.
     let result = baseline::rescan(store, rules, &options, &scope, |item| {
-        found.push(ChangeRecord::from_drift_item(&item, rules, host, now_ns()));
+        outputs.emit(
+            &ChangeRecord::from_drift_item(&item, rules, host, now_ns()),
+            None,
+        );
+        outputs.flush();
     });
-    for change in &found {
-        outputs.emit(change, None);
-    }
     maker.forget_recent();
-    drop(found);
     release_free_memory();
     match result {
         Ok(report) => {
@@ -434,7 +470,11 @@ pub async fn run_until(
     tokio::spawn(metrics::serve(listener, Arc::clone(&metrics)));
     log::info!("metrics on http://{}/metrics", config.metrics_address);
 
-    let store = Store::open(&config.state_dir)?;
+    let mut store = Store::open(&config.state_dir)?;
+    // Before anything reads or writes the baseline: are its rows still the ones fim wrote?
+    let integrity = store
+        .check_integrity()
+        .context("authenticating the baseline")?;
     let writer = Arc::new(
         store
             .spawn_writer(WriterSettings::default())
@@ -471,7 +511,7 @@ pub async fn run_until(
     );
 
     let clock_offset_ns = monotonic_epoch_ns();
-    let outputs = Outputs {
+    let mut outputs = Outputs {
         sink: OutputSink::open(&config.output, OcsfContext::new(local_hostname()))
             .context("opening the output")?,
         writer: Arc::clone(&writer),
@@ -489,6 +529,7 @@ pub async fn run_until(
         ),
         0,
     );
+    outputs.integrity(&integrity);
     let maker = ChangeMaker::new(
         Box::new(StoreLookup(Store::open(&config.state_dir)?)),
         Box::new(FsExamine {

@@ -325,6 +325,26 @@ fn scan(config_path: Option<&Path>, json: bool, rehash: bool) -> Result<()> {
     let config = Config::load(config_path)
         .map_err(|errors| anyhow::anyhow!("invalid configuration:\n{errors}"))?;
     let mut store = Store::open(&config.state_dir)?;
+    let integrity = store
+        .check_integrity()
+        .context("authenticating the baseline")?;
+    if integrity.alert() {
+        log::error!("BASELINE INTEGRITY ALERT: {}", integrity.summary());
+        for path in integrity.logged_paths() {
+            log::error!("baseline row failed authentication: {path}");
+        }
+        store
+            .write(&[StoreOp::Health(HealthRecord {
+                time_ns: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as i64),
+                kind: "integrity".to_string(),
+                backend: None,
+                detail: Some(integrity.summary()),
+                lost_events: 0,
+            })])
+            .context("recording the integrity alert")?;
+    }
     let options = ScanOptions {
         max_file_size: config.hashing.max_file_size,
         scan_bytes_per_sec: config.hashing.scan_bytes_per_sec,
@@ -386,6 +406,10 @@ fn scan(config_path: Option<&Path>, json: bool, rehash: bool) -> Result<()> {
     if json {
         let mut value = drift.to_json();
         value["first_scan"] = serde_json::json!(first_scan);
+        value["integrity"] = serde_json::json!({
+            "alert": integrity.alert(),
+            "summary": integrity.summary(),
+        });
         value["stats"] = serde_json::json!({
             "entries": stats.entries,
             "files_hashed": stats.files_hashed,

@@ -173,3 +173,65 @@ fn run_with_a_malformed_configuration_exits_78_before_starting_anything() {
     assert!(!state.exists());
     assert!(out.stdout.is_empty());
 }
+
+/// The attack the baseline's MACs are for: a file replaced while fim is not running, and its
+/// stored hash rewritten to match. The next scan raises the integrity alert naming the path,
+/// drops the forged row and reports the file as found, and `fim status` shows the alert.
+#[test]
+fn a_baseline_edited_offline_raises_the_integrity_alert() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    std::fs::create_dir(&tree).unwrap();
+    std::fs::write(tree.join("sshd"), b"genuine").unwrap();
+    std::fs::write(tree.join("other"), b"fine").unwrap();
+    let config = write_config(dir.path(), &tree);
+    let first = fim(&["scan", "--config", &config]);
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first.stderr));
+
+    std::fs::write(tree.join("sshd"), b"trojan!").unwrap();
+    let db = dir.path().join("state/fim.db");
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        let meta = std::fs::metadata(tree.join("sshd")).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        conn.execute_batch("DROP TRIGGER baseline_set_update")
+            .unwrap();
+        conn.execute(
+            "UPDATE baseline SET blake3 = ?1, size = ?2, mtime = ?3, ctime = ?4 WHERE path = ?5",
+            rusqlite::params![
+                blake3::hash(b"trojan!").to_hex().as_str(),
+                meta.len() as i64,
+                meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+                meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
+                tree.join("sshd").to_str().unwrap().as_bytes(),
+            ],
+        )
+        .unwrap();
+    }
+    let second = fim(&["scan", "--config", &config, "--json"]);
+    assert_eq!(second.status.code(), Some(0), "{}", text(&second.stderr));
+    let stderr = text(&second.stderr);
+    assert!(stderr.contains("BASELINE INTEGRITY ALERT"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}/sshd", tree.display())),
+        "{stderr}"
+    );
+    let report: serde_json::Value = serde_json::from_slice(&second.stdout).unwrap();
+    assert_eq!(report["integrity"]["alert"], true, "{report:#}");
+    // Without a row to compare with, the file is reported as found, with its real hash.
+    assert_eq!(
+        report["added"][0]["path"],
+        format!("{}/sshd", tree.display()),
+        "{report:#}"
+    );
+    assert_eq!(report["modified"].as_array().unwrap().len(), 0);
+
+    let status = fim(&["status", "--config", &config]);
+    let stdout = text(&status.stdout);
+    assert!(stdout.contains("INTEGRITY ALERT"), "{stdout}");
+    assert!(stdout.contains("1 of 3 baseline rows fail"), "{stdout}");
+    // The next scan is clean again.
+    let third = fim(&["scan", "--config", &config, "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&third.stdout).unwrap();
+    assert_eq!(report["integrity"]["alert"], false, "{report:#}");
+}

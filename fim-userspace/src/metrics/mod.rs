@@ -156,6 +156,7 @@ pub struct Metrics {
     store_dropped: Counter,
     output_errors: Counter,
     malformed: Counter,
+    integrity_alerts: Counter,
     groups: LabelCap,
     backends: LabelCap,
     totals: Deltas,
@@ -194,6 +195,7 @@ impl Metrics {
             store_dropped: Counter::default(),
             output_errors: Counter::default(),
             malformed: Counter::default(),
+            integrity_alerts: Counter::default(),
             groups: LabelCap::new(MAX_GROUPS),
             backends: LabelCap::new(MAX_BACKENDS),
             totals: Deltas::default(),
@@ -255,6 +257,12 @@ impl Metrics {
             "malformed_records",
             "Kernel records that could not be decoded",
             metrics.malformed.clone(),
+        );
+        r.register(
+            "baseline_integrity_alerts",
+            "Starts at which the stored baseline failed authentication (rows edited, added or \
+             removed outside fim, or its key replaced)",
+            metrics.integrity_alerts.clone(),
         );
         r.register(
             "rescans",
@@ -410,6 +418,10 @@ impl Metrics {
     }
 
     /// One failed write to the event output.
+    pub fn integrity_alert(&self) {
+        self.integrity_alerts.inc();
+    }
+
     pub fn output_error(&self) {
         self.output_errors.inc();
     }

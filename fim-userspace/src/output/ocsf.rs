@@ -195,3 +195,47 @@ pub fn event(change: &ChangeRecord, ctx: &OcsfContext) -> Value {
     event.insert("unmapped".into(), json!({ "fim": fim }));
     Value::Object(event)
 }
+
+/// The baseline failed authentication at start: an OCSF Detection Finding (class 2004), so
+/// the alert reaches whatever reads fim's change events.
+pub fn integrity_finding(
+    report: &crate::store::IntegrityReport,
+    time_ns: i64,
+    ctx: &OcsfContext,
+) -> Value {
+    let paths: Vec<String> = report.logged_paths().take(100).collect();
+    json!({
+        "class_uid": 2004,
+        "class_name": "Detection Finding",
+        "category_uid": 2,
+        "category_name": "Findings",
+        "activity_id": 1,
+        "activity_name": "Create",
+        "type_uid": 200401,
+        "severity_id": 5,
+        "severity": "Critical",
+        "status_id": 1,
+        "time": time_ns / 1_000_000,
+        "message": format!("fim baseline integrity check failed: {}", report.summary()),
+        "finding_info": {
+            "uid": format!("fim-baseline-integrity-{time_ns}"),
+            "title": "Stored baseline failed authentication",
+            "desc": report.summary(),
+            "types": ["Tampering"],
+        },
+        "device": {"hostname": ctx.hostname},
+        "metadata": {
+            "version": OCSF_VERSION,
+            "product": {"name": "fim", "vendor_name": "fim", "version": ctx.version},
+        },
+        "unmapped": {"fim": {
+            "integrity": {
+                "rows": report.rows,
+                "bad_rows": report.bad_rows,
+                "bad_paths": paths,
+                "set_mismatch": report.set_mismatch,
+                "key_problems": report.key_problems,
+            },
+        }},
+    })
+}

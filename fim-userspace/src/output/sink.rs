@@ -68,9 +68,14 @@ impl OutputSink {
 
     /// Writes one change (buffered; see [`OutputSink::flush`]).
     pub fn write(&mut self, change: &ChangeRecord) -> Result<()> {
+        let event = event(change, &self.ctx);
+        self.write_value(&event)
+    }
+
+    /// Writes one OCSF event of any class (buffered).
+    pub fn write_value(&mut self, event: &serde_json::Value) -> Result<()> {
         self.line.clear();
-        serde_json::to_writer(&mut self.line, &event(change, &self.ctx))
-            .context("serialising an OCSF event")?;
+        serde_json::to_writer(&mut self.line, event).context("serialising an OCSF event")?;
         self.line.push(b'\n');
         match &mut self.target {
             Target::Stdout(out) => out
@@ -79,6 +84,10 @@ impl OutputSink {
                 .context("writing to stdout"),
             Target::File(file) => file.write(&self.line),
         }
+    }
+
+    pub fn context(&self) -> &OcsfContext {
+        &self.ctx
     }
 
     pub fn flush(&mut self) -> Result<()> {

@@ -98,6 +98,9 @@ pub fn status(store: &ReadOnlyStore, path: &Path, json_out: bool) -> Result<()> 
         "store": {"path": path.display().to_string(), "bytes": size},
         "last_store_problem": last_health(store, &["store_error", "store_rows_dropped"])?
             .map(|h| json!({"time": format_ns(h.time_ns), "detail": h.detail})),
+        "integrity_alerts": count(store, "SELECT count(*) FROM health WHERE kind = 'integrity'")?,
+        "last_integrity_alert": last_health(store, &["integrity"])?
+            .map(|h| json!({"time": format_ns(h.time_ns), "detail": h.detail})),
     });
     let mut out = std::io::stdout().lock();
     if json_out {
@@ -142,6 +145,16 @@ pub fn status(store: &ReadOnlyStore, path: &Path, json_out: bool) -> Result<()> 
         None => writeln!(out, "last scan:       never")?,
     }
     writeln!(out, "store:           {} ({} bytes)", path.display(), size)?;
+    match value["last_integrity_alert"].as_object() {
+        Some(alert) => writeln!(
+            out,
+            "INTEGRITY ALERT: {} {} ({} alerts in all)",
+            text(&alert["time"]),
+            text(&alert["detail"]),
+            value["integrity_alerts"]
+        )?,
+        None => writeln!(out, "integrity:       no alerts")?,
+    }
     if let Some(problem) = value["last_store_problem"].as_object() {
         writeln!(
             out,

@@ -10,14 +10,16 @@ use super::change::{self, ChangeRecord};
 use super::content::{self, ContentRecord};
 use crate::baseline::{Baseline, BaselineEntry, EntryFlags, FileKind, hex, parse_hex32};
 
-const COLUMNS: &str = "path, inode, dev, type, size, mode, uid, gid, mtime, ctime, blake3, \
+/// The columns every row is signed over, in `fim_mac`'s order (store/integrity.rs).
+pub(crate) const COLUMNS: &str = "path, inode, dev, type, size, mode, uid, gid, mtime, ctime, blake3, \
      xattr_digest, link_target, flags, errno, scanned_at";
 
 pub(crate) fn upsert(conn: &Connection, e: &BaselineEntry) -> Result<()> {
     conn.prepare_cached(
         "INSERT OR REPLACE INTO baseline (path, inode, dev, type, size, mode, uid, gid, mtime,
-             ctime, blake3, xattr_digest, link_target, flags, errno, scanned_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+             ctime, blake3, xattr_digest, link_target, flags, errno, scanned_at, mac)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
+                 fim_mac(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16))",
     )?
     .execute(params![
         e.path,
@@ -63,8 +65,12 @@ pub(crate) fn move_below(conn: &Connection, from: &[u8], to: &[u8]) -> Result<()
         return Ok(());
     }
     // `||` yields TEXT; the CAST gives the same bytes back as a BLOB, like every other path.
+    // The path is signed with the rest of the row: the moved rows are signed anew.
     conn.prepare_cached(
-        "UPDATE OR REPLACE baseline SET path = CAST(?1 || substr(path, ?2) AS BLOB)
+        "UPDATE OR REPLACE baseline SET path = CAST(?1 || substr(path, ?2) AS BLOB),
+             mac = fim_mac(CAST(?1 || substr(path, ?2) AS BLOB), inode, dev, type, size, mode,
+                 uid, gid, mtime, ctime, blake3, xattr_digest, link_target, flags, errno,
+                 scanned_at)
          WHERE path >= ?3 AND path < ?4",
     )?
     .execute(params![to, from.len() as i64 + 1, lower, upper])

@@ -6,6 +6,7 @@ mod baseline;
 mod change;
 mod content;
 mod health;
+mod integrity;
 mod retention;
 mod schema;
 mod writer;
@@ -21,6 +22,7 @@ pub use baseline::{BaselineBatch, BaselineReader};
 pub use change::{Actor, ChangeRecord, activity, local_hostname, previous_json};
 pub use content::ContentRecord;
 pub use health::HealthRecord;
+pub use integrity::{BaselineKey, IntegrityReport, KEY_FILE, KeyOrigin};
 pub use retention::{Pruned, Retention};
 pub use schema::{CONFIGURATION_CHANGE_COLUMNS, SCHEMA_VERSION};
 pub use writer::{
@@ -39,10 +41,27 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    key: BaselineKey,
+    key_origin: KeyOrigin,
+    key_path: PathBuf,
 }
 
+/// A read-write connection with the baseline's signing functions (see [`integrity`]), and
+/// whether its key was created by this open.
 fn open_read_write(path: &Path) -> Result<Connection> {
+    Ok(open_signed(path)?.0)
+}
+
+fn open_signed(path: &Path) -> Result<(Connection, BaselineKey, KeyOrigin, PathBuf)> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let (key, origin, key_path) = BaselineKey::load_or_create(dir)?;
     let conn = Connection::open(path).with_context(|| format!("opening {}", path.display()))?;
+    integrity::register(&conn, &key)?;
+    // INSERT OR REPLACE deletes the row it replaces; the set's delete trigger must see that.
+    conn.pragma_update(None, "recursive_triggers", true)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     let mode: String = conn
         .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
@@ -56,7 +75,7 @@ fn open_read_write(path: &Path) -> Result<Connection> {
     // NORMAL is durable across application crashes in WAL mode; a power loss may lose the
     // last transactions, which the next start's rescan finds again.
     conn.pragma_update(None, "synchronous", "NORMAL")?;
-    Ok(conn)
+    Ok((conn, key, origin, key_path))
 }
 
 impl Store {
@@ -76,12 +95,37 @@ impl Store {
 
     /// Opens (creating if needed) the database at exactly this path.
     pub fn open_path(path: &Path) -> Result<Store> {
-        let conn = open_read_write(path)?;
+        let (mut conn, key, mut key_origin, key_path) = open_signed(path)?;
         schema::migrate(&conn).with_context(|| format!("preparing {}", path.display()))?;
+        if key_origin == KeyOrigin::Created && !integrity::signed(&conn)? {
+            // A new store, or one from before rows were signed: its rows are signed now, by
+            // the key just created (trust on first use). A store some key signed before is
+            // left to [`Store::check_integrity`], which reports the missing key.
+            let rows = integrity::sign_all(&mut conn, &key)?;
+            if rows > 0 {
+                log::info!(
+                    "created {}; signed the {rows} existing baseline rows",
+                    key_path.display()
+                );
+            }
+            key_origin = KeyOrigin::Existing;
+        }
         Ok(Store {
             conn,
             path: path.to_path_buf(),
+            key,
+            key_origin,
+            key_path,
         })
+    }
+
+    /// Authenticates every baseline row and the set of rows (see [`integrity`]). Rows that
+    /// fail are removed, so the scan that follows reports those files as found; the report
+    /// is the alert. Run once at start, before the scan.
+    pub fn check_integrity(&mut self) -> Result<IntegrityReport> {
+        let report = integrity::check(&mut self.conn, &self.key, self.key_origin, &self.key_path)?;
+        self.key_origin = KeyOrigin::Existing;
+        Ok(report)
     }
 
     pub fn path(&self) -> &Path {

@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use rusqlite::Connection;
 
 /// Bumped when the schema changes; stored in `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS baseline (
@@ -27,7 +27,9 @@ CREATE TABLE IF NOT EXISTS baseline (
     link_target   BLOB,
     flags         INTEGER NOT NULL DEFAULT 0,
     errno         INTEGER,
-    scanned_at    INTEGER NOT NULL
+    scanned_at    INTEGER NOT NULL,
+    -- keyed BLAKE3 over the columns above (store/integrity.rs); added in version 3
+    mac           BLOB
 ) WITHOUT ROWID;
 
 CREATE TABLE IF NOT EXISTS changes (
@@ -174,6 +176,21 @@ pub fn migrate(conn: &Connection) -> Result<()> {
     }
     conn.execute_batch(SCHEMA)
         .context("creating the store schema")?;
+    // Version 3 signs baseline rows: older tables get the column (the rows are signed when
+    // the key is created, see Store::open_path).
+    let has_mac: bool = conn
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM pragma_table_info('baseline') WHERE name = 'mac')",
+            [],
+            |row| row.get(0),
+        )
+        .context("reading the baseline's columns")?;
+    if !has_mac {
+        conn.execute_batch("ALTER TABLE baseline ADD COLUMN mac BLOB")
+            .context("adding the baseline's mac column")?;
+    }
+    conn.execute_batch(super::integrity::TRIGGERS)
+        .context("creating the baseline set triggers")?;
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)
         .context("recording the schema version")?;
     Ok(())
