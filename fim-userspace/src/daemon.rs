@@ -495,6 +495,7 @@ pub async fn run_until(
     );
     let sensor_config = SensorConfig {
         roots: roots.clone(),
+        ring_buffer_bytes: config.ring_buffer_bytes,
         ..SensorConfig::default()
     };
     let selection = sensor::start_best(forced, &sensor_config).await?;

@@ -14,6 +14,9 @@ pub const DEFAULT_OUTPUT_KEEP: u32 = 5;
 pub const DEFAULT_RETENTION_DAYS: u32 = 90;
 pub const DEFAULT_MAX_CHANGES: u64 = 1_000_000;
 pub const DEFAULT_CONTENT_MAX_SIZE: u64 = 5 << 20;
+/// The kernel ring buffer: 8 MiB holds ~40,000 records while user space catches up.
+pub const DEFAULT_RING_BUFFER_KIB: u32 = 8192;
+pub const MAX_RING_BUFFER_KIB: u64 = 1 << 20;
 
 /// (name, group, path, path_type, recursive, ignore)
 type DefaultRule = (

@@ -13,6 +13,7 @@ pub struct ConfigFile {
     pub metrics: Option<MetricsSection>,
     pub hashing: Option<HashingSection>,
     pub store: Option<StoreSection>,
+    pub sensor: Option<SensorSection>,
     #[serde(default)]
     pub rule: Vec<RuleEntry>,
     #[serde(default)]
@@ -41,6 +42,12 @@ pub struct MetricsSection {
 pub struct HashingSection {
     pub max_file_size: Option<u64>,
     pub scan_bytes_per_sec: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SensorSection {
+    pub ring_buffer_kib: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -221,6 +221,21 @@ pub fn merge(sources: &[ConfigSource]) -> Result<Config, ConfigErrors> {
                     .unwrap_or(config.hashing.scan_bytes_per_sec),
             };
         }
+        if let Some(sensor) = &file.sensor
+            && let Some(kib) = &sensor.ring_buffer_kib
+        {
+            let value = *kib.get_ref();
+            if (4..=MAX_RING_BUFFER_KIB).contains(&value) && value.is_power_of_two() {
+                config.ring_buffer_bytes = (value * 1024) as u32;
+            } else {
+                cx.error(
+                    kib.span(),
+                    format!(
+                        "ring_buffer_kib must be a power of two from 4 to {MAX_RING_BUFFER_KIB}"
+                    ),
+                );
+            }
+        }
         if let Some(store) = &file.store {
             config.store = StoreSettings {
                 retention_days: store.retention_days.unwrap_or(config.store.retention_days),

@@ -65,6 +65,8 @@ pub struct Config {
     pub metrics_address: SocketAddr,
     pub hashing: Hashing,
     pub store: StoreSettings,
+    /// The kernel ring buffer's size in bytes (`[sensor] ring_buffer_kib`).
+    pub ring_buffer_bytes: u32,
     pub rules: RuleSet,
     pub authorized: Authorized,
     /// Actors whose changes are not reported at all.
@@ -91,6 +93,7 @@ impl Config {
                 max_changes: DEFAULT_MAX_CHANGES,
                 content_max_size: DEFAULT_CONTENT_MAX_SIZE,
             },
+            ring_buffer_bytes: DEFAULT_RING_BUFFER_KIB * 1024,
             rules: default_rules(),
             authorized: Authorized::default(),
             excluded: Vec::new(),
