@@ -575,3 +575,19 @@ fn watch_roots_are_minimal() {
         ]
     );
 }
+
+#[test]
+fn the_ring_buffer_size_is_a_power_of_two_in_kib() {
+    assert_eq!(config(&[("/f.toml", RULE)]).ring_buffer_bytes, 8 << 20);
+    let small = format!("{RULE}[sensor]\nring_buffer_kib = 4\n");
+    assert_eq!(config(&[("/f.toml", &small)]).ring_buffer_bytes, 4096);
+    for bad in ["3", "6", "0", "2097152"] {
+        let text = format!("{RULE}[sensor]\nring_buffer_kib = {bad}\n");
+        let errors = errors(&[("/f.toml", &text)]);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with("/f.toml:5:19: ring_buffer_kib must be a power of two"),
+            "{errors:?}"
+        );
+    }
+}
