@@ -68,6 +68,10 @@ impl EntryFlags {
     pub const UNSTABLE: u32 = 2;
     /// Could not be opened, read or listed (`errno` says why).
     pub const UNREADABLE: u32 = 4;
+    /// Not a file's state but a placeholder: a creation was reported, and the path was gone
+    /// before it could be examined. Its delete or rename record removes it; if that record
+    /// never comes (fim killed first), the next scan finds the path gone and reports it.
+    pub const VANISHED: u32 = 8;
 
     pub fn has(self, flag: u32) -> bool {
         self.0 & flag != 0
@@ -78,6 +82,7 @@ impl EntryFlags {
             (Self::TOO_LARGE, "too_large"),
             (Self::UNSTABLE, "unstable"),
             (Self::UNREADABLE, "unreadable"),
+            (Self::VANISHED, "vanished"),
         ]
         .into_iter()
         .filter(|(flag, _)| self.has(*flag))

@@ -10,7 +10,7 @@ use anyhow::{Context as _, Result, bail};
 
 use super::drift::{Modified, changed_fields};
 use super::engine::{self, Outcome, PathRange, Segment, StoredRows};
-use super::entry::BaselineEntry;
+use super::entry::{BaselineEntry, EntryFlags};
 use super::scan::{ContentVersion, Context, ScanOptions, ScanStats, everything, now_ns, observe};
 use crate::config::RuleSet;
 use crate::store::{BaselineReader, ChangeRecord, ContentRecord, Store, local_hostname};
@@ -44,6 +44,10 @@ impl DriftItem {
         match (previous, current) {
             (None, None) => None,
             (None, Some(current)) => Some(DriftItem::Added(current)),
+            // A placeholder for a path reported created and gone: what is there now is new.
+            (Some(previous), Some(current)) if previous.flags.has(EntryFlags::VANISHED) => {
+                Some(DriftItem::Added(current))
+            }
             (Some(previous), None) => Some(DriftItem::Removed(previous)),
             (Some(previous), Some(current)) => {
                 let changed = changed_fields(&previous, &current);

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 
 use super::assemble::{Job, JobKind};
-use crate::baseline::{BaselineEntry, ChangedField, ContentVersion, FileKind, changed_fields, hex};
+use crate::baseline::{
+    BaselineEntry, ChangedField, ContentVersion, EntryFlags, FileKind, changed_fields, hex,
+};
 use crate::sensor::EventKind;
 use crate::store::{ChangeRecord, ContentRecord, StoreOp, activity, previous_json};
 
@@ -105,7 +107,14 @@ impl ChangeMaker {
         self.overlay.clear();
     }
 
+    /// The baseline state of `path` to compare with (placeholders are not states).
     fn baseline(&mut self, path: &[u8]) -> Option<BaselineEntry> {
+        self.row(path)
+            .filter(|e| !e.flags.has(EntryFlags::VANISHED))
+    }
+
+    /// The baseline row of `path`, placeholders included.
+    fn row(&mut self, path: &[u8]) -> Option<BaselineEntry> {
         if let Some((entry, at)) = self.overlay.get(path)
             && at.elapsed() < OVERLAY_TTL
         {
@@ -175,7 +184,7 @@ impl ChangeMaker {
                     change.hash_before = p.blake3.map(|h| hex(&h));
                 }
                 made.changes.push(change);
-                let existed = previous.is_some();
+                let existed = self.row(&job.path).is_some();
                 self.set(&job.path, None, &mut made, existed);
             }
             JobKind::Rename => self.rename_job(job, &mut made),
@@ -220,6 +229,30 @@ impl ChangeMaker {
                     change.hash_before = p.blake3.map(|h| hex(&h));
                 }
                 made.changes.push(change);
+                if previous.is_none() && self.row(&job.path).is_none() {
+                    // The store must remember that this path was reported as existing: if
+                    // fim is killed before its delete or rename record arrives, the next
+                    // scan compares with this placeholder and reports the path gone.
+                    let placeholder = BaselineEntry {
+                        path: job.path.clone(),
+                        kind: job.file_kind.unwrap_or(FileKind::File),
+                        inode: 0,
+                        dev: 0,
+                        size: 0,
+                        mode: 0,
+                        uid: 0,
+                        gid: 0,
+                        mtime_ns: 0,
+                        ctime_ns: 0,
+                        blake3: None,
+                        xattr_digest: None,
+                        link_target: None,
+                        flags: EntryFlags(EntryFlags::VANISHED),
+                        errno: None,
+                        scanned_at_ns: job.time_ns,
+                    };
+                    self.set(&job.path, Some(placeholder), made, false);
+                }
             }
             Examined::Present { entry, content } => {
                 if let Some(c) = content {
@@ -261,7 +294,8 @@ impl ChangeMaker {
                     c.kind = Some(entry.kind);
                     c
                 }));
-                self.set(&job.path, Some(entry), made, previous.is_some());
+                let existed = previous.is_some() || self.row(&job.path).is_some();
+                self.set(&job.path, Some(entry), made, existed);
             }
         }
     }
@@ -270,12 +304,18 @@ impl ChangeMaker {
         let Some(new_path) = job.new_path.clone() else {
             return;
         };
-        let old = self.baseline(&job.path);
-        let replaced = self.baseline(&new_path);
+        let old_row = self.row(&job.path);
+        let replaced_row = self.row(&new_path);
+        let old = old_row
+            .clone()
+            .filter(|e| !e.flags.has(EntryFlags::VANISHED));
+        let replaced = replaced_row
+            .clone()
+            .filter(|e| !e.flags.has(EntryFlags::VANISHED));
         let mut change = self.record(job, activity::RENAME, &job.path);
         change.new_path = Some(new_path.clone());
         change.hash_before = old.as_ref().and_then(|o| o.blake3.map(|h| hex(&h)));
-        if old.is_some() {
+        if old_row.is_some() {
             self.set(&job.path, None, made, true);
         }
         let is_dir = old
@@ -324,9 +364,9 @@ impl ChangeMaker {
                         stored_at_ns: job.time_ns,
                     }));
                 }
-                self.set(&new_path, Some(entry), made, replaced.is_some());
+                self.set(&new_path, Some(entry), made, replaced_row.is_some());
             }
-        } else if replaced.is_some() {
+        } else if replaced_row.is_some() {
             self.set(&new_path, None, made, true);
         }
         change.previous = replaced.as_ref().or(old.as_ref()).map(previous_json);

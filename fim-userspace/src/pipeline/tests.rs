@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use fim_common::{Actor as KernelActor, Args, Target, flags};
 
 use super::*;
-use crate::baseline::{BaselineEntry, EntryFlags, FileKind};
+use crate::baseline::{BaselineEntry, DriftItem, EntryFlags, FileKind};
 use crate::config::{Authorized, PathPattern, PathType, Rule, RuleSet};
 use crate::sensor::{Backend, Event, EventKind};
 use crate::store::{StoreOp, activity};
@@ -311,6 +311,39 @@ fn created_then_removed_before_settling_is_still_reported() {
     let changes = h.feed(EventKind::Unlink, "/etc/tmp", "", 0);
     let kinds: Vec<i64> = changes.iter().map(|c| c.activity).collect();
     assert_eq!(kinds, [activity::CREATE, activity::DELETE]);
+}
+
+/// The creation is reported from the kernel record and the path is gone: the store keeps a
+/// placeholder until the delete record comes, so a crash in between cannot leave the store
+/// believing only in the creation (the next scan reports the placeholder's path gone).
+#[test]
+fn a_creation_gone_before_examination_leaves_a_placeholder_until_its_delete() {
+    let mut h = Harness::new();
+    // mknod: a creation without a writer.
+    h.feed(EventKind::Create, "/etc/tmp", "", 0);
+    // Settled (the 200 ms) with the file already gone, before its unlink record is read.
+    let changes = h.tick(300);
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].activity, activity::CREATE);
+    let placeholder = h.stored.lock().unwrap().get(&b"/etc/tmp"[..]).cloned();
+    let placeholder = placeholder.expect("a placeholder row");
+    assert!(placeholder.flags.has(EntryFlags::VANISHED));
+    // What the next scan would conclude, if fim were killed now.
+    match DriftItem::between(Some(placeholder.clone()), None) {
+        Some(DriftItem::Removed(_)) => {}
+        other => panic!("{other:?}"),
+    }
+    let recreated = entry(b"/etc/tmp", (1, 1, 0o644));
+    match DriftItem::between(Some(placeholder), Some(recreated)) {
+        Some(DriftItem::Added(_)) => {}
+        other => panic!("{other:?}"),
+    }
+    // The delete record arrives: reported, placeholder gone, no previous values invented.
+    let changes = h.feed(EventKind::Unlink, "/etc/tmp", "", 0);
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].activity, activity::DELETE);
+    assert!(changes[0].previous.is_none());
+    assert!(h.stored.lock().unwrap().get(&b"/etc/tmp"[..]).is_none());
 }
 
 #[test]
