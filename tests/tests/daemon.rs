@@ -128,23 +128,98 @@ fn changes_are_reported_with_attribution_stored_and_counted() {
     // Downtime: changed while fim was stopped, reported at the next start, attribution unknown.
     std::fs::write(&a, b"changed while down\n").unwrap();
     std::fs::remove_dir(&d).unwrap();
+    let t = tree.join("t");
+    std::fs::write(&t, b"added while down\n").unwrap();
     let before = events(&output, &tree).len();
     let daemon = Daemon::start(&config);
     wait_until("the downtime changes", Duration::from_secs(30), || {
-        events(&output, &tree).len() >= before + 2
+        events(&output, &tree).len() >= before + 3
     });
     daemon.stop();
     let all = events(&output, &tree);
     let late = &all[before..];
+    let unknown = |e: &Value| {
+        assert_eq!(e["unmapped"]["fim"]["backend"], "scan", "{e:#}");
+        assert_eq!(e["unmapped"]["fim"]["attribution"], "unknown", "{e:#}");
+        assert!(e["actor"]["process"].get("pid").is_none(), "{e:#}");
+    };
     let update = find(late, 3, &a);
-    assert_eq!(update["unmapped"]["fim"]["backend"], "scan");
-    assert_eq!(update["unmapped"]["fim"]["attribution"], "unknown");
+    unknown(update);
     assert_eq!(
         update["unmapped"]["fim"]["previous"]["hash"],
         blake3::hash(b"written\n").to_hex().as_str()
     );
-    assert!(update["actor"]["process"].get("pid").is_none());
-    find(late, 4, &d);
+    assert_eq!(
+        update["file"]["hashes"][0]["value"],
+        blake3::hash(b"changed while down\n").to_hex().as_str()
+    );
+    let removed = find(late, 4, &d);
+    unknown(removed);
+    assert_eq!(removed["unmapped"]["fim"]["previous"]["type"], "dir");
+    let added = find(late, 1, &t);
+    unknown(added);
+    assert_eq!(
+        added["file"]["hashes"][0]["value"],
+        blake3::hash(b"added while down\n").to_hex().as_str()
+    );
+
+    // A second downtime: mode and owner change, and someone edits the store's baseline row
+    // of `t` (its hash, to match a replaced file): an integrity alert at the next start, and
+    // `t` is reported afresh.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&a, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::chown(&a, Some(1234), Some(1234)).unwrap();
+    std::fs::write(&t, b"replaced while down\n").unwrap();
+    {
+        let db = rusqlite::Connection::open(dir.path().join("state/fim.db")).unwrap();
+        db.execute_batch("DROP TRIGGER baseline_set_update")
+            .unwrap();
+        db.execute(
+            "UPDATE baseline SET blake3 = ?1 WHERE path = ?2",
+            rusqlite::params![
+                blake3::hash(b"replaced while down\n").to_hex().as_str(),
+                t.as_os_str().as_encoded_bytes()
+            ],
+        )
+        .unwrap();
+    }
+    let before = events(&output, &tree).len();
+    let daemon = Daemon::start(&config);
+    wait_until(
+        "the second downtime's changes",
+        Duration::from_secs(30),
+        || events(&output, &tree).len() >= before + 2,
+    );
+    wait_until(
+        "the integrity alert metric",
+        Duration::from_secs(10),
+        || metric(metrics, "fim_baseline_integrity_alerts_total") == Some(1.0),
+    );
+    daemon.stop();
+    let all = events(&output, &tree);
+    let late = &all[before..];
+    let attributes = find(late, 6, &a);
+    unknown(attributes);
+    assert_eq!(
+        attributes["unmapped"]["fim"]["changed"],
+        serde_json::json!(["mode", "owner"])
+    );
+    assert_eq!(attributes["unmapped"]["fim"]["previous"]["mode"], 0o644);
+    assert_eq!(attributes["unmapped"]["fim"]["previous"]["uid"], 0);
+    let refound = find(late, 1, &t);
+    unknown(refound);
+    let text = std::fs::read_to_string(&output).unwrap();
+    let findings: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["class_uid"] == 2004)
+        .collect();
+    assert_eq!(findings.len(), 1, "{findings:#?}");
+    assert_eq!(
+        findings[0]["unmapped"]["fim"]["integrity"]["bad_paths"],
+        serde_json::json!([t.to_string_lossy()])
+    );
+    assert_eq!(findings[0]["severity_id"], 5);
 }
 
 /// The store's disk fills up while fim runs: changes are still reported on the output, the

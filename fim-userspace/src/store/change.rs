@@ -123,7 +123,10 @@ impl ChangeRecord {
             },
             DriftItem::Removed(removed) => ChangeRecord {
                 hash_before: removed.blake3.map(|h| hex(&h)),
-                previous: Some(previous_json(removed)),
+                // A placeholder (reported created, gone before it was examined) has no
+                // previous values to show.
+                previous: (!removed.flags.has(crate::baseline::EntryFlags::VANISHED))
+                    .then(|| previous_json(removed)),
                 ..base(&removed.path, activity::DELETE)
             },
             DriftItem::Modified(modified) => {
