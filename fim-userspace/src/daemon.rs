@@ -384,6 +384,8 @@ struct Feeder {
     overflow_everything: bool,
     /// Jobs sent and not yet done by the worker (the queue-depth gauge).
     pending: Arc<AtomicU64>,
+    /// Jobs that found the queue full (their paths went to `overflow`).
+    overflowed: u64,
 }
 
 impl Feeder {
@@ -397,6 +399,7 @@ impl Feeder {
                 self.pending.fetch_add(1, Ordering::Relaxed);
             }
             Err(TrySendError::Full(_)) => {
+                self.overflowed += 1;
                 if self.overflow.is_empty() && !self.overflow_everything {
                     log::warn!(
                         "change queue full ({JOB_QUEUE} jobs): remembering paths for a rescan"
@@ -557,6 +560,7 @@ pub async fn run_until(
         overflow: BTreeSet::new(),
         overflow_everything: false,
         pending: Arc::clone(&pending),
+        overflowed: 0,
     };
     let classifier = Classifier::new(
         Arc::clone(&rules),
@@ -621,6 +625,7 @@ pub async fn run_until(
                     }
                 }
                 metrics.set_queue_depth(pending.load(Ordering::Relaxed));
+                metrics.set_backpressure_totals(feeder.overflowed, assembler.evicted);
             }
             _ = &mut stop => break,
         }
@@ -664,4 +669,94 @@ fn clock_ns_monotonic() -> u64 {
         ts
     };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::{JobKind, Process};
+
+    fn job(path: &str) -> Job {
+        Job {
+            what: JobKind::Examine,
+            kind: EventKind::Modified,
+            file_kind: None,
+            path: path.as_bytes().to_vec(),
+            new_path: None,
+            activity: crate::store::activity::UPDATE,
+            rule: None,
+            rule2: None,
+            process: Arc::new(Process::default()),
+            authorized: false,
+            backend: "tracepoint",
+            truncated_path: false,
+            time_ns: 0,
+            ktime_ns: 0,
+        }
+    }
+
+    /// A full queue never loses a change: the paths are remembered and rescanned (their
+    /// parents, since the path may have been renamed or removed), and every such job counted.
+    #[test]
+    fn a_full_job_queue_turns_into_a_counted_rescan() {
+        let (tx, rx) = mpsc::sync_channel(2);
+        let mut feeder = Feeder {
+            tx,
+            overflow: BTreeSet::new(),
+            overflow_everything: false,
+            pending: Arc::new(AtomicU64::new(0)),
+            overflowed: 0,
+        };
+        for path in ["/w/a", "/w/b", "/w/c", "/w/sub/d", "/w/sub/e"] {
+            feeder.job(job(path));
+        }
+        assert_eq!(feeder.overflowed, 3);
+        assert_eq!(feeder.pending.load(Ordering::Relaxed), 2);
+        // No room yet: the rescan waits, nothing is forgotten.
+        feeder.drain_overflow();
+        assert_eq!(feeder.overflow.len(), 3);
+        let queued: Vec<Vec<u8>> = (0..2)
+            .map(|_| match rx.try_recv().unwrap() {
+                Work::Job(j) => j.path,
+                _ => panic!("a job first"),
+            })
+            .collect();
+        assert_eq!(queued, [b"/w/a".to_vec(), b"/w/b".to_vec()]);
+        feeder.drain_overflow();
+        match rx.try_recv().unwrap() {
+            Work::Rescan(Scope::Paths(paths), why) => {
+                assert_eq!(paths, [PathBuf::from("/w"), PathBuf::from("/w/sub")]);
+                assert_eq!(why, "queue overflow");
+            }
+            _ => panic!("a rescan of the parents"),
+        }
+        assert!(feeder.overflow.is_empty());
+    }
+
+    /// Past OVERFLOW_PATHS distinct paths the rescan covers everything.
+    #[test]
+    fn too_many_overflowing_paths_rescan_everything() {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let mut feeder = Feeder {
+            tx,
+            overflow: BTreeSet::new(),
+            overflow_everything: false,
+            pending: Arc::new(AtomicU64::new(0)),
+            overflowed: 0,
+        };
+        for i in 0..=OVERFLOW_PATHS + 1 {
+            feeder.job(job(&format!("/w/f{i}")));
+        }
+        assert!(feeder.overflow_everything);
+        assert!(
+            feeder.overflow.len() <= OVERFLOW_PATHS,
+            "memory stays bounded"
+        );
+        let _ = rx.try_recv();
+        feeder.drain_overflow();
+        assert!(matches!(
+            rx.try_recv().unwrap(),
+            Work::Rescan(Scope::Everything, _)
+        ));
+    }
 }

@@ -157,6 +157,8 @@ pub struct Metrics {
     output_errors: Counter,
     malformed: Counter,
     integrity_alerts: Counter,
+    queue_overflow: Counter,
+    sessions_evicted: Counter,
     groups: LabelCap,
     backends: LabelCap,
     totals: Deltas,
@@ -196,6 +198,8 @@ impl Metrics {
             output_errors: Counter::default(),
             malformed: Counter::default(),
             integrity_alerts: Counter::default(),
+            queue_overflow: Counter::default(),
+            sessions_evicted: Counter::default(),
             groups: LabelCap::new(MAX_GROUPS),
             backends: LabelCap::new(MAX_BACKENDS),
             totals: Deltas::default(),
@@ -263,6 +267,17 @@ impl Metrics {
             "Starts at which the stored baseline failed authentication (rows edited, added or \
              removed outside fim, or its key replaced)",
             metrics.integrity_alerts.clone(),
+        );
+        r.register(
+            "job_queue_overflow",
+            "Changes that found the change worker's queue full; their paths are rescanned \
+             instead (attribution unknown)",
+            metrics.queue_overflow.clone(),
+        );
+        r.register(
+            "write_sessions_evicted",
+            "Files being written that were examined early because too many were open at once",
+            metrics.sessions_evicted.clone(),
         );
         r.register(
             "rescans",
@@ -418,6 +433,18 @@ impl Metrics {
     }
 
     /// One failed write to the event output.
+    /// Brings the back-pressure counters up to these totals.
+    pub fn set_backpressure_totals(&self, queue_overflow: u64, sessions_evicted: u64) {
+        let add = |c: &Counter, total: u64| {
+            let now = c.get();
+            if total > now {
+                c.inc_by(total - now);
+            }
+        };
+        add(&self.queue_overflow, queue_overflow);
+        add(&self.sessions_evicted, sessions_evicted);
+    }
+
     pub fn integrity_alert(&self) {
         self.integrity_alerts.inc();
     }

@@ -30,6 +30,10 @@ struct Session {
 const SETTLE: Duration = Duration::from_millis(200);
 /// A writer that keeps a watched file open is reported at least this often.
 const LONG_WRITER: Duration = Duration::from_secs(5);
+/// Open write sessions kept at most (one per path being written); beyond this the least
+/// recently touched eighth are examined at once and forgotten (their later close is examined
+/// like one of a file opened before fim started), so memory stays bounded and nothing is lost.
+pub const MAX_SESSIONS: usize = 65_536;
 
 /// What the change worker has to do for one path.
 #[derive(Debug, Clone)]
@@ -73,6 +77,8 @@ pub enum JobKind {
 #[derive(Default)]
 pub struct Assembler {
     sessions: HashMap<Vec<u8>, Session>,
+    /// Sessions examined early because [`MAX_SESSIONS`] were open (for metrics).
+    pub evicted: u64,
     /// Wall clock minus the kernel's monotonic clock, to timestamp records.
     pub clock_offset_ns: i64,
 }
@@ -96,6 +102,7 @@ impl Assembler {
     pub fn new(clock_offset_ns: i64) -> Assembler {
         Assembler {
             sessions: HashMap::new(),
+            evicted: 0,
             clock_offset_ns,
         }
     }
@@ -134,10 +141,10 @@ impl Assembler {
                 // The tracepoint backend reports the open that created the file, with its flags;
                 // the LSM backends report the creation and then the open separately.
                 let writer = e.backend == Backend::Tracepoint && write_intent(e.args.flags);
-                self.touch(o, writer as u32, true);
+                self.touch(o, writer as u32, true, out);
             }
-            EventKind::OpenWrite => self.touch(o, 1, false),
-            EventKind::MmapSharedWrite | EventKind::Truncate => self.touch(o, 0, false),
+            EventKind::OpenWrite => self.touch(o, 1, false, out),
+            EventKind::MmapSharedWrite | EventKind::Truncate => self.touch(o, 0, false, out),
             EventKind::Modified => {
                 let path = e.path.clone();
                 let done = match self.sessions.get_mut(&path) {
@@ -200,7 +207,7 @@ impl Assembler {
         }
     }
 
-    fn touch(&mut self, o: Observation, writers: u32, created: bool) {
+    fn touch(&mut self, o: Observation, writers: u32, created: bool, out: &mut Vec<Job>) {
         let now = o.event.ktime_ns;
         match self.sessions.get_mut(&o.event.path) {
             Some(s) => {
@@ -209,6 +216,9 @@ impl Assembler {
                 s.last = o;
             }
             None => {
+                if self.sessions.len() >= MAX_SESSIONS {
+                    self.evict(out);
+                }
                 self.sessions.insert(
                     o.event.path.clone(),
                     Session {
@@ -219,6 +229,28 @@ impl Assembler {
                         flushed_ns: now,
                     },
                 );
+            }
+        }
+    }
+
+    /// Examines the least recently touched eighth of the sessions now and forgets them.
+    fn evict(&mut self, out: &mut Vec<Job>) {
+        let mut by_age: Vec<(u64, Vec<u8>)> = self
+            .sessions
+            .iter()
+            .map(|(path, s)| (s.last.event.ktime_ns, path.clone()))
+            .collect();
+        by_age.sort_unstable();
+        let n = (MAX_SESSIONS / 8).max(1);
+        if self.evicted == 0 {
+            log::warn!(
+                "{MAX_SESSIONS} files are being written at once: examining the {n} least                  recently written now (their later closes are examined again)"
+            );
+        }
+        for (_, path) in by_age.into_iter().take(n) {
+            if let Some(s) = self.sessions.remove(&path) {
+                out.push(self.session_job(&s));
+                self.evicted += 1;
             }
         }
     }

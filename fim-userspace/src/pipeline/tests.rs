@@ -515,3 +515,34 @@ fn authorized_and_excluded_executables() {
     assert_eq!(authorized("/bin/sh"), Some(true));
     assert_eq!(authorized("/usr/bin/backup"), None);
 }
+
+/// More files open for writing than the assembler keeps: the least recently written are
+/// examined at once (reported, not dropped) and memory stays bounded; a later close of one of
+/// them is examined again.
+#[test]
+fn too_many_open_writers_are_examined_early_not_dropped() {
+    use super::assemble::MAX_SESSIONS;
+    let mut h = Harness::new();
+    for i in 0..MAX_SESSIONS {
+        let path = format!("/etc/w{i}");
+        h.disk(&path, Some((i as u8, 1, 0o644)));
+        assert!(h.feed(EventKind::OpenWrite, &path, "", O_WRONLY).is_empty());
+    }
+    assert_eq!(h.assembler.open_sessions(), MAX_SESSIONS);
+    h.disk("/etc/one-more", Some((1, 1, 0o644)));
+    let early = h.feed(EventKind::OpenWrite, "/etc/one-more", "", O_WRONLY);
+    assert_eq!(early.len(), MAX_SESSIONS / 8);
+    assert_eq!(h.assembler.evicted, (MAX_SESSIONS / 8) as u64);
+    // The oldest went first, each reported as what it is (a file fim has not seen: created).
+    assert_eq!(early[0].path, b"/etc/w0");
+    assert!(early.iter().all(|c| c.activity == activity::CREATE));
+    assert_eq!(
+        h.assembler.open_sessions(),
+        MAX_SESSIONS - MAX_SESSIONS / 8 + 1
+    );
+    // w0's writer closes after it was examined: examined again, the new content reported.
+    h.disk("/etc/w0", Some((200, 2, 0o644)));
+    let later = h.feed(EventKind::Modified, "/etc/w0", "", O_WRONLY);
+    assert_eq!(later.len(), 1);
+    assert_eq!(later[0].activity, activity::UPDATE);
+}
