@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 
@@ -34,8 +34,15 @@ const JOB_QUEUE: usize = 65_536;
 /// Paths remembered while the queue is full; beyond this the next rescan covers everything.
 const OVERFLOW_PATHS: usize = 10_000;
 const TICK: Duration = Duration::from_millis(100);
+/// How long a placeholder (a creation reported, the path gone before it was examined) waits
+/// for its delete or rename record before the path is looked at again.
+const PLACEHOLDER_CHECK: Duration = Duration::from_secs(2);
 /// How often old change and health rows are pruned (`[store] retention_days`, `max_changes`).
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// Why a rescan runs after kernel records were lost (see `loss_rescan_queued`).
+const LOSS: &str = "kernel loss";
+/// Losses are logged and recorded as health rows at most this often (their sum).
+const LOSS_REPORT_EVERY: Duration = Duration::from_secs(5);
 
 /// The sensor's roots from the configured rules: the literal prefix of each enabled rule's
 /// path, recursive unless the rule only reaches the root itself or its direct entries.
@@ -203,6 +210,7 @@ fn change_worker(
     config: Config,
     rules: Arc<RuleSet>,
     pending: Arc<AtomicU64>,
+    loss_rescan_queued: Arc<AtomicBool>,
 ) {
     let host = local_hostname();
     let mut store = match Store::open(&config.state_dir) {
@@ -215,6 +223,8 @@ fn change_worker(
     let mut last_flush = Instant::now();
     let mut last_prune: Option<Instant> = None;
     let mut baseline_files: i64 = 0;
+    let mut placeholders: std::collections::VecDeque<(Instant, Vec<u8>)> =
+        std::collections::VecDeque::new();
     loop {
         let item = match work.recv_timeout(Duration::from_millis(200)) {
             Ok(item) => Some(item),
@@ -247,6 +257,9 @@ fn change_worker(
                     // The next lookups read below the new name from SQLite.
                     let _ = outputs.writer.flush();
                 }
+                if let Some(path) = made.placeholder {
+                    placeholders.push_back((Instant::now() + PLACEHOLDER_CHECK, path));
+                }
                 if let Some(dir) = made.scan_below {
                     use std::os::unix::ffi::OsStrExt;
                     let dir = PathBuf::from(std::ffi::OsStr::from_bytes(&dir));
@@ -265,6 +278,10 @@ fn change_worker(
                 pending.fetch_sub(1, Ordering::Relaxed);
             }
             Some(Work::Rescan(scope, why)) => {
+                if why == LOSS {
+                    // Losses from now on need a rescan of their own.
+                    loss_rescan_queued.store(false, Ordering::Release);
+                }
                 rescan_now(
                     &mut store,
                     &mut maker,
@@ -279,6 +296,32 @@ fn change_worker(
             }
             Some(Work::Stop) => break,
             None => {}
+        }
+        // Placeholders whose delete or rename record never came (lost): look again.
+        let mut due = Vec::new();
+        while placeholders
+            .front()
+            .is_some_and(|(at, _)| *at <= Instant::now())
+        {
+            if let Some((_, path)) = placeholders.pop_front()
+                && maker.is_placeholder(&path)
+            {
+                use std::os::unix::ffi::OsStrExt;
+                due.push(PathBuf::from(std::ffi::OsStr::from_bytes(&path)));
+            }
+        }
+        if !due.is_empty() {
+            rescan_now(
+                &mut store,
+                &mut maker,
+                &mut outputs,
+                &config,
+                &rules,
+                &host,
+                Scope::Paths(due),
+                "unexplained disappearance",
+                &mut baseline_files,
+            );
         }
         // Retention, like `fim scan` applies it: at start and then every hour.
         if last_prune.is_none_or(|at| at.elapsed() >= PRUNE_EVERY)
@@ -386,6 +429,8 @@ struct Feeder {
     pending: Arc<AtomicU64>,
     /// Jobs that found the queue full (their paths went to `overflow`).
     overflowed: u64,
+    /// Jobs queued so far.
+    sent: u64,
 }
 
 impl Feeder {
@@ -397,6 +442,7 @@ impl Feeder {
         match self.tx.try_send(Work::Job(Box::new(job))) {
             Ok(()) => {
                 self.pending.fetch_add(1, Ordering::Relaxed);
+                self.sent += 1;
             }
             Err(TrySendError::Full(_)) => {
                 self.overflowed += 1;
@@ -548,11 +594,13 @@ pub async fn run_until(
     // Changes made while fim was not running come first.
     tx.send(Work::Rescan(Scope::Everything, "start"))
         .context("queueing the start scan")?;
+    let loss_rescan_queued = Arc::new(AtomicBool::new(false));
     let worker = {
         let (config, rules, done) = (config.clone(), Arc::clone(&rules), Arc::clone(&pending));
+        let queued = Arc::clone(&loss_rescan_queued);
         std::thread::Builder::new()
             .name("fim-changes".into())
-            .spawn(move || change_worker(rx, maker, outputs, config, rules, done))
+            .spawn(move || change_worker(rx, maker, outputs, config, rules, done, queued))
             .context("starting the change worker")?
     };
     let mut feeder = Feeder {
@@ -561,6 +609,7 @@ pub async fn run_until(
         overflow_everything: false,
         pending: Arc::clone(&pending),
         overflowed: 0,
+        sent: 0,
     };
     let classifier = Classifier::new(
         Arc::clone(&rules),
@@ -578,6 +627,10 @@ pub async fn run_until(
     let mut jobs: Vec<Job> = Vec::new();
     let mut tick = tokio::time::interval(TICK);
     let mut lost_seen = 0u64;
+    let mut unreported_loss = 0u64;
+    let mut loss_drain_mark: Option<u64> = None;
+    let mut sent_at_loss_rescan = 0u64;
+    let mut last_loss_report: Option<Instant> = None;
     let mut malformed_seen = 0u64;
     let root_paths: Vec<PathBuf> = roots.iter().map(|r| r.path.clone()).collect();
     tokio::pin!(stop);
@@ -616,19 +669,52 @@ pub async fn run_until(
                 metrics.malformed(malformed - malformed_seen);
                 malformed_seen = malformed;
                 if lost > lost_seen {
-                    let detail = format!("{} kernel records lost; rescanning the watched roots", lost - lost_seen);
-                    log::warn!("{detail}");
-                    writer_health(&writer, "loss", backend, detail, lost - lost_seen);
+                    unreported_loss += lost - lost_seen;
                     lost_seen = lost;
-                    if tx.try_send(Work::Rescan(Scope::Paths(root_paths.clone()), "kernel loss")).is_err() {
-                        feeder.overflow_everything = true;
+                    // The lost records may include the closes of open write sessions, which
+                    // would then never end: examine them all now. A writer still open is
+                    // examined again at its close (a close without a session is examined).
+                    assembler.flush_all(&mut jobs);
+                    for job in jobs.drain(..) {
+                        feeder.job(job);
                     }
+                    // The rescan must come after the jobs of every record the kernel wrote
+                    // before the loss: those may still be unread in the ring. Wait for a
+                    // whole drain that started after now.
+                    loss_drain_mark = Some(sensor.drains());
+                }
+                if let Some(mark) = loss_drain_mark
+                    && sensor.drains() >= mark + 2
+                {
+                    loss_drain_mark = None;
+                    // A loss rescan still waiting with no job queued behind it covers this
+                    // loss too; otherwise a new one goes behind those jobs (a stale delete
+                    // processed after the rescan would drop a file that is there).
+                    let covered = loss_rescan_queued.load(Ordering::Acquire)
+                        && feeder.sent == sent_at_loss_rescan;
+                    if !covered {
+                        loss_rescan_queued.store(true, Ordering::Release);
+                        sent_at_loss_rescan = feeder.sent;
+                        if tx.try_send(Work::Rescan(Scope::Paths(root_paths.clone()), LOSS)).is_err() {
+                            loss_rescan_queued.store(false, Ordering::Release);
+                            feeder.overflow_everything = true;
+                        }
+                    }
+                }
+                // Logged and recorded at most every few seconds while losses go on.
+                if unreported_loss > 0 && last_loss_report.is_none_or(|at| at.elapsed() >= LOSS_REPORT_EVERY) {
+                    report_loss(&writer, backend, unreported_loss);
+                    unreported_loss = 0;
+                    last_loss_report = Some(Instant::now());
                 }
                 metrics.set_queue_depth(pending.load(Ordering::Relaxed));
                 metrics.set_backpressure_totals(feeder.overflowed, assembler.evicted);
             }
             _ = &mut stop => break,
         }
+    }
+    if unreported_loss > 0 {
+        report_loss(&writer, backend, unreported_loss);
     }
     log::info!("stopping; lost kernel records: {lost_seen}");
     assembler.flush_all(&mut jobs);
@@ -649,6 +735,12 @@ pub async fn run_until(
         }
     }
     Ok(())
+}
+
+fn report_loss(writer: &StoreWriter, backend: &str, lost: u64) {
+    let detail = format!("{lost} kernel records lost; rescanning the watched roots");
+    log::warn!("{detail}");
+    writer_health(writer, "loss", backend, detail, lost);
 }
 
 fn writer_health(writer: &StoreWriter, kind: &str, backend: &str, detail: String, lost: u64) {
@@ -706,6 +798,7 @@ mod tests {
             overflow_everything: false,
             pending: Arc::new(AtomicU64::new(0)),
             overflowed: 0,
+            sent: 0,
         };
         for path in ["/w/a", "/w/b", "/w/c", "/w/sub/d", "/w/sub/e"] {
             feeder.job(job(path));
@@ -743,6 +836,7 @@ mod tests {
             overflow_everything: false,
             pending: Arc::new(AtomicU64::new(0)),
             overflowed: 0,
+            sent: 0,
         };
         for i in 0..=OVERFLOW_PATHS + 1 {
             feeder.job(job(&format!("/w/f{i}")));

@@ -106,19 +106,44 @@ fn setup(extra: &str) -> Setup {
     }
 }
 
-fn spawn_fim(setup: &Setup) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_fim"))
+/// A running `fim run`; killed if the test fails while it runs.
+struct Fim(Child);
+
+impl Drop for Fim {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+impl std::ops::Deref for Fim {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Fim {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+fn spawn_fim(setup: &Setup) -> Fim {
+    Fim(Command::new(env!("CARGO_BIN_EXE_fim"))
         .args(["run", "--backend", "tracepoint", "--config"])
         .arg(&setup.config)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
-        .expect("starting fim run")
+        .expect("starting fim run"))
 }
 
 /// SIGTERM and wait: a clean stop must succeed within a deadline.
-fn stop_fim(mut child: Child) {
+fn stop_fim(mut child: Fim) {
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -160,6 +185,56 @@ fn wait_for_start_scan(db: &Path, pid: u32, within: Duration) {
         }
         assert!(Instant::now() < deadline, "the start scan did not finish");
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits until fim has nothing left to do: no queued job, no unwritten row, and every rescan
+/// it started has finished (its health row is in the store), for 3 s in a row.
+fn wait_until_quiet(setup: &Setup, within: Duration) {
+    let deadline = Instant::now() + within;
+    let mut quiet_since: Option<Instant> = None;
+    loop {
+        let depth = metric(setup.metrics, "fim_queue_depth").unwrap_or(1.0);
+        let pending = metric(setup.metrics, "fim_store_pending_rows").unwrap_or(1.0);
+        let started = metric(setup.metrics, "fim_rescans_total").unwrap_or(-1.0);
+        let finished = rusqlite::Connection::open(&setup.db)
+            .ok()
+            .and_then(|c| {
+                c.query_row(
+                    "SELECT count(*) FROM health WHERE kind IN ('scan', 'rescan')
+                        AND id > (SELECT max(id) FROM health WHERE kind = 'start')",
+                    [],
+                    |r| r.get::<_, i64>(0),
+                )
+                .ok()
+            })
+            .unwrap_or(-2);
+        if depth == 0.0 && pending == 0.0 && started == finished as f64 {
+            let since = *quiet_since.get_or_insert_with(Instant::now);
+            if since.elapsed() > Duration::from_secs(3) {
+                return;
+            }
+        } else {
+            quiet_since = None;
+        }
+        if Instant::now() >= deadline {
+            let recent: Vec<String> = rusqlite::Connection::open(&setup.db)
+                .and_then(|c| {
+                    let mut stmt = c.prepare(
+                        "SELECT kind || ': ' || coalesce(detail, '') FROM health
+                         ORDER BY id DESC LIMIT 8",
+                    )?;
+                    let rows = stmt.query_map([], |r| r.get(0))?;
+                    rows.collect()
+                })
+                .unwrap_or_default();
+            panic!(
+                "fim did not catch up: queue {depth}, rows pending {pending}, rescans started \
+                 {started}, finished {finished}; latest health rows:\n{}",
+                recent.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
@@ -514,17 +589,7 @@ fn a_ring_buffer_overflow_is_counted_and_recovered_by_a_rescan() {
     stop.store(true, Ordering::Relaxed);
     writer.join().unwrap();
     // Quiet now: the rescans the losses asked for run, then nothing is left to do.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let depth = metric(setup.metrics, "fim_queue_depth").unwrap_or(1.0);
-        let pending = metric(setup.metrics, "fim_store_pending_rows").unwrap_or(1.0);
-        if depth == 0.0 && pending == 0.0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "fim did not catch up");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    std::thread::sleep(Duration::from_secs(2));
+    wait_until_quiet(&setup, Duration::from_secs(120));
     let lost = metric(
         setup.metrics,
         "fim_kernel_events_lost_total{backend=\"tracepoint\"}",
@@ -623,25 +688,7 @@ fn a_sustained_storm_keeps_memory_bounded_and_loses_nothing() {
     )
     .unwrap_or(0.0);
     // Catch up: the queue drains and the rescans the overflow asked for run.
-    let deadline = Instant::now() + Duration::from_secs(600);
-    let mut quiet_since: Option<Instant> = None;
-    loop {
-        let depth = metric(setup.metrics, "fim_queue_depth").unwrap_or(1.0);
-        let pending = metric(setup.metrics, "fim_store_pending_rows").unwrap_or(1.0);
-        if depth == 0.0 && pending == 0.0 {
-            let since = *quiet_since.get_or_insert_with(Instant::now);
-            if since.elapsed() > Duration::from_secs(3) {
-                break;
-            }
-        } else {
-            quiet_since = None;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "fim did not catch up after the storm"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until_quiet(&setup, Duration::from_secs(600));
     let caught_up = started.elapsed().as_secs_f64() - seconds as f64;
     let rescans = metric(setup.metrics, "fim_rescans_total").unwrap_or(0.0);
     assert_store_matches_disk(&setup.db, &setup.tree);

@@ -71,6 +71,9 @@ pub struct Made {
     pub scan_below: Option<Vec<u8>>,
     /// The ops move baseline rows below a directory: later lookups must see them committed.
     pub moved_below: bool,
+    /// A placeholder row was written for this path (see [`EntryFlags::VANISHED`]): if its
+    /// delete or rename record never comes (lost), the caller must look at it again.
+    pub placeholder: Option<Vec<u8>>,
 }
 
 fn content_changed(changed: &[ChangedField]) -> bool {
@@ -111,6 +114,12 @@ impl ChangeMaker {
     fn baseline(&mut self, path: &[u8]) -> Option<BaselineEntry> {
         self.row(path)
             .filter(|e| !e.flags.has(EntryFlags::VANISHED))
+    }
+
+    /// Whether `path`'s row is still a placeholder (no delete or rename record removed it).
+    pub fn is_placeholder(&mut self, path: &[u8]) -> bool {
+        self.row(path)
+            .is_some_and(|e| e.flags.has(EntryFlags::VANISHED))
     }
 
     /// The baseline row of `path`, placeholders included.
@@ -252,6 +261,7 @@ impl ChangeMaker {
                         scanned_at_ns: job.time_ns,
                     };
                     self.set(&job.path, Some(placeholder), made, false);
+                    made.placeholder = Some(job.path.clone());
                 }
             }
             Examined::Present { entry, content } => {

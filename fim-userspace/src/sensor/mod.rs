@@ -88,6 +88,8 @@ pub struct Sensor {
     /// Events read while waiting for something else (the self-test); handed out first.
     pending: VecDeque<Event>,
     malformed: u64,
+    /// Times the ring buffer was read until empty (see [`Sensor::drains`]).
+    drains: u64,
     // Dropped last: detaches and unloads the programs.
     _ebpf: Ebpf,
 }
@@ -164,6 +166,7 @@ impl Sensor {
             mounts: watch::mounts(),
             pending: VecDeque::new(),
             malformed: 0,
+            drains: 0,
             _ebpf: ebpf,
         };
         // Fill the filter before attaching, so nothing watched slips through at start.
@@ -270,6 +273,7 @@ impl Sensor {
             // besides readiness the buffer is polled every POLL_INTERVAL.
             let before = out.len();
             drain(self.ring.get_mut(), out, &mut self.malformed);
+            self.drains += 1;
             if out.len() > before {
                 for mut event in out.split_off(before) {
                     absolutize(&mut event, &self.mounts);
@@ -302,6 +306,13 @@ impl Sensor {
     }
 
     /// Ring-buffer items that could not be decoded (never expected; counted, not trusted).
+    /// How many times the ring buffer has been read until it was empty. Once this has grown
+    /// by two since a moment, every record the kernel wrote before that moment has been
+    /// returned by [`Sensor::recv`] (one whole drain started after it).
+    pub fn drains(&self) -> u64 {
+        self.drains
+    }
+
     pub fn malformed_records(&self) -> u64 {
         self.malformed
     }
