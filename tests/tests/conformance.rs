@@ -501,6 +501,25 @@ scenario!(deeper_than_the_walk_limit, |b| {
     }
 });
 
+// mkfifo(3) (the mknodat syscall) and mknod(2) of a character device: lsm and fentry see
+// path_mknod, the tracepoint backend the two syscalls.
+scenario!(fifo_and_device_node, |b| {
+    let dir = scenario_dir("mknod", b);
+    let (fifo, device) = (dir.join("fifo"), dir.join("zero"));
+    Scenario {
+        actor: args(&[
+            "mkfifo".as_ref(),
+            fifo.as_ref(),
+            "--".as_ref(),
+            "mknod".as_ref(),
+            device.as_ref(),
+            "1".as_ref(),
+            "5".as_ref(),
+        ]),
+        expect: vec![ev(EventKind::Create, &fifo), ev(EventKind::Create, &device)],
+    }
+});
+
 scenario!(unwatched_directory_is_silent, |b| {
     let f = unwatched_dir("silent", b).join("file");
     Scenario {
