@@ -250,6 +250,13 @@ pub fn kernel_string(data: *mut u8, dst: usize, src: *const u8, truncated_flag: 
 }
 
 /// Copies a NUL-terminated user string (a syscall argument) to `data[dst..]`.
+///
+/// Unlike a kernel string, one that fills the buffer is complete: the syscalls fim reports
+/// refuse a path (or symlink target) of `PATH_MAX` (= `PATH_CAP`) bytes or more, NUL
+/// included, so the string of a syscall that succeeded has at most `PATH_CAP - 1` bytes,
+/// which fit. (A longer one read at `sys_enter` belongs to a syscall that fails with
+/// ENAMETOOLONG and is never reported.) Flagging it would report a file at a path of exactly
+/// 4095 bytes as truncated, and a truncated path is never examined or hashed.
 pub fn user_string(data: *mut u8, dst: usize, src: *const u8, truncated_flag: u16) -> Piece {
     // SAFETY: as above.
     let n = unsafe {
@@ -259,7 +266,10 @@ pub fn user_string(data: *mut u8, dst: usize, src: *const u8, truncated_flag: u1
             src.cast(),
         )
     };
-    string_result(n, truncated_flag)
+    if n <= 0 {
+        return Piece::new(0, truncated_flag);
+    }
+    Piece::new((n as usize - 1) & MASK, 0)
 }
 
 #[inline(always)]
