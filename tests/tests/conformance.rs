@@ -501,6 +501,21 @@ scenario!(deeper_than_the_walk_limit, |b| {
     }
 });
 
+// Deeper than the kernel's path walk used to go (128 steps): every path, including the one
+// built from the file at its close, comes out whole.
+scenario!(deeper_than_the_old_path_walk, |b| {
+    let mut dir = scenario_dir("deeper", b);
+    for _ in 0..140 {
+        dir.push("d");
+    }
+    std::fs::create_dir_all(&dir).expect("creating the deep tree");
+    let f = dir.join("f");
+    Scenario {
+        actor: args(&["create".as_ref(), f.as_ref()]),
+        expect: created_written_closed(b, &f),
+    }
+});
+
 // The longest path a syscall accepts (4095 bytes and the NUL): complete, not flagged
 // truncated although it fills the kernel's buffer.
 scenario!(a_path_of_exactly_4095_bytes, |b| {
