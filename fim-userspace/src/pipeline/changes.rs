@@ -259,6 +259,7 @@ impl ChangeMaker {
                 };
                 made.changes.extend(change.map(|mut c| {
                     c.kind = Some(entry.kind);
+                    c.flags = entry.flags;
                     c
                 }));
                 self.set(&job.path, Some(entry), made, previous.is_some());
@@ -317,6 +318,7 @@ impl ChangeMaker {
                 change.hash_after = entry.blake3.map(|h| hex(&h));
                 change.size = Some(entry.size);
                 change.kind = Some(entry.kind);
+                change.flags = entry.flags;
                 if let Some(c) = content {
                     made.ops.push(StoreOp::Content(ContentRecord {
                         blake3: c.blake3,
