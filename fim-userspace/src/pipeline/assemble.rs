@@ -79,7 +79,13 @@ pub struct Assembler {
 
 fn file_kind(e: &crate::sensor::Event) -> Option<FileKind> {
     if e.flags & flags::TARGET_KNOWN == 0 {
-        return None;
+        // Some records say it by what they are (the tracepoint backend describes no target
+        // for a path-only syscall).
+        return match e.kind {
+            EventKind::Mkdir | EventKind::Rmdir => Some(FileKind::Dir),
+            EventKind::Symlink => Some(FileKind::Symlink),
+            _ => None,
+        };
     }
     FileKind::from_mode(e.target.mode)
 }

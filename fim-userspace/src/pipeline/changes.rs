@@ -188,8 +188,11 @@ impl ChangeMaker {
 
     fn examine_job(&mut self, job: &Job, made: &mut Made) {
         if job.truncated_path {
-            // The path is not complete: report what the kernel said, examine nothing.
-            made.changes.push(self.record(job, job.activity, &job.path));
+            // The path is not complete: report what the kernel said (the type it saw
+            // included), examine nothing.
+            let mut change = self.record(job, job.activity, &job.path);
+            change.kind = job.file_kind;
+            made.changes.push(change);
             return;
         }
         let previous = self.baseline(&job.path);

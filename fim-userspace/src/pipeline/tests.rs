@@ -341,6 +341,11 @@ fn a_truncated_path_is_reported_once_at_once_not_every_few_seconds() {
     assert_eq!(changes.len(), 1);
     assert_eq!(changes[0].activity, activity::UPDATE);
     assert_eq!(h.assembler.open_sessions(), 0);
+    // Not examined, but the type the record gives is said.
+    let changes = h.feed_flagged(EventKind::Mkdir, &cut, "", 0, flags::PATH1_TRUNCATED);
+    assert_eq!(changes.len(), 1);
+    assert!(changes[0].truncated_path);
+    assert_eq!(changes[0].kind, Some(FileKind::Dir));
 }
 
 #[test]
