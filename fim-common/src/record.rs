@@ -15,7 +15,9 @@ pub const PATH_CAP: usize = 4096;
 /// old and new); the third `PATH_CAP` is slack so that every masked offset plus a masked length
 /// provably stays in bounds for the verifier. Only the used prefix goes into the ring buffer.
 pub const DATA_CAP: usize = 3 * PATH_CAP;
-/// Maximum number of dentries the kernel walks up when filtering or building a path.
+/// Maximum number of dentries the kernel's filter walks up looking for a watched directory
+/// (deeper events are sent undecided and user space decides). Building a path is bounded by
+/// the buffer instead, and this many mount crossings.
 pub const MAX_WALK_DEPTH: u32 = 64;
 
 /// What happened. Stable numbers: never renumber, never reuse a retired value.

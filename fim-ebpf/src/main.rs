@@ -320,6 +320,16 @@ enter!(tp_enter_mkdirat, |ctx| Some(Pending {
     mode: arg(&ctx, 2) as u32,
     ..path_op(EventKind::Mkdir, arg(&ctx, 0), arg(&ctx, 1))
 }));
+// mknod(path, mode, dev) and mknodat(dfd, path, mode, dev): FIFOs, device nodes, sockets and
+// regular files made without open(2) (mkfifo(3) and mknod(3) use mknodat).
+enter!(tp_enter_mknod, |ctx| Some(Pending {
+    mode: arg(&ctx, 1) as u32,
+    ..path_op(EventKind::Create, AT_FDCWD, arg(&ctx, 0))
+}));
+enter!(tp_enter_mknodat, |ctx| Some(Pending {
+    mode: arg(&ctx, 2) as u32,
+    ..path_op(EventKind::Create, arg(&ctx, 0), arg(&ctx, 1))
+}));
 enter!(tp_enter_chmod, |ctx| Some(Pending {
     mode: arg(&ctx, 1) as u32,
     ..path_op(EventKind::Chmod, AT_FDCWD, arg(&ctx, 0))

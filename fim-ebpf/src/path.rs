@@ -1,6 +1,7 @@
 //! Building absolute paths from dentries (and their mount, when the hook knows it) in the
-//! kernel, with a bounded walk. A path that does not fit or is deeper than the walk limit keeps
-//! its leaf end and is flagged truncated: never silently wrong.
+//! kernel, with a bounded walk. The walk goes on as long as names still fit, so any path that
+//! fits the buffer is built whole however deep it is; a path that does not fit keeps its leaf
+//! end and is flagged truncated: never silently wrong.
 
 use aya_ebpf::{
     helpers::generated::{bpf_loop, bpf_probe_read_kernel},
@@ -22,6 +23,13 @@ const WALK_CAP: usize = 2 * PATH_CAP + 256;
 static WALKBUF: PerCpuArray<[u8; WALK_CAP]> = PerCpuArray::with_max_entries(1, 0);
 
 const MASK: usize = PATH_CAP - 1;
+
+/// Iterations of the path walk: every name takes at least two bytes ('/' and one character),
+/// so no more than `PATH_CAP / 2` names fit, plus one iteration per mount crossed. The walk
+/// stops earlier at the root or when the next name does not fit; the bound only has to be
+/// large enough that depth alone never truncates a path that fits (`MAX_WALK_DEPTH * 2`
+/// did: a file 129 directories down came out as a truncated leaf end, which no rule matches).
+const BUILD_STEPS: u32 = (PATH_CAP / 2) as u32 + MAX_WALK_DEPTH;
 
 /// A written string: its length and flags, packed in one register (BPF functions take at most
 /// five arguments and cannot return structs through memory).
@@ -195,7 +203,7 @@ pub fn build(
     // SAFETY: the callback has the signature bpf_loop expects and takes no context.
     unsafe {
         bpf_loop(
-            MAX_WALK_DEPTH * 2,
+            BUILD_STEPS,
             walk_callback as *mut core::ffi::c_void,
             core::ptr::null_mut(),
             0,
@@ -250,6 +258,13 @@ pub fn kernel_string(data: *mut u8, dst: usize, src: *const u8, truncated_flag: 
 }
 
 /// Copies a NUL-terminated user string (a syscall argument) to `data[dst..]`.
+///
+/// Unlike a kernel string, one that fills the buffer is complete: the syscalls fim reports
+/// refuse a path (or symlink target) of `PATH_MAX` (= `PATH_CAP`) bytes or more, NUL
+/// included, so the string of a syscall that succeeded has at most `PATH_CAP - 1` bytes,
+/// which fit. (A longer one read at `sys_enter` belongs to a syscall that fails with
+/// ENAMETOOLONG and is never reported.) Flagging it would report a file at a path of exactly
+/// 4095 bytes as truncated, and a truncated path is never examined or hashed.
 pub fn user_string(data: *mut u8, dst: usize, src: *const u8, truncated_flag: u16) -> Piece {
     // SAFETY: as above.
     let n = unsafe {
@@ -259,7 +274,10 @@ pub fn user_string(data: *mut u8, dst: usize, src: *const u8, truncated_flag: u1
             src.cast(),
         )
     };
-    string_result(n, truncated_flag)
+    if n <= 0 {
+        return Piece::new(0, truncated_flag);
+    }
+    Piece::new((n as usize - 1) & MASK, 0)
 }
 
 #[inline(always)]

@@ -250,3 +250,12 @@ pub fn drain(runtime: &tokio::runtime::Runtime, sensor: &mut sensor::Sensor) {
 pub fn bytes(path: &Path) -> Vec<u8> {
     path.as_os_str().as_bytes().to_vec()
 }
+
+/// The content the test actor's `big` operation writes: byte `offset + i` of the file goes to
+/// `out[i]`. Not periodic at any power of two, so a hash over the wrong range cannot match.
+pub fn pattern(offset: usize, out: &mut [u8]) {
+    for (i, byte) in out.iter_mut().enumerate() {
+        let at = offset + i;
+        *byte = (at % 251) as u8 ^ (at >> 20) as u8;
+    }
+}

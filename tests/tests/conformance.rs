@@ -501,6 +501,62 @@ scenario!(deeper_than_the_walk_limit, |b| {
     }
 });
 
+// Deeper than the kernel's path walk used to go (128 steps): every path, including the one
+// built from the file at its close, comes out whole.
+scenario!(deeper_than_the_old_path_walk, |b| {
+    let mut dir = scenario_dir("deeper", b);
+    for _ in 0..140 {
+        dir.push("d");
+    }
+    std::fs::create_dir_all(&dir).expect("creating the deep tree");
+    let f = dir.join("f");
+    Scenario {
+        actor: args(&["create".as_ref(), f.as_ref()]),
+        expect: created_written_closed(b, &f),
+    }
+});
+
+// The longest path a syscall accepts (4095 bytes and the NUL): complete, not flagged
+// truncated although it fills the kernel's buffer.
+scenario!(a_path_of_exactly_4095_bytes, |b| {
+    let mut dir = scenario_dir("longest", b);
+    let target = 4095 - 1 - 20;
+    while dir.as_os_str().len() < target {
+        let remaining = target - dir.as_os_str().len();
+        let mut name = (remaining - 1).min(200);
+        if remaining - 1 - name == 1 {
+            name -= 1;
+        }
+        dir.push("L".repeat(name));
+    }
+    std::fs::create_dir_all(&dir).expect("creating the long tree");
+    let f = dir.join("F".repeat(20));
+    assert_eq!(f.as_os_str().len(), 4095);
+    Scenario {
+        actor: args(&["create".as_ref(), f.as_ref()]),
+        expect: created_written_closed(b, &f),
+    }
+});
+
+// mkfifo(3) (the mknodat syscall) and mknod(2) of a character device: lsm and fentry see
+// path_mknod, the tracepoint backend the two syscalls.
+scenario!(fifo_and_device_node, |b| {
+    let dir = scenario_dir("mknod", b);
+    let (fifo, device) = (dir.join("fifo"), dir.join("zero"));
+    Scenario {
+        actor: args(&[
+            "mkfifo".as_ref(),
+            fifo.as_ref(),
+            "--".as_ref(),
+            "mknod".as_ref(),
+            device.as_ref(),
+            "1".as_ref(),
+            "5".as_ref(),
+        ]),
+        expect: vec![ev(EventKind::Create, &fifo), ev(EventKind::Create, &device)],
+    }
+});
+
 scenario!(unwatched_directory_is_silent, |b| {
     let f = unwatched_dir("silent", b).join("file");
     Scenario {

@@ -18,6 +18,7 @@ pub use users::Users;
 
 use crate::pipeline::{Enrich, Process, kernel_actor};
 use crate::sensor::Event;
+use fim_common::flags;
 
 /// Processes kept; beyond this the cache starts over (a process seen again is re-read).
 const CACHE_MAX: usize = 16_384;
@@ -230,7 +231,9 @@ impl ProcessCache {
     fn process_of_exec(&mut self, event: &Event) -> Process {
         let k = &event.actor;
         let mut actor = self.record_actor(event);
-        if !event.path.is_empty() && !event.truncated() {
+        // Only a cut executable path is unusable: arguments longer than the record holds
+        // (a long `xargs` or compiler command line) are cut, the executable is still exact.
+        if !event.path.is_empty() && event.flags & flags::PATH1_TRUNCATED == 0 {
             actor.exe = Some(event.path.clone());
         }
         if !event.path2.is_empty() {

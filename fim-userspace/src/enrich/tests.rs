@@ -1,6 +1,6 @@
 use std::os::unix::ffi::OsStrExt;
 
-use fim_common::{Actor as KernelActor, Args, Target};
+use fim_common::{Actor as KernelActor, Args, Target, flags};
 
 use super::*;
 use crate::sensor::{Backend, EventKind};
@@ -90,4 +90,35 @@ fn command_lines_are_quoted_where_needed() {
         b"sh -c 'echo hi > /etc/x'"
     );
     assert_eq!(command_line(b"a\0it's\0"), b"a 'it'\\''s'");
+}
+
+/// An exec whose arguments did not fit in the record (flagged PATH2_TRUNCATED) still names
+/// its executable exactly; only a cut executable path is left out.
+#[test]
+fn a_cut_command_line_keeps_the_executable() {
+    // A pid that cannot be running: everything comes from the records.
+    let pid = u32::MAX - 7;
+    let exec_of = |exe: &[u8], record_flags: u16| {
+        let mut exec = event_of(pid, 42, "tool");
+        exec.kind = EventKind::Exec;
+        exec.path = exe.to_vec();
+        exec.path2 = [&b"tool\0"[..], &[b'a'; 4000]].concat();
+        exec.flags = flags::PATH2_IS_STRING | record_flags;
+        exec
+    };
+    let mut cache = ProcessCache::new();
+    cache.exec(&exec_of(b"/usr/bin/tool", flags::PATH2_TRUNCATED));
+    let p = cache.actor(&event_of(pid, 42, "tool"));
+    assert_eq!(p.actor.exe.as_deref(), Some(&b"/usr/bin/tool"[..]));
+    assert!(
+        p.actor
+            .cmdline
+            .as_deref()
+            .unwrap()
+            .starts_with(b"tool aaaa")
+    );
+
+    let mut cache = ProcessCache::new();
+    cache.exec(&exec_of(b"/bin/tool", flags::PATH1_TRUNCATED));
+    assert_eq!(cache.actor(&event_of(pid, 42, "tool")).actor.exe, None);
 }

@@ -147,6 +147,11 @@ pub fn event(change: &ChangeRecord, ctx: &OcsfContext) -> Value {
     );
     fim.insert("authorized".into(), json!(change.authorized));
     fim.insert("truncated_path".into(), json!(change.truncated_path));
+    let flags = change.flags.names();
+    if !flags.is_empty() {
+        // Why `file.hashes` is missing: too_large, unstable, unreadable.
+        fim.insert("flags".into(), json!(flags));
+    }
     if let Some(uid) = a.login_uid {
         fim.insert("login_uid".into(), json!(uid));
     }

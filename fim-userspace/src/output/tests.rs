@@ -127,6 +127,54 @@ fn hostile_paths_stay_valid_json_and_lose_nothing() {
     );
 }
 
+/// What a scan found (at the start, after a loss) says what kind of object it is and why a
+/// regular file has no hash, like a realtime change does.
+#[test]
+fn scan_drift_events_carry_the_type_and_why_there_is_no_hash() {
+    use crate::baseline::{BaselineEntry, DriftItem, EntryFlags};
+    let entry = |path: &[u8], kind: FileKind, flags: u32| BaselineEntry {
+        path: path.to_vec(),
+        kind,
+        size: 100 << 30,
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        mtime_ns: 0,
+        ctime_ns: 0,
+        inode: 1,
+        dev: 1,
+        blake3: None,
+        xattr_digest: None,
+        link_target: None,
+        flags: EntryFlags(flags),
+        errno: None,
+        scanned_at_ns: 0,
+    };
+    let rules = crate::config::RuleSet::new(Vec::new());
+    let added = |path: &[u8], kind, flags| {
+        let item = DriftItem::Added(entry(path, kind, flags));
+        event(
+            &ChangeRecord::from_drift_item(&item, &rules, "h", 0),
+            &ctx(),
+        )
+    };
+    let fifo = added(b"/etc/fifo", FileKind::Fifo, 0);
+    assert_eq!(fifo["file"]["type_id"], 6);
+    assert!(fifo["unmapped"]["fim"].get("flags").is_none());
+    assert_eq!(added(b"/etc/null", FileKind::Char, 0)["file"]["type_id"], 3);
+    let big = added(b"/etc/big", FileKind::File, EntryFlags::TOO_LARGE);
+    assert_eq!(big["file"]["type_id"], 1);
+    assert!(big["file"].get("hashes").is_none());
+    assert_eq!(big["file"]["size"], 100u64 << 30);
+    assert_eq!(big["unmapped"]["fim"]["flags"], json!(["too_large"]));
+    let gone = DriftItem::Removed(entry(b"/etc/link", FileKind::Symlink, 0));
+    let gone = event(
+        &ChangeRecord::from_drift_item(&gone, &rules, "h", 0),
+        &ctx(),
+    );
+    assert_eq!(gone["file"]["type_id"], 7);
+}
+
 #[test]
 fn file_output_rotates_by_size_and_keeps_n() {
     let dir = tempfile::tempdir().unwrap();

@@ -85,7 +85,13 @@ pub struct Assembler {
 
 fn file_kind(e: &crate::sensor::Event) -> Option<FileKind> {
     if e.flags & flags::TARGET_KNOWN == 0 {
-        return None;
+        // Some records say it by what they are (the tracepoint backend describes no target
+        // for a path-only syscall).
+        return match e.kind {
+            EventKind::Mkdir | EventKind::Rmdir => Some(FileKind::Dir),
+            EventKind::Symlink => Some(FileKind::Symlink),
+            _ => None,
+        };
     }
     FileKind::from_mode(e.target.mode)
 }
@@ -137,6 +143,23 @@ impl Assembler {
     pub fn observe(&mut self, o: Observation, out: &mut Vec<Job>) {
         let e = &o.event;
         match e.kind {
+            // A path that did not fit is not the key its close will come with (the kernel
+            // builds that one from the file, keeping the other end of the path), so a session
+            // would wait for it forever, and the long-writer tick would report the path again
+            // every few seconds. Such a path is never examined anyway: report it now.
+            EventKind::Create
+            | EventKind::OpenWrite
+            | EventKind::MmapSharedWrite
+            | EventKind::Truncate
+                if e.truncated() =>
+            {
+                let activity = if e.kind == EventKind::Create {
+                    activity::CREATE
+                } else {
+                    activity::UPDATE
+                };
+                out.push(self.job(JobKind::Examine, activity, &o));
+            }
             EventKind::Create => {
                 // The tracepoint backend reports the open that created the file, with its flags;
                 // the LSM backends report the creation and then the open separately.

@@ -206,8 +206,11 @@ impl ChangeMaker {
 
     fn examine_job(&mut self, job: &Job, made: &mut Made) {
         if job.truncated_path {
-            // The path is not complete: report what the kernel said, examine nothing.
-            made.changes.push(self.record(job, job.activity, &job.path));
+            // The path is not complete: report what the kernel said (the type it saw
+            // included), examine nothing.
+            let mut change = self.record(job, job.activity, &job.path);
+            change.kind = job.file_kind;
+            made.changes.push(change);
             return;
         }
         let previous = self.baseline(&job.path);
@@ -302,6 +305,7 @@ impl ChangeMaker {
                 };
                 made.changes.extend(change.map(|mut c| {
                     c.kind = Some(entry.kind);
+                    c.flags = entry.flags;
                     c
                 }));
                 let existed = previous.is_some() || self.row(&job.path).is_some();
@@ -367,6 +371,7 @@ impl ChangeMaker {
                 change.hash_after = entry.blake3.map(|h| hex(&h));
                 change.size = Some(entry.size);
                 change.kind = Some(entry.kind);
+                change.flags = entry.flags;
                 if let Some(c) = content {
                     made.ops.push(StoreOp::Content(ContentRecord {
                         blake3: c.blake3,

@@ -128,15 +128,28 @@ impl Harness {
         path2: &str,
         open_flags: u32,
     ) -> Vec<crate::store::ChangeRecord> {
+        let record_flags = if kind == EventKind::SetXattr {
+            flags::PATH2_IS_STRING
+        } else {
+            0
+        };
+        self.feed_flagged(kind, path, path2, open_flags, record_flags)
+    }
+
+    /// [`Harness::feed`] with the record's flags given.
+    fn feed_flagged(
+        &mut self,
+        kind: EventKind,
+        path: &str,
+        path2: &str,
+        open_flags: u32,
+        record_flags: u16,
+    ) -> Vec<crate::store::ChangeRecord> {
         self.ktime += 1_000_000;
         let event = Event {
             kind,
             backend: Backend::Tracepoint,
-            flags: if kind == EventKind::SetXattr {
-                flags::PATH2_IS_STRING
-            } else {
-                0
-            },
+            flags: record_flags,
             rule_id: 1,
             ktime_ns: self.ktime,
             actor: KernelActor {
@@ -281,6 +294,58 @@ fn a_creation_without_a_writer_settles_on_the_tick() {
     let changes = h.tick(300);
     assert_eq!(changes.len(), 1);
     assert_eq!(changes[0].activity, activity::CREATE);
+}
+
+#[test]
+fn a_truncated_path_is_reported_once_at_once_not_every_few_seconds() {
+    let mut h = Harness::new();
+    // The creating open's path did not fit (the tracepoint backend keeps its start); the
+    // close comes with the other end of the path, which no rule covers and never matches.
+    let cut = format!("/etc/{}", "d/".repeat(40));
+    let changes = h.feed_flagged(
+        EventKind::Create,
+        &cut,
+        "",
+        O_WRONLY | libc::O_CREAT as u32,
+        flags::PATH1_TRUNCATED,
+    );
+    assert_eq!(changes.len(), 1, "reported when it happened");
+    assert_eq!(changes[0].activity, activity::CREATE);
+    assert!(changes[0].truncated_path);
+    assert!(
+        changes[0].hash_after.is_none(),
+        "an incomplete path is not examined"
+    );
+    assert!(
+        h.feed_flagged(
+            EventKind::Modified,
+            "/d/d/d/file",
+            "",
+            0,
+            flags::PATH1_TRUNCATED
+        )
+        .is_empty()
+    );
+    assert_eq!(h.assembler.open_sessions(), 0, "nothing waits for a close");
+    for _ in 0..3 {
+        assert!(h.tick(6000).is_empty(), "reported again");
+    }
+    // A write through an open whose path did not fit: one update, at once.
+    let changes = h.feed_flagged(
+        EventKind::OpenWrite,
+        &cut,
+        "",
+        O_WRONLY,
+        flags::PATH1_TRUNCATED,
+    );
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].activity, activity::UPDATE);
+    assert_eq!(h.assembler.open_sessions(), 0);
+    // Not examined, but the type the record gives is said.
+    let changes = h.feed_flagged(EventKind::Mkdir, &cut, "", 0, flags::PATH1_TRUNCATED);
+    assert_eq!(changes.len(), 1);
+    assert!(changes[0].truncated_path);
+    assert_eq!(changes[0].kind, Some(FileKind::Dir));
 }
 
 #[test]

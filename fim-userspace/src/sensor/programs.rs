@@ -181,6 +181,8 @@ static TRACEPOINT: &[ProgramSpec] = &[
     tp!("tp_enter_rmdir", &["sys_enter_rmdir"]),
     tp!("tp_enter_mkdir", &["sys_enter_mkdir"]),
     tp!("tp_enter_mkdirat", &["sys_enter_mkdirat"]),
+    tp!("tp_enter_mknod", &["sys_enter_mknod"]),
+    tp!("tp_enter_mknodat", &["sys_enter_mknodat"]),
     tp!("tp_enter_chmod", &["sys_enter_chmod"]),
     tp!(
         "tp_enter_fchmodat",
@@ -223,6 +225,8 @@ static TRACEPOINT: &[ProgramSpec] = &[
             "sys_exit_rmdir",
             "sys_exit_mkdir",
             "sys_exit_mkdirat",
+            "sys_exit_mknod",
+            "sys_exit_mknodat",
             "sys_exit_chmod",
             "sys_exit_fchmodat",
             "sys_exit_fchmod",

@@ -59,6 +59,9 @@ pub struct ChangeRecord {
     /// The type of the object now (or before, when it is gone); for the output's
     /// `file.type_id`, not stored.
     pub kind: Option<crate::baseline::FileKind>,
+    /// Why a regular file has no hash (too large, unstable, unreadable); for the output's
+    /// `unmapped.fim.flags`, not stored (the baseline row has them).
+    pub flags: crate::baseline::EntryFlags,
     pub authorized: bool,
     pub truncated_path: bool,
     pub actor: Actor,
@@ -119,6 +122,8 @@ impl ChangeRecord {
             DriftItem::Added(added) => ChangeRecord {
                 hash_after: added.blake3.map(|h| hex(&h)),
                 size: Some(added.size),
+                kind: Some(added.kind),
+                flags: added.flags,
                 ..base(&added.path, activity::CREATE)
             },
             DriftItem::Removed(removed) => ChangeRecord {
@@ -127,6 +132,7 @@ impl ChangeRecord {
                 // previous values to show.
                 previous: (!removed.flags.has(crate::baseline::EntryFlags::VANISHED))
                     .then(|| previous_json(removed)),
+                kind: Some(removed.kind),
                 ..base(&removed.path, activity::DELETE)
             },
             DriftItem::Modified(modified) => {
@@ -150,6 +156,8 @@ impl ChangeRecord {
                     hash_before: modified.previous.blake3.map(|h| hex(&h)),
                     hash_after: modified.current.blake3.map(|h| hex(&h)),
                     size: Some(modified.current.size),
+                    kind: Some(modified.current.kind),
+                    flags: modified.current.flags,
                     ..base(&modified.current.path, activity)
                 }
             }
@@ -230,6 +238,7 @@ pub fn select(
             row.get(0)?,
             ChangeRecord {
                 kind: None,
+                flags: Default::default(),
                 time_ns: row.get(1)?,
                 host: row.get(2)?,
                 activity: row.get(3)?,

@@ -64,6 +64,13 @@ fn number(arg: Option<&OsString>) -> io::Result<u32> {
     .map_err(io::Error::other)
 }
 
+fn size(arg: Option<&OsString>) -> io::Result<libc::off_t> {
+    arg.and_then(|a| a.to_str())
+        .ok_or_else(|| io::Error::other("missing size"))?
+        .parse()
+        .map_err(io::Error::other)
+}
+
 fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
     if rc < 0 {
         Err(io::Error::last_os_error())
@@ -116,10 +123,11 @@ fn perform(op: &[OsString]) -> io::Result<()> {
                 close(fd)
             }
             "truncate" => check(libc::truncate(c(a1)?.as_ptr(), 0)).map(|_| ()),
-            // open for writing, ftruncate, close
+            // open for writing, ftruncate (to 0, or to SIZE when given), close
             "ftruncate" => {
                 let fd = open(&c(a1)?, libc::O_WRONLY)?;
-                check(libc::ftruncate(fd, 0))?;
+                let size = if a2.is_some() { size(a2)? } else { 0 };
+                check(libc::ftruncate(fd, size))?;
                 close(fd)
             }
             // open(O_WRONLY | O_TRUNC), close
@@ -183,6 +191,52 @@ fn perform(op: &[OsString]) -> io::Result<()> {
                 libc::munmap(map, len);
                 close(fd)
             }
+            // mkfifo through the mknodat syscall
+            "mkfifo" => check(libc::mknodat(
+                libc::AT_FDCWD,
+                c(a1)?.as_ptr(),
+                libc::S_IFIFO | 0o644,
+                0,
+            ))
+            .map(|_| ()),
+            // mknod PATH MAJOR MINOR: a character device, through the mknod syscall itself
+            // (glibc's mknod() uses mknodat)
+            "mknod" => {
+                let dev = libc::makedev(number(a2)?, number(op.get(3))?);
+                let rc =
+                    libc::syscall(libc::SYS_mknod, c(a1)?.as_ptr(), libc::S_IFCHR | 0o600, dev);
+                check(rc as libc::c_int).map(|_| ())
+            }
+            // sparse PATH SIZE OFFSET: create, ftruncate to SIZE, write "sparse\n" at OFFSET
+            "sparse" => {
+                let fd = open(&c(a1)?, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY)?;
+                check(libc::ftruncate(fd, size(a2)?))?;
+                let data = b"sparse\n";
+                let n = libc::pwrite(fd, data.as_ptr().cast(), data.len(), size(op.get(3))?);
+                if n as usize != data.len() {
+                    return Err(io::Error::last_os_error());
+                }
+                close(fd)
+            }
+            // big PATH BYTES: create (or replace the content of) PATH with BYTES bytes of
+            // [`fim_tests::pattern`]
+            "big" => {
+                let fd = open(&c(a1)?, libc::O_CREAT | libc::O_TRUNC | libc::O_WRONLY)?;
+                let total = size(a2)? as usize;
+                let mut written = 0;
+                let mut chunk = vec![0u8; 1 << 20];
+                while written < total {
+                    let n = chunk.len().min(total - written);
+                    fim_tests::pattern(written, &mut chunk[..n]);
+                    write_all(fd, &chunk[..n])?;
+                    written += n;
+                }
+                close(fd)
+            }
+            // chdir DIR: later relative paths start there
+            "chdir" => change_dir(std::path::Path::new(
+                a1.ok_or_else(|| io::Error::other("missing directory"))?,
+            )),
             other => Err(io::Error::other(format!("unknown operation {other:?}"))),
         }
     }
