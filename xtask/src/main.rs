@@ -4,13 +4,15 @@
 //! - `build`: build fim (release), with the embedded eBPF object
 //! - `run`: setup if needed, build, run `fim run` in the foreground (as root)
 //! - `test`: the whole test suite: fmt, clippy (host, eBPF, Windows), the fim-windows.exe build,
-//!   unit, native integration, Wine and VM tests
+//!   unit, native integration, a short fuzz run, Wine and VM tests
 //! - `vm-test`: the kernel tests in QEMU on the Debian 6.1 and 6.12 kernels
+//! - `fuzz`: the cargo-fuzz targets (decoder, config, ocsf), 10 minutes each by default
 //! - `completions`: bash, zsh and fish completions for `fim`
 //! - `install`: the release binary, the systemd unit and the completions, system-wide
 
 mod bench;
 mod cmd;
+mod fuzz;
 mod install;
 mod paths;
 mod setup;
@@ -54,8 +56,8 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Run the whole test suite: fmt, clippy, unit tests, native integration tests, the
-    /// fim-windows checks (Windows clippy, .exe build, tests under Wine), VM tests.
+    /// Run the whole test suite: fmt, clippy, unit tests, native integration tests, 20 s of
+    /// each fuzz target, the fim-windows checks (Windows clippy, .exe build, tests under Wine), VM tests.
     Test {
         /// Skip the QEMU kernel tests (for quick local iterations only; CI never skips them).
         #[arg(long)]
@@ -87,12 +89,38 @@ enum Task {
         #[arg(long, default_value = "/")]
         root: PathBuf,
     },
+    /// Fuzz the kernel-record decoder, the configuration parser and the OCSF output (cargo-fuzz,
+    /// nightly). Fails when a target crashes; crash inputs land in fuzz/artifacts/<target>/.
+    /// `cargo xtask test` runs each target for 20 s.
+    Fuzz {
+        /// Which target: decoder, config or ocsf (default: all three, one after the other).
+        target: Option<String>,
+        /// How long to fuzz each target.
+        #[arg(long, default_value_t = fuzz::LONG_RUN_SECONDS)]
+        seconds: u64,
+        /// Build with AddressSanitizer (slower; for memory errors in unsafe code).
+        #[arg(long)]
+        asan: bool,
+    },
     /// Run the kernel tests inside QEMU on the Debian test kernels.
     VmTest {
         /// Which kernel: 6.1, 6.12 or all.
         #[arg(long, default_value = "all")]
         kernel: String,
     },
+}
+
+/// `cargo xtask fuzz`: what building the targets needs, then the run and its closing line.
+fn fuzz_task(target: Option<&str>, seconds: u64, asan: bool) -> Result<bool> {
+    setup::run(setup::Scope::Build)?;
+    setup::ensure_cargo_fuzz()?;
+    let names = match target {
+        Some(name) => vec![name],
+        None => fuzz::all(),
+    };
+    let counts = fuzz::run(&names, seconds, asan, false)?;
+    counts.print_closing("fuzz");
+    Ok(counts.failed == 0)
 }
 
 fn main() -> ExitCode {
@@ -113,6 +141,11 @@ fn main() -> ExitCode {
         Task::Bench { what, args } => testing::bench(&what, &args).map(|_| true),
         Task::Completions { out } => install::completions(out.as_deref()).map(|_| true),
         Task::Install { root } => install::install(&root).map(|_| true),
+        Task::Fuzz {
+            target,
+            seconds,
+            asan,
+        } => fuzz_task(target.as_deref(), seconds, asan),
         Task::VmTest { kernel } => vm::run(&kernel).map(|counts| {
             counts.print_closing("total");
             counts.failed == 0

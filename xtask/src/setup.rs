@@ -23,6 +23,10 @@ const B3SUM_VERSION: &str = "1.8.7";
 /// The bpf-linker version known to work with the installed nightly (TOOLCHAIN.md).
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
+/// cargo-fuzz, which builds and runs the fuzz targets in fuzz/ (`cargo xtask fuzz` and the
+/// fuzz phase of `cargo xtask test`).
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
     /// What `cargo build` needs.
@@ -49,6 +53,7 @@ pub fn run_with(scope: Scope, bench: bool) -> Result<()> {
         crate::windows::setup(&mut apt)?;
         ensure_prometheus(&mut apt)?;
         ensure_systemd_analyze(&mut apt)?;
+        ensure_cargo_fuzz()?;
     }
     if bench {
         ensure_bench_tools(true)?;
@@ -86,6 +91,31 @@ fn ensure_systemd_analyze(apt: &mut Apt) -> Result<()> {
         return Ok(());
     }
     apt.ensure_packages(&["systemd"])
+}
+
+/// cargo-fuzz, installed (pinned) only when `cargo fuzz` does not run at all.
+pub fn ensure_cargo_fuzz() -> Result<()> {
+    cmd::step(&format!(
+        "cargo-fuzz {CARGO_FUZZ_VERSION} (cargo install --locked; runs the fuzz targets)"
+    ));
+    if cmd::succeeds(cmd::clean_cargo_env(&mut Command::new("cargo")).args(["fuzz", "--version"])) {
+        println!("    present");
+        return Ok(());
+    }
+    println!("    installing");
+    cmd::run(
+        cmd::clean_cargo_env(&mut Command::new("cargo"))
+            .args([
+                "install",
+                "cargo-fuzz",
+                "--locked",
+                "--version",
+                CARGO_FUZZ_VERSION,
+            ])
+            // Outside the workspace: its target dir stays out of it.
+            .current_dir(std::env::temp_dir()),
+    )
+    .context("installing cargo-fuzz")
 }
 
 fn ensure_nightly_rust_src() -> Result<()> {

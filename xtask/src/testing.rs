@@ -6,7 +6,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::{
     cmd::{self, Counts},
-    paths, setup, vm, windows,
+    fuzz, paths, setup, vm, windows,
 };
 
 fn cargo() -> Command {
@@ -166,6 +166,27 @@ pub fn run_all(with_vm: bool) -> Result<bool> {
             "native",
             cmd::run_counting(cargo().args(["test", "--no-fail-fast"]))?,
         ));
+    }
+
+    // After the native tests, so the eBPF object fim-userspace embeds is already built.
+    let fuzz_targets = fuzz::all();
+    cmd::step(&format!(
+        "fuzzing ({} targets, {} s each)",
+        fuzz_targets.len(),
+        fuzz::TEST_SECONDS
+    ));
+    match fuzz::run(&fuzz_targets, fuzz::TEST_SECONDS, false, true) {
+        Ok(counts) => phases.push(("fuzz", counts)),
+        Err(e) => {
+            eprintln!("FAILURE: the fuzz targets could not run: {e:#}");
+            phases.push((
+                "fuzz",
+                Counts {
+                    passed: 0,
+                    failed: fuzz_targets.len() as u64,
+                },
+            ));
+        }
     }
 
     match windows::wine_tests(cargo()) {

@@ -5,5 +5,7 @@ mod sink;
 #[cfg(test)]
 mod tests;
 
-pub use ocsf::{OCSF_VERSION, OcsfContext, activity_name, event, integrity_finding, type_id};
+pub use ocsf::{
+    OCSF_VERSION, OcsfContext, activity_id, activity_name, event, integrity_finding, type_id,
+};
 pub use sink::OutputSink;

@@ -42,6 +42,21 @@ pub fn activity_name(id: i64) -> &'static str {
     }
 }
 
+/// The `activity_id` written for a change's activity: one of the contract's ids (README
+/// "Output (OCSF)"), anything else as 99 (Other), so that `activity_name` names it and
+/// `type_uid` (100100 + id) stays in range whatever the record holds.
+pub fn activity_id(id: i64) -> i64 {
+    match id {
+        activity::CREATE
+        | activity::UPDATE
+        | activity::DELETE
+        | activity::RENAME
+        | activity::SET_ATTRIBUTES
+        | activity::SET_SECURITY => id,
+        _ => activity::OTHER,
+    }
+}
+
 /// OCSF `file.type_id`.
 pub fn type_id(kind: Option<FileKind>) -> i64 {
     match kind {
@@ -166,7 +181,7 @@ pub fn event(change: &ChangeRecord, ctx: &OcsfContext) -> Value {
     }
 
     let mut event = Map::new();
-    let id = change.activity;
+    let id = activity_id(change.activity);
     event.insert("class_uid".into(), json!(1001));
     event.insert("class_name".into(), json!("File System Activity"));
     event.insert("category_uid".into(), json!(1));

@@ -227,3 +227,38 @@ fn file_output_reopens_after_an_external_rotation() {
     let text = std::fs::read_to_string(&path).unwrap();
     assert_eq!(text.lines().count(), 1, "the new file gets the new line");
 }
+
+/// Found by the `ocsf` fuzz target: an activity id near i64::MAX overflowed `type_uid`
+/// (100100 + id). Ids outside the contract are written as 99 (Other), consistently.
+#[test]
+fn an_activity_outside_the_contract_is_written_as_other() {
+    // The fuzzer's input: no optional field, activity 0x7fff_ffff_ffff_212e, the rest empty.
+    let c = ChangeRecord {
+        activity: 0x7fff_ffff_ffff_212e,
+        ..ChangeRecord::default()
+    };
+    for activity in [c.activity, i64::MIN, -1, 0, 2, 8, 100] {
+        let e = event(
+            &ChangeRecord {
+                activity,
+                ..c.clone()
+            },
+            &ctx(),
+        );
+        assert_eq!(e["activity_id"], 99, "{activity}");
+        assert_eq!(e["activity_name"], "Other");
+        assert_eq!(e["type_uid"], 100199);
+        assert_eq!(e["type_name"], "File System Activity: Other");
+    }
+    for known in [activity::CREATE, activity::SET_SECURITY, activity::OTHER] {
+        let e = event(
+            &ChangeRecord {
+                activity: known,
+                ..c.clone()
+            },
+            &ctx(),
+        );
+        assert_eq!(e["activity_id"], known);
+        assert_eq!(e["type_uid"], 100100 + known);
+    }
+}

@@ -96,6 +96,15 @@ fn file_kind(e: &crate::sensor::Event) -> Option<FileKind> {
     FileKind::from_mode(e.target.mode)
 }
 
+/// The wall-clock time of a kernel monotonic timestamp. Saturating: a timestamp beyond any real
+/// uptime (a corrupt record) must not overflow, which panics in debug builds and wraps to a
+/// time decades away in release builds.
+fn wall_ns(ktime_ns: u64, clock_offset_ns: i64) -> i64 {
+    i64::try_from(ktime_ns)
+        .unwrap_or(i64::MAX)
+        .saturating_add(clock_offset_ns)
+}
+
 fn write_intent(open_flags: u32) -> bool {
     open_flags & (libc::O_WRONLY as u32 | libc::O_RDWR as u32) != 0
 }
@@ -134,7 +143,7 @@ impl Assembler {
             authorized: o.authorized,
             backend: e.backend.name(),
             truncated_path: e.truncated(),
-            time_ns: e.ktime_ns as i64 + self.clock_offset_ns,
+            time_ns: wall_ns(e.ktime_ns, self.clock_offset_ns),
             ktime_ns: e.ktime_ns,
         }
     }
@@ -287,7 +296,7 @@ impl Assembler {
         // The creator is the actor of a creation; the last writer of an update.
         let who = if s.created { &s.first } else { &s.last };
         let mut job = self.job(JobKind::Examine, activity, who);
-        job.time_ns = s.last.event.ktime_ns as i64 + self.clock_offset_ns;
+        job.time_ns = wall_ns(s.last.event.ktime_ns, self.clock_offset_ns);
         job.ktime_ns = s.last.event.ktime_ns;
         job
     }
@@ -324,7 +333,7 @@ impl Assembler {
                         authorized: who.authorized,
                         backend: e.backend.name(),
                         truncated_path: e.truncated(),
-                        time_ns: now_ktime_ns as i64 + self.clock_offset_ns,
+                        time_ns: wall_ns(now_ktime_ns, self.clock_offset_ns),
                         ktime_ns: now_ktime_ns,
                     }
                 };
