@@ -521,9 +521,14 @@ pub async fn run_until(
 
     let mut store = Store::open(&config.state_dir)?;
     // Before anything reads or writes the baseline: are its rows still the ones fim wrote?
+    let checked = Instant::now();
     let integrity = store
         .check_integrity()
         .context("authenticating the baseline")?;
+    log::info!(
+        "baseline integrity checked in {:.2}s",
+        checked.elapsed().as_secs_f64()
+    );
     let writer = Arc::new(
         store
             .spawn_writer(WriterSettings::default())

@@ -325,9 +325,15 @@ fn scan(config_path: Option<&Path>, json: bool, rehash: bool) -> Result<()> {
     let config = Config::load(config_path)
         .map_err(|errors| anyhow::anyhow!("invalid configuration:\n{errors}"))?;
     let mut store = Store::open(&config.state_dir)?;
+    let checked = std::time::Instant::now();
     let integrity = store
         .check_integrity()
         .context("authenticating the baseline")?;
+    log::info!(
+        "baseline integrity: {} ({:.2}s)",
+        integrity.summary(),
+        checked.elapsed().as_secs_f64()
+    );
     if integrity.alert() {
         log::error!("BASELINE INTEGRITY ALERT: {}", integrity.summary());
         for path in integrity.logged_paths() {
