@@ -174,10 +174,7 @@ impl Outputs {
             log::info!("baseline integrity: {}", report.summary());
             return;
         }
-        log::error!("BASELINE INTEGRITY ALERT: {}", report.summary());
-        for path in report.logged_paths() {
-            log::error!("baseline row failed authentication: {path}");
-        }
+        report.log_alert();
         self.metrics.integrity_alert();
         if let Err(e) = self.sink.write_value(&crate::output::integrity_finding(
             report,

@@ -335,10 +335,7 @@ fn scan(config_path: Option<&Path>, json: bool, rehash: bool) -> Result<()> {
         checked.elapsed().as_secs_f64()
     );
     if integrity.alert() {
-        log::error!("BASELINE INTEGRITY ALERT: {}", integrity.summary());
-        for path in integrity.logged_paths() {
-            log::error!("baseline row failed authentication: {path}");
-        }
+        integrity.log_alert();
         store
             .write(&[StoreOp::Health(HealthRecord {
                 time_ns: std::time::SystemTime::now()

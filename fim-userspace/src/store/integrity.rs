@@ -238,9 +238,6 @@ pub struct IntegrityReport {
     /// Problems with the key itself (missing while the store names one, another key, the key
     /// file readable by others).
     pub key_problems: Vec<String>,
-    /// Rows signed because no key had signed them yet (a new store, or one from before
-    /// baseline authentication): trust on first use, not an alert.
-    pub signed_first_use: u64,
 }
 
 impl IntegrityReport {
@@ -290,6 +287,14 @@ impl IntegrityReport {
             .iter()
             .map(|p| crate::baseline::display_path(p))
     }
+
+    /// The alert in the log: the summary, then each failing path on its own line.
+    pub fn log_alert(&self) {
+        log::error!("BASELINE INTEGRITY ALERT: {}", self.summary());
+        for path in self.logged_paths() {
+            log::error!("baseline row failed authentication: {path}");
+        }
+    }
 }
 
 fn meta_get(conn: &Connection, key: &str) -> Result<Option<String>> {
@@ -318,16 +323,21 @@ pub(crate) fn signed(conn: &Connection) -> Result<bool> {
 /// Only ever done right after this process created the key, and only when no key had signed
 /// the store before (checked by the caller).
 pub(crate) fn sign_all(conn: &mut Connection, key: &BaselineKey) -> Result<u64> {
+    rewrite(
+        conn,
+        key,
+        "UPDATE baseline SET mac = fim_mac({COLUMNS})",
+        "signing the baseline rows",
+    )
+}
+
+/// Runs `sql` (`{COLUMNS}` stands for the signed columns) on the baseline, then records the
+/// set of rows as it now is and this key as the one that signed it, in one transaction.
+fn rewrite(conn: &mut Connection, key: &BaselineKey, sql: &str, what: &str) -> Result<u64> {
     let tx = conn.transaction()?;
     let n = tx
-        .execute(
-            &format!(
-                "UPDATE baseline SET mac = fim_mac({})",
-                super::baseline::COLUMNS
-            ),
-            [],
-        )
-        .context("signing the baseline rows")?;
+        .execute(&sql.replace("{COLUMNS}", super::baseline::COLUMNS), [])
+        .with_context(|| what.to_string())?;
     recompute_set(&tx, key)?;
     meta_set(&tx, "baseline_key", key.id())?;
     tx.commit()?;
@@ -355,12 +365,8 @@ pub(crate) fn check(
     origin: KeyOrigin,
     key_path: &Path,
 ) -> Result<IntegrityReport> {
+    // A store no key had signed was signed when this key was created (Store::open_path).
     let mut report = IntegrityReport::default();
-    if origin == KeyOrigin::Created && !signed(conn)? {
-        report.signed_first_use = sign_all(conn, key)?;
-        report.rows = report.signed_first_use;
-        return Ok(report);
-    }
     if let Ok(meta) = std::fs::metadata(key_path) {
         // SAFETY: geteuid has no preconditions.
         let euid = unsafe { libc::geteuid() };
@@ -431,18 +437,12 @@ pub(crate) fn check(
     if report.alert() {
         // Start over from what can be trusted: drop the rows that fail, sign the rest as
         // they are, record this key.
-        let tx = conn.transaction()?;
-        tx.execute(
-            &format!(
-                "DELETE FROM baseline WHERE mac IS NULL OR mac != fim_mac({})",
-                super::baseline::COLUMNS
-            ),
-            [],
-        )
-        .context("removing the baseline rows that fail authentication")?;
-        recompute_set(&tx, key)?;
-        meta_set(&tx, "baseline_key", key.id())?;
-        tx.commit()?;
+        rewrite(
+            conn,
+            key,
+            "DELETE FROM baseline WHERE mac IS NULL OR mac != fim_mac({COLUMNS})",
+            "removing the baseline rows that fail authentication",
+        )?;
     }
     Ok(report)
 }
