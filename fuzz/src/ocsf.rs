@@ -26,15 +26,7 @@ const ACTIVITIES: [i64; 7] = [
     activity::OTHER,
 ];
 
-const KINDS: [FileKind; 7] = [
-    FileKind::File,
-    FileKind::Dir,
-    FileKind::Symlink,
-    FileKind::Fifo,
-    FileKind::Socket,
-    FileKind::Char,
-    FileKind::Block,
-];
+const KINDS: [FileKind; 7] = FileKind::ALL;
 
 /// Which optional fields are present: bit numbers of the leading `u32`.
 mod bit {

@@ -15,6 +15,16 @@ pub enum FileKind {
 }
 
 impl FileKind {
+    pub const ALL: [FileKind; 7] = [
+        FileKind::File,
+        FileKind::Dir,
+        FileKind::Symlink,
+        FileKind::Fifo,
+        FileKind::Socket,
+        FileKind::Char,
+        FileKind::Block,
+    ];
+
     /// From `st_mode`.
     pub fn from_mode(mode: u32) -> Option<FileKind> {
         Some(match mode & libc::S_IFMT {
@@ -42,17 +52,7 @@ impl FileKind {
     }
 
     pub fn parse(name: &str) -> Option<FileKind> {
-        [
-            FileKind::File,
-            FileKind::Dir,
-            FileKind::Symlink,
-            FileKind::Fifo,
-            FileKind::Socket,
-            FileKind::Char,
-            FileKind::Block,
-        ]
-        .into_iter()
-        .find(|k| k.name() == name)
+        FileKind::ALL.into_iter().find(|k| k.name() == name)
     }
 }
 
@@ -119,6 +119,35 @@ pub struct BaselineEntry {
 }
 
 impl BaselineEntry {
+    /// An entry that records no state of its own (times, owner, content all zero or absent),
+    /// only that `path` is there and why it has nothing else: `flags` and `errno` say.
+    pub fn without_state(
+        path: Vec<u8>,
+        kind: FileKind,
+        flags: EntryFlags,
+        errno: Option<i32>,
+        scanned_at_ns: i64,
+    ) -> BaselineEntry {
+        BaselineEntry {
+            path,
+            kind,
+            size: 0,
+            mode: 0,
+            uid: 0,
+            gid: 0,
+            mtime_ns: 0,
+            ctime_ns: 0,
+            inode: 0,
+            dev: 0,
+            blake3: None,
+            xattr_digest: None,
+            link_target: None,
+            flags,
+            errno,
+            scanned_at_ns,
+        }
+    }
+
     /// The fields whose equality lets a rescan reuse the previous hash: any write to the
     /// file changes mtime or ctime, a replacement changes the inode.
     pub fn same_identity_and_times(&self, other: &BaselineEntry) -> bool {

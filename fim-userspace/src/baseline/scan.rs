@@ -231,24 +231,13 @@ pub fn scan(rules: &RuleSet, previous: &Baseline, options: &ScanOptions) -> Scan
 }
 
 fn unreadable(path: &Path, kind: FileKind, errno: i32) -> BaselineEntry {
-    BaselineEntry {
-        path: path.as_os_str().as_bytes().to_vec(),
+    BaselineEntry::without_state(
+        path.as_os_str().as_bytes().to_vec(),
         kind,
-        size: 0,
-        mode: 0,
-        uid: 0,
-        gid: 0,
-        mtime_ns: 0,
-        ctime_ns: 0,
-        inode: 0,
-        dev: 0,
-        blake3: None,
-        xattr_digest: None,
-        link_target: None,
-        flags: EntryFlags(EntryFlags::UNREADABLE),
-        errno: Some(errno),
-        scanned_at_ns: now_ns(),
-    }
+        EntryFlags(EntryFlags::UNREADABLE),
+        Some(errno),
+        now_ns(),
+    )
 }
 
 fn entry_of(path: &Path, kind: FileKind, snapshot: &Snapshot) -> BaselineEntry {

@@ -245,24 +245,13 @@ impl ChangeMaker {
                     // The store must remember that this path was reported as existing: if
                     // fim is killed before its delete or rename record arrives, the next
                     // scan compares with this placeholder and reports the path gone.
-                    let placeholder = BaselineEntry {
-                        path: job.path.clone(),
-                        kind: job.file_kind.unwrap_or(FileKind::File),
-                        inode: 0,
-                        dev: 0,
-                        size: 0,
-                        mode: 0,
-                        uid: 0,
-                        gid: 0,
-                        mtime_ns: 0,
-                        ctime_ns: 0,
-                        blake3: None,
-                        xattr_digest: None,
-                        link_target: None,
-                        flags: EntryFlags(EntryFlags::VANISHED),
-                        errno: None,
-                        scanned_at_ns: job.time_ns,
-                    };
+                    let placeholder = BaselineEntry::without_state(
+                        job.path.clone(),
+                        job.file_kind.unwrap_or(FileKind::File),
+                        EntryFlags(EntryFlags::VANISHED),
+                        None,
+                        job.time_ns,
+                    );
                     self.set(&job.path, Some(placeholder), made, false);
                     made.placeholder = Some(job.path.clone());
                 }
