@@ -431,6 +431,17 @@ struct Feeder {
 }
 
 impl Feeder {
+    fn new(tx: SyncSender<Work>, pending: Arc<AtomicU64>) -> Feeder {
+        Feeder {
+            tx,
+            overflow: BTreeSet::new(),
+            overflow_everything: false,
+            pending,
+            overflowed: 0,
+            sent: 0,
+        }
+    }
+
     fn job(&mut self, job: Job) {
         use std::os::unix::ffi::OsStrExt;
         let paths: Vec<Vec<u8>> = std::iter::once(job.path.clone())
@@ -605,14 +616,7 @@ pub async fn run_until(
             .spawn(move || change_worker(rx, maker, outputs, config, rules, done, queued))
             .context("starting the change worker")?
     };
-    let mut feeder = Feeder {
-        tx: tx.clone(),
-        overflow: BTreeSet::new(),
-        overflow_everything: false,
-        pending: Arc::clone(&pending),
-        overflowed: 0,
-        sent: 0,
-    };
+    let mut feeder = Feeder::new(tx.clone(), Arc::clone(&pending));
     let classifier = Classifier::new(
         Arc::clone(&rules),
         config.authorized.clone(),
@@ -794,14 +798,7 @@ mod tests {
     #[test]
     fn a_full_job_queue_turns_into_a_counted_rescan() {
         let (tx, rx) = mpsc::sync_channel(2);
-        let mut feeder = Feeder {
-            tx,
-            overflow: BTreeSet::new(),
-            overflow_everything: false,
-            pending: Arc::new(AtomicU64::new(0)),
-            overflowed: 0,
-            sent: 0,
-        };
+        let mut feeder = Feeder::new(tx, Arc::new(AtomicU64::new(0)));
         for path in ["/w/a", "/w/b", "/w/c", "/w/sub/d", "/w/sub/e"] {
             feeder.job(job(path));
         }
@@ -832,14 +829,7 @@ mod tests {
     #[test]
     fn too_many_overflowing_paths_rescan_everything() {
         let (tx, rx) = mpsc::sync_channel(1);
-        let mut feeder = Feeder {
-            tx,
-            overflow: BTreeSet::new(),
-            overflow_everything: false,
-            pending: Arc::new(AtomicU64::new(0)),
-            overflowed: 0,
-            sent: 0,
-        };
+        let mut feeder = Feeder::new(tx, Arc::new(AtomicU64::new(0)));
         for i in 0..=OVERFLOW_PATHS + 1 {
             feeder.job(job(&format!("/w/f{i}")));
         }
