@@ -11,5 +11,5 @@ pub mod record;
 pub use offsets::KernelOffsets;
 pub use record::{
     Actor, Args, Backend, EventKind, Excluded, Record, RecordHeader, Target, WatchKey, WatchValue,
-    excluded, flags, watch,
+    bitmap, excluded, flags, watch,
 };

@@ -331,6 +331,38 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
     hash
 }
 
+/// Membership bitmaps in front of the filter's hash maps: one bit per key hash, set by user
+/// space for every key in the map. A clear bit proves the key absent with one array load,
+/// which the verifier inlines, instead of a hash-map lookup; most paths the kernel asks about
+/// are unwatched, so most lookups end there. A set bit only means "look it up".
+pub mod bitmap {
+    /// 64-bit words per bitmap (65,536 bits: 8 KiB).
+    pub const WORDS: u32 = 1024;
+
+    /// The bit of a 64-bit key hash: (word, mask).
+    #[inline(always)]
+    pub const fn bit(hash: u64) -> (u32, u64) {
+        // Multiplicative mixing, top 16 bits: FNV hashes and inode numbers both vary most in
+        // their low bits.
+        let index = (hash.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 48) as u32;
+        (index >> 6, 1u64 << (index & 63))
+    }
+
+    /// The hash that stands for a whole filesystem in the inode bitmap: its bit is set when
+    /// any key is on device `dev`, so a clear bit settles a path on an unwatched filesystem
+    /// (tmpfs, procfs, ...) before any walk.
+    #[inline(always)]
+    pub const fn dev_hash(dev: u32) -> u64 {
+        (dev as u64) | 1 << 63
+    }
+
+    /// The hash of a `WatchKey`'s fields.
+    #[inline(always)]
+    pub const fn inode_hash(dev: u32, ino: u64) -> u64 {
+        ino ^ ((dev as u64) << 40) ^ (dev as u64)
+    }
+}
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: `repr(C)` structs with only integer fields, laid out without padding holes.

@@ -3,13 +3,32 @@
 //! Roots are keyed by (dev, inode). User space also registers the root of every mount below a
 //! recursive root, so the walk never has to cross a mount: it stops at the filesystem root.
 
-use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::map, maps::HashMap};
-use fim_common::{Excluded, WatchKey, WatchValue, record::MAX_WALK_DEPTH, watch};
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid,
+    macros::map,
+    maps::{Array, HashMap},
+};
+use fim_common::{Excluded, WatchKey, WatchValue, bitmap, record::MAX_WALK_DEPTH, watch};
 
 use crate::kernel::{off, read, read_ptr};
 
 #[map]
 static WATCHED: HashMap<WatchKey, WatchValue> = HashMap::with_max_entries(16384, 0);
+
+/// A bit per `WATCHED` key hash (`fim_common::bitmap`): a clear bit skips the lookup.
+#[map]
+static WATCHED_BITS: Array<u64> = Array::with_max_entries(bitmap::WORDS, 0);
+
+/// Whether the key with this hash may be in the map behind `bits`. A clear bit proves it absent
+/// with one inlined array load; set (or unreadable), the caller looks it up.
+#[inline(always)]
+pub fn maybe_present(bits: &Array<u64>, hash: u64) -> bool {
+    let (word, mask) = bitmap::bit(hash);
+    match bits.get(word) {
+        Some(w) => *w & mask != 0,
+        None => true,
+    }
+}
 
 /// Processes (tgid) whose changes are dropped in the kernel: fim itself, configured actors.
 #[map]
@@ -102,6 +121,9 @@ fn lookup(dev: u32, dentry: *const u8) -> Option<WatchValue> {
         return None;
     }
     let ino = read::<u64>(inode, off!(inode_i_ino)).ok()?;
+    if !maybe_present(&WATCHED_BITS, bitmap::inode_hash(dev, ino)) {
+        return None;
+    }
     // SAFETY: the value is copied out at once.
     unsafe { WATCHED.get(WatchKey { dev, _pad: 0, ino }).copied() }
 }
@@ -111,6 +133,10 @@ pub fn check(target: *const u8) -> Verdict {
     let Ok(dev) = dentry_dev(target) else {
         return Verdict::Undecided;
     };
+    // Nothing watched on this filesystem: the walk, which never leaves it, would find nothing.
+    if !maybe_present(&WATCHED_BITS, bitmap::dev_hash(dev)) {
+        return Verdict::Unwatched;
+    }
     if let Some(v) = lookup(dev, target)
         && v.flags & watch::SELF != 0
     {

@@ -22,25 +22,29 @@ fn split_path(path: *const u8) -> Result<(*const u8, *const u8), i64> {
 /// Whether to report, and under which rule: `None` drops the event.
 #[inline(always)]
 fn decide(targets: &[*const u8]) -> Option<(u32, u16)> {
-    if !crate::kernel::offsets_loaded() || filter::actor_excluded() {
+    if !crate::kernel::offsets_loaded() {
         return None;
     }
-    let mut undecided = false;
+    let mut decision = None;
     for &target in targets {
         if target.is_null() {
             continue;
         }
         let verdict = filter::check(target);
         if let Some(rule) = verdict.rule() {
-            return Some((rule, 0));
+            decision = Some((rule, 0));
+            break;
         }
-        undecided |= verdict.is_undecided();
+        if verdict.is_undecided() {
+            decision = Some((0, flags::FILTER_UNDECIDED));
+        }
     }
-    if undecided {
-        Some((0, flags::FILTER_UNDECIDED))
-    } else {
-        None
+    // The actor check comes second: most events are about unwatched paths, and the walk
+    // settles those without the lookup.
+    if decision.is_some() && filter::actor_excluded() {
+        return None;
     }
+    decision
 }
 
 /// The filter's decision, then the scratch record with rule and decision flags filled in;
@@ -246,6 +250,10 @@ pub fn file_open(backend: Backend, file: *const u8) -> Result<(), i64> {
 /// report `Modified` (no filter walk: the decision was made at open).
 #[inline(always)]
 pub fn file_closed(backend: Backend, file: *const u8) -> Result<(), i64> {
+    // Only files opened for writing are tracked: one read spares the others the map lookup.
+    if read::<u32>(file, off!(file_f_mode))? & FMODE_WRITE == 0 {
+        return Ok(());
+    }
     let Some(rule) = writers::closing(file) else {
         return Ok(());
     };

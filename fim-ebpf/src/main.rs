@@ -530,6 +530,13 @@ pub fn tp_exit(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// Does nothing: `cargo xtask bench sensor` attaches it wherever the tracepoint backend
+/// attaches, to measure what the attach points cost before any of fim's work.
+#[tracepoint]
+pub fn tp_noop(_ctx: TracePointContext) -> u32 {
+    0
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

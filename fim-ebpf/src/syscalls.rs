@@ -103,11 +103,9 @@ pub fn arg(ctx: &TracePointContext, i: usize) -> u64 {
 /// update. Deciding at enter also sees the paths as they were before the operation.
 #[inline(always)]
 pub fn stash(mut pending: Pending) {
-    if filter::actor_excluded() {
-        return;
-    }
     let verdict = decide(&pending);
-    if verdict.is_unwatched() {
+    // Unwatched first: that settles most syscalls without the actor lookup.
+    if verdict.is_unwatched() || filter::actor_excluded() {
         return;
     }
     pending.verdict = verdict.raw();
@@ -581,8 +579,16 @@ fn prefix_verdict(dst: usize, len: usize, truncated: bool) -> filter::Verdict {
     }
 }
 
+/// A bit per `PREFIXES` key (`fim_common::bitmap`): a clear bit ends the lookup.
+#[map]
+static PREFIX_BITS: aya_ebpf::maps::Array<u64> =
+    aya_ebpf::maps::Array::with_max_entries(fim_common::bitmap::WORDS, 0);
+
 #[inline(always)]
 fn lookup_prefix(hash: u64) -> Option<WatchValue> {
+    if !filter::maybe_present(&PREFIX_BITS, hash) {
+        return None;
+    }
     // SAFETY: copied out at once.
     unsafe { PREFIXES.get(hash).copied() }
 }

@@ -828,3 +828,96 @@ fn bpf_lsm_is_active_in_the_vm() {
         );
     }
 }
+
+/// Mounts a small tmpfs at `at`; unmounted when dropped.
+struct Tmpfs(std::ffi::CString);
+
+impl Tmpfs {
+    fn mount(at: &Path) -> Tmpfs {
+        use std::os::unix::ffi::OsStrExt;
+        let c = |s: &[u8]| std::ffi::CString::new(s).expect("no NUL");
+        let target = c(at.as_os_str().as_bytes());
+        // SAFETY: valid strings; the mount is undone on drop.
+        let rc = unsafe {
+            libc::mount(
+                c(b"tmpfs").as_ptr(),
+                target.as_ptr(),
+                c(b"tmpfs").as_ptr(),
+                0,
+                c(b"size=1m").as_ptr().cast(),
+            )
+        };
+        assert_eq!(
+            rc,
+            0,
+            "mounting a tmpfs: {}",
+            std::io::Error::last_os_error()
+        );
+        Tmpfs(target)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        // SAFETY: unmounting what this test mounted.
+        unsafe { libc::umount2(self.0.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// The shared sensor's roots again, so that mounts made since are (un)registered.
+fn reregister(backend: Backend) {
+    with_sensor(backend, |_, sensor| {
+        let problems = sensor
+            .set_roots(&[fim::sensor::WatchRoot {
+                path: trees().watched.clone(),
+                rule_id: WATCHED_RULE,
+                recursive: true,
+            }])
+            .expect("registering the roots again");
+        assert!(problems.is_empty(), "{problems:?}");
+    });
+}
+
+// A filesystem mounted inside the watched tree is watched too (its root is registered when the
+// roots are), and a filesystem with nothing watched on it is dropped at once by the kernel's
+// per-filesystem check: a creation in each, only the first reported.
+mod mounted_filesystems {
+    use super::*;
+
+    fn run(b: Backend) {
+        let inside = scenario_dir("mounted", b).join("mnt");
+        let outside = unwatched_dir("mounted", b).join("mnt");
+        std::fs::create_dir(&inside).expect("mount point");
+        std::fs::create_dir(&outside).expect("mount point");
+        let mounts = (Tmpfs::mount(&inside), Tmpfs::mount(&outside));
+        reregister(b);
+        let (seen, unseen) = (inside.join("new"), outside.join("new"));
+        run_scenario(b, "mounted_filesystems", |b| Scenario {
+            actor: args(&[
+                "create".as_ref(),
+                unseen.as_ref(),
+                "--".as_ref(),
+                "create".as_ref(),
+                seen.as_ref(),
+            ]),
+            expect: created_written_closed(b, &seen),
+        });
+        drop(mounts);
+        reregister(b);
+    }
+
+    #[test]
+    fn lsm() {
+        run(Backend::Lsm);
+    }
+
+    #[test]
+    fn fentry() {
+        run(Backend::Fentry);
+    }
+
+    #[test]
+    fn tracepoint() {
+        run(Backend::Tracepoint);
+    }
+}

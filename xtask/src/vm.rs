@@ -47,6 +47,9 @@ const KERNELS: &[KernelSpec] = &[
 
 /// Wall-clock limit for one kernel's boot and tests under TCG.
 const VM_TIMEOUT: Duration = Duration::from_secs(900);
+/// The same for a benchmark run, whose length the caller chooses (rounds, iterations,
+/// `--profile`): only a hang should hit it.
+const VM_BENCH_TIMEOUT: Duration = Duration::from_secs(3 * 3600);
 
 const TARGET: &str = "x86_64-unknown-linux-gnu";
 
@@ -330,7 +333,7 @@ pub fn run(which: &str) -> Result<Counts> {
     let mut total = Counts::default();
     let mut per_kernel = Vec::new();
     for spec in selected {
-        let counts = boot_and_test(spec, &initramfs)?;
+        let counts = boot_and_test(spec, &initramfs, VM_TIMEOUT)?;
         counts.print_closing(spec.label);
         per_kernel.push((spec.label, counts));
         total.add(counts);
@@ -347,7 +350,7 @@ pub fn run(which: &str) -> Result<Counts> {
 pub fn bench(args: &[String]) -> Result<()> {
     let initramfs = build_initramfs(Some(&args.join(" ")))?;
     for spec in KERNELS {
-        boot_and_test(spec, &initramfs)?;
+        boot_and_test(spec, &initramfs, VM_BENCH_TIMEOUT)?;
         let log = paths::target()
             .join("vm")
             .join(format!("console-{}.log", spec.label));
@@ -576,9 +579,9 @@ fn strip_escapes(line: &str) -> String {
 /// test result, so it is retried and reported; anything after `/init` started counts.
 const BOOT_ATTEMPTS: u32 = 4;
 
-fn boot_and_test(spec: &KernelSpec, initramfs: &Path) -> Result<Counts> {
+fn boot_and_test(spec: &KernelSpec, initramfs: &Path, limit: Duration) -> Result<Counts> {
     for attempt in 1..=BOOT_ATTEMPTS {
-        let (counts, booted) = boot_once(spec, initramfs)?;
+        let (counts, booted) = boot_once(spec, initramfs, limit)?;
         if booted {
             return Ok(counts);
         }
@@ -597,7 +600,7 @@ fn boot_and_test(spec: &KernelSpec, initramfs: &Path) -> Result<Counts> {
     })
 }
 
-fn boot_once(spec: &KernelSpec, initramfs: &Path) -> Result<(Counts, bool)> {
+fn boot_once(spec: &KernelSpec, initramfs: &Path, limit: Duration) -> Result<(Counts, bool)> {
     let dir = kernel_dir(spec.label);
     let package = fs::read_to_string(dir.join("package")).unwrap_or_default();
     cmd::step(&format!(
@@ -644,7 +647,7 @@ fn boot_once(spec: &KernelSpec, initramfs: &Path) -> Result<(Counts, bool)> {
     let watchdog = {
         let child = Arc::clone(&child);
         std::thread::spawn(move || {
-            while started.elapsed() < VM_TIMEOUT {
+            while started.elapsed() < limit {
                 std::thread::sleep(Duration::from_millis(500));
                 if let Ok(mut c) = child.lock()
                     && c.try_wait().ok().flatten().is_some()
@@ -690,7 +693,7 @@ fn boot_once(spec: &KernelSpec, initramfs: &Path) -> Result<(Counts, bool)> {
     let mut counts = state.counts;
     if !state.done {
         let why = if timed_out {
-            format!("timed out after {VM_TIMEOUT:?}")
+            format!("timed out after {limit:?}")
         } else {
             "stopped early".to_string()
         };

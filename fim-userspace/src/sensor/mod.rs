@@ -29,7 +29,7 @@ use aya::{
 };
 pub use event::Event;
 pub use fim_common::{Backend, EventKind};
-use fim_common::{Excluded, WatchKey, WatchValue, flags};
+use fim_common::{Excluded, WatchKey, WatchValue, bitmap, flags};
 use tokio::io::unix::AsyncFd;
 pub use watch::WatchRoot;
 
@@ -79,6 +79,9 @@ pub struct Sensor {
     watched: BpfHashMap<MapData, WatchKey, WatchValue>,
     prefixes: BpfHashMap<MapData, u64, WatchValue>,
     root_prefix: aya::maps::Array<MapData, WatchValue>,
+    /// Membership bitmaps in front of `watched` and `prefixes` (`fim_common::bitmap`).
+    watched_bits: aya::maps::Array<MapData, u64>,
+    prefix_bits: aya::maps::Array<MapData, u64>,
     excluded: BpfHashMap<MapData, u32, Excluded>,
     registered: watch::FilterEntries,
     roots: Vec<WatchRoot>,
@@ -149,6 +152,10 @@ impl Sensor {
             .context("ROOT_PREFIX map")?;
         let excluded =
             BpfHashMap::try_from(take(&mut ebpf, "EXCLUDED")?).context("EXCLUDED map")?;
+        let watched_bits = aya::maps::Array::try_from(take(&mut ebpf, "WATCHED_BITS")?)
+            .context("WATCHED_BITS map")?;
+        let prefix_bits = aya::maps::Array::try_from(take(&mut ebpf, "PREFIX_BITS")?)
+            .context("PREFIX_BITS map")?;
         let mut sensor = Sensor {
             backend,
             // SAFETY: the ring buffer owns its map fd, which stays open and unchanged until the
@@ -159,6 +166,8 @@ impl Sensor {
             watched,
             prefixes,
             root_prefix,
+            watched_bits,
+            prefix_bits,
             excluded,
             registered: watch::FilterEntries::default(),
             roots: Vec::new(),
@@ -193,6 +202,26 @@ impl Sensor {
     /// Replaces the watched roots. Returns the roots that could not be registered.
     pub fn set_roots(&mut self, roots: &[WatchRoot]) -> Result<Vec<String>> {
         let entries = watch::entries(roots);
+        // The bitmaps first gain the new keys' bits and only lose the old keys' bits once the
+        // maps no longer hold them: a clear bit must never hide a key that is in its map.
+        let inode_bits = |e: &watch::FilterEntries| {
+            Bitmap::of(
+                e.inodes
+                    .iter()
+                    .flat_map(|(k, _)| [bitmap::inode_hash(k.dev, k.ino), bitmap::dev_hash(k.dev)]),
+            )
+        };
+        let prefix_bits = |e: &watch::FilterEntries| Bitmap::of(e.prefixes.iter().map(|p| p.0));
+        let (old_inodes, new_inodes) = (inode_bits(&self.registered), inode_bits(&entries));
+        let (old_prefixes, new_prefixes) = (prefix_bits(&self.registered), prefix_bits(&entries));
+        let both_inodes = old_inodes.union(&new_inodes);
+        let both_prefixes = old_prefixes.union(&new_prefixes);
+        both_inodes
+            .store(&mut self.watched_bits, &old_inodes)
+            .context("setting the WATCHED_BITS map")?;
+        both_prefixes
+            .store(&mut self.prefix_bits, &old_prefixes)
+            .context("setting the PREFIX_BITS map")?;
         for (key, _) in &self.registered.inodes {
             let _ = self.watched.remove(key);
         }
@@ -218,6 +247,12 @@ impl Sensor {
         self.root_prefix
             .set(0, root, 0)
             .context("setting the ROOT_PREFIX map")?;
+        new_inodes
+            .store(&mut self.watched_bits, &both_inodes)
+            .context("setting the WATCHED_BITS map")?;
+        new_prefixes
+            .store(&mut self.prefix_bits, &both_prefixes)
+            .context("setting the PREFIX_BITS map")?;
         let problems = entries.problems.clone();
         self.registered = entries;
         self.roots = roots.to_vec();
@@ -506,6 +541,78 @@ fn attach_program(ebpf: &mut Ebpf, spec: &ProgramSpec, btf: Option<&Btf>) -> Res
     Ok(())
 }
 
+/// A membership bitmap as user space builds it (`fim_common::bitmap`).
+#[derive(Clone, PartialEq, Eq, Debug)]
+struct Bitmap(Vec<u64>);
+
+impl Bitmap {
+    fn of(hashes: impl Iterator<Item = u64>) -> Bitmap {
+        let mut words = vec![0u64; bitmap::WORDS as usize];
+        for hash in hashes {
+            let (word, mask) = bitmap::bit(hash);
+            words[word as usize] |= mask;
+        }
+        Bitmap(words)
+    }
+
+    fn union(&self, other: &Bitmap) -> Bitmap {
+        Bitmap(self.0.iter().zip(&other.0).map(|(a, b)| a | b).collect())
+    }
+
+    /// Writes the words that differ from `current` (what the map holds now).
+    fn store(&self, map: &mut aya::maps::Array<MapData, u64>, current: &Bitmap) -> Result<()> {
+        for (index, (word, old)) in self.0.iter().zip(&current.0).enumerate() {
+            if word != old {
+                map.set(index as u32, *word, 0)
+                    .with_context(|| format!("word {index}"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The tracepoint backend's attach points with a program that does nothing: what the
+/// benchmark measures as the floor of that backend (the kernel's syscall-tracing path), apart
+/// from fim's own work. Detached when dropped.
+pub struct Floor {
+    _ebpf: Ebpf,
+}
+
+/// Attaches `tp_noop` to every tracepoint the tracepoint backend uses.
+pub fn attach_tracepoint_floor() -> Result<Floor> {
+    host::raise_memlock_limit();
+    host::ensure_tracefs()?;
+    let mut ebpf = EbpfLoader::new()
+        .load(EBPF_OBJECT)
+        .context("loading fim's embedded eBPF object")?;
+    let program: &mut TracePoint = ebpf
+        .program_mut("tp_noop")
+        .context("program tp_noop is missing from the eBPF object")?
+        .try_into()?;
+    program.load().context("loading tp_noop")?;
+    for spec in programs(Backend::Tracepoint) {
+        match &spec.attach {
+            Attach::Tracepoints { events, optional } => {
+                for event in *events {
+                    program
+                        .attach("syscalls", event)
+                        .with_context(|| format!("attaching tp_noop to syscalls:{event}"))?;
+                }
+                for event in *optional {
+                    let _ = program.attach("syscalls", event);
+                }
+            }
+            Attach::Tracepoint { category, name } => {
+                program
+                    .attach(category, name)
+                    .with_context(|| format!("attaching tp_noop to {category}:{name}"))?;
+            }
+            _ => bail!("{} is not a tracepoint program", spec.name),
+        }
+    }
+    Ok(Floor { _ebpf: ebpf })
+}
+
 /// The kernel-internal "operation not supported" errno, which BPF syscalls can leak to user space.
 const ENOTSUPP: i32 = 524;
 
@@ -609,4 +716,44 @@ fn unlinkat(path: &Path) -> Result<()> {
             .with_context(|| format!("unlinking {}", path.display()));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_has_its_bit_and_the_union_keeps_both_sets() {
+        let old: Vec<u64> = (0..500u64).map(|i| bitmap::inode_hash(2049, i)).collect();
+        let new: Vec<u64> = (0..500u64)
+            .map(|i| fim_common::record::fnv1a(&i.to_le_bytes()))
+            .collect();
+        let (a, b) = (
+            Bitmap::of(old.iter().copied()),
+            Bitmap::of(new.iter().copied()),
+        );
+        let both = a.union(&b);
+        let has = |m: &Bitmap, h: u64| {
+            let (word, mask) = bitmap::bit(h);
+            m.0[word as usize] & mask != 0
+        };
+        assert!(old.iter().all(|&h| has(&a, h) && has(&both, h)));
+        assert!(new.iter().all(|&h| has(&b, h) && has(&both, h)));
+        assert_eq!(both.union(&a), both);
+    }
+
+    #[test]
+    fn sequential_inodes_and_sibling_paths_spread_over_the_bitmap() {
+        // Inode numbers of one directory are often consecutive; paths differ in a last byte.
+        // Few shared bits keep the bitmap's false positives (useless lookups) rare.
+        let inodes = Bitmap::of((1_000_000..1_004_000u64).map(|i| bitmap::inode_hash(66306, i)));
+        let paths = Bitmap::of(
+            (0..4000u32).map(|i| fim_common::record::fnv1a(format!("/srv/app/f{i}").as_bytes())),
+        );
+        for map in [inodes, paths] {
+            let set: u32 = map.0.iter().map(|w| w.count_ones()).sum();
+            // 4,000 random keys in 65,536 bits would set about 3,880.
+            assert!(set > 3_700, "only {set} distinct bits for 4,000 keys");
+        }
+    }
 }

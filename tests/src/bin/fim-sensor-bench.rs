@@ -6,7 +6,16 @@
 //! hits all modes alike; the table shows medians and their ratio to the no-monitor median of
 //! the same directory kind. Results also go to a JSON file.
 //!
-//! Usage: fim-sensor-bench [--rounds R] [--iterations N] [--out FILE]
+//! The `tp-floor` row attaches a program that returns at once wherever the tracepoint backend
+//! attaches: the cost of the kernel's syscall-tracing path alone, below which no tracepoint
+//! program can go.
+//!
+//! With `--profile`, one more pass per backend and tree runs with the kernel's BPF run-time
+//! statistics on and prints, per program, how often it ran and its mean cost: where the
+//! sensor's time goes. (The statistics cost two clock reads per program run themselves, so
+//! that pass is kept apart from the timed rounds.)
+//!
+//! Usage: fim-sensor-bench [--rounds R] [--iterations N] [--out FILE] [--profile]
 
 use std::{
     ffi::CString,
@@ -73,6 +82,8 @@ fn workload(args: &[String]) -> Result<()> {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Mode {
     None,
+    /// The tracepoint backend's attach points with programs that return at once.
+    Floor,
     With(Backend),
 }
 
@@ -80,6 +91,7 @@ impl Mode {
     fn name(self) -> &'static str {
         match self {
             Mode::None => "none",
+            Mode::Floor => "tp-floor",
             Mode::With(b) => b.name(),
         }
     }
@@ -239,6 +251,9 @@ fn bench(args: &[String]) -> Result<()> {
             Err(e) => println!("backend {} not measured: {e}", backend.name()),
         }
     }
+    if modes.contains(&Mode::With(Backend::Tracepoint)) {
+        modes.insert(1, Mode::Floor);
+    }
     println!(
         "kernel {}: {rounds} rounds x {iterations} iterations of create+write+close, rename, chmod, unlink",
         fim::host::kernel_release()
@@ -252,10 +267,15 @@ fn bench(args: &[String]) -> Result<()> {
         for (m, mode) in modes.iter().enumerate() {
             for (t, dir) in [&unwatched, &watched].into_iter().enumerate() {
                 let running = match mode {
-                    Mode::None => None,
                     Mode::With(b) => Some(Running::start(*b, &watched)?),
+                    _ => None,
+                };
+                let floor = match mode {
+                    Mode::Floor => Some(sensor::attach_tracepoint_floor()?),
+                    _ => None,
                 };
                 let (elapsed, cpu_s) = time_workload(dir, iterations)?;
+                drop(floor);
                 if let Some(r) = running {
                     let (events, l) = r.finish();
                     seen[m][t] += events;
@@ -315,6 +335,76 @@ fn bench(args: &[String]) -> Result<()> {
     }
     std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;
     println!("written to {}", out.display());
+    if args.iter().any(|a| a == "--profile") {
+        for mode in &modes {
+            if let Mode::With(backend) = mode {
+                for (tree, dir) in [("unwatched", &unwatched), ("watched", &watched)] {
+                    profile(*backend, &watched, tree, dir, iterations)?;
+                }
+            }
+        }
+    }
     let _ = std::fs::remove_dir_all(&base);
+    Ok(())
+}
+
+/// Run count and run time (ns) of every loaded BPF program, by id.
+fn program_stats() -> std::collections::BTreeMap<u32, (String, u64, u64)> {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .map(|p| {
+            let name = p.name_as_str().unwrap_or("?").to_string();
+            (
+                p.id(),
+                (name, p.run_count(), p.run_time().as_nanos() as u64),
+            )
+        })
+        .collect()
+}
+
+/// One workload run with BPF statistics on: per program of this sensor, runs and mean cost.
+fn profile(backend: Backend, watched: &Path, tree: &str, dir: &Path, n: usize) -> Result<()> {
+    let before_load = program_stats();
+    let running = Running::start(backend, watched)?;
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .context("enabling BPF run-time statistics")?;
+    let before = program_stats();
+    time_workload(dir, n)?;
+    let after = program_stats();
+    running.finish();
+    println!(
+        "profile {} {tree}: {:<16} {:>10} {:>8} {:>12}",
+        backend.name(),
+        "program",
+        "runs",
+        "ns/run",
+        "ns/iter"
+    );
+    let mut total = 0u64;
+    for (id, (name, runs, ns)) in &after {
+        if before_load.contains_key(id) {
+            continue;
+        }
+        let (r0, t0) = before.get(id).map(|(_, r, t)| (*r, *t)).unwrap_or((0, 0));
+        let (runs, ns) = (runs - r0, ns - t0);
+        if runs == 0 {
+            continue;
+        }
+        total += ns;
+        println!(
+            "profile {} {tree}: {name:<16} {runs:>10} {:>8.0} {:>12.1}",
+            backend.name(),
+            ns as f64 / runs as f64,
+            ns as f64 / n as f64
+        );
+    }
+    println!(
+        "profile {} {tree}: {:<16} {:>10} {:>8} {:>12.1}",
+        backend.name(),
+        "total",
+        "",
+        "",
+        total as f64 / n as f64
+    );
     Ok(())
 }
