@@ -212,6 +212,9 @@ impl Running {
     }
 }
 
+/// A pause between runs, so that one run's teardown is not timed as part of the next.
+const SETTLE: Duration = Duration::from_millis(300);
+
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(|a, b| a.total_cmp(b));
     let n = values.len();
@@ -264,8 +267,17 @@ fn bench(args: &[String]) -> Result<()> {
     let mut seen = vec![[0u64; 2]; modes.len()];
     let mut lost = vec![0u64; modes.len()];
     for round in 0..rounds {
-        for (m, mode) in modes.iter().enumerate() {
-            for (t, dir) in [&unwatched, &watched].into_iter().enumerate() {
+        // Each round starts at another mode and alternates the trees: whatever a run leaves
+        // behind (a detached sensor's deferred frees, a directory's state) then slows a
+        // different mode each time instead of always the one after it.
+        for step in 0..modes.len() {
+            let m = (round + step) % modes.len();
+            let mode = &modes[m];
+            let mut trees = [(0, &unwatched), (1, &watched)];
+            if round % 2 == 1 {
+                trees.reverse();
+            }
+            for (t, dir) in trees {
                 let running = match mode {
                     Mode::With(b) => Some(Running::start(*b, &watched)?),
                     _ => None,
@@ -281,6 +293,7 @@ fn bench(args: &[String]) -> Result<()> {
                     seen[m][t] += events;
                     lost[m] += l;
                 }
+                std::thread::sleep(SETTLE);
                 times[m][t].push(elapsed);
                 cpu[m][t].push(cpu_s);
             }
