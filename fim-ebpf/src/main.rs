@@ -3,6 +3,9 @@
 //! `Result`, so the real work can use `?`.
 #![no_std]
 #![no_main]
+// The BPF target has no `fetch_add`; the intrinsic gives its `lock xadd` (see `presence`).
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod actor;
 mod emit;
@@ -11,6 +14,7 @@ mod filter;
 mod hooks;
 mod kernel;
 mod path;
+mod presence;
 mod syscalls;
 mod writers;
 

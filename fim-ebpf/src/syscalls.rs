@@ -7,10 +7,7 @@
 //! resulting string: FNV-1a hashes of every '/'-bounded prefix are looked up in `PREFIXES`.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
-    macros::map,
-    maps::HashMap,
-    programs::TracePointContext,
+    helpers::bpf_get_current_pid_tgid, macros::map, maps::HashMap, programs::TracePointContext,
 };
 use fim_common::{
     Backend, EventKind, Record, WatchValue, flags,
@@ -90,6 +87,12 @@ pub struct Pending {
 #[map]
 static PENDING: HashMap<u64, Pending> = HashMap::with_max_entries(16384, 0);
 
+/// The counting filter in front of `PENDING` (`presence`): most syscalls reaching sys_exit
+/// were not stashed.
+#[map]
+static PENDING_COUNT: aya_ebpf::maps::Array<u64> =
+    aya_ebpf::maps::Array::with_max_entries(crate::presence::SLOTS, 0);
+
 /// Argument `i` of a `sys_enter_*` tracepoint (after the 8-byte common header and the
 /// syscall number).
 #[inline(always)]
@@ -109,10 +112,10 @@ pub fn stash(mut pending: Pending) {
         return;
     }
     pending.verdict = verdict.raw();
-    if PENDING
-        .insert(bpf_get_current_pid_tgid(), pending, 0)
-        .is_err()
-    {
+    let key = bpf_get_current_pid_tgid();
+    if PENDING.insert(key, pending, 0).is_ok() {
+        crate::presence::inserted(&PENDING_COUNT, key);
+    } else {
         // Full: more threads inside watched syscalls than slots. Never silent.
         emit::count_lost(BACKEND);
     }
@@ -171,11 +174,16 @@ impl Pending {
 /// The shared `sys_exit_*` handler.
 pub fn exit(ctx: &TracePointContext) -> Result<(), i64> {
     let key = bpf_get_current_pid_tgid();
+    if !crate::presence::maybe(&PENDING_COUNT, key) {
+        return Ok(());
+    }
     // SAFETY: copied out at once.
     let Some(pending) = (unsafe { PENDING.get(key).copied() }) else {
         return Ok(());
     };
-    let _ = PENDING.remove(key);
+    if PENDING.remove(key).is_ok() {
+        crate::presence::removed(&PENDING_COUNT, key);
+    }
     // SAFETY: `ret` is at offset 16 of every sys_exit record.
     let ret = unsafe { ctx.read_at::<i64>(16).unwrap_or(-1) };
     if ret < 0 || !crate::kernel::offsets_loaded() {
@@ -321,10 +329,11 @@ fn fd_path(data: *mut u8, dst: usize, fd: i64, truncated: u16) -> Piece {
 /// `data[dst..]`.
 fn resolve(data: *mut u8, dst: usize, dfd: i64, user_path: u64, truncated: u16) -> Piece {
     let src = user_path as *const u8;
-    // SAFETY: the helper checks the user address.
-    let first = unsafe { bpf_probe_read_user(src) }.unwrap_or(0u8);
-    if first == b'/' {
-        return path::user_string(data, dst, src, truncated);
+    // Most paths are absolute: read the string where it belongs, then look at its first byte.
+    let whole = path::user_string(data, dst, src, truncated);
+    // SAFETY: dst & DATA_MASK < DATA_CAP.
+    if whole.len() != 0 && unsafe { *data.add(path::bounded(dst, DATA_MASK)) } == b'/' {
+        return whole;
     }
     // Relative: the base is the cwd or the directory behind dfd.
     let base = if dfd == AT_FDCWD {

@@ -1,24 +1,42 @@
 //! Files opened for writing in a watched place, so their close can be reported as `Modified`
 //! (user space rehashes then and compares: the close of a writer is when content settles).
 
-use aya_ebpf::{macros::map, maps::LruHashMap};
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, LruHashMap},
+};
+
+use crate::presence;
 
 /// `struct file *` -> the rule it matched at open. LRU: a file whose close is never seen
 /// (e.g. released by a path the backend does not hook) cannot pin an entry forever.
 #[map]
 static WRITERS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(65536, 0);
 
+/// The counting filter in front of `WRITERS` (`presence`): most files released were never
+/// tracked.
+#[map]
+static WRITERS_COUNT: Array<u64> = Array::with_max_entries(presence::SLOTS, 0);
+
 #[inline(always)]
 pub fn opened(file: *const u8, rule: u32) {
-    let _ = WRITERS.insert(file as u64, rule, 0);
+    let key = file as u64;
+    if WRITERS.insert(key, rule, 0).is_ok() {
+        presence::inserted(&WRITERS_COUNT, key);
+    }
 }
 
 /// The rule of a tracked writer being closed (and forgets it).
 #[inline(always)]
 pub fn closing(file: *const u8) -> Option<u32> {
     let key = file as u64;
+    if !presence::maybe(&WRITERS_COUNT, key) {
+        return None;
+    }
     // SAFETY: copied out at once.
     let rule = unsafe { WRITERS.get(key).copied() }?;
-    let _ = WRITERS.remove(key);
+    if WRITERS.remove(key).is_ok() {
+        presence::removed(&WRITERS_COUNT, key);
+    }
     Some(rule)
 }
