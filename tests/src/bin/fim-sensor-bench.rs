@@ -286,6 +286,9 @@ fn bench(args: &[String]) -> Result<()> {
                     Mode::Floor => Some(sensor::attach_tracepoint_floor()?),
                     _ => None,
                 };
+                // Whatever the kernel does right after creating maps and attaching programs
+                // (it is not the workload's cost) happens before the timing starts.
+                std::thread::sleep(SETTLE);
                 let (elapsed, cpu_s) = time_workload(dir, iterations)?;
                 drop(floor);
                 if let Some(r) = running {
