@@ -46,3 +46,12 @@ pub fn read<T: Copy>(base: *const u8, offset: usize) -> Result<T, i64> {
 pub fn read_ptr(base: *const u8, offset: usize) -> Result<*const u8, i64> {
     read::<u64>(base, offset).map(|p| p as *const u8)
 }
+
+/// A pointer as a plain number. Pointers the kernel hands to LSM and fentry programs are typed
+/// (BTF) and the verifier rejects arithmetic on them beyond adding offsets; copying the value
+/// through the read helper gives a number it lets programs hash.
+#[inline(always)]
+pub fn as_number(pointer: *const u8) -> u64 {
+    let value = pointer as u64;
+    read::<u64>((&raw const value).cast(), 0).unwrap_or(0)
+}

@@ -20,7 +20,7 @@ static WRITERS_COUNT: Array<u64> = Array::with_max_entries(presence::SLOTS, 0);
 
 #[inline(always)]
 pub fn opened(file: *const u8, rule: u32) {
-    let key = file as u64;
+    let key = crate::kernel::as_number(file);
     if WRITERS.insert(key, rule, 0).is_ok() {
         presence::inserted(&WRITERS_COUNT, key);
     }
@@ -29,7 +29,7 @@ pub fn opened(file: *const u8, rule: u32) {
 /// The rule of a tracked writer being closed (and forgets it).
 #[inline(always)]
 pub fn closing(file: *const u8) -> Option<u32> {
-    let key = file as u64;
+    let key = crate::kernel::as_number(file);
     if !presence::maybe(&WRITERS_COUNT, key) {
         return None;
     }
