@@ -3,7 +3,9 @@
 //! place). A slot counts the insertions into the map minus the removals of keys hashing to it,
 //! so a zero slot proves the key absent with one array load instead of a hash lookup. Keys the
 //! map drops on its own (LRU evictions, replaced entries) are never counted down: their slot
-//! only stays non-zero, which costs lookups, never a missed key.
+//! only stays non-zero, which costs lookups, never a missed key. Callers count a key before
+//! inserting it (and count it down again if the insertion fails), so at no instant does a slot
+//! say zero while its map holds a key of that slot.
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
@@ -26,13 +28,13 @@ fn add(counts: &Array<u64>, key: u64, delta: u64) {
     }
 }
 
-/// `key` was inserted into the map.
+/// `key` is about to be inserted into the map.
 #[inline(always)]
 pub fn inserted(counts: &Array<u64>, key: u64) {
     add(counts, key, 1);
 }
 
-/// `key` was removed from the map (by this program, successfully).
+/// `key` was removed from the map by this program (or its insertion failed).
 #[inline(always)]
 pub fn removed(counts: &Array<u64>, key: u64) {
     add(counts, key, u64::MAX);

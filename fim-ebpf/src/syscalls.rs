@@ -113,9 +113,10 @@ pub fn stash(mut pending: Pending) {
     }
     pending.verdict = verdict.raw();
     let key = bpf_get_current_pid_tgid();
-    if PENDING.insert(key, pending, 0).is_ok() {
-        crate::presence::inserted(&PENDING_COUNT, key);
-    } else {
+    // Counted first, as in `writers::opened`: the count never trails the map.
+    crate::presence::inserted(&PENDING_COUNT, key);
+    if PENDING.insert(key, pending, 0).is_err() {
+        crate::presence::removed(&PENDING_COUNT, key);
         // Full: more threads inside watched syscalls than slots. Never silent.
         emit::count_lost(BACKEND);
     }

@@ -21,8 +21,11 @@ static WRITERS_COUNT: Array<u64> = Array::with_max_entries(presence::SLOTS, 0);
 #[inline(always)]
 pub fn opened(file: *const u8, rule: u32) {
     let key = crate::kernel::as_number(file);
-    if WRITERS.insert(key, rule, 0).is_ok() {
-        presence::inserted(&WRITERS_COUNT, key);
+    // Counted before the insertion, so that the count never trails what the map holds, even
+    // for a close on another CPU in between.
+    presence::inserted(&WRITERS_COUNT, key);
+    if WRITERS.insert(key, rule, 0).is_err() {
+        presence::removed(&WRITERS_COUNT, key);
     }
 }
 
