@@ -155,6 +155,30 @@ fn run_scenario(backend: Backend, name: &str, build: impl FnOnce(Backend) -> Sce
     });
 }
 
+/// Tests named lsm, fentry and tracepoint in module `$name`, each running `$case(backend)`.
+macro_rules! each_backend {
+    ($name:ident, $case:ident) => {
+        mod $name {
+            use super::*;
+
+            #[test]
+            fn lsm() {
+                $case(Backend::Lsm);
+            }
+
+            #[test]
+            fn fentry() {
+                $case(Backend::Fentry);
+            }
+
+            #[test]
+            fn tracepoint() {
+                $case(Backend::Tracepoint);
+            }
+        }
+    };
+}
+
 macro_rules! scenario {
     ($name:ident, $build:expr) => {
         mod $name {
@@ -661,43 +685,9 @@ fn exec_is_reported(backend: Backend) {
     });
 }
 
-mod exec_record {
-    use super::*;
+each_backend!(exec_record, exec_is_reported);
 
-    #[test]
-    fn lsm() {
-        exec_is_reported(Backend::Lsm);
-    }
-
-    #[test]
-    fn fentry() {
-        exec_is_reported(Backend::Fentry);
-    }
-
-    #[test]
-    fn tracepoint() {
-        exec_is_reported(Backend::Tracepoint);
-    }
-}
-
-mod path_longer_than_the_buffer {
-    use super::*;
-
-    #[test]
-    fn lsm() {
-        longer_than_the_path_buffer(Backend::Lsm);
-    }
-
-    #[test]
-    fn fentry() {
-        longer_than_the_path_buffer(Backend::Fentry);
-    }
-
-    #[test]
-    fn tracepoint() {
-        longer_than_the_path_buffer(Backend::Tracepoint);
-    }
-}
+each_backend!(path_longer_than_the_buffer, longer_than_the_path_buffer);
 
 /// fim's own process is an excluded actor: its changes in a watched tree are dropped in the
 /// kernel. Then a separate process's change in the same place is still seen.
@@ -746,24 +736,7 @@ fn configured_exclusion(backend: Backend) {
     });
 }
 
-mod configured_exclusion {
-    use super::*;
-
-    #[test]
-    fn lsm() {
-        configured_exclusion(Backend::Lsm);
-    }
-
-    #[test]
-    fn fentry() {
-        configured_exclusion(Backend::Fentry);
-    }
-
-    #[test]
-    fn tracepoint() {
-        configured_exclusion(Backend::Tracepoint);
-    }
-}
+each_backend!(configured_exclusion, configured_exclusion);
 
 fn excluded_actor(backend: Backend) {
     with_sensor(backend, |runtime, sensor| {
@@ -795,24 +768,7 @@ fn excluded_actor(backend: Backend) {
     });
 }
 
-mod excluded_actor {
-    use super::*;
-
-    #[test]
-    fn lsm() {
-        excluded_actor(Backend::Lsm);
-    }
-
-    #[test]
-    fn fentry() {
-        excluded_actor(Backend::Fentry);
-    }
-
-    #[test]
-    fn tracepoint() {
-        excluded_actor(Backend::Tracepoint);
-    }
-}
+each_backend!(excluded_actor, excluded_actor);
 
 /// In the VMs the kernel is booted with `bpf` in `lsm=`; if that ever silently stops being
 /// true the LSM results would be meaningless, so it is asserted on its own.
@@ -878,46 +834,29 @@ fn reregister(backend: Backend) {
     });
 }
 
-// A filesystem mounted inside the watched tree is watched too (its root is registered when the
-// roots are), and a filesystem with nothing watched on it is dropped at once by the kernel's
-// per-filesystem check: a creation in each, only the first reported.
-mod mounted_filesystems {
-    use super::*;
-
-    fn run(b: Backend) {
-        let inside = scenario_dir("mounted", b).join("mnt");
-        let outside = unwatched_dir("mounted", b).join("mnt");
-        std::fs::create_dir(&inside).expect("mount point");
-        std::fs::create_dir(&outside).expect("mount point");
-        let mounts = (Tmpfs::mount(&inside), Tmpfs::mount(&outside));
-        reregister(b);
-        let (seen, unseen) = (inside.join("new"), outside.join("new"));
-        run_scenario(b, "mounted_filesystems", |b| Scenario {
-            actor: args(&[
-                "create".as_ref(),
-                unseen.as_ref(),
-                "--".as_ref(),
-                "create".as_ref(),
-                seen.as_ref(),
-            ]),
-            expect: created_written_closed(b, &seen),
-        });
-        drop(mounts);
-        reregister(b);
-    }
-
-    #[test]
-    fn lsm() {
-        run(Backend::Lsm);
-    }
-
-    #[test]
-    fn fentry() {
-        run(Backend::Fentry);
-    }
-
-    #[test]
-    fn tracepoint() {
-        run(Backend::Tracepoint);
-    }
+/// A filesystem mounted inside the watched tree is watched too (its root is registered when the
+/// roots are), and a filesystem with nothing watched on it is dropped at once by the kernel's
+/// per-filesystem check: a creation in each, only the first reported.
+fn mounted_filesystems_case(b: Backend) {
+    let inside = scenario_dir("mounted", b).join("mnt");
+    let outside = unwatched_dir("mounted", b).join("mnt");
+    std::fs::create_dir(&inside).expect("mount point");
+    std::fs::create_dir(&outside).expect("mount point");
+    let mounts = (Tmpfs::mount(&inside), Tmpfs::mount(&outside));
+    reregister(b);
+    let (seen, unseen) = (inside.join("new"), outside.join("new"));
+    run_scenario(b, "mounted_filesystems", |b| Scenario {
+        actor: args(&[
+            "create".as_ref(),
+            unseen.as_ref(),
+            "--".as_ref(),
+            "create".as_ref(),
+            seen.as_ref(),
+        ]),
+        expect: created_written_closed(b, &seen),
+    });
+    drop(mounts);
+    reregister(b);
 }
+
+each_backend!(mounted_filesystems, mounted_filesystems_case);
