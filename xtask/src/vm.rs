@@ -303,8 +303,9 @@ fn version_key(fragment: &str) -> Vec<u64> {
 }
 
 /// `cargo xtask vm-test --kernel LABEL|all`.
-pub fn run(which: &str) -> Result<Counts> {
-    let selected: Vec<&KernelSpec> = match which {
+/// The kernels `which` names: `all` or one label.
+fn select(which: &str) -> Result<Vec<&'static KernelSpec>> {
+    Ok(match which {
         "all" => KERNELS.iter().collect(),
         label => {
             vec![KERNELS.iter().find(|k| k.label == label).with_context(|| {
@@ -314,7 +315,11 @@ pub fn run(which: &str) -> Result<Counts> {
                 )
             })?]
         }
-    };
+    })
+}
+
+pub fn run(which: &str) -> Result<Counts> {
+    let selected = select(which)?;
     for spec in &selected {
         if !kernel_dir(spec.label).join("vmlinuz").exists() {
             bail!(
@@ -333,7 +338,7 @@ pub fn run(which: &str) -> Result<Counts> {
     let mut total = Counts::default();
     let mut per_kernel = Vec::new();
     for spec in selected {
-        let counts = boot_and_test(spec, &initramfs, VM_TIMEOUT)?;
+        let counts = boot_and_test(spec, &initramfs, VM_TIMEOUT, Run::Test)?;
         counts.print_closing(spec.label);
         per_kernel.push((spec.label, counts));
         total.add(counts);
@@ -344,16 +349,61 @@ pub fn run(which: &str) -> Result<Counts> {
     Ok(total)
 }
 
-/// `cargo xtask bench sensor -- --vm [ARGS]`: the sensor benchmark inside each test kernel's
-/// VM (all three backends load there), ratios measured within the same VM. Under TCG every
-/// instruction is emulated: compare ratios, not seconds, with the native run.
+/// What a VM boots for. Each has its own initramfs and console logs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Run {
+    Test,
+    /// The benchmark, with the guest's clock following the host's: as noisy as the host.
+    Bench,
+    /// The benchmark under QEMU's instruction counting (`-icount shift=0,sleep=off`): guest
+    /// time is the number of guest instructions executed (1 ns each) on all vCPUs together,
+    /// so the same run gives the same figures whatever else the host is doing.
+    BenchIcount,
+}
+
+impl Run {
+    fn console_log(self, label: &str) -> PathBuf {
+        let name = match self {
+            Run::Test => format!("console-{label}.log"),
+            Run::Bench | Run::BenchIcount => format!("console-bench-{label}.log"),
+        };
+        paths::target().join("vm").join(name)
+    }
+}
+
+/// `cargo xtask bench sensor -- --vm [--icount] [--kernel all|6.1|6.12] [ARGS]`: the sensor
+/// benchmark inside each test kernel's VM (all three backends load there), ratios measured within the same VM. Under TCG
+/// every instruction is emulated: compare ratios, not seconds, with the native run. With
+/// `--icount` the guest's clock counts instructions instead of host time (see `Run`), which
+/// makes the ratios repeatable to a fraction of a percent on a busy host; it counts the work
+/// of every CPU (the workload, the kernel programs and fim's reader alike), so it is an upper
+/// bound on the wall-time ratio of a machine with an idle second CPU.
 pub fn bench(args: &[String]) -> Result<()> {
-    let initramfs = build_initramfs(Some(&args.join(" ")))?;
-    for spec in KERNELS {
-        boot_and_test(spec, &initramfs, VM_BENCH_TIMEOUT)?;
-        let log = paths::target()
-            .join("vm")
-            .join(format!("console-{}.log", spec.label));
+    let run = if args.iter().any(|a| a == "--icount") {
+        Run::BenchIcount
+    } else {
+        Run::Bench
+    };
+    let mut kernels = "all";
+    let mut rest: Vec<&str> = Vec::new();
+    let mut it = args.iter().map(String::as_str);
+    while let Some(arg) = it.next() {
+        match arg {
+            "--icount" => {}
+            "--kernel" => kernels = it.next().context("--kernel needs all, 6.1 or 6.12")?,
+            other => rest.push(other),
+        }
+    }
+    let selected = select(kernels)?;
+    let initramfs = build_initramfs(Some(&rest.join(" ")))?;
+    let suffix = if run == Run::BenchIcount {
+        "-icount"
+    } else {
+        ""
+    };
+    for spec in selected {
+        boot_and_test(spec, &initramfs, VM_BENCH_TIMEOUT, run)?;
+        let log = run.console_log(spec.label);
         let text =
             fs::read_to_string(&log).with_context(|| format!("reading {}", log.display()))?;
         let json = text
@@ -365,7 +415,7 @@ pub fn bench(args: &[String]) -> Result<()> {
             .with_context(|| format!("the benchmark printed no result on {}", spec.label))?;
         let out = paths::target()
             .join("bench")
-            .join(format!("sensor-vm-{}.json", spec.label));
+            .join(format!("sensor-vm-{}{suffix}.json", spec.label));
         fs::create_dir_all(out.parent().context("bench dir")?)?;
         fs::write(&out, json)?;
         println!("[{}] written to {}", spec.label, out.display());
@@ -481,7 +531,14 @@ fn build_initramfs(bench_args: Option<&str>) -> Result<PathBuf> {
     let (tests, actor) = build_static_tests()?;
     cmd::step("packing the initramfs");
     let vm_dir = paths::target().join("vm");
-    let root = vm_dir.join("initramfs");
+    // The benchmark gets its own image (and console logs), so a test run can build and boot
+    // while a long benchmark is still booting its second kernel.
+    let name = if bench_args.is_some() {
+        "initramfs-bench"
+    } else {
+        "initramfs"
+    };
+    let root = vm_dir.join(name);
     let _ = fs::remove_dir_all(&root);
     for dir in ["bin", "tests", "proc", "sys", "dev", "tmp", "etc"] {
         fs::create_dir_all(root.join(dir))?;
@@ -504,7 +561,7 @@ fn build_initramfs(bench_args: Option<&str>) -> Result<PathBuf> {
     fs::write(&init, INIT)?;
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(&init, fs::Permissions::from_mode(0o755))?;
-    let image = vm_dir.join("initramfs.cpio.gz");
+    let image = vm_dir.join(format!("{name}.cpio.gz"));
     cmd::run(Command::new("sh").arg("-c").arg(format!(
         "cd '{}' && find . | cpio --quiet -o -H newc -R 0:0 | gzip -1 > '{}'",
         root.display(),
@@ -579,9 +636,9 @@ fn strip_escapes(line: &str) -> String {
 /// test result, so it is retried and reported; anything after `/init` started counts.
 const BOOT_ATTEMPTS: u32 = 4;
 
-fn boot_and_test(spec: &KernelSpec, initramfs: &Path, limit: Duration) -> Result<Counts> {
+fn boot_and_test(spec: &KernelSpec, initramfs: &Path, limit: Duration, run: Run) -> Result<Counts> {
     for attempt in 1..=BOOT_ATTEMPTS {
-        let (counts, booted) = boot_once(spec, initramfs, limit)?;
+        let (counts, booted) = boot_once(spec, initramfs, limit, run)?;
         if booted {
             return Ok(counts);
         }
@@ -600,7 +657,12 @@ fn boot_and_test(spec: &KernelSpec, initramfs: &Path, limit: Duration) -> Result
     })
 }
 
-fn boot_once(spec: &KernelSpec, initramfs: &Path, limit: Duration) -> Result<(Counts, bool)> {
+fn boot_once(
+    spec: &KernelSpec,
+    initramfs: &Path,
+    limit: Duration,
+    run: Run,
+) -> Result<(Counts, bool)> {
     let dir = kernel_dir(spec.label);
     let package = fs::read_to_string(dir.join("package")).unwrap_or_default();
     cmd::step(&format!(
@@ -608,14 +670,16 @@ fn boot_once(spec: &KernelSpec, initramfs: &Path, limit: Duration) -> Result<(Co
         spec.label,
         package.trim()
     ));
-    let log_path = paths::target()
-        .join("vm")
-        .join(format!("console-{}.log", spec.label));
+    let log_path = run.console_log(spec.label);
     let mut log = fs::File::create(&log_path)?;
     let started = Instant::now();
     // CPU model: under TCG `-cpu max` and `-cpu qemu64` both crash Debian's 6.12.95 cloud kernel
     // at boot (a NULL call in the entropy code); Nehalem boots 6.1 and 6.12 reliably.
-    let mut child = Command::new("qemu-system-x86_64")
+    let mut qemu = Command::new("qemu-system-x86_64");
+    if run == Run::BenchIcount {
+        qemu.args(["-icount", "shift=0,sleep=off"]);
+    }
+    let mut child = qemu
         .args([
             "-accel",
             "tcg",
