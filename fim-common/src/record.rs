@@ -143,6 +143,9 @@ pub mod flags {
     pub const PATH2_IS_STRING: u16 = 1 << 4;
     /// `target` describes the object (dev/ino/mode valid).
     pub const TARGET_KNOWN: u16 = 1 << 5;
+    /// path1 came from the kernel's `d_path` (`bpf_d_path`), not from fim's dentry walk. For
+    /// tests and diagnosis: both give the same path.
+    pub const PATH1_D_PATH: u16 = 1 << 6;
 }
 
 /// The process that caused an event, as the kernel saw it at that moment.

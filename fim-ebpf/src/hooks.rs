@@ -81,6 +81,23 @@ fn set_path1(record: &mut Record, dentry: *const u8, mnt: *const u8) -> usize {
     piece.len()
 }
 
+/// `set_path1` for a hook that has the `struct path` itself: through `bpf_d_path` when
+/// `use_d_path` (only where the kernel allows the helper, see `path::d_path`), else the walk.
+#[inline(always)]
+fn set_path1_of(
+    record: &mut Record,
+    path_ptr: *const u8,
+    (mnt, dentry): (*const u8, *const u8),
+    use_d_path: bool,
+) -> usize {
+    if use_d_path && let Some(piece) = path::d_path(record.data.as_mut_ptr(), path_ptr) {
+        record.header.path1_len = piece.len() as u16;
+        record.header.flags |= flags::PATH1_D_PATH;
+        return piece.len();
+    }
+    set_path1(record, dentry, mnt)
+}
+
 #[inline(always)]
 fn set_path2(record: &mut Record, offset: usize, dentry: *const u8, mnt: *const u8) {
     let data = record.data.as_mut_ptr();
@@ -121,16 +138,23 @@ pub fn dir_entry(
     Ok(())
 }
 
-/// An operation on an existing path: chmod, chown, truncate.
+/// An operation on an existing path: chmod, chown, truncate. `use_d_path`: the hook may call
+/// `bpf_d_path` on `path`.
 #[inline(always)]
-pub fn on_path(kind: EventKind, backend: Backend, path: *const u8, args: Args) -> Result<(), i64> {
+pub fn on_path(
+    kind: EventKind,
+    backend: Backend,
+    path: *const u8,
+    args: Args,
+    use_d_path: bool,
+) -> Result<(), i64> {
     let (mnt, dentry) = split_path(path)?;
     let Some(record) = begin(kind, backend, &[dentry]) else {
         return Ok(());
     };
     record.header.args = args;
     describe_target(record, dentry);
-    set_path1(record, dentry, mnt);
+    set_path1_of(record, path, (mnt, dentry), use_d_path);
     emit::submit(record, backend);
     Ok(())
 }
@@ -143,6 +167,7 @@ pub fn file_truncate(backend: Backend, file: *const u8) -> Result<(), i64> {
         backend,
         file.wrapping_add(off!(file_f_path)),
         Args::default(),
+        false,
     )
 }
 
@@ -238,7 +263,8 @@ pub fn file_open(backend: Backend, file: *const u8) -> Result<(), i64> {
     if f_mode & FMODE_WRITE == 0 && f_flags & O_TRUNC == 0 {
         return Ok(());
     }
-    if let Some(rule) = file_event(EventKind::OpenWrite, backend, file, f_flags)?
+    // Both file_open hooks may use bpf_d_path (see `path::d_path`).
+    if let Some(rule) = file_event(EventKind::OpenWrite, backend, file, f_flags, true)?
         && f_mode & FMODE_WRITE != 0
     {
         writers::opened(file, rule);
@@ -284,17 +310,26 @@ pub fn mmap(backend: Backend, file: *const u8, prot: u64, map_flags: u64) -> Res
     if file.is_null() || map_flags & MAP_SHARED == 0 || prot & PROT_WRITE == 0 {
         return Ok(());
     }
-    file_event(EventKind::MmapSharedWrite, backend, file, map_flags as u32).map(|_| ())
+    file_event(
+        EventKind::MmapSharedWrite,
+        backend,
+        file,
+        map_flags as u32,
+        false,
+    )
+    .map(|_| ())
 }
 
-#[inline(always)]
 /// Reports an event about an open file; returns the rule it was reported under (0 when the
-/// filter was undecided), or `None` when it was dropped.
+/// filter was undecided), or `None` when it was dropped. `use_d_path`: the hook may call
+/// `bpf_d_path`.
+#[inline(always)]
 fn file_event(
     kind: EventKind,
     backend: Backend,
     file: *const u8,
     event_flags: u32,
+    use_d_path: bool,
 ) -> Result<Option<u32>, i64> {
     let f_path = file.wrapping_add(off!(file_f_path));
     let (mnt, dentry) = split_path(f_path)?;
@@ -303,7 +338,7 @@ fn file_event(
     };
     record.header.args.flags = event_flags;
     describe_target(record, dentry);
-    set_path1(record, dentry, mnt);
+    set_path1_of(record, f_path, (mnt, dentry), use_d_path);
     let rule = record.header.rule_id;
     emit::submit(record, backend);
     Ok(Some(rule))

@@ -178,7 +178,17 @@ both!(
     "path_truncate",
     "security_path_truncate",
     1,
-    |ctx, b| { hooks::on_path(EventKind::Truncate, b, ctx.arg(0), Args::default()) }
+    // bpf_d_path: fexit on security_path_truncate always; the LSM hook only from the kernel
+    // that made path hooks sleepable (6.8), so not there.
+    |ctx, b| {
+        hooks::on_path(
+            EventKind::Truncate,
+            b,
+            ctx.arg(0),
+            Args::default(),
+            b == Backend::Fentry,
+        )
+    }
 );
 // Since 6.2, ftruncate and truncating opens (kernel >= 6.2 has no path_truncate call there).
 both!(
@@ -195,7 +205,13 @@ both!(
     "path_chmod",
     "security_path_chmod",
     2,
-    |ctx, b| hooks::on_path(EventKind::Chmod, b, ctx.arg(0), mode_args(ctx.arg(1)))
+    |ctx, b| hooks::on_path(
+        EventKind::Chmod,
+        b,
+        ctx.arg(0),
+        mode_args(ctx.arg(1)),
+        false
+    )
 );
 both!(
     lsm_path_chown,
@@ -211,7 +227,8 @@ both!(
             uid: ctx.arg::<u64>(1) as u32,
             gid: ctx.arg::<u64>(2) as u32,
             ..Args::default()
-        }
+        },
+        false
     )
 );
 both!(

@@ -294,3 +294,136 @@ fn string_result(n: i64, truncated_flag: u16) -> Piece {
     };
     Piece::new(len, cut)
 }
+
+/// What `d_path` appends to the path of an unlinked file.
+const DELETED_SUFFIX: &[u8; 10] = b" (deleted)";
+
+/// The path of an open file's `struct path`, from the kernel's own `d_path` through
+/// `bpf_d_path`: one helper call instead of a walk with a read per name. Only for the hooks
+/// the kernel allows it on (LSM `file_open`; fexit on `security_file_open` and
+/// `security_path_truncate`), and only when it is bound to give what the walk gives:
+/// `d_path` is relative to the task's root, the walk to the top of the mount tree, so a
+/// chrooted task (root below the top) gets the walk. `None` means "use the walk": also for a
+/// path that does not fit (the walk keeps its leaf end and flags it) and for one that ends in
+/// " (deleted)" (the file was unlinked meanwhile, or is really called that: the walk gives
+/// the name either way).
+#[inline(always)]
+pub fn d_path(data: *mut u8, path: *const u8) -> Option<Piece> {
+    if !matches!(task_root(), Root::Top) {
+        return None;
+    }
+    // SAFETY: `path` is the hook's own `struct path` (a member of its file); the destination
+    // is the start of the record's data area, PATH_CAP bytes of DATA_CAP.
+    let n = unsafe {
+        aya_ebpf::helpers::generated::bpf_d_path(path as *mut _, data.cast(), PATH_CAP as u32)
+    };
+    if n <= 0 || n as usize > PATH_CAP {
+        return None;
+    }
+    let len = (n as usize - 1) & MASK;
+    if len >= DELETED_SUFFIX.len() {
+        let start = bounded(len - DELETED_SUFFIX.len(), MASK);
+        let mut same = true;
+        for (i, &c) in DELETED_SUFFIX.iter().enumerate() {
+            // SAFETY: start + i < PATH_CAP + 10 <= DATA_CAP.
+            if unsafe { *data.add(start + i) } != c {
+                same = false;
+            }
+        }
+        if same {
+            return None;
+        }
+    }
+    Some(Piece::new(len, 0))
+}
+
+/// The current task's root directory, as the walk sees it.
+#[derive(Clone, Copy)]
+pub enum Root {
+    /// Where the walk ends (the top of the mount tree, or the root of a mount on it): an
+    /// absolute path string means what it says, and `d_path` agrees with the walk.
+    Top,
+    /// Below the top (chroot): an absolute path string is relative to this (mnt, dentry).
+    Below(*const u8, *const u8),
+    Unknown,
+}
+
+/// The last root looked at on this CPU and whether it was the top: a task's root changes only
+/// with chroot or pivot_root, so the parent and mountpoint reads are done once per root, not
+/// per syscall.
+#[repr(C)]
+struct RootMemo {
+    mnt: u64,
+    dentry: u64,
+    top: u64,
+}
+
+#[map]
+static ROOTMEMO: PerCpuArray<RootMemo> = PerCpuArray::with_max_entries(1, 0);
+
+/// The current task's root (`task->fs->root`).
+#[inline(always)]
+pub fn task_root() -> Root {
+    let task = crate::actor::current_task();
+    let Ok(fs) = read_ptr(task, off!(task_fs)) else {
+        return Root::Unknown;
+    };
+    let root = fs.wrapping_add(off!(fs_struct_root));
+    let (Ok(mnt), Ok(dentry)) = (
+        read_ptr(root, off!(path_mnt)),
+        read_ptr(root, off!(path_dentry)),
+    ) else {
+        return Root::Unknown;
+    };
+    let Some(memo) = ROOTMEMO.get_ptr_mut(0) else {
+        return Root::Unknown;
+    };
+    let (memo_mnt, memo_dentry, memo_top) = load_memo(memo);
+    let top = if memo_mnt == mnt as u64 && memo_dentry == dentry as u64 {
+        memo_top != 0
+    } else {
+        let Some(top) = is_top(mnt, dentry) else {
+            return Root::Unknown;
+        };
+        store_memo(memo, mnt as u64, dentry as u64, top as u64);
+        top
+    };
+    if top {
+        Root::Top
+    } else {
+        Root::Below(mnt, dentry)
+    }
+}
+
+#[inline(always)]
+fn load_memo(memo: *mut RootMemo) -> (u64, u64, u64) {
+    (load!(memo, mnt), load!(memo, dentry), load!(memo, top))
+}
+
+#[inline(always)]
+fn store_memo(memo: *mut RootMemo, mnt: u64, dentry: u64, top: u64) {
+    store!(memo, mnt, mnt);
+    store!(memo, dentry, dentry);
+    store!(memo, top, top);
+}
+
+/// Whether (vfsmount, dentry) is where the dentry walk ends: the root of a mount with no
+/// parent, or the root of a mount on the root of one (`/` over the rootfs on a normal host, a
+/// container's root after `pivot_root`). `None` when the kernel reads fail.
+#[inline(always)]
+fn is_top(vfsmount: *const u8, dentry: *const u8) -> Option<bool> {
+    if read_ptr(vfsmount, off!(vfsmount_mnt_root)).ok()? != dentry {
+        return Some(false);
+    }
+    let mount = vfsmount.wrapping_sub(off!(mount_mnt));
+    let parent = read_ptr(mount, off!(mount_mnt_parent)).ok()?;
+    if parent == mount {
+        return Some(true);
+    }
+    let mountpoint = read_ptr(mount, off!(mount_mnt_mountpoint)).ok()?;
+    let parent_root = read_ptr(parent, off!(mount_mnt) + off!(vfsmount_mnt_root)).ok()?;
+    if mountpoint != parent_root {
+        return Some(false);
+    }
+    Some(read_ptr(parent, off!(mount_mnt_parent)).ok()? == parent)
+}
