@@ -333,11 +333,21 @@ fn resolve(data: *mut u8, dst: usize, dfd: i64, user_path: u64, truncated: u16) 
     // Most paths are absolute: read the string where it belongs, then look at its first byte.
     let whole = path::user_string(data, dst, src, truncated);
     // SAFETY: dst & DATA_MASK < DATA_CAP.
-    if whole.len() != 0 && unsafe { *data.add(path::bounded(dst, DATA_MASK)) } == b'/' {
-        return whole;
-    }
+    let absolute = whole.len() != 0 && unsafe { *data.add(path::bounded(dst, DATA_MASK)) } == b'/';
+    // An absolute path means what it says unless the task is chrooted: then it starts at the
+    // task's root, whose own path goes first (the string keeps its leading '/').
+    let chroot_base = if absolute {
+        match path::task_root() {
+            path::Root::Below(mnt, dentry) => Some((mnt, dentry)),
+            path::Root::Top | path::Root::Unknown => return whole,
+        }
+    } else {
+        None
+    };
     // Relative: the base is the cwd or the directory behind dfd.
-    let base = if dfd == AT_FDCWD {
+    let base = if let Some((mnt, dentry)) = chroot_base {
+        path::build(data, dst, dentry, mnt, truncated)
+    } else if dfd == AT_FDCWD {
         let Ok(fs) = read_ptr(current_task(), off!(task_fs)) else {
             return Piece::new(0, truncated);
         };
@@ -354,7 +364,12 @@ fn resolve(data: *mut u8, dst: usize, dfd: i64, user_path: u64, truncated: u16) 
     };
     let base_len = base.len();
     let mut end = dst + base_len;
-    if base_len != 1 {
+    if chroot_base.is_some() {
+        // The string brings its own '/'; a root of "/" adds nothing.
+        if base_len == 1 {
+            end = dst;
+        }
+    } else if base_len != 1 {
         // SAFETY: end & DATA_MASK < DATA_CAP.
         unsafe { *data.add(path::bounded(end, DATA_MASK)) = b'/' };
         end += 1;

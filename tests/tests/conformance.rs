@@ -146,6 +146,16 @@ fn run_scenario(backend: Backend, name: &str, build: impl FnOnce(Backend) -> Sce
             if event.rule_id != 0 {
                 assert_eq!(event.rule_id, WATCHED_RULE, "{name}: rule id");
             }
+            // lsm and fentry build an opened file's path with bpf_d_path, except for a
+            // chrooted process (d_path would stop at its root); the other hooks walk.
+            let d_path_expected =
+                lsm_like(backend) && event.kind == EventKind::OpenWrite && name != CHROOTED;
+            assert_eq!(
+                event.flags & fim_common::flags::PATH1_D_PATH != 0,
+                d_path_expected,
+                "{name}: path of {} from bpf_d_path",
+                event.kind.name()
+            );
         }
         assert_eq!(
             sensor.lost_events().unwrap(),
@@ -860,3 +870,30 @@ fn mounted_filesystems_case(b: Backend) {
 }
 
 each_backend!(mounted_filesystems, mounted_filesystems_case);
+
+// A chrooted process names paths from its own root: `/file` inside a jail under the watched
+// tree is reported at its real place, on every backend (the tracepoint backend puts the
+// root's path in front of the string; lsm and fentry walk the dentries instead of using
+// `bpf_d_path`, which would stop at the jail's root).
+const CHROOTED: &str = "chrooted_actor";
+
+scenario!(chrooted_actor, |b| {
+    let jail = scenario_dir("chroot", b);
+    let existing = jail.join("file");
+    touch(&existing);
+    let created = jail.join("new");
+    let mut expect: Vec<Expected> = WRITE_CLOSE.iter().map(|k| ev(*k, &existing)).collect();
+    expect.extend(created_written_closed(b, &created));
+    Scenario {
+        actor: args(&[
+            "--root".as_ref(),
+            jail.as_ref(),
+            "write".as_ref(),
+            "/file".as_ref(),
+            "--".as_ref(),
+            "create".as_ref(),
+            "/new".as_ref(),
+        ]),
+        expect,
+    }
+});

@@ -1,9 +1,10 @@
 //! The test actor: a separate process that performs exactly the file operations a test asks
 //! for, so tests can check that records are attributed to *this* pid, not the test's.
 //!
-//! Usage: `fim-test-actor [--cwd DIR] OP ARGS... [-- OP ARGS...]...`; exits 0 when every
-//! operation succeeded. Paths are passed through byte for byte (they may be relative to
-//! `--cwd`, contain newlines or invalid UTF-8). The process exits right after its last
+//! Usage: `fim-test-actor [--cwd DIR] [--root DIR] OP ARGS... [-- OP ARGS...]...`; exits 0
+//! when every operation succeeded. Paths are passed through byte for byte (they may be
+//! relative to `--cwd`, or under `--root` after a chroot there, contain newlines or invalid
+//! UTF-8). The process exits right after its last
 //! operation, which is what the "relative path from a process that exits immediately"
 //! scenario needs.
 
@@ -27,6 +28,17 @@ fn main() -> ExitCode {
         }
         args.drain(..2);
     }
+    if args.first().is_some_and(|a| a == "--root") {
+        if args.len() < 2 {
+            eprintln!("fim-test-actor: --root needs a directory");
+            return ExitCode::FAILURE;
+        }
+        if let Err(e) = change_root(std::path::Path::new(&args[1])) {
+            eprintln!("fim-test-actor: chroot {:?}: {e}", args[1]);
+            return ExitCode::FAILURE;
+        }
+        args.drain(..2);
+    }
     for op in args.split(|a| a == "--") {
         if let Err(e) = perform(op) {
             eprintln!("fim-test-actor {op:?}: {e}");
@@ -34,6 +46,13 @@ fn main() -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+/// chroot into `dir` and chdir to the new root: the operations' absolute paths then start
+/// there.
+fn change_root(dir: &std::path::Path) -> io::Result<()> {
+    std::os::unix::fs::chroot(dir)?;
+    std::env::set_current_dir("/")
 }
 
 /// chdir, one component at a time when the path is too long for one syscall (the tests
