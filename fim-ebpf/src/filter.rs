@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use fim_common::{Excluded, WatchKey, WatchValue, bitmap, record::MAX_WALK_DEPTH, watch};
 
-use crate::kernel::{off, read, read_ptr};
+use crate::kernel::{Access, Direct, off};
 
 #[map]
 static WATCHED: HashMap<WatchKey, WatchValue> = HashMap::with_max_entries(16384, 0);
@@ -100,27 +100,27 @@ pub fn actor_excluded() -> bool {
 
 /// Start time of the current thread group (what user space keys processes by).
 fn current_start_boottime() -> u64 {
-    let task = crate::actor::current_task();
-    match read_ptr(task, off!(task_group_leader)) {
-        Ok(leader) => read::<u64>(leader, off!(task_start_boottime)).unwrap_or(0),
+    let task = crate::actor::current_task_btf();
+    match Direct::read_ptr(task, off!(task_group_leader)) {
+        Ok(leader) => Direct::read::<u64>(leader, off!(task_start_boottime)).unwrap_or(0),
         Err(_) => 0,
     }
 }
 
 /// The device number of the filesystem a dentry lives on.
 #[inline(always)]
-pub fn dentry_dev(dentry: *const u8) -> Result<u32, i64> {
-    let sb = read_ptr(dentry, off!(dentry_d_sb))?;
-    read::<u32>(sb, off!(super_block_s_dev))
+pub fn dentry_dev<A: Access>(dentry: *const u8) -> Result<u32, i64> {
+    let sb = A::read_ptr(dentry, off!(dentry_d_sb))?;
+    A::read::<u32>(sb, off!(super_block_s_dev))
 }
 
 #[inline(always)]
-fn lookup(dev: u32, dentry: *const u8) -> Option<WatchValue> {
-    let inode = read_ptr(dentry, off!(dentry_d_inode)).ok()?;
+fn lookup<A: Access>(dev: u32, dentry: *const u8) -> Option<WatchValue> {
+    let inode = A::read_ptr(dentry, off!(dentry_d_inode)).ok()?;
     if inode.is_null() {
         return None;
     }
-    let ino = read::<u64>(inode, off!(inode_i_ino)).ok()?;
+    let ino = A::read::<u64>(inode, off!(inode_i_ino)).ok()?;
     if !maybe_present(&WATCHED_BITS, bitmap::inode_hash(dev, ino)) {
         return None;
     }
@@ -128,26 +128,27 @@ fn lookup(dev: u32, dentry: *const u8) -> Option<WatchValue> {
     unsafe { WATCHED.get(WatchKey { dev, _pad: 0, ino }).copied() }
 }
 
-/// Decides for `target` (a dentry, possibly negative: a name about to be created).
-pub fn check(target: *const u8) -> Verdict {
-    let Ok(dev) = dentry_dev(target) else {
+/// Decides for `target` (a dentry, possibly negative: a name about to be created), reading
+/// the dentries with `A` (`Direct` needs a typed pointer).
+pub fn check<A: Access>(target: *const u8) -> Verdict {
+    let Ok(dev) = dentry_dev::<A>(target) else {
         return Verdict::Undecided;
     };
     // Nothing watched on this filesystem: the walk, which never leaves it, would find nothing.
     if !maybe_present(&WATCHED_BITS, bitmap::dev_hash(dev)) {
         return Verdict::Unwatched;
     }
-    if let Some(v) = lookup(dev, target)
+    if let Some(v) = lookup::<A>(dev, target)
         && v.flags & watch::SELF != 0
     {
         return Verdict::Watched(v.rule_id);
     }
-    let Ok(mut dentry) = read_ptr(target, off!(dentry_d_parent)) else {
+    let Ok(mut dentry) = A::read_ptr(target, off!(dentry_d_parent)) else {
         return Verdict::Undecided;
     };
     let mut depth = 1u32;
     while depth < MAX_WALK_DEPTH {
-        if let Some(v) = lookup(dev, dentry) {
+        if let Some(v) = lookup::<A>(dev, dentry) {
             let wanted = if depth == 1 {
                 watch::CHILDREN | watch::RECURSIVE
             } else {
@@ -157,7 +158,7 @@ pub fn check(target: *const u8) -> Verdict {
                 return Verdict::Watched(v.rule_id);
             }
         }
-        let Ok(parent) = read_ptr(dentry, off!(dentry_d_parent)) else {
+        let Ok(parent) = A::read_ptr(dentry, off!(dentry_d_parent)) else {
             return Verdict::Undecided;
         };
         if parent == dentry {

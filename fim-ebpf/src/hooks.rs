@@ -6,16 +6,20 @@ use fim_common::{Args, Backend, EventKind, Record, flags, record::PATH_CAP};
 
 use crate::{
     emit, filter,
-    kernel::{off, read, read_ptr},
+    kernel::{Access, Direct, off, read, read_ptr},
     path, writers,
 };
 
+// Everything here up to the filter's verdict reads with `Direct` loads: the LSM and fexit
+// programs' arguments are typed pointers (see `kernel::Access`). That is the path every
+// event takes, watched or not; building a watched event's record still uses the helper.
+
 /// `struct path` -> (mnt, dentry).
 #[inline(always)]
-fn split_path(path: *const u8) -> Result<(*const u8, *const u8), i64> {
+fn split_path<A: Access>(path: *const u8) -> Result<(*const u8, *const u8), i64> {
     Ok((
-        read_ptr(path, off!(path_mnt))?,
-        read_ptr(path, off!(path_dentry))?,
+        A::read_ptr(path, off!(path_mnt))?,
+        A::read_ptr(path, off!(path_dentry))?,
     ))
 }
 
@@ -30,7 +34,7 @@ fn decide(targets: &[*const u8]) -> Option<(u32, u16)> {
         if target.is_null() {
             continue;
         }
-        let verdict = filter::check(target);
+        let verdict = filter::check::<Direct>(target);
         if let Some(rule) = verdict.rule() {
             decision = Some((rule, 0));
             break;
@@ -62,7 +66,7 @@ fn begin(kind: EventKind, backend: Backend, targets: &[*const u8]) -> Option<&'s
 #[inline(always)]
 fn describe_target(record: &mut Record, dentry: *const u8) {
     let header = &mut record.header;
-    header.target.dev = filter::dentry_dev(dentry).unwrap_or(0);
+    header.target.dev = filter::dentry_dev::<crate::kernel::Probe>(dentry).unwrap_or(0);
     if let Ok(inode) = read_ptr(dentry, off!(dentry_d_inode))
         && !inode.is_null()
     {
@@ -124,7 +128,7 @@ pub fn dir_entry(
     args: Args,
     symlink_target: *const u8,
 ) -> Result<(), i64> {
-    let (mnt, _dir_dentry) = split_path(dir)?;
+    let (mnt, _dir_dentry) = split_path::<Direct>(dir)?;
     let Some(record) = begin(kind, backend, &[dentry]) else {
         return Ok(());
     };
@@ -148,7 +152,7 @@ pub fn on_path(
     args: Args,
     use_d_path: bool,
 ) -> Result<(), i64> {
-    let (mnt, dentry) = split_path(path)?;
+    let (mnt, dentry) = split_path::<Direct>(path)?;
     let Some(record) = begin(kind, backend, &[dentry]) else {
         return Ok(());
     };
@@ -181,8 +185,8 @@ pub fn rename(
     new_dentry: *const u8,
     rename_flags: u32,
 ) -> Result<(), i64> {
-    let (old_mnt, _) = split_path(old_dir)?;
-    let (new_mnt, _) = split_path(new_dir)?;
+    let (old_mnt, _) = split_path::<Direct>(old_dir)?;
+    let (new_mnt, _) = split_path::<Direct>(new_dir)?;
     let old = (old_dentry, old_mnt);
     two_paths(
         EventKind::Rename,
@@ -222,7 +226,7 @@ pub fn link(
     new_dir: *const u8,
     new_dentry: *const u8,
 ) -> Result<(), i64> {
-    let (mnt, _) = split_path(new_dir)?;
+    let (mnt, _) = split_path::<Direct>(new_dir)?;
     two_paths(
         EventKind::Link,
         backend,
@@ -258,8 +262,8 @@ const O_TRUNC: u32 = 0o1000;
 /// file_open with write intent (or O_TRUNC): `OpenWrite`.
 #[inline(always)]
 pub fn file_open(backend: Backend, file: *const u8) -> Result<(), i64> {
-    let f_mode = read::<u32>(file, off!(file_f_mode))?;
-    let f_flags = read::<u32>(file, off!(file_f_flags))?;
+    let f_mode = Direct::read::<u32>(file, off!(file_f_mode))?;
+    let f_flags = Direct::read::<u32>(file, off!(file_f_flags))?;
     if f_mode & FMODE_WRITE == 0 && f_flags & O_TRUNC == 0 {
         return Ok(());
     }
@@ -273,11 +277,12 @@ pub fn file_open(backend: Backend, file: *const u8) -> Result<(), i64> {
 }
 
 /// The last reference to a file is gone: if it was opened for writing in a watched place,
-/// report `Modified` (no filter walk: the decision was made at open).
+/// report `Modified` (no filter walk: the decision was made at open). `A`: `Direct` for the
+/// hooks' typed file, `Probe` for the tracepoint backend's, which came out of a read.
 #[inline(always)]
-pub fn file_closed(backend: Backend, file: *const u8) -> Result<(), i64> {
+pub fn file_closed<A: Access>(backend: Backend, file: *const u8) -> Result<(), i64> {
     // Only files opened for writing are tracked: one read spares the others the map lookup.
-    if read::<u32>(file, off!(file_f_mode))? & FMODE_WRITE == 0 {
+    if A::read::<u32>(file, off!(file_f_mode))? & FMODE_WRITE == 0 {
         return Ok(());
     }
     let Some(rule) = writers::closing(file) else {
@@ -287,7 +292,7 @@ pub fn file_closed(backend: Backend, file: *const u8) -> Result<(), i64> {
         return Ok(());
     }
     let f_path = file.wrapping_add(off!(file_f_path));
-    let (mnt, dentry) = split_path(f_path)?;
+    let (mnt, dentry) = split_path::<A>(f_path)?;
     let Some(record) = emit::start(EventKind::Modified, backend) else {
         return Ok(());
     };
@@ -332,7 +337,7 @@ fn file_event(
     use_d_path: bool,
 ) -> Result<Option<u32>, i64> {
     let f_path = file.wrapping_add(off!(file_f_path));
-    let (mnt, dentry) = split_path(f_path)?;
+    let (mnt, dentry) = split_path::<Direct>(f_path)?;
     let Some(record) = begin(kind, backend, &[dentry]) else {
         return Ok(None);
     };

@@ -55,3 +55,44 @@ pub fn as_number(pointer: *const u8) -> u64 {
     let value = pointer as u64;
     read::<u64>((&raw const value).cast(), 0).unwrap_or(0)
 }
+
+/// How a program reads kernel memory.
+///
+/// `Probe` calls `bpf_probe_read_kernel`: it works on any address, including pointers that
+/// came out of an earlier read or out of map memory, which the verifier only knows as numbers
+/// (the tracepoint backend's pointers are all of that kind).
+///
+/// `Direct` is a plain load. LSM and fentry programs get typed (BTF) pointers as arguments,
+/// and the verifier keeps the type through member offsets it knows (the offsets live in a
+/// frozen read-only map, so it does) and through pointer members it loads; it turns each
+/// such load into a single fault-safe instruction, where the helper costs a call and a
+/// checked copy. A load that faults gives 0, so callers check pointers for null as they
+/// would anyway. Only for pointers the verifier knows as typed.
+pub trait Access {
+    fn read<T: Copy>(base: *const u8, offset: usize) -> Result<T, i64>;
+
+    #[inline(always)]
+    fn read_ptr(base: *const u8, offset: usize) -> Result<*const u8, i64> {
+        Self::read::<u64>(base, offset).map(|p| p as *const u8)
+    }
+}
+
+pub struct Probe;
+
+impl Access for Probe {
+    #[inline(always)]
+    fn read<T: Copy>(base: *const u8, offset: usize) -> Result<T, i64> {
+        read(base, offset)
+    }
+}
+
+pub struct Direct;
+
+impl Access for Direct {
+    #[inline(always)]
+    fn read<T: Copy>(base: *const u8, offset: usize) -> Result<T, i64> {
+        // SAFETY: see `Access`: the verifier accepts this load only on a typed pointer at a
+        // member it knows, and makes it fault-safe.
+        Ok(unsafe { core::ptr::read_volatile(base.wrapping_add(offset).cast::<T>()) })
+    }
+}

@@ -13,7 +13,7 @@ use fim_common::{
     record::{MAX_WALK_DEPTH, PATH_CAP},
 };
 
-use crate::kernel::{off, read, read_ptr};
+use crate::kernel::{Access, Direct, off, read, read_ptr};
 
 /// Scratch space for writing a path backwards. Oversized so that every masked offset plus a
 /// masked length stays inside it, which is what the verifier checks.
@@ -364,14 +364,19 @@ static ROOTMEMO: PerCpuArray<RootMemo> = PerCpuArray::with_max_entries(1, 0);
 /// The current task's root (`task->fs->root`).
 #[inline(always)]
 pub fn task_root() -> Root {
-    let task = crate::actor::current_task();
-    let Ok(fs) = read_ptr(task, off!(task_fs)) else {
+    // Typed loads (`kernel::Access`): this runs for every absolute path the tracepoint
+    // backend sees, watched or not.
+    let task = crate::actor::current_task_btf();
+    let Ok(fs) = Direct::read_ptr(task, off!(task_fs)) else {
         return Root::Unknown;
     };
+    if fs.is_null() {
+        return Root::Unknown;
+    }
     let root = fs.wrapping_add(off!(fs_struct_root));
     let (Ok(mnt), Ok(dentry)) = (
-        read_ptr(root, off!(path_mnt)),
-        read_ptr(root, off!(path_dentry)),
+        Direct::read_ptr(root, off!(path_mnt)),
+        Direct::read_ptr(root, off!(path_dentry)),
     ) else {
         return Root::Unknown;
     };
