@@ -6,13 +6,14 @@ use fim_common::{Args, Backend, EventKind, Record, flags, record::PATH_CAP};
 
 use crate::{
     emit, filter,
-    kernel::{Access, Direct, off, read, read_ptr},
+    kernel::{Access, Direct, off},
     path, writers,
 };
 
-// Everything here up to the filter's verdict reads with `Direct` loads: the LSM and fexit
-// programs' arguments are typed pointers (see `kernel::Access`). That is the path every
-// event takes, watched or not; building a watched event's record still uses the helper.
+// The hooks read with `Direct` loads: the LSM and fexit programs' arguments are typed
+// pointers (see `kernel::Access`). Only the path walk, whose loop state lives in a map, and
+// the strings use the helpers. `file_closed` is shared with the tracepoint backend, whose
+// file pointer came out of a read: it takes the reader as a parameter.
 
 /// `struct path` -> (mnt, dentry).
 #[inline(always)]
@@ -64,14 +65,14 @@ fn begin(kind: EventKind, backend: Backend, targets: &[*const u8]) -> Option<&'s
 
 /// Fills `target` from a dentry's inode (if it has one) and its filesystem.
 #[inline(always)]
-fn describe_target(record: &mut Record, dentry: *const u8) {
+fn describe_target<A: Access>(record: &mut Record, dentry: *const u8) {
     let header = &mut record.header;
-    header.target.dev = filter::dentry_dev::<crate::kernel::Probe>(dentry).unwrap_or(0);
-    if let Ok(inode) = read_ptr(dentry, off!(dentry_d_inode))
+    header.target.dev = filter::dentry_dev::<A>(dentry).unwrap_or(0);
+    if let Ok(inode) = A::read_ptr(dentry, off!(dentry_d_inode))
         && !inode.is_null()
     {
-        header.target.ino = read::<u64>(inode, off!(inode_i_ino)).unwrap_or(0);
-        header.target.mode = read::<u16>(inode, off!(inode_i_mode)).unwrap_or(0) as u32;
+        header.target.ino = A::read::<u64>(inode, off!(inode_i_ino)).unwrap_or(0);
+        header.target.mode = A::read::<u16>(inode, off!(inode_i_mode)).unwrap_or(0) as u32;
         header.flags |= flags::TARGET_KNOWN;
     }
 }
@@ -133,7 +134,7 @@ pub fn dir_entry(
         return Ok(());
     };
     record.header.args = args;
-    describe_target(record, dentry);
+    describe_target::<Direct>(record, dentry);
     let len1 = set_path1(record, dentry, mnt);
     if !symlink_target.is_null() {
         set_string2(record, len1 & (PATH_CAP - 1), symlink_target);
@@ -157,7 +158,7 @@ pub fn on_path(
         return Ok(());
     };
     record.header.args = args;
-    describe_target(record, dentry);
+    describe_target::<Direct>(record, dentry);
     set_path1_of(record, path, (mnt, dentry), use_d_path);
     emit::submit(record, backend);
     Ok(())
@@ -211,7 +212,7 @@ fn two_paths(
         return;
     };
     record.header.args.flags = event_flags;
-    describe_target(record, old_dentry);
+    describe_target::<Direct>(record, old_dentry);
     let len1 = set_path1(record, old_dentry, old_mnt);
     set_path2(record, len1 & (PATH_CAP - 1), new_dentry, new_mnt);
     emit::submit(record, backend);
@@ -249,7 +250,7 @@ pub fn xattr(
     let Some(record) = begin(kind, backend, &[dentry]) else {
         return Ok(());
     };
-    describe_target(record, dentry);
+    describe_target::<Direct>(record, dentry);
     let len1 = set_path1(record, dentry, core::ptr::null());
     set_string2(record, len1 & (PATH_CAP - 1), name);
     emit::submit(record, backend);
@@ -300,7 +301,7 @@ pub fn file_closed<A: Access>(backend: Backend, file: *const u8) -> Result<(), i
     if rule == 0 {
         record.header.flags |= flags::FILTER_UNDECIDED;
     }
-    describe_target(record, dentry);
+    describe_target::<A>(record, dentry);
     set_path1(record, dentry, mnt);
     emit::submit(record, backend);
     Ok(())
@@ -342,7 +343,7 @@ fn file_event(
         return Ok(None);
     };
     record.header.args.flags = event_flags;
-    describe_target(record, dentry);
+    describe_target::<Direct>(record, dentry);
     set_path1_of(record, f_path, (mnt, dentry), use_d_path);
     let rule = record.header.rule_id;
     emit::submit(record, backend);

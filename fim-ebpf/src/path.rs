@@ -64,6 +64,8 @@ struct Walk {
     dentry: u64,
     mnt: u64,
     mount: u64,
+    /// `mnt->mnt_root`, read once per mount instead of once per name.
+    mnt_root: u64,
     flags: u64,
     done: u64,
 }
@@ -99,32 +101,28 @@ fn step(state: *mut Walk, buf: *mut u8) -> bool {
     let dentry = load!(state, dentry) as *const u8;
     let mnt = load!(state, mnt) as *const u8;
     let mount = load!(state, mount) as *const u8;
-    if !mnt.is_null() {
-        let Ok(mnt_root) = read_ptr(mnt, off!(vfsmount_mnt_root)) else {
+    if !mnt.is_null() && dentry as u64 == load!(state, mnt_root) {
+        let Ok(parent_mount) = read_ptr(mount, off!(mount_mnt_parent)) else {
             return false;
         };
-        if dentry == mnt_root {
-            let Ok(parent_mount) = read_ptr(mount, off!(mount_mnt_parent)) else {
-                return false;
-            };
-            if parent_mount == mount {
-                store!(state, done, 1);
-                return false;
-            }
-            let Ok(mountpoint) = read_ptr(mount, off!(mount_mnt_mountpoint)) else {
-                return false;
-            };
-            store!(state, dentry, mountpoint as u64);
-            store!(state, mount, parent_mount as u64);
-            store!(
-                state,
-                mnt,
-                parent_mount.wrapping_add(off!(mount_mnt)) as u64
-            );
-            return true;
+        if parent_mount == mount {
+            store!(state, done, 1);
+            return false;
         }
+        let Ok(mountpoint) = read_ptr(mount, off!(mount_mnt_mountpoint)) else {
+            return false;
+        };
+        let parent_mnt = parent_mount.wrapping_add(off!(mount_mnt));
+        let Ok(parent_root) = read_ptr(parent_mnt, off!(vfsmount_mnt_root)) else {
+            return false;
+        };
+        store!(state, dentry, mountpoint as u64);
+        store!(state, mount, parent_mount as u64);
+        store!(state, mnt, parent_mnt as u64);
+        store!(state, mnt_root, parent_root as u64);
+        return true;
     }
-    let Ok(parent) = read_ptr(dentry, off!(dentry_d_parent)) else {
+    let Some((parent, name, len)) = dentry_fields(dentry) else {
         return false;
     };
     if parent == dentry {
@@ -138,12 +136,6 @@ fn step(state: *mut Walk, buf: *mut u8) -> bool {
         store!(state, done, 1);
         return false;
     }
-    let Ok(name) = read_ptr(dentry, off!(dentry_d_name_name)) else {
-        return false;
-    };
-    let Ok(len) = read::<u32>(dentry, off!(dentry_d_name_len)) else {
-        return false;
-    };
     let len = len as usize & 255;
     let pos = load!(state, pos) as usize & (PATH_CAP * 2 - 1);
     if len + 2 > pos || pos > PATH_CAP {
@@ -164,6 +156,35 @@ fn step(state: *mut Walk, buf: *mut u8) -> bool {
     store!(state, pos, pos as u64);
     store!(state, dentry, parent as u64);
     true
+}
+
+/// A dentry's parent, name and name length. They sit within a few words of each other
+/// (`d_parent`, then `d_name`'s hash, length and pointer), so one read of four words usually
+/// gets all three; other layouts take three reads.
+#[inline(always)]
+fn dentry_fields(dentry: *const u8) -> Option<(*const u8, *const u8, u32)> {
+    let (p, n, l) = (
+        off!(dentry_d_parent),
+        off!(dentry_d_name_name),
+        off!(dentry_d_name_len),
+    );
+    let lo = if p < n { p } else { n };
+    let lo = if l < lo { l } else { lo };
+    let (kp, kn, kl) = (p - lo, n - lo, l - lo);
+    if kp <= 24 && kn <= 24 && kl <= 28 && kp % 8 == 0 && kn % 8 == 0 && kl % 4 == 0 {
+        let words = read::<[u64; 4]>(dentry, lo).ok()?;
+        let len = (words[(kl / 8) & 3] >> ((kl % 8) * 8)) as u32;
+        return Some((
+            words[(kp / 8) & 3] as *const u8,
+            words[(kn / 8) & 3] as *const u8,
+            len,
+        ));
+    }
+    Some((
+        read_ptr(dentry, p).ok()?,
+        read_ptr(dentry, n).ok()?,
+        read::<u32>(dentry, l).ok()?,
+    ))
 }
 
 /// One `bpf_loop` iteration of the walk: 0 continues, 1 stops.
@@ -193,10 +214,20 @@ pub fn build(
     } else {
         vfsmount.wrapping_sub(off!(mount_mnt))
     };
+    let mnt_root = if vfsmount.is_null() {
+        core::ptr::null()
+    } else {
+        // Without it the walk could not tell where the mount starts: nothing is built.
+        match read_ptr(vfsmount, off!(vfsmount_mnt_root)) {
+            Ok(root) => root,
+            Err(_) => return Piece::new(0, truncated_flag),
+        }
+    };
     store!(state, pos, PATH_CAP as u64);
     store!(state, dentry, dentry as u64);
     store!(state, mnt, vfsmount as u64);
     store!(state, mount, mount as u64);
+    store!(state, mnt_root, mnt_root as u64);
     store!(state, flags, 0);
     store!(state, done, 0);
     // bpf_loop (5.17+): the verifier checks the callback once instead of every iteration.
