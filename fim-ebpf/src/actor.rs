@@ -6,7 +6,7 @@ use aya_ebpf::helpers::{
 };
 use fim_common::Actor;
 
-use crate::kernel::{Access, Direct, off};
+use crate::kernel::{load, load_ptr, off, read, read_ptr};
 
 /// The current task as a number: for `Probe` reads.
 pub fn current_task() -> *const u8 {
@@ -14,8 +14,8 @@ pub fn current_task() -> *const u8 {
     unsafe { bpf_get_current_task() as *const u8 }
 }
 
-/// The current task as a typed pointer (5.11+, every program type fim uses): for `Direct`
-/// loads, which cost an instruction each instead of a helper call.
+/// The current task as a typed pointer (5.11+, every program type fim uses): for
+/// `kernel::load`, an instruction per member instead of a helper call.
 #[inline(always)]
 pub fn current_task_btf() -> *const u8 {
     // SAFETY: no preconditions.
@@ -44,24 +44,28 @@ pub fn fill(actor: &mut Actor) {
         return;
     }
     let task = current_task_btf();
-    if let Ok(parent) = Direct::read_ptr(task, off!(task_real_parent)) {
-        actor.ppid = Direct::read::<u32>(parent, off!(task_tgid)).unwrap_or(u32::MAX);
+    let parent = load_ptr(task, off!(task_real_parent));
+    if !parent.is_null() {
+        actor.ppid = load::<u32>(parent, off!(task_tgid));
     }
-    if let Ok(cred) = Direct::read_ptr(task, off!(task_cred)) {
-        actor.euid = Direct::read::<u32>(cred, off!(cred_euid)).unwrap_or(u32::MAX);
+    let cred = load_ptr(task, off!(task_cred));
+    if !cred.is_null() {
+        actor.euid = load::<u32>(cred, off!(cred_euid));
     }
     let loginuid = off!(task_loginuid);
     if loginuid != 0 {
-        actor.loginuid = Direct::read::<u32>(task, loginuid).unwrap_or(u32::MAX);
+        actor.loginuid = load::<u32>(task, loginuid);
     }
-    if let Ok(leader) = Direct::read_ptr(task, off!(task_group_leader)) {
-        actor.start_boottime_ns =
-            Direct::read::<u64>(leader, off!(task_start_boottime)).unwrap_or(0);
+    let leader = load_ptr(task, off!(task_group_leader));
+    if !leader.is_null() {
+        actor.start_boottime_ns = load::<u64>(leader, off!(task_start_boottime));
     }
-    if let Ok(nsproxy) = Direct::read_ptr(task, off!(task_nsproxy))
+    // Through the helper: `nsproxy` is null once an exiting task has left its namespaces,
+    // and files it wrote are released after that (see `kernel::load`).
+    if let Ok(nsproxy) = read_ptr(current_task(), off!(task_nsproxy))
         && !nsproxy.is_null()
-        && let Ok(mnt_ns) = Direct::read_ptr(nsproxy, off!(nsproxy_mnt_ns))
+        && let Ok(mnt_ns) = read_ptr(nsproxy, off!(nsproxy_mnt_ns))
     {
-        actor.mnt_ns = Direct::read::<u32>(mnt_ns, off!(mnt_namespace_ns_inum)).unwrap_or(0);
+        actor.mnt_ns = read::<u32>(mnt_ns, off!(mnt_namespace_ns_inum)).unwrap_or(0);
     }
 }

@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use fim_common::{Excluded, WatchKey, WatchValue, bitmap, record::MAX_WALK_DEPTH, watch};
 
-use crate::kernel::{Access, Direct, off};
+use crate::kernel::{load, load_ptr, member, member_ptr, off, read_ptr};
 
 #[map]
 static WATCHED: HashMap<WatchKey, WatchValue> = HashMap::with_max_entries(16384, 0);
@@ -101,26 +101,49 @@ pub fn actor_excluded() -> bool {
 /// Start time of the current thread group (what user space keys processes by).
 fn current_start_boottime() -> u64 {
     let task = crate::actor::current_task_btf();
-    match Direct::read_ptr(task, off!(task_group_leader)) {
-        Ok(leader) => Direct::read::<u64>(leader, off!(task_start_boottime)).unwrap_or(0),
-        Err(_) => 0,
+    let leader = load_ptr(task, off!(task_group_leader));
+    if leader.is_null() {
+        return 0;
     }
+    load::<u64>(leader, off!(task_start_boottime))
 }
 
-/// The device number of the filesystem a dentry lives on.
+/// The device number of the filesystem a dentry lives on. `TYPED`: see `kernel::member`.
 #[inline(always)]
-pub fn dentry_dev<A: Access>(dentry: *const u8) -> Result<u32, i64> {
-    let sb = A::read_ptr(dentry, off!(dentry_d_sb))?;
-    A::read::<u32>(sb, off!(super_block_s_dev))
+pub fn dentry_dev<const TYPED: bool>(dentry: *const u8) -> Result<u32, i64> {
+    let sb = member_ptr::<TYPED>(dentry, off!(dentry_d_sb))?;
+    member::<u32, TYPED>(sb, off!(super_block_s_dev))
 }
 
+/// The inode of a dentry that may be negative (a name about to be created), always through
+/// the helper: 6.12's verifier takes `d_inode` of a typed dentry for a trusted, never-null
+/// pointer, drops the caller's null check as dead code and makes the next load a plain one,
+/// which faults on a negative dentry (it crashed the 6.12 test VM in `path_mkdir`). Read
+/// with the helper, the pointer is a number and the check stays.
 #[inline(always)]
-fn lookup<A: Access>(dev: u32, dentry: *const u8) -> Option<WatchValue> {
-    let inode = A::read_ptr(dentry, off!(dentry_d_inode)).ok()?;
+pub fn dentry_inode(dentry: *const u8) -> Option<*const u8> {
+    let inode = read_ptr(dentry, off!(dentry_d_inode)).ok()?;
+    if inode.is_null() { None } else { Some(inode) }
+}
+
+/// An ancestor's inode and parent. Typed: two plain loads (an ancestor is positive, see
+/// `kernel::load`). Untyped: two helper calls. (One read of the four words that hold both was
+/// tried: the 6.1 verifier then ran out of its instruction budget on the tracepoint programs.)
+#[inline(always)]
+fn ancestor_links<const TYPED: bool>(dentry: *const u8) -> Option<(*const u8, *const u8)> {
+    Some((
+        member_ptr::<TYPED>(dentry, off!(dentry_d_inode)).ok()?,
+        member_ptr::<TYPED>(dentry, off!(dentry_d_parent)).ok()?,
+    ))
+}
+
+/// The watch entry of an inode (null: none).
+#[inline(always)]
+fn lookup<const TYPED: bool>(dev: u32, inode: *const u8) -> Option<WatchValue> {
     if inode.is_null() {
         return None;
     }
-    let ino = A::read::<u64>(inode, off!(inode_i_ino)).ok()?;
+    let ino = member::<u64, TYPED>(inode, off!(inode_i_ino)).ok()?;
     if !maybe_present(&WATCHED_BITS, bitmap::inode_hash(dev, ino)) {
         return None;
     }
@@ -128,27 +151,33 @@ fn lookup<A: Access>(dev: u32, dentry: *const u8) -> Option<WatchValue> {
     unsafe { WATCHED.get(WatchKey { dev, _pad: 0, ino }).copied() }
 }
 
-/// Decides for `target` (a dentry, possibly negative: a name about to be created), reading
-/// the dentries with `A` (`Direct` needs a typed pointer).
-pub fn check<A: Access>(target: *const u8) -> Verdict {
-    let Ok(dev) = dentry_dev::<A>(target) else {
+/// Decides for `target` (a dentry, possibly negative: a name about to be created). `TYPED`:
+/// `target` is a hook's typed pointer, and the walk loads what it safely can directly (see
+/// `kernel::load`); otherwise (the tracepoint backend's dentries came out of reads) two
+/// helper calls per level.
+pub fn check<const TYPED: bool>(target: *const u8) -> Verdict {
+    let Ok(dev) = dentry_dev::<TYPED>(target) else {
         return Verdict::Undecided;
     };
     // Nothing watched on this filesystem: the walk, which never leaves it, would find nothing.
     if !maybe_present(&WATCHED_BITS, bitmap::dev_hash(dev)) {
         return Verdict::Unwatched;
     }
-    if let Some(v) = lookup::<A>(dev, target)
+    if let Some(inode) = dentry_inode(target)
+        && let Some(v) = lookup::<false>(dev, inode)
         && v.flags & watch::SELF != 0
     {
         return Verdict::Watched(v.rule_id);
     }
-    let Ok(mut dentry) = A::read_ptr(target, off!(dentry_d_parent)) else {
+    let Ok(mut dentry) = member_ptr::<TYPED>(target, off!(dentry_d_parent)) else {
         return Verdict::Undecided;
     };
     let mut depth = 1u32;
     while depth < MAX_WALK_DEPTH {
-        if let Some(v) = lookup::<A>(dev, dentry) {
+        let Some((inode, parent)) = ancestor_links::<TYPED>(dentry) else {
+            return Verdict::Undecided;
+        };
+        if let Some(v) = lookup::<TYPED>(dev, inode) {
             let wanted = if depth == 1 {
                 watch::CHILDREN | watch::RECURSIVE
             } else {
@@ -158,9 +187,6 @@ pub fn check<A: Access>(target: *const u8) -> Verdict {
                 return Verdict::Watched(v.rule_id);
             }
         }
-        let Ok(parent) = A::read_ptr(dentry, off!(dentry_d_parent)) else {
-            return Verdict::Undecided;
-        };
         if parent == dentry {
             return Verdict::Unwatched;
         }

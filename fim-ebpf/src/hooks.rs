@@ -6,27 +6,28 @@ use fim_common::{Args, Backend, EventKind, Record, flags, record::PATH_CAP};
 
 use crate::{
     emit, filter,
-    kernel::{Access, Direct, off},
+    kernel::{member, member_ptr, off, read},
     path, writers,
 };
 
-// The hooks read with `Direct` loads: the LSM and fexit programs' arguments are typed
-// pointers (see `kernel::Access`). Only the path walk, whose loop state lives in a map, and
-// the strings use the helpers. `file_closed` is shared with the tracepoint backend, whose
-// file pointer came out of a read: it takes the reader as a parameter.
+// `TYPED` (see `kernel::member`): the LSM and fexit programs' arguments are typed pointers,
+// so what is never null behind them is loaded directly. The exceptions are a dentry's inode
+// (`filter::dentry_inode`), `mmap_file`'s file, which is null for anonymous memory, and the
+// tracepoint backend's file in `file_closed`, which came out of a read.
+const TYPED: bool = true;
 
 /// `struct path` -> (mnt, dentry).
 #[inline(always)]
-fn split_path<A: Access>(path: *const u8) -> Result<(*const u8, *const u8), i64> {
+fn split_path<const T: bool>(path: *const u8) -> Result<(*const u8, *const u8), i64> {
     Ok((
-        A::read_ptr(path, off!(path_mnt))?,
-        A::read_ptr(path, off!(path_dentry))?,
+        member_ptr::<T>(path, off!(path_mnt))?,
+        member_ptr::<T>(path, off!(path_dentry))?,
     ))
 }
 
 /// Whether to report, and under which rule: `None` drops the event.
 #[inline(always)]
-fn decide(targets: &[*const u8]) -> Option<(u32, u16)> {
+fn decide<const T: bool>(targets: &[*const u8]) -> Option<(u32, u16)> {
     if !crate::kernel::offsets_loaded() {
         return None;
     }
@@ -35,7 +36,7 @@ fn decide(targets: &[*const u8]) -> Option<(u32, u16)> {
         if target.is_null() {
             continue;
         }
-        let verdict = filter::check::<Direct>(target);
+        let verdict = filter::check::<T>(target);
         if let Some(rule) = verdict.rule() {
             decision = Some((rule, 0));
             break;
@@ -55,8 +56,12 @@ fn decide(targets: &[*const u8]) -> Option<(u32, u16)> {
 /// The filter's decision, then the scratch record with rule and decision flags filled in;
 /// `None` drops the event.
 #[inline(always)]
-fn begin(kind: EventKind, backend: Backend, targets: &[*const u8]) -> Option<&'static mut Record> {
-    let (rule, decision_flags) = decide(targets)?;
+fn begin<const T: bool>(
+    kind: EventKind,
+    backend: Backend,
+    targets: &[*const u8],
+) -> Option<&'static mut Record> {
+    let (rule, decision_flags) = decide::<T>(targets)?;
     let record = emit::start(kind, backend)?;
     record.header.rule_id = rule;
     record.header.flags = decision_flags;
@@ -65,14 +70,12 @@ fn begin(kind: EventKind, backend: Backend, targets: &[*const u8]) -> Option<&'s
 
 /// Fills `target` from a dentry's inode (if it has one) and its filesystem.
 #[inline(always)]
-fn describe_target<A: Access>(record: &mut Record, dentry: *const u8) {
+fn describe_target<const T: bool>(record: &mut Record, dentry: *const u8) {
     let header = &mut record.header;
-    header.target.dev = filter::dentry_dev::<A>(dentry).unwrap_or(0);
-    if let Ok(inode) = A::read_ptr(dentry, off!(dentry_d_inode))
-        && !inode.is_null()
-    {
-        header.target.ino = A::read::<u64>(inode, off!(inode_i_ino)).unwrap_or(0);
-        header.target.mode = A::read::<u16>(inode, off!(inode_i_mode)).unwrap_or(0) as u32;
+    header.target.dev = filter::dentry_dev::<T>(dentry).unwrap_or(0);
+    if let Some(inode) = filter::dentry_inode(dentry) {
+        header.target.ino = read::<u64>(inode, off!(inode_i_ino)).unwrap_or(0);
+        header.target.mode = read::<u16>(inode, off!(inode_i_mode)).unwrap_or(0) as u32;
         header.flags |= flags::TARGET_KNOWN;
     }
 }
@@ -129,12 +132,12 @@ pub fn dir_entry(
     args: Args,
     symlink_target: *const u8,
 ) -> Result<(), i64> {
-    let (mnt, _dir_dentry) = split_path::<Direct>(dir)?;
-    let Some(record) = begin(kind, backend, &[dentry]) else {
+    let (mnt, _dir_dentry) = split_path::<TYPED>(dir)?;
+    let Some(record) = begin::<TYPED>(kind, backend, &[dentry]) else {
         return Ok(());
     };
     record.header.args = args;
-    describe_target::<Direct>(record, dentry);
+    describe_target::<TYPED>(record, dentry);
     let len1 = set_path1(record, dentry, mnt);
     if !symlink_target.is_null() {
         set_string2(record, len1 & (PATH_CAP - 1), symlink_target);
@@ -153,12 +156,12 @@ pub fn on_path(
     args: Args,
     use_d_path: bool,
 ) -> Result<(), i64> {
-    let (mnt, dentry) = split_path::<Direct>(path)?;
-    let Some(record) = begin(kind, backend, &[dentry]) else {
+    let (mnt, dentry) = split_path::<TYPED>(path)?;
+    let Some(record) = begin::<TYPED>(kind, backend, &[dentry]) else {
         return Ok(());
     };
     record.header.args = args;
-    describe_target::<Direct>(record, dentry);
+    describe_target::<TYPED>(record, dentry);
     set_path1_of(record, path, (mnt, dentry), use_d_path);
     emit::submit(record, backend);
     Ok(())
@@ -186,8 +189,8 @@ pub fn rename(
     new_dentry: *const u8,
     rename_flags: u32,
 ) -> Result<(), i64> {
-    let (old_mnt, _) = split_path::<Direct>(old_dir)?;
-    let (new_mnt, _) = split_path::<Direct>(new_dir)?;
+    let (old_mnt, _) = split_path::<TYPED>(old_dir)?;
+    let (new_mnt, _) = split_path::<TYPED>(new_dir)?;
     let old = (old_dentry, old_mnt);
     two_paths(
         EventKind::Rename,
@@ -208,11 +211,11 @@ fn two_paths(
     (new_dentry, new_mnt): (*const u8, *const u8),
     event_flags: u32,
 ) {
-    let Some(record) = begin(kind, backend, &[old_dentry, new_dentry]) else {
+    let Some(record) = begin::<TYPED>(kind, backend, &[old_dentry, new_dentry]) else {
         return;
     };
     record.header.args.flags = event_flags;
-    describe_target::<Direct>(record, old_dentry);
+    describe_target::<TYPED>(record, old_dentry);
     let len1 = set_path1(record, old_dentry, old_mnt);
     set_path2(record, len1 & (PATH_CAP - 1), new_dentry, new_mnt);
     emit::submit(record, backend);
@@ -227,7 +230,7 @@ pub fn link(
     new_dir: *const u8,
     new_dentry: *const u8,
 ) -> Result<(), i64> {
-    let (mnt, _) = split_path::<Direct>(new_dir)?;
+    let (mnt, _) = split_path::<TYPED>(new_dir)?;
     two_paths(
         EventKind::Link,
         backend,
@@ -247,10 +250,10 @@ pub fn xattr(
     dentry: *const u8,
     name: *const u8,
 ) -> Result<(), i64> {
-    let Some(record) = begin(kind, backend, &[dentry]) else {
+    let Some(record) = begin::<TYPED>(kind, backend, &[dentry]) else {
         return Ok(());
     };
-    describe_target::<Direct>(record, dentry);
+    describe_target::<TYPED>(record, dentry);
     let len1 = set_path1(record, dentry, core::ptr::null());
     set_string2(record, len1 & (PATH_CAP - 1), name);
     emit::submit(record, backend);
@@ -263,13 +266,13 @@ const O_TRUNC: u32 = 0o1000;
 /// file_open with write intent (or O_TRUNC): `OpenWrite`.
 #[inline(always)]
 pub fn file_open(backend: Backend, file: *const u8) -> Result<(), i64> {
-    let f_mode = Direct::read::<u32>(file, off!(file_f_mode))?;
-    let f_flags = Direct::read::<u32>(file, off!(file_f_flags))?;
+    let f_mode = member::<u32, TYPED>(file, off!(file_f_mode))?;
+    let f_flags = member::<u32, TYPED>(file, off!(file_f_flags))?;
     if f_mode & FMODE_WRITE == 0 && f_flags & O_TRUNC == 0 {
         return Ok(());
     }
     // Both file_open hooks may use bpf_d_path (see `path::d_path`).
-    if let Some(rule) = file_event(EventKind::OpenWrite, backend, file, f_flags, true)?
+    if let Some(rule) = file_event::<TYPED>(EventKind::OpenWrite, backend, file, f_flags, true)?
         && f_mode & FMODE_WRITE != 0
     {
         writers::opened(file, rule);
@@ -278,12 +281,12 @@ pub fn file_open(backend: Backend, file: *const u8) -> Result<(), i64> {
 }
 
 /// The last reference to a file is gone: if it was opened for writing in a watched place,
-/// report `Modified` (no filter walk: the decision was made at open). `A`: `Direct` for the
-/// hooks' typed file, `Probe` for the tracepoint backend's, which came out of a read.
+/// report `Modified` (no filter walk: the decision was made at open). `T`: `file` is a hook's
+/// typed pointer (the tracepoint backend's came out of a read).
 #[inline(always)]
-pub fn file_closed<A: Access>(backend: Backend, file: *const u8) -> Result<(), i64> {
+pub fn file_closed<const T: bool>(backend: Backend, file: *const u8) -> Result<(), i64> {
     // Only files opened for writing are tracked: one read spares the others the map lookup.
-    if A::read::<u32>(file, off!(file_f_mode))? & FMODE_WRITE == 0 {
+    if member::<u32, T>(file, off!(file_f_mode))? & FMODE_WRITE == 0 {
         return Ok(());
     }
     let Some(rule) = writers::closing(file) else {
@@ -293,7 +296,7 @@ pub fn file_closed<A: Access>(backend: Backend, file: *const u8) -> Result<(), i
         return Ok(());
     }
     let f_path = file.wrapping_add(off!(file_f_path));
-    let (mnt, dentry) = split_path::<A>(f_path)?;
+    let (mnt, dentry) = split_path::<T>(f_path)?;
     let Some(record) = emit::start(EventKind::Modified, backend) else {
         return Ok(());
     };
@@ -301,7 +304,7 @@ pub fn file_closed<A: Access>(backend: Backend, file: *const u8) -> Result<(), i
     if rule == 0 {
         record.header.flags |= flags::FILTER_UNDECIDED;
     }
-    describe_target::<A>(record, dentry);
+    describe_target::<T>(record, dentry);
     set_path1(record, dentry, mnt);
     emit::submit(record, backend);
     Ok(())
@@ -316,7 +319,9 @@ pub fn mmap(backend: Backend, file: *const u8, prot: u64, map_flags: u64) -> Res
     if file.is_null() || map_flags & MAP_SHARED == 0 || prot & PROT_WRITE == 0 {
         return Ok(());
     }
-    file_event(
+    // Untyped: the file is null for anonymous memory, and a verifier that takes the argument
+    // for trusted drops the null check above (see `kernel::load`). The helper just fails.
+    file_event::<false>(
         EventKind::MmapSharedWrite,
         backend,
         file,
@@ -330,7 +335,7 @@ pub fn mmap(backend: Backend, file: *const u8, prot: u64, map_flags: u64) -> Res
 /// filter was undecided), or `None` when it was dropped. `use_d_path`: the hook may call
 /// `bpf_d_path`.
 #[inline(always)]
-fn file_event(
+fn file_event<const T: bool>(
     kind: EventKind,
     backend: Backend,
     file: *const u8,
@@ -338,12 +343,12 @@ fn file_event(
     use_d_path: bool,
 ) -> Result<Option<u32>, i64> {
     let f_path = file.wrapping_add(off!(file_f_path));
-    let (mnt, dentry) = split_path::<Direct>(f_path)?;
-    let Some(record) = begin(kind, backend, &[dentry]) else {
+    let (mnt, dentry) = split_path::<T>(f_path)?;
+    let Some(record) = begin::<T>(kind, backend, &[dentry]) else {
         return Ok(None);
     };
     record.header.args.flags = event_flags;
-    describe_target::<Direct>(record, dentry);
+    describe_target::<T>(record, dentry);
     set_path1_of(record, f_path, (mnt, dentry), use_d_path);
     let rule = record.header.rule_id;
     emit::submit(record, backend);

@@ -56,43 +56,50 @@ pub fn as_number(pointer: *const u8) -> u64 {
     read::<u64>((&raw const value).cast(), 0).unwrap_or(0)
 }
 
-/// How a program reads kernel memory.
+/// A plain load at `base + offset`: the current task's own fields, and pointers that can
+/// never be null where they are read (see `member`).
 ///
-/// `Probe` calls `bpf_probe_read_kernel`: it works on any address, including pointers that
-/// came out of an earlier read or out of map memory, which the verifier only knows as numbers
-/// (the tracepoint backend's pointers are all of that kind).
-///
-/// `Direct` is a plain load. LSM and fentry programs get typed (BTF) pointers as arguments,
-/// and the verifier keeps the type through member offsets it knows (the offsets live in a
-/// frozen read-only map, so it does) and through pointer members it loads; it turns each
-/// such load into a single fault-safe instruction, where the helper costs a call and a
-/// checked copy. A load that faults gives 0, so callers check pointers for null as they
-/// would anyway. Only for pointers the verifier knows as typed.
-pub trait Access {
-    fn read<T: Copy>(base: *const u8, offset: usize) -> Result<T, i64>;
+/// `bpf_get_current_task_btf` gives the task as a typed (BTF) pointer, and the verifier
+/// turns a load through one, at a member offset it knows (ours sit in frozen rodata), into a
+/// single instruction, where `bpf_probe_read_kernel` is a helper call and a checked copy.
+/// But a verifier that takes a member for trusted also takes it for never null: it drops a
+/// null check on it as dead code and makes loads through it plain ones that fault. 6.12 does
+/// that with a dentry's `d_inode`, which is null for a name about to be created, and it
+/// crashed the 6.12 test VM when the filter walk read every dentry's inode this way. So
+/// these loads are kept to members that are never null where fim reads them: the task's
+/// `real_parent`, `group_leader`, `cred`; `fs`, which only syscall and open paths read (null
+/// only once the task is exiting), null-checked all the same; a hook's `struct path`
+/// members, a dentry's `d_parent` and `d_sb`, and the inode of a dentry's *parent* (a dentry
+/// holds a reference on its parent, and a referenced dentry stays positive: rmdir only
+/// unhashes it). A hook's own dentry can be negative: its inode goes through the helper, as
+/// does everything about the file of `mmap_file`, which is null for anonymous memory.
+#[inline(always)]
+pub fn load<T: Copy>(base: *const u8, offset: usize) -> T {
+    // SAFETY: see above: the verifier accepts this load only on a typed pointer at a member
+    // it knows.
+    unsafe { core::ptr::read_volatile(base.wrapping_add(offset).cast::<T>()) }
+}
 
-    #[inline(always)]
-    fn read_ptr(base: *const u8, offset: usize) -> Result<*const u8, i64> {
-        Self::read::<u64>(base, offset).map(|p| p as *const u8)
+/// `load` of a pointer member.
+#[inline(always)]
+pub fn load_ptr(base: *const u8, offset: usize) -> *const u8 {
+    load::<u64>(base, offset) as *const u8
+}
+
+/// A member of `base`: a plain `load` when `TYPED` (the caller holds a typed pointer the
+/// verifier knows, and the member cannot be null where it is read: see `load`), else through
+/// the helper.
+#[inline(always)]
+pub fn member<T: Copy, const TYPED: bool>(base: *const u8, offset: usize) -> Result<T, i64> {
+    if TYPED {
+        Ok(load::<T>(base, offset))
+    } else {
+        read::<T>(base, offset)
     }
 }
 
-pub struct Probe;
-
-impl Access for Probe {
-    #[inline(always)]
-    fn read<T: Copy>(base: *const u8, offset: usize) -> Result<T, i64> {
-        read(base, offset)
-    }
-}
-
-pub struct Direct;
-
-impl Access for Direct {
-    #[inline(always)]
-    fn read<T: Copy>(base: *const u8, offset: usize) -> Result<T, i64> {
-        // SAFETY: see `Access`: the verifier accepts this load only on a typed pointer at a
-        // member it knows, and makes it fault-safe.
-        Ok(unsafe { core::ptr::read_volatile(base.wrapping_add(offset).cast::<T>()) })
-    }
+/// `member` of a pointer.
+#[inline(always)]
+pub fn member_ptr<const TYPED: bool>(base: *const u8, offset: usize) -> Result<*const u8, i64> {
+    member::<u64, TYPED>(base, offset).map(|p| p as *const u8)
 }

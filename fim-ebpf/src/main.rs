@@ -273,13 +273,13 @@ fexit_program!(fexit_mmap_file, "security_mmap_file", |ctx, b| hooks::mmap(
 // security_file_free returns nothing whose success could be checked.
 #[lsm(hook = "file_free_security")]
 pub fn lsm_file_free_security(ctx: LsmContext) -> i32 {
-    let _ = hooks::file_closed::<kernel::Direct>(Backend::Lsm, ctx.arg(0));
+    let _ = hooks::file_closed::<true>(Backend::Lsm, ctx.arg(0));
     0
 }
 
 #[fentry(function = "security_file_free")]
 pub fn fentry_file_free(ctx: FEntryContext) -> u32 {
-    let _ = hooks::file_closed::<kernel::Direct>(Backend::Fentry, ctx.arg(0));
+    let _ = hooks::file_closed::<true>(Backend::Fentry, ctx.arg(0));
     0
 }
 

@@ -13,7 +13,7 @@ use fim_common::{
     record::{MAX_WALK_DEPTH, PATH_CAP},
 };
 
-use crate::kernel::{Access, Direct, off, read, read_ptr};
+use crate::kernel::{load_ptr, off, read, read_ptr};
 
 /// Scratch space for writing a path backwards. Oversized so that every masked offset plus a
 /// masked length stays inside it, which is what the verifier checks.
@@ -395,22 +395,21 @@ static ROOTMEMO: PerCpuArray<RootMemo> = PerCpuArray::with_max_entries(1, 0);
 /// The current task's root (`task->fs->root`).
 #[inline(always)]
 pub fn task_root() -> Root {
-    // Typed loads (`kernel::Access`): this runs for every absolute path the tracepoint
-    // backend sees, watched or not.
+    // Plain loads (`kernel::load`): this runs for every absolute path the tracepoint backend
+    // sees, watched or not.
     let task = crate::actor::current_task_btf();
-    let Ok(fs) = Direct::read_ptr(task, off!(task_fs)) else {
-        return Root::Unknown;
-    };
+    let fs = load_ptr(task, off!(task_fs));
     if fs.is_null() {
         return Root::Unknown;
     }
     let root = fs.wrapping_add(off!(fs_struct_root));
-    let (Ok(mnt), Ok(dentry)) = (
-        Direct::read_ptr(root, off!(path_mnt)),
-        Direct::read_ptr(root, off!(path_dentry)),
-    ) else {
+    let (mnt, dentry) = (
+        load_ptr(root, off!(path_mnt)),
+        load_ptr(root, off!(path_dentry)),
+    );
+    if mnt.is_null() || dentry.is_null() {
         return Root::Unknown;
-    };
+    }
     let Some(memo) = ROOTMEMO.get_ptr_mut(0) else {
         return Root::Unknown;
     };

@@ -16,9 +16,9 @@ use fim_common::{
 };
 
 use crate::{
-    actor::{current_task, current_task_btf},
+    actor::current_task,
     emit, filter,
-    kernel::{Access, Direct, off, read, read_ptr},
+    kernel::{off, read, read_ptr},
     path::{self, DATA_MASK, Piece},
     writers,
 };
@@ -135,7 +135,7 @@ fn decide(pending: &Pending) -> filter::Verdict {
         };
         let f_path = file.wrapping_add(off!(file_f_path));
         return match read_ptr(f_path, off!(path_dentry)) {
-            Ok(dentry) => filter::check::<crate::kernel::Probe>(dentry),
+            Ok(dentry) => filter::check::<false>(dentry),
             Err(_) => filter::Verdict::Undecided,
         };
     }
@@ -273,7 +273,7 @@ pub fn close(fd: i64) -> Result<(), i64> {
     let Some(file) = fd_file(fd) else {
         return Ok(());
     };
-    crate::hooks::file_closed::<crate::kernel::Probe>(BACKEND, file)
+    crate::hooks::file_closed::<false>(BACKEND, file)
 }
 
 const FMODE_CREATED: u32 = 0x0010_0000;
@@ -284,7 +284,7 @@ pub const O_CREAT: u32 = 0o100;
 fn describe_file(record: &mut Record, file: *const u8) {
     let f_path = file.wrapping_add(off!(file_f_path));
     if let Ok(dentry) = read_ptr(f_path, off!(path_dentry)) {
-        record.header.target.dev = filter::dentry_dev::<crate::kernel::Probe>(dentry).unwrap_or(0);
+        record.header.target.dev = filter::dentry_dev::<false>(dentry).unwrap_or(0);
         if let Ok(inode) = read_ptr(dentry, off!(dentry_d_inode))
             && !inode.is_null()
         {
@@ -300,18 +300,13 @@ fn fd_file(fd: i64) -> Option<*const u8> {
     if fd < 0 {
         return None;
     }
-    // Typed loads down to the table (every close(2) in the system comes here); the slot
-    // itself is at a variable index, which only the helper can read.
-    let files = Direct::read_ptr(current_task_btf(), off!(task_files)).ok()?;
-    if files.is_null() {
-        return None;
-    }
-    let fdt = Direct::read_ptr(files, off!(files_struct_fdt)).ok()?;
-    let max = Direct::read::<u32>(fdt, off!(fdtable_max_fds)).ok()? as i64;
+    let files = read_ptr(current_task(), off!(task_files)).ok()?;
+    let fdt = read_ptr(files, off!(files_struct_fdt)).ok()?;
+    let max = read::<u32>(fdt, off!(fdtable_max_fds)).ok()? as i64;
     if fd >= max {
         return None;
     }
-    let table = Direct::read_ptr(fdt, off!(fdtable_fd)).ok()?;
+    let table = read_ptr(fdt, off!(fdtable_fd)).ok()?;
     let file = read_ptr(table, (fd as usize & 0xffff) * 8).ok()?;
     if file.is_null() { None } else { Some(file) }
 }

@@ -617,6 +617,23 @@ scenario!(fifo_and_device_node, |b| {
     }
 });
 
+// A shared writable mapping of anonymous memory reaches mmap_file with a null file: nothing
+// to report, and nothing may be read through it (a verifier that takes the hook's argument
+// for trusted drops the program's null check). The creation after it shows the sensor
+// carried on.
+scenario!(anonymous_shared_mmap, |b| {
+    let f = scenario_dir("mmapanon", b).join("after");
+    Scenario {
+        actor: args(&[
+            "mmapanon".as_ref(),
+            "--".as_ref(),
+            "create".as_ref(),
+            f.as_ref(),
+        ]),
+        expect: created_written_closed(b, &f),
+    }
+});
+
 scenario!(unwatched_directory_is_silent, |b| {
     let f = unwatched_dir("silent", b).join("file");
     Scenario {

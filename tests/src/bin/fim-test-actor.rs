@@ -191,6 +191,23 @@ fn perform(op: &[OsString]) -> io::Result<()> {
             "link" => check(libc::link(c(a1)?.as_ptr(), c(a2)?.as_ptr())).map(|_| ()),
             // symlink TARGET LINKPATH
             "symlink" => check(libc::symlink(c(a1)?.as_ptr(), c(a2)?.as_ptr())).map(|_| ()),
+            // A shared, writable mapping of no file (the LSM hook gets a null file).
+            "mmapanon" => {
+                let len = 4096;
+                let map = libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                );
+                if map == libc::MAP_FAILED {
+                    return Err(io::Error::last_os_error());
+                }
+                *map.cast::<u8>() = 1;
+                check(libc::munmap(map, len)).map(|_| ())
+            }
             "mmapwrite" => {
                 let fd = open(&c(a1)?, libc::O_RDWR)?;
                 // The file must already hold at least one page.
