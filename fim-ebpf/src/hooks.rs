@@ -11,9 +11,10 @@ use crate::{
 };
 
 // `TYPED` (see `kernel::member`): the LSM and fexit programs' arguments are typed pointers,
-// so what is never null behind them is loaded directly. The exceptions are a dentry's inode
-// (`filter::dentry_inode`), `mmap_file`'s file, which is null for anonymous memory, and the
-// tracepoint backend's file in `file_closed`, which came out of a read.
+// so what is never null behind them is loaded directly. The exceptions go through the
+// helper: the inode of the hook's own dentry, which may be negative (`filter::dentry_inode`),
+// `mmap_file`'s file, which is null for anonymous memory, and the tracepoint backend's file
+// in `file_closed`, which came out of a read.
 const TYPED: bool = true;
 
 /// `struct path` -> (mnt, dentry).
