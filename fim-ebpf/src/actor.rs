@@ -8,7 +8,7 @@ use fim_common::Actor;
 
 use crate::kernel::{load, load_ptr, off, read, read_ptr};
 
-/// The current task as a number: for `Probe` reads.
+/// The current task as a number: for the read helper (`kernel::read`).
 pub fn current_task() -> *const u8 {
     // SAFETY: no preconditions.
     unsafe { bpf_get_current_task() as *const u8 }

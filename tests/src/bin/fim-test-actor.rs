@@ -17,24 +17,19 @@ use std::{
 
 fn main() -> ExitCode {
     let mut args: Vec<OsString> = std::env::args_os().skip(1).collect();
-    if args.first().is_some_and(|a| a == "--cwd") {
-        if args.len() < 2 {
-            eprintln!("fim-test-actor: --cwd needs a directory");
+    // Leading options, in the order given: `--cwd DIR`, `--root DIR`.
+    while let Some(option) = args.first().and_then(|a| a.to_str()) {
+        let (action, change): (&str, fn(&std::path::Path) -> io::Result<()>) = match option {
+            "--cwd" => ("chdir", change_dir),
+            "--root" => ("chroot", change_root),
+            _ => break,
+        };
+        let Some(dir) = args.get(1) else {
+            eprintln!("fim-test-actor: {option} needs a directory");
             return ExitCode::FAILURE;
-        }
-        if let Err(e) = change_dir(std::path::Path::new(&args[1])) {
-            eprintln!("fim-test-actor: chdir {:?}: {e}", args[1]);
-            return ExitCode::FAILURE;
-        }
-        args.drain(..2);
-    }
-    if args.first().is_some_and(|a| a == "--root") {
-        if args.len() < 2 {
-            eprintln!("fim-test-actor: --root needs a directory");
-            return ExitCode::FAILURE;
-        }
-        if let Err(e) = change_root(std::path::Path::new(&args[1])) {
-            eprintln!("fim-test-actor: chroot {:?}: {e}", args[1]);
+        };
+        if let Err(e) = change(std::path::Path::new(dir)) {
+            eprintln!("fim-test-actor: {action} {dir:?}: {e}");
             return ExitCode::FAILURE;
         }
         args.drain(..2);
