@@ -15,7 +15,14 @@
 //! sensor's time goes. (The statistics cost two clock reads per program run themselves, so
 //! that pass is kept apart from the timed rounds.)
 //!
+//! `--backends lsm,fentry` measures only the backends named (and always the no-monitor runs):
+//! quicker when working on one of them.
+//!
+//! `--depth N` puts both directories N levels further down, where the filter's walk to the
+//! filesystem root is longer.
+//!
 //! Usage: fim-sensor-bench [--rounds R] [--iterations N] [--out FILE] [--profile]
+//! [--backends NAME,...] [--depth N]
 
 use std::{
     ffi::CString,
@@ -237,15 +244,37 @@ fn bench(args: &[String]) -> Result<()> {
     let out = flag(args, "--out")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("target/bench/sensor.json"));
+    // `--depth N`: both trees N directories further down (the kernel filter walks from the
+    // workload's directory up to the filesystem root).
+    let depth: usize = flag(args, "--depth")
+        .map(|v| v.parse())
+        .transpose()?
+        .unwrap_or(0);
     let base = std::env::temp_dir().join(format!("fim-bench-{}", std::process::id()));
-    let watched = base.join("watched");
-    let unwatched = base.join("unwatched");
+    let nested =
+        |tree: &str| (0..depth).fold(base.join(tree), |dir, level| dir.join(format!("d{level}")));
+    let watched = nested("watched");
+    let unwatched = nested("unwatched");
     std::fs::create_dir_all(&watched)?;
     std::fs::create_dir_all(&unwatched)?;
     let watched = std::fs::canonicalize(&watched)?;
 
+    let wanted: Vec<Backend> = match flag(args, "--backends") {
+        None => Backend::ALL.to_vec(),
+        Some(list) => list
+            .split(',')
+            .map(|name| {
+                Backend::ALL
+                    .into_iter()
+                    .find(|b| b.name() == name)
+                    .with_context(|| {
+                        format!("unknown backend {name:?} in --backends: lsm, fentry or tracepoint")
+                    })
+            })
+            .collect::<Result<_>>()?,
+    };
     let mut modes = vec![Mode::None];
-    for backend in Backend::ALL {
+    for backend in wanted {
         match Running::start(backend, &watched) {
             Ok(running) => {
                 running.finish();
@@ -343,6 +372,7 @@ fn bench(args: &[String]) -> Result<()> {
         "kernel": fim::host::kernel_release(),
         "rounds": rounds,
         "iterations": iterations,
+        "depth": depth,
         "workload": "create+write+close, rename, chmod, unlink",
         "results": rows,
     });
