@@ -107,6 +107,10 @@ enum Task {
         /// Which kernel: 6.1, 6.12 or all.
         #[arg(long, default_value = "all")]
         kernel: String,
+        /// Run only the tests whose names contain one of these (libtest filters); for work
+        /// on one scenario. Repeatable.
+        #[arg(long)]
+        filter: Vec<String>,
     },
 }
 
@@ -146,7 +150,7 @@ fn main() -> ExitCode {
             seconds,
             asan,
         } => fuzz_task(target.as_deref(), seconds, asan),
-        Task::VmTest { kernel } => vm::run(&kernel).map(|counts| {
+        Task::VmTest { kernel, filter } => vm::run(&kernel, &filter).map(|counts| {
             counts.print_closing("total");
             counts.failed == 0
         }),

@@ -205,7 +205,7 @@ pub fn run_all(with_vm: bool) -> Result<bool> {
 
     if with_vm {
         cmd::step("VM kernel tests (6.1 and 6.12)");
-        match vm::run("all") {
+        match vm::run("all", &[]) {
             Ok(counts) => phases.push(("vm", counts)),
             Err(e) => {
                 eprintln!("FAILURE: VM tests could not run: {e:#}");

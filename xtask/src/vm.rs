@@ -318,7 +318,8 @@ fn select(which: &str) -> Result<Vec<&'static KernelSpec>> {
     })
 }
 
-pub fn run(which: &str) -> Result<Counts> {
+/// `filter`: libtest name filters for every test binary (none: all tests).
+pub fn run(which: &str, filter: &[String]) -> Result<Counts> {
     let selected = select(which)?;
     for spec in &selected {
         if !kernel_dir(spec.label).join("vmlinuz").exists() {
@@ -334,7 +335,13 @@ pub fn run(which: &str) -> Result<Counts> {
     {
         bail!("QEMU >= {QEMU_MIN_MAJOR} or busybox-static is missing: run `cargo xtask setup`");
     }
-    let initramfs = build_initramfs(None)?;
+    if filter
+        .iter()
+        .any(|f| f.is_empty() || f.contains(char::is_whitespace))
+    {
+        bail!("a --filter is one test-name fragment, without spaces");
+    }
+    let initramfs = build_initramfs(None, filter)?;
     let mut total = Counts::default();
     let mut per_kernel = Vec::new();
     for spec in selected {
@@ -395,7 +402,7 @@ pub fn bench(args: &[String]) -> Result<()> {
         }
     }
     let selected = select(kernels)?;
-    let initramfs = build_initramfs(Some(&rest.join(" ")))?;
+    let initramfs = build_initramfs(Some(&rest.join(" ")), &[])?;
     let suffix = if run == Run::BenchIcount {
         "-icount"
     } else {
@@ -520,14 +527,15 @@ if [ -f /bench-args ]; then
 fi
 for t in /tests/*; do
   echo "FIM-VM: BEGIN $t"
-  "$t" --test-threads=1
+  # `cargo xtask vm-test --filter NAME`: only the tests whose names contain NAME.
+  "$t" --test-threads=1 $(cat /test-filter 2>/dev/null)
   echo "FIM-VM: EXIT $t $?"
 done
 echo "FIM-VM: DONE"
 poweroff -f
 "#;
 
-fn build_initramfs(bench_args: Option<&str>) -> Result<PathBuf> {
+fn build_initramfs(bench_args: Option<&str>, filter: &[String]) -> Result<PathBuf> {
     let (tests, actor) = build_static_tests()?;
     cmd::step("packing the initramfs");
     let vm_dir = paths::target().join("vm");
@@ -550,6 +558,9 @@ fn build_initramfs(bench_args: Option<&str>) -> Result<PathBuf> {
     for test in &tests {
         let name = test.file_name().context("test binary without a name")?;
         fs::copy(test, root.join("tests").join(name))?;
+    }
+    if !filter.is_empty() {
+        fs::write(root.join("test-filter"), filter.join(" "))?;
     }
     if let Some(args) = bench_args {
         let bench = actor.with_file_name("fim-sensor-bench");
