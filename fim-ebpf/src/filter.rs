@@ -10,7 +10,10 @@ use aya_ebpf::{
 };
 use fim_common::{Excluded, WatchKey, WatchValue, bitmap, record::MAX_WALK_DEPTH, watch};
 
-use crate::kernel::{load, load_ptr, member, member_ptr, off, read_ptr};
+use crate::{
+    dirmemo,
+    kernel::{load, load_ptr, member, member_ptr, off, read_ptr},
+};
 
 #[map]
 static WATCHED: HashMap<WatchKey, WatchValue> = HashMap::with_max_entries(16384, 0);
@@ -169,9 +172,43 @@ pub fn check<const TYPED: bool>(target: *const u8) -> Verdict {
     {
         return Verdict::Watched(v.rule_id);
     }
-    let Ok(mut dentry) = member_ptr::<TYPED>(target, off!(dentry_d_parent)) else {
+    let Ok(parent) = member_ptr::<TYPED>(target, off!(dentry_d_parent)) else {
         return Verdict::Undecided;
     };
+    // The tracepoint backend decides on dentries only for fd-based syscalls, and the memo's
+    // code in every one of its programs pushed `tp_enter_renameat2` over the 6.1 verifier's
+    // budget: it walks.
+    if !TYPED {
+        return walk::<TYPED>(dev, parent);
+    }
+    // The parent's verdict is memoised per CPU (see `dirmemo`): keyed by its dentry and
+    // inode number, which the walk's first step reads anyway.
+    let Some((parent_inode, _)) = ancestor_links::<TYPED>(parent) else {
+        return Verdict::Undecided;
+    };
+    let Ok(parent_ino) = member::<u64, TYPED>(parent_inode, off!(inode_i_ino)) else {
+        return Verdict::Undecided;
+    };
+    let stamp = dirmemo::stamp();
+    if let Some(stamp) = stamp
+        && let Some(raw) = dirmemo::recall(parent, parent_ino, stamp)
+    {
+        return Verdict::from_raw(raw);
+    }
+    let verdict = walk::<TYPED>(dev, parent);
+    if let Some(stamp) = stamp
+        && !verdict.is_undecided()
+    {
+        dirmemo::remember(parent, parent_ino, stamp, verdict.raw());
+    }
+    verdict
+}
+
+/// The verdict for a name in directory `dir`: whether `dir` watches its children, or one of
+/// its ancestors its whole tree.
+#[inline(always)]
+fn walk<const TYPED: bool>(dev: u32, dir: *const u8) -> Verdict {
+    let mut dentry = dir;
     let mut depth = 1u32;
     while depth < MAX_WALK_DEPTH {
         let Some((inode, parent)) = ancestor_links::<TYPED>(dentry) else {

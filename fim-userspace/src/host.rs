@@ -14,6 +14,27 @@ pub fn kernel_release() -> String {
         .unwrap_or_else(|_| "unknown".to_string())
 }
 
+/// The address of kernel data symbol `name` from /proc/kallsyms; `None` when the kernel does
+/// not list data symbols (built without `CONFIG_KALLSYMS_ALL`) or hides addresses
+/// (`kernel.kptr_restrict`, shown as zeros).
+pub fn kernel_symbol(name: &str) -> Option<u64> {
+    let text = fs::read_to_string("/proc/kallsyms").ok()?;
+    symbol_in(&text, name)
+}
+
+fn symbol_in(kallsyms: &str, name: &str) -> Option<u64> {
+    kallsyms.lines().find_map(|line| {
+        let mut fields = line.split_ascii_whitespace();
+        let (address, kind, symbol) = (fields.next()?, fields.next()?, fields.next()?);
+        // Data (d/D), read-only data (r/R) or bss (b/B); module symbols carry a fourth field.
+        let data = matches!(kind, "d" | "D" | "b" | "B" | "r" | "R");
+        if symbol != name || !data || fields.next().is_some() {
+            return None;
+        }
+        u64::from_str_radix(address, 16).ok().filter(|a| *a != 0)
+    })
+}
+
 /// Lifts RLIMIT_MEMLOCK as far as allowed: kernels before 5.11 charge BPF maps against it,
 /// later ones charge the memory cgroup instead. A refusal (no CAP_SYS_RESOURCE, e.g. in a
 /// container) is not fatal: it is logged, and map creation reports the real problem if any.
@@ -97,4 +118,35 @@ fn mount_pseudo_fs(fstype: &str, target: &str) -> Result<()> {
         bail!("mounting {fstype} at {target} failed: {err} (fim needs root / CAP_SYS_ADMIN)");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::symbol_in;
+
+    const KALLSYMS: &str = "\
+ffffffff81000000 T _stext
+ffffffff82a1b2c0 D rename_lock_other
+ffffffff82a1b300 D rename_lock
+ffffffff82a1b340 t rename_lock_slow
+ffffffffc0001000 d rename_lock\t[some_module]
+";
+
+    #[test]
+    fn finds_a_data_symbol_by_its_exact_name() {
+        assert_eq!(symbol_in(KALLSYMS, "rename_lock"), Some(0xffffffff82a1b300));
+    }
+
+    #[test]
+    fn ignores_code_module_and_hidden_symbols() {
+        assert_eq!(symbol_in(KALLSYMS, "rename_lock_slow"), None);
+        assert_eq!(symbol_in(KALLSYMS, "_stext"), None);
+        assert_eq!(
+            symbol_in("0000000000000000 D rename_lock\n", "rename_lock"),
+            None
+        );
+        assert_eq!(symbol_in("", "rename_lock"), None);
+        let module_only = "ffffffffc0001000 d rename_lock\t[some_module]\n";
+        assert_eq!(symbol_in(module_only, "rename_lock"), None);
+    }
 }

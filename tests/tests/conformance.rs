@@ -361,6 +361,66 @@ scenario!(rename_out_of_watched, |b| {
     )
 });
 
+// The kernel memoises the last directory's verdict per CPU (fim-ebpf's dirmemo.rs), valid
+// while no rename has run: a directory moved into or out of the watched tree takes its new
+// verdict at once. The move runs on another CPU than the writes: on the writes' CPU the
+// memo then still holds the directory's old verdict, which the rename must void. (On the
+// same CPU the rename's own filter checks would replace the memo and test nothing.)
+
+/// Writes `from/file` on CPU 0, moves `from` to `to` on CPU 1, writes `to/file` on CPU 0.
+fn moved_directory_case(from: PathBuf, to: PathBuf) -> Vec<OsString> {
+    std::fs::create_dir(&from).expect("creating the directory to move");
+    touch(&from.join("file"));
+    args(&[
+        "--cpu".as_ref(),
+        "0".as_ref(),
+        "write".as_ref(),
+        from.join("file").as_ref(),
+        "--".as_ref(),
+        "cpu".as_ref(),
+        "1".as_ref(),
+        "--".as_ref(),
+        "rename".as_ref(),
+        from.as_ref(),
+        to.as_ref(),
+        "--".as_ref(),
+        "cpu".as_ref(),
+        "0".as_ref(),
+        "--".as_ref(),
+        "write".as_ref(),
+        to.join("file").as_ref(),
+    ])
+}
+
+scenario!(directory_moved_into_watched, |b| {
+    let (from, to) = (
+        unwatched_dir("dir-into", b).join("d"),
+        scenario_dir("dir-into", b).join("d"),
+    );
+    let mut expect = vec![ev2(EventKind::Rename, &from, &bytes(&to))];
+    expect.extend(WRITE_CLOSE.iter().map(|k| ev(*k, &to.join("file"))));
+    Scenario {
+        actor: moved_directory_case(from, to),
+        expect,
+    }
+});
+
+scenario!(directory_moved_out_of_watched, |b| {
+    let (from, to) = (
+        scenario_dir("dir-out", b).join("d"),
+        unwatched_dir("dir-out", b).join("d"),
+    );
+    let mut expect: Vec<Expected> = WRITE_CLOSE
+        .iter()
+        .map(|k| ev(*k, &from.join("file")))
+        .collect();
+    expect.push(ev2(EventKind::Rename, &from, &bytes(&to)));
+    Scenario {
+        actor: moved_directory_case(from, to),
+        expect,
+    }
+});
+
 scenario!(rename_replacing, |b| {
     let dir = scenario_dir("rename-replace", b);
     rename_case(dir.join("a"), dir.join("b"), true)
@@ -884,6 +944,64 @@ fn reregister(backend: Backend) {
             }])
             .expect("registering the roots again");
         assert!(problems.is_empty(), "{problems:?}");
+    });
+}
+
+/// A directory that becomes watched while the sensor runs is watched at once, even on a CPU
+/// whose directory memo still holds its "unwatched" verdict (the roots' generation voids it).
+fn root_added_while_running_case(b: Backend) {
+    let dir = unwatched_dir("root-added", b);
+    let file = dir.join("file");
+    touch(&file);
+    let write = args(&[
+        "--cpu".as_ref(),
+        "0".as_ref(),
+        "write".as_ref(),
+        file.as_ref(),
+    ]);
+    with_sensor(b, |runtime, sensor| {
+        drain(runtime, sensor);
+        // Unwatched: nothing reported, and CPU 0 remembers so.
+        run_actor(&write).expect("writing in the unwatched directory");
+        drain(runtime, sensor);
+        let problems = sensor
+            .set_roots(&[
+                fim::sensor::WatchRoot {
+                    path: trees().watched.clone(),
+                    rule_id: WATCHED_RULE,
+                    recursive: true,
+                },
+                fim::sensor::WatchRoot {
+                    path: dir.clone(),
+                    rule_id: WATCHED_RULE,
+                    recursive: true,
+                },
+            ])
+            .expect("adding a root");
+        assert!(problems.is_empty(), "{problems:?}");
+    });
+    run_scenario(b, "root_added_while_running", |_| Scenario {
+        actor: write.clone(),
+        expect: WRITE_CLOSE.iter().map(|k| ev(*k, &file)).collect(),
+    });
+    reregister(b);
+}
+
+each_backend!(root_added_while_running, root_added_while_running_case);
+
+/// The directory memo needs `rename_lock` from /proc/kallsyms, which the VM kernels (Debian's)
+/// list; without it the memo scenarios above would pass without exercising it.
+#[test]
+fn directory_memo_is_on_in_the_vm() {
+    if test_env() != TestEnv::Vm {
+        eprintln!("not in the VM: the memo is on where /proc/kallsyms lists rename_lock");
+        return;
+    }
+    with_sensor(Backend::Lsm, |_, sensor| {
+        assert!(
+            sensor.dir_memo(),
+            "the kernel side's directory memo is off in the VM"
+        );
     });
 }
 

@@ -82,6 +82,10 @@ pub struct Sensor {
     /// Membership bitmaps in front of `watched` and `prefixes` (`fim_common::bitmap`).
     watched_bits: aya::maps::Array<MapData, u64>,
     prefix_bits: aya::maps::Array<MapData, u64>,
+    /// Bumped after every change of the roots: invalidates the kernel's directory memo.
+    filter_gen: aya::maps::Array<MapData, u64>,
+    generation: u64,
+    dir_memo: bool,
     excluded: BpfHashMap<MapData, u32, Excluded>,
     registered: watch::FilterEntries,
     roots: Vec<WatchRoot>,
@@ -132,8 +136,25 @@ impl Sensor {
         }
         // The parsed kernel BTF is large: free it before aya parses its own copy.
         drop(kernel_btf);
+        // The filter's directory memo is checked against the kernel's rename sequence
+        // (fim-ebpf's dirmemo.rs); without its address the filter walks every time. The
+        // programs read the sequence like the kernel's seqlock readers but without their read
+        // barriers, which only x86's load ordering makes unnecessary.
+        let rename_lock = if cfg!(target_arch = "x86_64") {
+            host::kernel_symbol("rename_lock").unwrap_or(0)
+        } else {
+            0
+        };
+        if rename_lock == 0 {
+            log::info!(
+                "the filter's directory memo is off on kernel {release} (x86_64 only, and \
+                 /proc/kallsyms must list rename_lock): every event walks up to the \
+                 filesystem root"
+            );
+        }
         let mut ebpf = EbpfLoader::new()
             .override_global("OFFSETS", &offsets, true)
+            .override_global("RENAME_LOCK", &rename_lock, true)
             .map_max_entries("EVENTS", config.ring_buffer_bytes)
             .load(EBPF_OBJECT)
             .context("loading fim's embedded eBPF object (maps)")?;
@@ -156,6 +177,8 @@ impl Sensor {
             .context("WATCHED_BITS map")?;
         let prefix_bits = aya::maps::Array::try_from(take(&mut ebpf, "PREFIX_BITS")?)
             .context("PREFIX_BITS map")?;
+        let filter_gen =
+            aya::maps::Array::try_from(take(&mut ebpf, "FILTER_GEN")?).context("FILTER_GEN map")?;
         let mut sensor = Sensor {
             backend,
             // SAFETY: the ring buffer owns its map fd, which stays open and unchanged until the
@@ -168,6 +191,9 @@ impl Sensor {
             root_prefix,
             watched_bits,
             prefix_bits,
+            filter_gen,
+            generation: 0,
+            dir_memo: rename_lock != 0,
             excluded,
             registered: watch::FilterEntries::default(),
             roots: Vec::new(),
@@ -197,6 +223,12 @@ impl Sensor {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// Whether the kernel side memoises directory verdicts (it needs `rename_lock`'s address
+    /// from /proc/kallsyms).
+    pub fn dir_memo(&self) -> bool {
+        self.dir_memo
     }
 
     /// Replaces the watched roots. Returns the roots that could not be registered.
@@ -253,6 +285,11 @@ impl Sensor {
         new_prefixes
             .store(&mut self.prefix_bits, &both_prefixes)
             .context("setting the PREFIX_BITS map")?;
+        // Last: verdicts the kernel memoised before (or during) the change are void from here.
+        self.generation += 1;
+        self.filter_gen
+            .set(0, self.generation, 0)
+            .context("setting the FILTER_GEN map")?;
         let problems = entries.problems.clone();
         self.registered = entries;
         self.roots = roots.to_vec();

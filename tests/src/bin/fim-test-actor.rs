@@ -1,8 +1,10 @@
 //! The test actor: a separate process that performs exactly the file operations a test asks
 //! for, so tests can check that records are attributed to *this* pid, not the test's.
 //!
-//! Usage: `fim-test-actor [--cwd DIR] [--root DIR] OP ARGS... [-- OP ARGS...]...`; exits 0
-//! when every operation succeeded. Paths are passed through byte for byte (they may be
+//! Usage: `fim-test-actor [--cwd DIR] [--root DIR] [--cpu N] OP ARGS... [-- OP ARGS...]...`;
+//! `--cpu N` pins the process to CPU N (per-CPU state in the kernel, like the filter's
+//! directory memo, is then shared by its operations), and the operation `cpu N` moves it
+//! there between operations. Exits 0 when every operation succeeded. Paths are passed through byte for byte (they may be
 //! relative to `--cwd`, or under `--root` after a chroot there, contain newlines or invalid
 //! UTF-8). The process exits right after its last
 //! operation, which is what the "relative path from a process that exits immediately"
@@ -17,15 +19,16 @@ use std::{
 
 fn main() -> ExitCode {
     let mut args: Vec<OsString> = std::env::args_os().skip(1).collect();
-    // Leading options, in the order given: `--cwd DIR`, `--root DIR`.
+    // Leading options, in the order given: `--cwd DIR`, `--root DIR`, `--cpu N`.
     while let Some(option) = args.first().and_then(|a| a.to_str()) {
         let (action, change): (&str, fn(&std::path::Path) -> io::Result<()>) = match option {
             "--cwd" => ("chdir", change_dir),
             "--root" => ("chroot", change_root),
+            "--cpu" => ("pin to CPU", pin_to_cpu),
             _ => break,
         };
         let Some(dir) = args.get(1) else {
-            eprintln!("fim-test-actor: {option} needs a directory");
+            eprintln!("fim-test-actor: {option} needs a value");
             return ExitCode::FAILURE;
         };
         if let Err(e) = change(std::path::Path::new(dir)) {
@@ -41,6 +44,29 @@ fn main() -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+/// Runs this process on CPU `cpu` (a number) only.
+fn pin_to_cpu(cpu: &std::path::Path) -> io::Result<()> {
+    let cpu: usize = cpu
+        .to_str()
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not a CPU number"))?;
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET stays within it for cpu < 1024.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if cpu >= 8 * std::mem::size_of::<libc::cpu_set_t>() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "CPU number too large",
+            ));
+        }
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// chroot into `dir` and chdir to the new root: the operations' absolute paths then start
@@ -154,6 +180,11 @@ fn perform(op: &[OsString]) -> io::Result<()> {
             "unlinkat" => check(libc::unlinkat(libc::AT_FDCWD, c(a1)?.as_ptr(), 0)).map(|_| ()),
             "mkdir" => check(libc::mkdir(c(a1)?.as_ptr(), 0o755)).map(|_| ()),
             // Wait (milliseconds) before the next operation.
+            // Moves the process to another CPU between operations.
+            "cpu" => {
+                let cpu = a1.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "cpu N"))?;
+                pin_to_cpu(std::path::Path::new(cpu))
+            }
             "sleep" => {
                 std::thread::sleep(std::time::Duration::from_millis(number(a1)?.into()));
                 Ok(())
