@@ -154,11 +154,21 @@ fn lookup<const TYPED: bool>(dev: u32, inode: *const u8) -> Option<WatchValue> {
     unsafe { WATCHED.get(WatchKey { dev, _pad: 0, ino }).copied() }
 }
 
-/// Decides for `target` (a dentry, possibly negative: a name about to be created). `TYPED`:
-/// `target` is a hook's typed pointer, and the walk loads what it safely can directly (see
-/// `kernel::load`); otherwise (the tracepoint backend's dentries came out of reads) two
-/// helper calls per level.
-pub fn check<const TYPED: bool>(target: *const u8) -> Verdict {
+/// What the caller knows about a target dentry's inode (see `check`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Presence {
+    /// It names an existing object the caller found and holds: positive, and it stays so.
+    Existing,
+    /// A name that may or may not exist (the new name of a rename or link).
+    Either,
+    /// A name about to be created (mknod, mkdir, symlink): negative, so no inode to look up.
+    New,
+}
+
+/// Decides for `target` (a dentry). `TYPED`: `target` is a hook's typed pointer, and the walk
+/// loads what it safely can directly (see `kernel::load`); otherwise (the tracepoint
+/// backend's dentries came out of reads) two helper calls per level.
+pub fn check<const TYPED: bool>(target: *const u8, presence: Presence) -> Verdict {
     let Ok(dev) = dentry_dev::<TYPED>(target) else {
         return Verdict::Undecided;
     };
@@ -166,8 +176,17 @@ pub fn check<const TYPED: bool>(target: *const u8) -> Verdict {
     if !maybe_present(&WATCHED_BITS, bitmap::dev_hash(dev)) {
         return Verdict::Unwatched;
     }
-    if let Some(inode) = dentry_inode(target)
-        && let Some(v) = lookup::<false>(dev, inode)
+    // The target itself may be watched (a file rule). An existing object's inode is read
+    // with plain loads; one that may be negative goes through the helper (see
+    // `dentry_inode`); a name about to be created has none.
+    let own = match presence {
+        Presence::Existing if TYPED => member_ptr::<TYPED>(target, off!(dentry_d_inode))
+            .ok()
+            .and_then(|inode| lookup::<TYPED>(dev, inode)),
+        Presence::New => None,
+        _ => dentry_inode(target).and_then(|inode| lookup::<false>(dev, inode)),
+    };
+    if let Some(v) = own
         && v.flags & watch::SELF != 0
     {
         return Verdict::Watched(v.rule_id);

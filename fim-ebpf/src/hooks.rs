@@ -5,14 +5,16 @@
 use fim_common::{Args, Backend, EventKind, Record, flags, record::PATH_CAP};
 
 use crate::{
-    emit, filter,
+    emit,
+    filter::{self, Presence},
     kernel::{member, member_ptr, off, read},
     path, writers,
 };
 
 // `TYPED` (see `kernel::member`): the LSM and fexit programs' arguments are typed pointers,
 // so what is never null behind them is loaded directly. The exceptions go through the
-// helper: the inode of the hook's own dentry, which may be negative (`filter::dentry_inode`),
+// helper: the inode of a hook's dentry that may be negative (a name about to be created,
+// `filter::dentry_inode`; the filter loads an existing object's directly),
 // `mmap_file`'s file, which is null for anonymous memory, and the tracepoint backend's file
 // in `file_closed`, which came out of a read.
 const TYPED: bool = true;
@@ -26,18 +28,35 @@ fn split_path<const T: bool>(path: *const u8) -> Result<(*const u8, *const u8), 
     ))
 }
 
+/// A dentry the filter decides on, and what its hook knows about its inode
+/// (`filter::Presence`).
+#[derive(Clone, Copy)]
+struct Target(*const u8, Presence);
+
+/// An object the hook's caller found and holds (it cannot turn negative).
+#[inline(always)]
+fn existing(dentry: *const u8) -> Target {
+    Target(dentry, Presence::Existing)
+}
+
+/// The new name of a rename or link: it may exist (and be replaced).
+#[inline(always)]
+fn new_name(dentry: *const u8) -> Target {
+    Target(dentry, Presence::Either)
+}
+
 /// Whether to report, and under which rule: `None` drops the event.
 #[inline(always)]
-fn decide<const T: bool>(targets: &[*const u8]) -> Option<(u32, u16)> {
+fn decide<const T: bool>(targets: &[Target]) -> Option<(u32, u16)> {
     if !crate::kernel::offsets_loaded() {
         return None;
     }
     let mut decision = None;
-    for &target in targets {
+    for &Target(target, presence) in targets {
         if target.is_null() {
             continue;
         }
-        let verdict = filter::check::<T>(target);
+        let verdict = filter::check::<T>(target, presence);
         if let Some(rule) = verdict.rule() {
             decision = Some((rule, 0));
             break;
@@ -60,7 +79,7 @@ fn decide<const T: bool>(targets: &[*const u8]) -> Option<(u32, u16)> {
 fn begin<const T: bool>(
     kind: EventKind,
     backend: Backend,
-    targets: &[*const u8],
+    targets: &[Target],
 ) -> Option<&'static mut Record> {
     let (rule, decision_flags) = decide::<T>(targets)?;
     let record = emit::start(kind, backend)?;
@@ -134,7 +153,13 @@ pub fn dir_entry(
     symlink_target: *const u8,
 ) -> Result<(), i64> {
     let (mnt, _dir_dentry) = split_path::<TYPED>(dir)?;
-    let Some(record) = begin::<TYPED>(kind, backend, &[dentry]) else {
+    // unlink and rmdir name what their caller found; the others a name to be created.
+    let target = if matches!(kind, EventKind::Unlink | EventKind::Rmdir) {
+        existing(dentry)
+    } else {
+        Target(dentry, Presence::New)
+    };
+    let Some(record) = begin::<TYPED>(kind, backend, &[target]) else {
         return Ok(());
     };
     record.header.args = args;
@@ -158,7 +183,7 @@ pub fn on_path(
     use_d_path: bool,
 ) -> Result<(), i64> {
     let (mnt, dentry) = split_path::<TYPED>(path)?;
-    let Some(record) = begin::<TYPED>(kind, backend, &[dentry]) else {
+    let Some(record) = begin::<TYPED>(kind, backend, &[existing(dentry)]) else {
         return Ok(());
     };
     record.header.args = args;
@@ -212,7 +237,8 @@ fn two_paths(
     (new_dentry, new_mnt): (*const u8, *const u8),
     event_flags: u32,
 ) {
-    let Some(record) = begin::<TYPED>(kind, backend, &[old_dentry, new_dentry]) else {
+    let targets = [existing(old_dentry), new_name(new_dentry)];
+    let Some(record) = begin::<TYPED>(kind, backend, &targets) else {
         return;
     };
     record.header.args.flags = event_flags;
@@ -251,7 +277,7 @@ pub fn xattr(
     dentry: *const u8,
     name: *const u8,
 ) -> Result<(), i64> {
-    let Some(record) = begin::<TYPED>(kind, backend, &[dentry]) else {
+    let Some(record) = begin::<TYPED>(kind, backend, &[existing(dentry)]) else {
         return Ok(());
     };
     describe_target::<TYPED>(record, dentry);
@@ -345,7 +371,7 @@ fn file_event<const T: bool>(
 ) -> Result<Option<u32>, i64> {
     let f_path = file.wrapping_add(off!(file_f_path));
     let (mnt, dentry) = split_path::<T>(f_path)?;
-    let Some(record) = begin::<T>(kind, backend, &[dentry]) else {
+    let Some(record) = begin::<T>(kind, backend, &[existing(dentry)]) else {
         return Ok(None);
     };
     record.header.args.flags = event_flags;

@@ -71,8 +71,10 @@ pub fn as_number(pointer: *const u8) -> u64 {
 /// only once the task is exiting), null-checked all the same; a hook's `struct path`
 /// members, a dentry's `d_parent` and `d_sb`, and the inode of a dentry's *parent* (a dentry
 /// holds a reference on its parent, and a referenced dentry stays positive: rmdir only
-/// unhashes it). A hook's own dentry can be negative: its inode goes through the helper, as
-/// does everything about the file of `mmap_file`, which is null for anonymous memory.
+/// unhashes it), and for the same reason the inode of a hook's dentry that names an existing
+/// object (`filter::check`'s `positive`). A hook's dentry that names something about to be
+/// created is negative: its inode goes through the helper, as does everything about the file
+/// of `mmap_file`, which is null for anonymous memory.
 #[inline(always)]
 pub fn load<T: Copy>(base: *const u8, offset: usize) -> T {
     // SAFETY: see above: the verifier accepts this load only on a typed pointer at a member

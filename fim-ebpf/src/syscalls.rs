@@ -135,7 +135,7 @@ fn decide(pending: &Pending) -> filter::Verdict {
         };
         let f_path = file.wrapping_add(off!(file_f_path));
         return match read_ptr(f_path, off!(path_dentry)) {
-            Ok(dentry) => filter::check::<false>(dentry),
+            Ok(dentry) => filter::check::<false>(dentry, filter::Presence::Existing),
             Err(_) => filter::Verdict::Undecided,
         };
     }
