@@ -91,7 +91,7 @@ static PENDING: HashMap<u64, Pending> = HashMap::with_max_entries(16384, 0);
 /// were not stashed.
 #[map]
 static PENDING_COUNT: aya_ebpf::maps::Array<u64> =
-    aya_ebpf::maps::Array::with_max_entries(crate::presence::SLOTS, 0);
+    aya_ebpf::maps::Array::with_max_entries(crate::presence::ENTRIES, 0);
 
 /// Argument `i` of a `sys_enter_*` tracepoint (after the 8-byte common header and the
 /// syscall number).

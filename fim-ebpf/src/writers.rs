@@ -16,7 +16,7 @@ static WRITERS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(65536, 0);
 /// The counting filter in front of `WRITERS` (`presence`): most files released were never
 /// tracked.
 #[map]
-static WRITERS_COUNT: Array<u64> = Array::with_max_entries(presence::SLOTS, 0);
+static WRITERS_COUNT: Array<u64> = Array::with_max_entries(presence::ENTRIES, 0);
 
 #[inline(always)]
 pub fn opened(file: *const u8, rule: u32) {
@@ -32,6 +32,11 @@ pub fn opened(file: *const u8, rule: u32) {
 /// The rule of a tracked writer being closed (and forgets it).
 #[inline(always)]
 pub fn closing(file: *const u8) -> Option<u32> {
+    // The key is the pointer as a number, which costs a helper call (`kernel::as_number`):
+    // most of the time no file at all is tracked.
+    if !presence::any(&WRITERS_COUNT) {
+        return None;
+    }
     let key = crate::kernel::as_number(file);
     if !presence::maybe(&WRITERS_COUNT, key) {
         return None;
