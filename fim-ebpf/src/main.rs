@@ -35,7 +35,7 @@ macro_rules! lsm_program {
         #[lsm(hook = $hook)]
         pub fn $name($ctx: LsmContext) -> i32 {
             let previous: i32 = $ctx.arg($nargs);
-            if previous == 0 {
+            if previous == 0 && !kernel::floor() {
                 let $b = Backend::Lsm;
                 let _: Result<(), i64> = $body;
             }
@@ -50,7 +50,7 @@ macro_rules! fexit_program {
     ($name:ident, $function:literal, |$ctx:ident, $b:ident| $body:expr) => {
         #[fexit(function = $function)]
         pub fn $name($ctx: FExitContext) -> i32 {
-            if $ctx.ret::<i32>() == Ok(0) {
+            if !kernel::floor() && $ctx.ret::<i32>() == Ok(0) {
                 let $b = Backend::Fentry;
                 let _: Result<(), i64> = $body;
             }
@@ -274,12 +274,18 @@ fexit_program!(fexit_mmap_file, "security_mmap_file", |ctx, b| hooks::mmap(
 // security_file_free returns nothing whose success could be checked.
 #[lsm(hook = "file_free_security")]
 pub fn lsm_file_free_security(ctx: LsmContext) -> i32 {
+    if kernel::floor() {
+        return 0;
+    }
     let _ = hooks::file_closed::<true>(Backend::Lsm, ctx.arg(0));
     0
 }
 
 #[fentry(function = "security_file_free")]
 pub fn fentry_file_free(ctx: FEntryContext) -> u32 {
+    if kernel::floor() {
+        return 0;
+    }
     let _ = hooks::file_closed::<true>(Backend::Fentry, ctx.arg(0));
     0
 }

@@ -107,33 +107,8 @@ impl Sensor {
     pub fn attach(backend: Backend, config: &SensorConfig) -> Result<Sensor> {
         host::raise_memlock_limit();
         let release = host::kernel_release();
-        if backend == Backend::Lsm {
-            let lsms = host::active_lsms().context("checking whether BPF LSM is active")?;
-            if !lsms.iter().any(|l| l == "bpf") {
-                bail!(
-                    "BPF LSM is not active on kernel {release}: /sys/kernel/security/lsm is `{}`; \
-                     add `bpf` to the `lsm=` boot parameter to use the lsm backend",
-                    lsms.join(",")
-                );
-            }
-        }
-        // Every backend has tracepoint programs (at least the exec one).
-        host::ensure_tracefs()?;
         let (kernel_btf, offsets) = offsets::from_running_kernel()?;
-        let mut specs: Vec<&ProgramSpec> = Vec::new();
-        for spec in programs(backend) {
-            match check_prototype(&kernel_btf, spec) {
-                Ok(()) => specs.push(spec),
-                Err(e) if spec.optional => {
-                    log::debug!("{} not used on kernel {release}: {e:#}", spec.name);
-                }
-                Err(e) => {
-                    return Err(e).with_context(|| {
-                        format!("{} backend on kernel {release}", backend.name())
-                    });
-                }
-            }
-        }
+        let specs = usable_programs(backend, &kernel_btf, &release)?;
         // The parsed kernel BTF is large: free it before aya parses its own copy.
         drop(kernel_btf);
         // The filter's directory memo is checked against the kernel's rename sequence
@@ -608,15 +583,75 @@ impl Bitmap {
     }
 }
 
-/// The tracepoint backend's attach points with a program that does nothing: what the
-/// benchmark measures as the floor of that backend (the kernel's syscall-tracing path), apart
-/// from fim's own work. Detached when dropped.
+/// The programs of `backend` that this kernel can take (optional ones whose hook prototype
+/// does not match are left out), after checking what the backend needs: BPF LSM active for
+/// lsm, tracefs for the tracepoint programs every backend has (at least the exec one).
+fn usable_programs<'a>(
+    backend: Backend,
+    kernel_btf: &btf::KernelBtf,
+    release: &str,
+) -> Result<Vec<&'a ProgramSpec>> {
+    if backend == Backend::Lsm {
+        let lsms = host::active_lsms().context("checking whether BPF LSM is active")?;
+        if !lsms.iter().any(|l| l == "bpf") {
+            bail!(
+                "BPF LSM is not active on kernel {release}: /sys/kernel/security/lsm is `{}`; \
+                 add `bpf` to the `lsm=` boot parameter to use the lsm backend",
+                lsms.join(",")
+            );
+        }
+    }
+    host::ensure_tracefs()?;
+    let mut specs = Vec::new();
+    for spec in programs(backend) {
+        match check_prototype(kernel_btf, spec) {
+            Ok(()) => specs.push(spec),
+            Err(e) if spec.optional => {
+                log::debug!("{} not used on kernel {release}: {e:#}", spec.name);
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("{} backend on kernel {release}", backend.name()));
+            }
+        }
+    }
+    Ok(specs)
+}
+
+/// A backend's attach points with programs that do nothing: what the benchmark measures as
+/// the floor of that backend (the kernel's hook and trampoline or syscall-tracing path),
+/// apart from fim's own work. Detached when dropped.
 pub struct Floor {
     _ebpf: Ebpf,
 }
 
+/// The floor of `backend`: its own programs, loaded so that each returns at once (fim-ebpf's
+/// `FLOOR`); for the tracepoint backend one program that does nothing, attached to every
+/// tracepoint it uses.
+pub fn attach_floor(backend: Backend) -> Result<Floor> {
+    if backend == Backend::Tracepoint {
+        return attach_tracepoint_floor();
+    }
+    host::raise_memlock_limit();
+    let release = host::kernel_release();
+    let kernel_btf = btf::KernelBtf::from_sys_fs()?;
+    let specs = usable_programs(backend, &kernel_btf, &release)?;
+    drop(kernel_btf);
+    let mut ebpf = EbpfLoader::new()
+        .override_global("FLOOR", &1u8, true)
+        .load(EBPF_OBJECT)
+        .context("loading fim's embedded eBPF object")?;
+    let btf = Btf::from_sys_fs()
+        .with_context(|| format!("reading kernel BTF (/sys/kernel/btf/vmlinux) on {release}"))?;
+    for spec in specs {
+        attach_program(&mut ebpf, spec, Some(&btf))
+            .with_context(|| format!("{} floor on kernel {release}", backend.name()))?;
+    }
+    Ok(Floor { _ebpf: ebpf })
+}
+
 /// Attaches `tp_noop` to every tracepoint the tracepoint backend uses.
-pub fn attach_tracepoint_floor() -> Result<Floor> {
+fn attach_tracepoint_floor() -> Result<Floor> {
     host::raise_memlock_limit();
     host::ensure_tracefs()?;
     let mut ebpf = EbpfLoader::new()

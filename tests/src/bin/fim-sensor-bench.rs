@@ -6,9 +6,9 @@
 //! hits all modes alike; the table shows medians and their ratio to the no-monitor median of
 //! the same directory kind. Results also go to a JSON file.
 //!
-//! The `tp-floor` row attaches a program that returns at once wherever the tracepoint backend
-//! attaches: the cost of the kernel's syscall-tracing path alone, below which no tracepoint
-//! program can go.
+//! Each backend's floor row (`lsm-floor`, `fentry-floor`, `tp-floor`) attaches programs that
+//! return at once wherever that backend attaches: the cost of the kernel's hook and
+//! trampoline (or syscall-tracing) path alone, below which none of its programs can go.
 //!
 //! With `--profile`, one more pass per backend and tree runs with the kernel's BPF run-time
 //! statistics on and prints, per program, how often it ran and its mean cost: where the
@@ -89,8 +89,8 @@ fn workload(args: &[String]) -> Result<()> {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Mode {
     None,
-    /// The tracepoint backend's attach points with programs that return at once.
-    Floor,
+    /// A backend's attach points with programs that return at once.
+    Floor(Backend),
     With(Backend),
 }
 
@@ -98,7 +98,9 @@ impl Mode {
     fn name(self) -> &'static str {
         match self {
             Mode::None => "none",
-            Mode::Floor => "tp-floor",
+            Mode::Floor(Backend::Lsm) => "lsm-floor",
+            Mode::Floor(Backend::Fentry) => "fentry-floor",
+            Mode::Floor(Backend::Tracepoint) => "tp-floor",
             Mode::With(b) => b.name(),
         }
     }
@@ -278,13 +280,11 @@ fn bench(args: &[String]) -> Result<()> {
         match Running::start(backend, &watched) {
             Ok(running) => {
                 running.finish();
+                modes.push(Mode::Floor(backend));
                 modes.push(Mode::With(backend));
             }
             Err(e) => println!("backend {} not measured: {e}", backend.name()),
         }
-    }
-    if modes.contains(&Mode::With(Backend::Tracepoint)) {
-        modes.insert(1, Mode::Floor);
     }
     println!(
         "kernel {}: {rounds} rounds x {iterations} iterations of create+write+close, rename, chmod, unlink",
@@ -312,7 +312,7 @@ fn bench(args: &[String]) -> Result<()> {
                     _ => None,
                 };
                 let floor = match mode {
-                    Mode::Floor => Some(sensor::attach_tracepoint_floor()?),
+                    Mode::Floor(b) => Some(sensor::attach_floor(*b)?),
                     _ => None,
                 };
                 // Whatever the kernel does right after creating maps and attaching programs
