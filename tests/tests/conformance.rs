@@ -989,6 +989,61 @@ fn root_added_while_running_case(b: Backend) {
 
 each_backend!(root_added_while_running, root_added_while_running_case);
 
+/// A single file watched on its own (a file rule, like one on /etc/passwd) in a directory
+/// nothing watches: a write and a chmod of it, and a rename over it, are reported; the kernel
+/// matches the object itself, not a directory above it. Also unlinking a neighbour of the
+/// file is not.
+fn watched_file_case(b: Backend) {
+    let dir = unwatched_dir("file-rule", b);
+    let (file, other, neighbour) = (dir.join("file"), dir.join("other"), dir.join("neighbour"));
+    touch(&file);
+    touch(&other);
+    touch(&neighbour);
+    with_sensor(b, |_, sensor| {
+        let problems = sensor
+            .set_roots(&[
+                fim::sensor::WatchRoot {
+                    path: trees().watched.clone(),
+                    rule_id: WATCHED_RULE,
+                    recursive: true,
+                },
+                fim::sensor::WatchRoot {
+                    path: file.clone(),
+                    rule_id: WATCHED_RULE,
+                    recursive: false,
+                },
+            ])
+            .expect("adding a file root");
+        assert!(problems.is_empty(), "{problems:?}");
+    });
+    run_scenario(b, "watched_file", |_| {
+        let mut expect: Vec<Expected> = WRITE_CLOSE.iter().map(|k| ev(*k, &file)).collect();
+        expect.push(ev(EventKind::Chmod, &file));
+        expect.push(ev2(EventKind::Rename, &other, &bytes(&file)));
+        Scenario {
+            actor: args(&[
+                "write".as_ref(),
+                file.as_ref(),
+                "--".as_ref(),
+                "unlink".as_ref(),
+                neighbour.as_ref(),
+                "--".as_ref(),
+                "chmod".as_ref(),
+                file.as_ref(),
+                "0o600".as_ref(),
+                "--".as_ref(),
+                "rename".as_ref(),
+                other.as_ref(),
+                file.as_ref(),
+            ]),
+            expect,
+        }
+    });
+    reregister(b);
+}
+
+each_backend!(watched_file, watched_file_case);
+
 /// The directory memo needs `rename_lock` from /proc/kallsyms, which the VM kernels (Debian's)
 /// list; without it the memo scenarios above would pass without exercising it.
 #[test]
