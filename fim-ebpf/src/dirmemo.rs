@@ -26,7 +26,7 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray},
 };
 
-use crate::kernel::read;
+use crate::kernel::{field, read, set_field};
 
 /// Address of the kernel's `rename_lock` (its first word is the sequence); 0: unknown, no
 /// memo. Set by user space before load.
@@ -48,19 +48,6 @@ struct DirMemo {
 
 #[map]
 static DIRMEMO: PerCpuArray<DirMemo> = PerCpuArray::with_max_entries(1, 0);
-
-macro_rules! get {
-    ($memo:expr, $field:ident) => {
-        // SAFETY: a valid per-CPU map value.
-        unsafe { core::ptr::read_volatile(&raw const (*$memo).$field) }
-    };
-}
-macro_rules! set {
-    ($memo:expr, $field:ident, $value:expr) => {
-        // SAFETY: a valid per-CPU map value.
-        unsafe { core::ptr::write_volatile(&raw mut (*$memo).$field, $value) }
-    };
-}
 
 /// When the memo may be used: the rename sequence (even: no rename in progress) and the
 /// roots' generation, read before the walk.
@@ -96,14 +83,14 @@ pub fn stamp() -> Option<Stamp> {
 #[inline(always)]
 pub fn recall(dentry: *const u8, ino: u64, stamp: Stamp) -> Option<u64> {
     let memo = DIRMEMO.get_ptr_mut(0)?;
-    if get!(memo, dentry) != dentry as u64 {
+    if field!(memo, dentry) != dentry as u64 {
         return None;
     }
-    let fresh = get!(memo, generation) == stamp.generation
-        && get!(memo, seq) == stamp.seq
-        && get!(memo, ino) == ino;
-    let verdict = get!(memo, verdict);
-    if fresh && get!(memo, dentry) == dentry as u64 {
+    let fresh = field!(memo, generation) == stamp.generation
+        && field!(memo, seq) == stamp.seq
+        && field!(memo, ino) == ino;
+    let verdict = field!(memo, verdict);
+    if fresh && field!(memo, dentry) == dentry as u64 {
         Some(verdict)
     } else {
         None
@@ -120,10 +107,10 @@ pub fn remember(dentry: *const u8, ino: u64, stamp: Stamp, verdict: u64) {
     let Some(memo) = DIRMEMO.get_ptr_mut(0) else {
         return;
     };
-    set!(memo, dentry, 0);
-    set!(memo, verdict, verdict);
-    set!(memo, ino, ino);
-    set!(memo, seq, stamp.seq);
-    set!(memo, generation, stamp.generation);
-    set!(memo, dentry, dentry as u64);
+    set_field!(memo, dentry, 0);
+    set_field!(memo, verdict, verdict);
+    set_field!(memo, ino, ino);
+    set_field!(memo, seq, stamp.seq);
+    set_field!(memo, generation, stamp.generation);
+    set_field!(memo, dentry, dentry as u64);
 }

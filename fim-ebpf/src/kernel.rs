@@ -18,6 +18,31 @@ macro_rules! off {
 }
 pub(crate) use off;
 
+/// Reads field `$field` of a per-CPU map value (`$state`, a pointer from `get_ptr_mut`).
+/// Volatile: programs on one CPU share these values, so every access stays where it is.
+macro_rules! field {
+    ($state:expr, $field:ident) => {{
+        // SAFETY: `state` is a valid per-CPU map value.
+        #[allow(unused_unsafe)]
+        let value = unsafe { core::ptr::read_volatile(&raw const (*$state).$field) };
+        value
+    }};
+}
+pub(crate) use field;
+
+/// Writes field `$field` of a per-CPU map value (see `field!`).
+macro_rules! set_field {
+    ($state:expr, $field:ident, $value:expr) => {{
+        let value = $value;
+        // SAFETY: `state` is a valid per-CPU map value.
+        #[allow(unused_unsafe)]
+        unsafe {
+            core::ptr::write_volatile(&raw mut (*$state).$field, value)
+        }
+    }};
+}
+pub(crate) use set_field;
+
 /// Set by user space only for the sensor benchmark's floor rows: every hook program returns
 /// at once (what attaching costs before fim does anything). In frozen read-only data, so the
 /// verifier drops the branch that is not taken.

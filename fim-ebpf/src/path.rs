@@ -13,7 +13,7 @@ use fim_common::{
     record::{MAX_WALK_DEPTH, PATH_CAP},
 };
 
-use crate::kernel::{load_ptr, off, read, read_ptr};
+use crate::kernel::{field, load_ptr, off, read, read_ptr, set_field};
 
 /// Scratch space for writing a path backwards. Oversized so that every masked offset plus a
 /// masked length stays inside it, which is what the verifier checks.
@@ -73,40 +73,21 @@ struct Walk {
 #[map]
 static WALKSTATE: PerCpuArray<Walk> = PerCpuArray::with_max_entries(1, 0);
 
-macro_rules! load {
-    ($state:expr, $field:ident) => {{
-        // SAFETY: `state` is a valid per-CPU map value.
-        #[allow(unused_unsafe)]
-        let value = unsafe { core::ptr::read_volatile(&raw const (*$state).$field) };
-        value
-    }};
-}
-macro_rules! store {
-    ($state:expr, $field:ident, $value:expr) => {{
-        let value = $value;
-        // SAFETY: `state` is a valid per-CPU map value.
-        #[allow(unused_unsafe)]
-        unsafe {
-            core::ptr::write_volatile(&raw mut (*$state).$field, value)
-        }
-    }};
-}
-
 /// One step of the walk: write one name, or cross one mount. Returns false when finished.
 #[inline(always)]
 fn step(state: *mut Walk, buf: *mut u8) -> bool {
-    if load!(state, done) != 0 {
+    if field!(state, done) != 0 {
         return false;
     }
-    let dentry = load!(state, dentry) as *const u8;
-    let mnt = load!(state, mnt) as *const u8;
-    let mount = load!(state, mount) as *const u8;
-    if !mnt.is_null() && dentry as u64 == load!(state, mnt_root) {
+    let dentry = field!(state, dentry) as *const u8;
+    let mnt = field!(state, mnt) as *const u8;
+    let mount = field!(state, mount) as *const u8;
+    if !mnt.is_null() && dentry as u64 == field!(state, mnt_root) {
         let Ok(parent_mount) = read_ptr(mount, off!(mount_mnt_parent)) else {
             return false;
         };
         if parent_mount == mount {
-            store!(state, done, 1);
+            set_field!(state, done, 1);
             return false;
         }
         let Ok(mountpoint) = read_ptr(mount, off!(mount_mnt_mountpoint)) else {
@@ -116,10 +97,10 @@ fn step(state: *mut Walk, buf: *mut u8) -> bool {
         let Ok(parent_root) = read_ptr(parent_mnt, off!(vfsmount_mnt_root)) else {
             return false;
         };
-        store!(state, dentry, mountpoint as u64);
-        store!(state, mount, parent_mount as u64);
-        store!(state, mnt, parent_mnt as u64);
-        store!(state, mnt_root, parent_root as u64);
+        set_field!(state, dentry, mountpoint as u64);
+        set_field!(state, mount, parent_mount as u64);
+        set_field!(state, mnt, parent_mnt as u64);
+        set_field!(state, mnt_root, parent_root as u64);
         return true;
     }
     let Some((parent, name, len)) = dentry_fields(dentry) else {
@@ -127,17 +108,17 @@ fn step(state: *mut Walk, buf: *mut u8) -> bool {
     };
     if parent == dentry {
         if mnt.is_null() {
-            store!(
+            set_field!(
                 state,
                 flags,
-                load!(state, flags) | flags::PATH_FS_RELATIVE as u64
+                field!(state, flags) | flags::PATH_FS_RELATIVE as u64
             );
         }
-        store!(state, done, 1);
+        set_field!(state, done, 1);
         return false;
     }
     let len = len as usize & 255;
-    let pos = load!(state, pos) as usize & (PATH_CAP * 2 - 1);
+    let pos = field!(state, pos) as usize & (PATH_CAP * 2 - 1);
     if len + 2 > pos || pos > PATH_CAP {
         return false;
     }
@@ -153,8 +134,8 @@ fn step(state: *mut Walk, buf: *mut u8) -> bool {
     let pos = pos - 1;
     // SAFETY: pos & MASK < WALK_CAP.
     unsafe { *buf.add(pos & MASK) = b'/' };
-    store!(state, pos, pos as u64);
-    store!(state, dentry, parent as u64);
+    set_field!(state, pos, pos as u64);
+    set_field!(state, dentry, parent as u64);
     true
 }
 
@@ -223,13 +204,13 @@ pub fn build(
             Err(_) => return Piece::new(0, truncated_flag),
         }
     };
-    store!(state, pos, PATH_CAP as u64);
-    store!(state, dentry, dentry as u64);
-    store!(state, mnt, vfsmount as u64);
-    store!(state, mount, mount as u64);
-    store!(state, mnt_root, mnt_root as u64);
-    store!(state, flags, 0);
-    store!(state, done, 0);
+    set_field!(state, pos, PATH_CAP as u64);
+    set_field!(state, dentry, dentry as u64);
+    set_field!(state, mnt, vfsmount as u64);
+    set_field!(state, mount, mount as u64);
+    set_field!(state, mnt_root, mnt_root as u64);
+    set_field!(state, flags, 0);
+    set_field!(state, done, 0);
     // bpf_loop (5.17+): the verifier checks the callback once instead of every iteration.
     // SAFETY: the callback has the signature bpf_loop expects and takes no context.
     unsafe {
@@ -240,11 +221,11 @@ pub fn build(
             0,
         );
     }
-    let mut out_flags = load!(state, flags) as u16;
-    if load!(state, done) == 0 {
+    let mut out_flags = field!(state, flags) as u16;
+    if field!(state, done) == 0 {
         out_flags |= truncated_flag;
     }
-    let mut pos = load!(state, pos) as usize & (PATH_CAP * 2 - 1);
+    let mut pos = field!(state, pos) as usize & (PATH_CAP * 2 - 1);
     if pos > PATH_CAP {
         return Piece::new(0, truncated_flag);
     }
@@ -432,14 +413,14 @@ pub fn task_root() -> Root {
 
 #[inline(always)]
 fn load_memo(memo: *mut RootMemo) -> (u64, u64, u64) {
-    (load!(memo, mnt), load!(memo, dentry), load!(memo, top))
+    (field!(memo, mnt), field!(memo, dentry), field!(memo, top))
 }
 
 #[inline(always)]
 fn store_memo(memo: *mut RootMemo, mnt: u64, dentry: u64, top: u64) {
-    store!(memo, mnt, mnt);
-    store!(memo, dentry, dentry);
-    store!(memo, top, top);
+    set_field!(memo, mnt, mnt);
+    set_field!(memo, dentry, dentry);
+    set_field!(memo, top, top);
 }
 
 /// Whether (vfsmount, dentry) is where the dentry walk ends: the root of a mount with no

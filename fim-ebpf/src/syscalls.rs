@@ -18,7 +18,7 @@ use fim_common::{
 use crate::{
     actor::current_task,
     emit, filter,
-    kernel::{off, read, read_ptr},
+    kernel::{field, off, read, read_ptr, set_field},
     path::{self, DATA_MASK, Piece},
     writers,
 };
@@ -416,29 +416,16 @@ const SCAN_CONTINUE: u64 = u64::MAX;
 /// (`cargo xtask bench sensor -- --profile`).
 const SCAN_STEP: usize = 16;
 
-macro_rules! load {
-    ($state:ident, $field:ident) => {
-        // SAFETY: `$state` is a valid per-CPU map value.
-        unsafe { core::ptr::read_volatile(&raw const (*$state).$field) }
-    };
-}
-macro_rules! store {
-    ($state:ident, $field:ident, $value:expr) => {
-        // SAFETY: as above.
-        unsafe { core::ptr::write_volatile(&raw mut (*$state).$field, $value) }
-    };
-}
-
 /// One `bpf_loop` iteration of the prefix scan: `SCAN_STEP` bytes of the scratch data.
 unsafe extern "C" fn scan_callback(index: u64, _ctx: *mut core::ffi::c_void) -> i64 {
     let (Some(state), Some(data)) = (SCANSTATE.get_ptr_mut(0), emit::data_ptr()) else {
         return 1;
     };
-    let dst = load!(state, dst) as usize;
-    let len = load!(state, len) as usize;
-    let mut hash = load!(state, hash);
-    let mut component_len = load!(state, component_len);
-    let mut dots = load!(state, dots);
+    let dst = field!(state, dst) as usize;
+    let len = field!(state, len) as usize;
+    let mut hash = field!(state, hash);
+    let mut component_len = field!(state, component_len);
+    let mut dots = field!(state, dots);
     let base = index as usize * SCAN_STEP;
     // Branch-free bookkeeping per byte: a branch per byte and per case multiplies the paths
     // the verifier walks through the unrolled steps (6.1 gives up), so only a '/' branches.
@@ -455,16 +442,16 @@ unsafe extern "C" fn scan_callback(index: u64, _ctx: *mut core::ffi::c_void) -> 
             let bad = is_zero(component_len)
                 | (is_zero(component_len ^ dots) & ((dots.wrapping_sub(3) >> 63) & 1));
             if bad != 0 {
-                store!(state, verdict, filter::Verdict::Undecided.raw());
+                set_field!(state, verdict, filter::Verdict::Undecided.raw());
                 return 1;
             }
             match lookup_prefix(hash) {
                 None => {
-                    store!(state, pruned_at, pos as u64);
+                    set_field!(state, pruned_at, pos as u64);
                     return 1;
                 }
                 Some(v) if v.flags & watch::WATCHING != 0 => {
-                    store!(state, verdict, filter::Verdict::Watched(v.rule_id).raw());
+                    set_field!(state, verdict, filter::Verdict::Watched(v.rule_id).raw());
                     return 1;
                 }
                 Some(_) => {}
@@ -475,9 +462,9 @@ unsafe extern "C" fn scan_callback(index: u64, _ctx: *mut core::ffi::c_void) -> 
         dots = (dots + is_zero((byte ^ b'.') as u64)) * keep;
         hash = fnv1a_step(hash, byte);
     }
-    store!(state, hash, hash);
-    store!(state, component_len, component_len);
-    store!(state, dots, dots);
+    set_field!(state, hash, hash);
+    set_field!(state, component_len, component_len);
+    set_field!(state, dots, dots);
     0
 }
 
@@ -500,11 +487,11 @@ unsafe extern "C" fn pairs_callback(index: u64, _ctx: *mut core::ffi::c_void) ->
     let (Some(state), Some(data)) = (SCANSTATE.get_ptr_mut(0), emit::data_ptr()) else {
         return 1;
     };
-    let dst = load!(state, dst) as usize;
-    let len = load!(state, len) as usize;
-    let start = load!(state, pruned_at) as usize;
-    let mut carry = load!(state, carry);
-    let mut pairs = load!(state, pairs);
+    let dst = field!(state, dst) as usize;
+    let len = field!(state, len) as usize;
+    let start = field!(state, pruned_at) as usize;
+    let mut carry = field!(state, carry);
+    let mut pairs = field!(state, pairs);
     for k in 0..PAIR_WORDS {
         let pos = start + (index as usize * PAIR_WORDS + k) * 8;
         if pos >= len {
@@ -521,8 +508,8 @@ unsafe extern "C" fn pairs_callback(index: u64, _ctx: *mut core::ffi::c_void) ->
         pairs |= (dot_lanes & (dot_lanes >> 8)) | (carry & (dot_lanes << 56));
         carry = dot_lanes;
     }
-    store!(state, carry, carry);
-    store!(state, pairs, pairs);
+    set_field!(state, carry, carry);
+    set_field!(state, pairs, pairs);
     0
 }
 
@@ -553,15 +540,15 @@ fn prefix_verdict(dst: usize, len: usize, truncated: bool) -> filter::Verdict {
         return filter::Verdict::Undecided;
     }
     let (dst, len) = (dst + 1, len - 1);
-    store!(state, hash, fnv1a_step(fnv1a_start(), b'/'));
-    store!(state, component_len, 0);
-    store!(state, dots, 0);
-    store!(state, pruned_at, 0);
-    store!(state, carry, 0);
-    store!(state, pairs, 0);
-    store!(state, verdict, SCAN_CONTINUE);
-    store!(state, dst, dst as u64);
-    store!(state, len, len as u64);
+    set_field!(state, hash, fnv1a_step(fnv1a_start(), b'/'));
+    set_field!(state, component_len, 0);
+    set_field!(state, dots, 0);
+    set_field!(state, pruned_at, 0);
+    set_field!(state, carry, 0);
+    set_field!(state, pairs, 0);
+    set_field!(state, verdict, SCAN_CONTINUE);
+    set_field!(state, dst, dst as u64);
+    set_field!(state, len, len as u64);
     let steps = len.div_ceil(SCAN_STEP) as u32;
     // SAFETY: the callback only touches per-CPU map values; bpf_loop as in the path walk.
     unsafe {
@@ -572,11 +559,11 @@ fn prefix_verdict(dst: usize, len: usize, truncated: bool) -> filter::Verdict {
             0,
         );
     }
-    let verdict = load!(state, verdict);
+    let verdict = field!(state, verdict);
     if verdict != SCAN_CONTINUE {
         return filter::Verdict::from_raw(verdict);
     }
-    let pruned_at = load!(state, pruned_at) as usize;
+    let pruned_at = field!(state, pruned_at) as usize;
     if pruned_at != 0 {
         // Only a `..` can climb back out of the unwatched prefix; "." and "//" cannot.
         let words = (len - pruned_at).div_ceil(8);
@@ -589,18 +576,18 @@ fn prefix_verdict(dst: usize, len: usize, truncated: bool) -> filter::Verdict {
                 0,
             );
         }
-        return if load!(state, pairs) & HIGH != 0 {
+        return if field!(state, pairs) & HIGH != 0 {
             filter::Verdict::Undecided
         } else {
             filter::Verdict::Unwatched
         };
     }
-    let component_len = load!(state, component_len);
-    let dots = load!(state, dots);
+    let component_len = field!(state, component_len);
+    let dots = field!(state, dots);
     if component_len == dots && dots > 0 && dots <= 2 {
         return filter::Verdict::Undecided;
     }
-    match lookup_prefix(load!(state, hash)) {
+    match lookup_prefix(field!(state, hash)) {
         Some(v) if v.flags & watch::WATCHING != 0 => filter::Verdict::Watched(v.rule_id),
         _ => filter::Verdict::Unwatched,
     }
