@@ -933,18 +933,24 @@ impl Drop for Tmpfs {
     }
 }
 
-/// The shared sensor's roots again, so that mounts made since are (un)registered.
+/// The shared sensor's roots: the watched tree and `extra` (a scenario's own root, under
+/// `WATCHED_RULE` too).
+fn set_roots(sensor: &mut fim::sensor::Sensor, extra: Option<(&Path, bool)>) {
+    let root = |path: &Path, recursive| fim::sensor::WatchRoot {
+        path: path.to_path_buf(),
+        rule_id: WATCHED_RULE,
+        recursive,
+    };
+    let mut roots = vec![root(&trees().watched, true)];
+    roots.extend(extra.map(|(path, recursive)| root(path, recursive)));
+    let problems = sensor.set_roots(&roots).expect("registering the roots");
+    assert!(problems.is_empty(), "{problems:?}");
+}
+
+/// The shared sensor's roots again, so that mounts made since are (un)registered and a
+/// scenario's own root is gone.
 fn reregister(backend: Backend) {
-    with_sensor(backend, |_, sensor| {
-        let problems = sensor
-            .set_roots(&[fim::sensor::WatchRoot {
-                path: trees().watched.clone(),
-                rule_id: WATCHED_RULE,
-                recursive: true,
-            }])
-            .expect("registering the roots again");
-        assert!(problems.is_empty(), "{problems:?}");
-    });
+    with_sensor(backend, |_, sensor| set_roots(sensor, None));
 }
 
 /// A directory that becomes watched while the sensor runs is watched at once, even on a CPU
@@ -964,21 +970,7 @@ fn root_added_while_running_case(b: Backend) {
         // Unwatched: nothing reported, and CPU 0 remembers so.
         run_actor(&write).expect("writing in the unwatched directory");
         drain(runtime, sensor);
-        let problems = sensor
-            .set_roots(&[
-                fim::sensor::WatchRoot {
-                    path: trees().watched.clone(),
-                    rule_id: WATCHED_RULE,
-                    recursive: true,
-                },
-                fim::sensor::WatchRoot {
-                    path: dir.clone(),
-                    rule_id: WATCHED_RULE,
-                    recursive: true,
-                },
-            ])
-            .expect("adding a root");
-        assert!(problems.is_empty(), "{problems:?}");
+        set_roots(sensor, Some((&dir, true)));
     });
     run_scenario(b, "root_added_while_running", |_| Scenario {
         actor: write.clone(),
@@ -991,31 +983,15 @@ each_backend!(root_added_while_running, root_added_while_running_case);
 
 /// A single file watched on its own (a file rule, like one on /etc/passwd) in a directory
 /// nothing watches: a write and a chmod of it, and a rename over it, are reported; the kernel
-/// matches the object itself, not a directory above it. Also unlinking a neighbour of the
-/// file is not.
+/// matches the object itself, not a directory above it. An unlink of a neighbour of the file
+/// is not reported.
 fn watched_file_case(b: Backend) {
     let dir = unwatched_dir("file-rule", b);
     let (file, other, neighbour) = (dir.join("file"), dir.join("other"), dir.join("neighbour"));
     touch(&file);
     touch(&other);
     touch(&neighbour);
-    with_sensor(b, |_, sensor| {
-        let problems = sensor
-            .set_roots(&[
-                fim::sensor::WatchRoot {
-                    path: trees().watched.clone(),
-                    rule_id: WATCHED_RULE,
-                    recursive: true,
-                },
-                fim::sensor::WatchRoot {
-                    path: file.clone(),
-                    rule_id: WATCHED_RULE,
-                    recursive: false,
-                },
-            ])
-            .expect("adding a file root");
-        assert!(problems.is_empty(), "{problems:?}");
-    });
+    with_sensor(b, |_, sensor| set_roots(sensor, Some((&file, false))));
     run_scenario(b, "watched_file", |_| {
         let mut expect: Vec<Expected> = WRITE_CLOSE.iter().map(|k| ev(*k, &file)).collect();
         expect.push(ev(EventKind::Chmod, &file));
