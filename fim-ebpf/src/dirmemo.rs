@@ -57,10 +57,10 @@ pub struct Stamp {
     generation: u64,
 }
 
+/// The sequence of the kernel seqlock at `lock`; `None` when its address is unknown (0) or
+/// a writer holds it (odd).
 #[inline(always)]
-fn rename_seq() -> Option<u64> {
-    // SAFETY: volatile so the zero initialiser is not folded into the code.
-    let lock = unsafe { core::ptr::read_volatile(&raw const RENAME_LOCK) };
+pub fn lock_seq(lock: u64) -> Option<u64> {
     if lock == 0 {
         return None;
     }
@@ -69,6 +69,12 @@ fn rename_seq() -> Option<u64> {
         return None;
     }
     Some(seq as u64)
+}
+
+#[inline(always)]
+pub fn rename_seq() -> Option<u64> {
+    // SAFETY: volatile so the zero initialiser is not folded into the code.
+    lock_seq(unsafe { core::ptr::read_volatile(&raw const RENAME_LOCK) })
 }
 
 /// The current stamp; `None` when the memo cannot be used now.

@@ -31,7 +31,7 @@ pub fn exec(backend: Backend) -> Result<(), i64> {
         let f_path = exe.wrapping_add(off!(file_f_path));
         let mnt = read_ptr(f_path, off!(path_mnt))?;
         let dentry = read_ptr(f_path, off!(path_dentry))?;
-        let piece = path::build(data, 0, dentry, mnt, flags::PATH1_TRUNCATED);
+        let piece = path::build::<false>(data, 0, dentry, mnt, flags::PATH1_TRUNCATED);
         len1 = piece.len();
         record.header.path1_len = len1 as u16;
         record.header.flags |= piece.flags();

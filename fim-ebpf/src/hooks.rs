@@ -101,9 +101,9 @@ fn describe_target<const T: bool>(record: &mut Record, dentry: *const u8) {
 }
 
 #[inline(always)]
-fn set_path1(record: &mut Record, dentry: *const u8, mnt: *const u8) -> usize {
+fn set_path1<const MEMO: bool>(record: &mut Record, dentry: *const u8, mnt: *const u8) -> usize {
     let data = record.data.as_mut_ptr();
-    let piece = path::build(data, 0, dentry, mnt, flags::PATH1_TRUNCATED);
+    let piece = path::build::<MEMO>(data, 0, dentry, mnt, flags::PATH1_TRUNCATED);
     record.header.path1_len = piece.len() as u16;
     record.header.flags |= piece.flags();
     piece.len()
@@ -112,7 +112,7 @@ fn set_path1(record: &mut Record, dentry: *const u8, mnt: *const u8) -> usize {
 /// `set_path1` for a hook that has the `struct path` itself: through `bpf_d_path` when
 /// `use_d_path` (only where the kernel allows the helper, see `path::d_path`), else the walk.
 #[inline(always)]
-fn set_path1_of(
+fn set_path1_of<const MEMO: bool>(
     record: &mut Record,
     path_ptr: *const u8,
     (mnt, dentry): (*const u8, *const u8),
@@ -123,13 +123,18 @@ fn set_path1_of(
         record.header.flags |= flags::PATH1_D_PATH;
         return piece.len();
     }
-    set_path1(record, dentry, mnt)
+    set_path1::<MEMO>(record, dentry, mnt)
 }
 
 #[inline(always)]
-fn set_path2(record: &mut Record, offset: usize, dentry: *const u8, mnt: *const u8) {
+fn set_path2<const MEMO: bool>(
+    record: &mut Record,
+    offset: usize,
+    dentry: *const u8,
+    mnt: *const u8,
+) {
     let data = record.data.as_mut_ptr();
-    let piece = path::build(data, offset, dentry, mnt, flags::PATH2_TRUNCATED);
+    let piece = path::build::<MEMO>(data, offset, dentry, mnt, flags::PATH2_TRUNCATED);
     record.header.path2_len = piece.len() as u16;
     record.header.flags |= piece.flags();
 }
@@ -164,7 +169,7 @@ pub fn dir_entry(
     };
     record.header.args = args;
     describe_target::<TYPED>(record, dentry);
-    let len1 = set_path1(record, dentry, mnt);
+    let len1 = set_path1::<TYPED>(record, dentry, mnt);
     if !symlink_target.is_null() {
         set_string2(record, len1 & (PATH_CAP - 1), symlink_target);
     }
@@ -188,7 +193,7 @@ pub fn on_path(
     };
     record.header.args = args;
     describe_target::<TYPED>(record, dentry);
-    set_path1_of(record, path, (mnt, dentry), use_d_path);
+    set_path1_of::<TYPED>(record, path, (mnt, dentry), use_d_path);
     emit::submit(record, backend);
     Ok(())
 }
@@ -243,8 +248,8 @@ fn two_paths(
     };
     record.header.args.flags = event_flags;
     describe_target::<TYPED>(record, old_dentry);
-    let len1 = set_path1(record, old_dentry, old_mnt);
-    set_path2(record, len1 & (PATH_CAP - 1), new_dentry, new_mnt);
+    let len1 = set_path1::<TYPED>(record, old_dentry, old_mnt);
+    set_path2::<TYPED>(record, len1 & (PATH_CAP - 1), new_dentry, new_mnt);
     emit::submit(record, backend);
 }
 
@@ -281,7 +286,7 @@ pub fn xattr(
         return Ok(());
     };
     describe_target::<TYPED>(record, dentry);
-    let len1 = set_path1(record, dentry, core::ptr::null());
+    let len1 = set_path1::<TYPED>(record, dentry, core::ptr::null());
     set_string2(record, len1 & (PATH_CAP - 1), name);
     emit::submit(record, backend);
     Ok(())
@@ -332,7 +337,7 @@ pub fn file_closed<const T: bool>(backend: Backend, file: *const u8) -> Result<(
         record.header.flags |= flags::FILTER_UNDECIDED;
     }
     describe_target::<T>(record, dentry);
-    set_path1(record, dentry, mnt);
+    set_path1::<T>(record, dentry, mnt);
     emit::submit(record, backend);
     Ok(())
 }
@@ -376,7 +381,7 @@ fn file_event<const T: bool>(
     };
     record.header.args.flags = event_flags;
     describe_target::<T>(record, dentry);
-    set_path1_of(record, f_path, (mnt, dentry), use_d_path);
+    set_path1_of::<T>(record, f_path, (mnt, dentry), use_d_path);
     let rule = record.header.rule_id;
     emit::submit(record, backend);
     Ok(Some(rule))

@@ -15,6 +15,7 @@ mod filter;
 mod hooks;
 mod kernel;
 mod path;
+mod pathmemo;
 mod presence;
 mod syscalls;
 mod writers;

@@ -13,7 +13,10 @@ use fim_common::{
     record::{MAX_WALK_DEPTH, PATH_CAP},
 };
 
-use crate::kernel::{field, load_ptr, off, read, read_ptr, set_field};
+use crate::{
+    kernel::{field, load_ptr, off, read, read_ptr, set_field},
+    pathmemo,
+};
 
 /// Scratch space for writing a path backwards. Oversized so that every masked offset plus a
 /// masked length stays inside it, which is what the verifier checks.
@@ -176,10 +179,91 @@ unsafe extern "C" fn walk_callback(_index: u64, _ctx: *mut core::ffi::c_void) ->
     if step(state, buf.cast()) { 0 } else { 1 }
 }
 
+/// A name below its mount's root and filesystem's root, the directory it is in, and the
+/// path memo's stamp taken before anything was read: what `pathmemo` needs.
+#[derive(Clone, Copy)]
+struct Leaf {
+    dir: *const u8,
+    name: *const u8,
+    len: usize,
+    stamp: pathmemo::Stamp,
+}
+
+impl Leaf {
+    #[inline(always)]
+    fn of(dentry: *const u8) -> Option<Leaf> {
+        let stamp = pathmemo::stamp()?;
+        let (dir, name, len) = dentry_fields(dentry)?;
+        let len = len as usize;
+        if dir == dentry || len == 0 || len > 255 {
+            return None;
+        }
+        Some(Leaf {
+            dir,
+            name,
+            len,
+            stamp,
+        })
+    }
+
+    /// Where the directory's path ends in the walk buffer: before '/' and the name, which
+    /// the walk's first step writes at its end.
+    #[inline(always)]
+    fn end(self) -> usize {
+        PATH_CAP - 1 - (self.len & 255)
+    }
+
+    /// Lays out the memoised directory path, '/' and the name in the walk buffer as a
+    /// finished walk leaves them; false when the memo cannot serve.
+    #[inline(always)]
+    fn recall(self, buf: *mut u8, state: *mut Walk, mnt: *const u8) -> bool {
+        let end = self.end();
+        let Some((start, flags)) = pathmemo::recall(self.dir, mnt, self.stamp, buf, end) else {
+            return false;
+        };
+        // SAFETY: (end + 1) & MASK plus a length below 256 stays inside WALK_CAP.
+        unsafe {
+            *buf.add(bounded(end, MASK)) = b'/';
+            bpf_probe_read_kernel(
+                buf.add(bounded(end + 1, MASK)).cast(),
+                bounded(self.len, 255) as u32,
+                self.name.cast(),
+            );
+        }
+        set_field!(state, pos, start as u64);
+        set_field!(state, flags, flags);
+        set_field!(state, done, 1);
+        true
+    }
+
+    /// After a walk that reached the top: keeps the directory's part of the path.
+    #[inline(always)]
+    fn remember(self, buf: *const u8, state: *mut Walk, mnt: *const u8) {
+        if field!(state, done) == 0 {
+            return;
+        }
+        let pos = field!(state, pos) as usize & (PATH_CAP * 2 - 1);
+        let end = self.end();
+        if pos > end {
+            return;
+        }
+        pathmemo::remember(
+            self.dir,
+            mnt,
+            self.stamp,
+            buf,
+            (pos, end - pos),
+            field!(state, flags),
+        );
+    }
+}
+
 /// Writes the path of `dentry` to `data[dst..]` (dst < PATH_CAP). `vfsmount` may be null when
 /// the hook does not know the mount: the path is then relative to the filesystem root and
-/// flagged `PATH_FS_RELATIVE`. The flags may hold `truncated_flag`.
-pub fn build(
+/// flagged `PATH_FS_RELATIVE`. The flags may hold `truncated_flag`. `MEMO`: the directory's
+/// path may come from (and goes to) this CPU's path memo (`pathmemo`; lsm and fentry only:
+/// the tracepoint programs have no verifier budget left for it).
+pub fn build<const MEMO: bool>(
     data: *mut u8,
     dst: usize,
     dentry: *const u8,
@@ -204,22 +288,32 @@ pub fn build(
             Err(_) => return Piece::new(0, truncated_flag),
         }
     };
-    set_field!(state, pos, PATH_CAP as u64);
-    set_field!(state, dentry, dentry as u64);
-    set_field!(state, mnt, vfsmount as u64);
-    set_field!(state, mount, mount as u64);
-    set_field!(state, mnt_root, mnt_root as u64);
-    set_field!(state, flags, 0);
-    set_field!(state, done, 0);
-    // bpf_loop (5.17+): the verifier checks the callback once instead of every iteration.
-    // SAFETY: the callback has the signature bpf_loop expects and takes no context.
-    unsafe {
-        bpf_loop(
-            BUILD_STEPS,
-            walk_callback as *mut core::ffi::c_void,
-            core::ptr::null_mut(),
-            0,
-        );
+    let leaf = if MEMO && dentry != mnt_root {
+        Leaf::of(dentry)
+    } else {
+        None
+    };
+    if !leaf.is_some_and(|leaf| leaf.recall(buf, state, vfsmount)) {
+        set_field!(state, pos, PATH_CAP as u64);
+        set_field!(state, dentry, dentry as u64);
+        set_field!(state, mnt, vfsmount as u64);
+        set_field!(state, mount, mount as u64);
+        set_field!(state, mnt_root, mnt_root as u64);
+        set_field!(state, flags, 0);
+        set_field!(state, done, 0);
+        // bpf_loop (5.17+): the verifier checks the callback once instead of every iteration.
+        // SAFETY: the callback has the signature bpf_loop expects and takes no context.
+        unsafe {
+            bpf_loop(
+                BUILD_STEPS,
+                walk_callback as *mut core::ffi::c_void,
+                core::ptr::null_mut(),
+                0,
+            );
+        }
+        if let Some(leaf) = leaf {
+            leaf.remember(buf, state, vfsmount);
+        }
     }
     let mut out_flags = field!(state, flags) as u16;
     if field!(state, done) == 0 {

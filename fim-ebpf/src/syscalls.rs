@@ -323,7 +323,7 @@ fn fd_path(data: *mut u8, dst: usize, fd: i64, truncated: u16) -> Piece {
     ) else {
         return Piece::new(0, truncated);
     };
-    path::build(data, dst, dentry, mnt, truncated)
+    path::build::<false>(data, dst, dentry, mnt, truncated)
 }
 
 /// Resolves a syscall path string (relative to `dfd` or the cwd) to an absolute path at
@@ -346,7 +346,7 @@ fn resolve(data: *mut u8, dst: usize, dfd: i64, user_path: u64, truncated: u16) 
     };
     // Relative: the base is the cwd or the directory behind dfd.
     let base = if let Some((mnt, dentry)) = chroot_base {
-        path::build(data, dst, dentry, mnt, truncated)
+        path::build::<false>(data, dst, dentry, mnt, truncated)
     } else if dfd == AT_FDCWD {
         let Ok(fs) = read_ptr(current_task(), off!(task_fs)) else {
             return Piece::new(0, truncated);
@@ -358,7 +358,7 @@ fn resolve(data: *mut u8, dst: usize, dfd: i64, user_path: u64, truncated: u16) 
         ) else {
             return Piece::new(0, truncated);
         };
-        path::build(data, dst, dentry, mnt, truncated)
+        path::build::<false>(data, dst, dentry, mnt, truncated)
     } else {
         fd_path(data, dst, dfd, truncated)
     };

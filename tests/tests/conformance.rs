@@ -421,6 +421,24 @@ scenario!(directory_moved_out_of_watched, |b| {
     }
 });
 
+// The kernel also memoises the path of the last directory a path was built in (lsm and
+// fentry; fim-ebpf's pathmemo.rs): a directory renamed inside the watched tree on another CPU
+// must not leave its old path there.
+scenario!(directory_moved_within_watched, |b| {
+    let dir = scenario_dir("dir-within", b);
+    let (from, to) = (dir.join("d"), dir.join("e"));
+    let mut expect: Vec<Expected> = WRITE_CLOSE
+        .iter()
+        .map(|k| ev(*k, &from.join("file")))
+        .collect();
+    expect.push(ev2(EventKind::Rename, &from, &bytes(&to)));
+    expect.extend(WRITE_CLOSE.iter().map(|k| ev(*k, &to.join("file"))));
+    Scenario {
+        actor: moved_directory_case(from, to),
+        expect,
+    }
+});
+
 scenario!(rename_replacing, |b| {
     let dir = scenario_dir("rename-replace", b);
     rename_case(dir.join("a"), dir.join("b"), true)
@@ -898,38 +916,71 @@ fn bpf_lsm_is_active_in_the_vm() {
     }
 }
 
-/// Mounts a small tmpfs at `at`; unmounted when dropped.
-struct Tmpfs(std::ffi::CString);
+/// A mount this test made; unmounted (lazily) when dropped.
+struct Mounted(PathBuf);
 
-impl Tmpfs {
-    fn mount(at: &Path) -> Tmpfs {
-        use std::os::unix::ffi::OsStrExt;
-        let c = |s: &[u8]| std::ffi::CString::new(s).expect("no NUL");
-        let target = c(at.as_os_str().as_bytes());
-        // SAFETY: valid strings; the mount is undone on drop.
-        let rc = unsafe {
-            libc::mount(
-                c(b"tmpfs").as_ptr(),
-                target.as_ptr(),
-                c(b"tmpfs").as_ptr(),
-                0,
-                c(b"size=1m").as_ptr().cast(),
-            )
-        };
-        assert_eq!(
-            rc,
-            0,
-            "mounting a tmpfs: {}",
-            std::io::Error::last_os_error()
-        );
-        Tmpfs(target)
+fn cstring(path: &Path) -> std::ffi::CString {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(path.as_os_str().as_bytes()).expect("no NUL in test paths")
+}
+
+/// mount(2), panicking with the error.
+fn mount(
+    source: Option<&Path>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: libc::c_ulong,
+    data: &str,
+) {
+    let c = |s: &str| std::ffi::CString::new(s).expect("no NUL");
+    let (source, target, fstype, data) =
+        (source.map(cstring), cstring(target), fstype.map(c), c(data));
+    let ptr = |s: &Option<std::ffi::CString>| s.as_ref().map_or(std::ptr::null(), |s| s.as_ptr());
+    // SAFETY: valid strings or null where mount(2) allows it.
+    let rc = unsafe {
+        libc::mount(
+            ptr(&source),
+            target.as_ptr(),
+            ptr(&fstype),
+            flags,
+            data.as_ptr().cast(),
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "mount at {} (flags {flags:#x}): {}",
+        target.to_string_lossy(),
+        std::io::Error::last_os_error()
+    );
+}
+
+impl Mounted {
+    /// A small tmpfs at `at`.
+    fn tmpfs(at: &Path) -> Mounted {
+        mount(Some(Path::new("tmpfs")), at, Some("tmpfs"), 0, "size=1m");
+        Mounted(at.to_path_buf())
+    }
+
+    /// `source` shown again at `at`.
+    fn bind(source: &Path, at: &Path) -> Mounted {
+        mount(Some(source), at, None, libc::MS_BIND, "");
+        Mounted(at.to_path_buf())
+    }
+
+    /// Moves this mount to `to` (`mount --move`).
+    fn move_to(self, to: &Path) -> Mounted {
+        let from = self.0.clone();
+        std::mem::forget(self);
+        mount(Some(&from), to, None, libc::MS_MOVE, "");
+        Mounted(to.to_path_buf())
     }
 }
 
-impl Drop for Tmpfs {
+impl Drop for Mounted {
     fn drop(&mut self) {
         // SAFETY: unmounting what this test mounted.
-        unsafe { libc::umount2(self.0.as_ptr(), libc::MNT_DETACH) };
+        unsafe { libc::umount2(cstring(&self.0).as_ptr(), libc::MNT_DETACH) };
     }
 }
 
@@ -1020,8 +1071,9 @@ fn watched_file_case(b: Backend) {
 
 each_backend!(watched_file, watched_file_case);
 
-/// The directory memo needs `rename_lock` from /proc/kallsyms, which the VM kernels (Debian's)
-/// list; without it the memo scenarios above would pass without exercising it.
+/// The directory memo needs `rename_lock` from /proc/kallsyms, and the path memo `mount_lock`
+/// too, which the VM kernels (Debian's) list; without them the memo scenarios above would pass
+/// without exercising them.
 #[test]
 fn directory_memo_is_on_in_the_vm() {
     if test_env() != TestEnv::Vm {
@@ -1033,8 +1085,94 @@ fn directory_memo_is_on_in_the_vm() {
             sensor.dir_memo(),
             "the kernel side's directory memo is off in the VM"
         );
+        assert!(
+            sensor.path_memo(),
+            "the kernel side's path memo is off in the VM (needs mount_lock in /proc/kallsyms)"
+        );
     });
 }
+
+/// One directory through two mounts (a bind mount, both in the watched tree): a write in each
+/// on the same CPU is reported at its own path. The path memo's key holds the mount, or the
+/// second would come out at the first one's path.
+fn bind_mounted_directory_case(b: Backend) {
+    let dir = scenario_dir("bind", b);
+    let (real, bound) = (dir.join("real"), dir.join("bound"));
+    std::fs::create_dir(&real).expect("creating the directory");
+    std::fs::create_dir(&bound).expect("creating the mount point");
+    touch(&real.join("file"));
+    let mounted = Mounted::bind(&real, &bound);
+    reregister(b);
+    run_scenario(b, "bind_mounted_directory", |_| {
+        let mut expect: Vec<Expected> = WRITE_CLOSE
+            .iter()
+            .map(|k| ev(*k, &real.join("file")))
+            .collect();
+        expect.extend(WRITE_CLOSE.iter().map(|k| ev(*k, &bound.join("file"))));
+        Scenario {
+            actor: args(&[
+                "--cpu".as_ref(),
+                "0".as_ref(),
+                "write".as_ref(),
+                real.join("file").as_ref(),
+                "--".as_ref(),
+                "write".as_ref(),
+                bound.join("file").as_ref(),
+            ]),
+            expect,
+        }
+    });
+    drop(mounted);
+    reregister(b);
+}
+
+each_backend!(bind_mounted_directory, bind_mounted_directory_case);
+
+/// A filesystem moved (`mount --move`) inside the watched tree between two writes on the same
+/// CPU: the second is reported at the new place, so the move must void the path memo. Either
+/// of its checks does that here: the mount sequence, and the rename sequence, which the move
+/// bumps too (the kernel marks the destination a mount point under `rename_lock`, in
+/// `d_set_mounted`). The moves happen inside a private tmpfs of the test's own (a mount under a
+/// shared one cannot be moved).
+fn mount_moved_case(b: Backend) {
+    let arena = scenario_dir("mount-moved", b).join("arena");
+    std::fs::create_dir(&arena).expect("creating the arena");
+    let outer = Mounted::tmpfs(&arena);
+    mount(None, &arena, None, libc::MS_PRIVATE, "");
+    let (from, to) = (arena.join("m1"), arena.join("m2"));
+    std::fs::create_dir(&from).expect("creating a mount point");
+    std::fs::create_dir(&to).expect("creating a mount point");
+    let inner = Mounted::tmpfs(&from);
+    touch(&from.join("file"));
+    reregister(b);
+    let write = |dir: &Path| {
+        args(&[
+            "--cpu".as_ref(),
+            "0".as_ref(),
+            "write".as_ref(),
+            dir.join("file").as_ref(),
+        ])
+    };
+    // CPU 0 builds (and remembers) the path in the filesystem at its first place.
+    with_sensor(b, |runtime, sensor| {
+        drain(runtime, sensor);
+        run_actor(&write(&from)).expect("writing before the move");
+        drain(runtime, sensor);
+    });
+    let inner = inner.move_to(&to);
+    run_scenario(b, "mount_moved", |_| Scenario {
+        actor: write(&to),
+        expect: WRITE_CLOSE
+            .iter()
+            .map(|k| ev(*k, &to.join("file")))
+            .collect(),
+    });
+    drop(inner);
+    drop(outer);
+    reregister(b);
+}
+
+each_backend!(mount_moved, mount_moved_case);
 
 /// A filesystem mounted inside the watched tree is watched too (its root is registered when the
 /// roots are), and a filesystem with nothing watched on it is dropped at once by the kernel's
@@ -1044,7 +1182,7 @@ fn mounted_filesystems_case(b: Backend) {
     let outside = unwatched_dir("mounted", b).join("mnt");
     std::fs::create_dir(&inside).expect("mount point");
     std::fs::create_dir(&outside).expect("mount point");
-    let mounts = (Tmpfs::mount(&inside), Tmpfs::mount(&outside));
+    let mounts = (Mounted::tmpfs(&inside), Mounted::tmpfs(&outside));
     reregister(b);
     let (seen, unseen) = (inside.join("new"), outside.join("new"));
     run_scenario(b, "mounted_filesystems", |b| Scenario {

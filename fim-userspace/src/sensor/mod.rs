@@ -86,6 +86,7 @@ pub struct Sensor {
     filter_gen: aya::maps::Array<MapData, u64>,
     generation: u64,
     dir_memo: bool,
+    path_memo: bool,
     excluded: BpfHashMap<MapData, u32, Excluded>,
     registered: watch::FilterEntries,
     roots: Vec<WatchRoot>,
@@ -115,11 +116,14 @@ impl Sensor {
         // (fim-ebpf's dirmemo.rs); without its address the filter walks every time. The
         // programs read the sequence like the kernel's seqlock readers but without their read
         // barriers, which only x86's load ordering makes unnecessary.
-        let rename_lock = if cfg!(target_arch = "x86_64") {
-            host::kernel_symbol("rename_lock").unwrap_or(0)
-        } else {
-            0
+        let symbol = |name: &str| {
+            if cfg!(target_arch = "x86_64") {
+                host::kernel_symbol(name).unwrap_or(0)
+            } else {
+                0
+            }
         };
+        let rename_lock = symbol("rename_lock");
         if rename_lock == 0 {
             log::info!(
                 "the filter's directory memo is off on kernel {release} (x86_64 only, and \
@@ -127,9 +131,24 @@ impl Sensor {
                  filesystem root"
             );
         }
+        // The path memo (fim-ebpf's pathmemo.rs, lsm and fentry) is checked against the
+        // mount sequence too: a mount moved or unmounted changes paths without a rename.
+        let mount_lock = if rename_lock == 0 {
+            0
+        } else {
+            symbol("mount_lock")
+        };
+        if mount_lock == 0 && backend != Backend::Tracepoint {
+            log::info!(
+                "the path memo is off on kernel {release} (x86_64 only, and /proc/kallsyms \
+                 must list rename_lock and mount_lock): every watched event reads every \
+                 name of its path"
+            );
+        }
         let mut ebpf = EbpfLoader::new()
             .override_global("OFFSETS", &offsets, true)
             .override_global("RENAME_LOCK", &rename_lock, true)
+            .override_global("MOUNT_LOCK", &mount_lock, true)
             .map_max_entries("EVENTS", config.ring_buffer_bytes)
             .load(EBPF_OBJECT)
             .context("loading fim's embedded eBPF object (maps)")?;
@@ -169,6 +188,7 @@ impl Sensor {
             filter_gen,
             generation: 0,
             dir_memo: rename_lock != 0,
+            path_memo: mount_lock != 0 && backend != Backend::Tracepoint,
             excluded,
             registered: watch::FilterEntries::default(),
             roots: Vec::new(),
@@ -204,6 +224,12 @@ impl Sensor {
     /// from /proc/kallsyms).
     pub fn dir_memo(&self) -> bool {
         self.dir_memo
+    }
+
+    /// Whether the kernel side memoises the path of the last directory a path was built in
+    /// (lsm and fentry; it needs `rename_lock` and `mount_lock` from /proc/kallsyms).
+    pub fn path_memo(&self) -> bool {
+        self.path_memo
     }
 
     /// Replaces the watched roots. Returns the roots that could not be registered.
