@@ -1071,6 +1071,76 @@ fn watched_file_case(b: Backend) {
 
 each_backend!(watched_file, watched_file_case);
 
+/// Each record names its object as stat(2) does (device, inode number, file type): the daemon
+/// goes by them. lsm and fentry know the object of every record; the tracepoint backend that
+/// of an open file (open for writing, the close after a write), not of a path-only syscall.
+fn target_identity_case(b: Backend) {
+    use std::os::unix::fs::MetadataExt;
+    let dir = scenario_dir("target-identity", b);
+    let (file, gone) = (dir.join("file"), dir.join("gone"));
+    touch(&file);
+    touch(&gone);
+    let stat = |p: &Path| std::fs::metadata(p).expect("stat");
+    let (file_meta, gone_meta) = (stat(&file), stat(&gone));
+    let actor = args(&[
+        "write".as_ref(),
+        file.as_ref(),
+        "--".as_ref(),
+        "chmod".as_ref(),
+        file.as_ref(),
+        "0o600".as_ref(),
+        "--".as_ref(),
+        "unlink".as_ref(),
+        gone.as_ref(),
+    ]);
+    let kinds = [
+        EventKind::OpenWrite,
+        EventKind::Modified,
+        EventKind::Chmod,
+        EventKind::Unlink,
+    ];
+    with_sensor(b, |runtime, sensor| {
+        drain(runtime, sensor);
+        let pid = run_actor(&actor).expect("target_identity actor");
+        let events = collect(runtime, sensor, pid, kinds.len(), Duration::from_secs(10));
+        assert_eq!(
+            events.iter().map(|e| e.kind).collect::<Vec<_>>(),
+            kinds,
+            "{:#?}",
+            show(&events)
+        );
+        for event in &events {
+            let meta = if event.kind == EventKind::Unlink {
+                &gone_meta
+            } else {
+                &file_meta
+            };
+            let known = event.flags & fim_common::flags::TARGET_KNOWN != 0;
+            let expected_known =
+                lsm_like(b) || matches!(event.kind, EventKind::OpenWrite | EventKind::Modified);
+            assert_eq!(known, expected_known, "{}: target known", event.kind.name());
+            if !known {
+                continue;
+            }
+            assert_eq!(event.target.ino, meta.ino(), "{}: inode", event.kind.name());
+            assert_eq!(
+                event.target.dev,
+                fim::sensor::watch::kernel_dev(meta.dev()),
+                "{}: device",
+                event.kind.name()
+            );
+            assert_eq!(
+                event.target.mode & libc::S_IFMT,
+                libc::S_IFREG,
+                "{}: file type",
+                event.kind.name()
+            );
+        }
+    });
+}
+
+each_backend!(target_identity, target_identity_case);
+
 /// The directory memo needs `rename_lock` from /proc/kallsyms, and the path memo `mount_lock`
 /// too, which the VM kernels (Debian's) list; without them the memo scenarios above would pass
 /// without exercising them.
