@@ -213,27 +213,31 @@ impl Leaf {
         PATH_CAP - 1 - (self.len & 255)
     }
 
-    /// Lays out the memoised directory path, '/' and the name in the walk buffer as a
-    /// finished walk leaves them; false when the memo cannot serve.
+    /// Writes the memoised directory path, '/' and the name to `data[dst..]` (dst <
+    /// PATH_CAP); `None` when the memo cannot serve.
     #[inline(always)]
-    fn recall(self, buf: *mut u8, state: *mut Walk, mnt: *const u8) -> bool {
-        let end = self.end();
-        let Some((start, flags)) = pathmemo::recall(self.dir, mnt, self.stamp, buf, end) else {
-            return false;
-        };
-        // SAFETY: (end + 1) & MASK plus a length below 256 stays inside WALK_CAP.
+    fn recall(self, data: *mut u8, dst: usize, mnt: *const u8) -> Option<Piece> {
+        let dst = bounded(dst, MASK);
+        // SAFETY: dst < PATH_CAP, so PATH_CAP bytes are free there (DATA_CAP = 3 * PATH_CAP).
+        let (len, flags) = pathmemo::recall(
+            self.dir,
+            mnt,
+            self.stamp,
+            unsafe { data.add(dst) },
+            self.end(),
+        )?;
+        let slash = dst + (len & MASK);
+        // SAFETY: slash < 2 * PATH_CAP, and the name (below 256 bytes) after it stays inside
+        // DATA_CAP.
         unsafe {
-            *buf.add(bounded(end, MASK)) = b'/';
+            *data.add(bounded(slash, DATA_MASK)) = b'/';
             bpf_probe_read_kernel(
-                buf.add(bounded(end + 1, MASK)).cast(),
+                data.add(bounded(slash + 1, DATA_MASK)).cast(),
                 bounded(self.len, 255) as u32,
                 self.name.cast(),
             );
         }
-        set_field!(state, pos, start as u64);
-        set_field!(state, flags, flags);
-        set_field!(state, done, 1);
-        true
+        Some(Piece::new(len + 1 + self.len, flags as u16))
     }
 
     /// After a walk that reached the top: keeps the directory's part of the path.
@@ -293,27 +297,30 @@ pub fn build<const MEMO: bool>(
     } else {
         None
     };
-    if !leaf.is_some_and(|leaf| leaf.recall(buf, state, vfsmount)) {
-        set_field!(state, pos, PATH_CAP as u64);
-        set_field!(state, dentry, dentry as u64);
-        set_field!(state, mnt, vfsmount as u64);
-        set_field!(state, mount, mount as u64);
-        set_field!(state, mnt_root, mnt_root as u64);
-        set_field!(state, flags, 0);
-        set_field!(state, done, 0);
-        // bpf_loop (5.17+): the verifier checks the callback once instead of every iteration.
-        // SAFETY: the callback has the signature bpf_loop expects and takes no context.
-        unsafe {
-            bpf_loop(
-                BUILD_STEPS,
-                walk_callback as *mut core::ffi::c_void,
-                core::ptr::null_mut(),
-                0,
-            );
-        }
-        if let Some(leaf) = leaf {
-            leaf.remember(buf, state, vfsmount);
-        }
+    if let Some(leaf) = leaf
+        && let Some(piece) = leaf.recall(data, dst, vfsmount)
+    {
+        return piece;
+    }
+    set_field!(state, pos, PATH_CAP as u64);
+    set_field!(state, dentry, dentry as u64);
+    set_field!(state, mnt, vfsmount as u64);
+    set_field!(state, mount, mount as u64);
+    set_field!(state, mnt_root, mnt_root as u64);
+    set_field!(state, flags, 0);
+    set_field!(state, done, 0);
+    // bpf_loop (5.17+): the verifier checks the callback once instead of every iteration.
+    // SAFETY: the callback has the signature bpf_loop expects and takes no context.
+    unsafe {
+        bpf_loop(
+            BUILD_STEPS,
+            walk_callback as *mut core::ffi::c_void,
+            core::ptr::null_mut(),
+            0,
+        );
+    }
+    if let Some(leaf) = leaf {
+        leaf.remember(buf, state, vfsmount);
     }
     let mut out_flags = field!(state, flags) as u16;
     if field!(state, done) == 0 {

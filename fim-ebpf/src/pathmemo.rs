@@ -64,16 +64,16 @@ pub fn stamp() -> Option<Stamp> {
     })
 }
 
-/// Copies the memoised path of `dir` (seen through `mnt`) into `buf` so that it ends at
-/// `end`; returns where it starts and the walk's flags. `None` when the memo holds another
-/// directory, is stale, or the path would not leave a byte free before it.
+/// Copies the memoised path of `dir` (seen through `mnt`) to `dst` (where `PATH_CAP` bytes
+/// are free) and returns its length and the walk's flags. `None` when the memo holds another
+/// directory, is stale, or the path is not shorter than `room`.
 #[inline(always)]
 pub fn recall(
     dir: *const u8,
     mnt: *const u8,
     stamp: Stamp,
-    buf: *mut u8,
-    end: usize,
+    dst: *mut u8,
+    room: usize,
 ) -> Option<(usize, u64)> {
     let memo = PATHMEMO.get_ptr_mut(0)?;
     if field!(memo, dir) != dir as u64 {
@@ -86,14 +86,13 @@ pub fn recall(
         return None;
     }
     let len = field!(memo, len) as usize & MASK;
-    if len >= end {
+    if len >= room {
         return None;
     }
-    let start = end - len;
-    // SAFETY: (start & MASK) + (len & MASK) < WALK_CAP; the source is this map value's path.
+    // SAFETY: len & MASK < PATH_CAP bytes free at dst; the source is this map value's path.
     unsafe {
         bpf_probe_read_kernel(
-            buf.add(bounded(start, MASK)).cast(),
+            dst.cast(),
             bounded(len, MASK) as u32,
             (&raw const (*memo).path).cast(),
         )
@@ -103,7 +102,7 @@ pub fn recall(
     if field!(memo, dir) != dir as u64 {
         return None;
     }
-    Some((start, flags))
+    Some((len, flags))
 }
 
 /// Keeps `buf[start..start + len]` as the path of `dir` (seen through `mnt`) when neither
