@@ -25,7 +25,8 @@ const WALK_CAP: usize = 2 * PATH_CAP + 256;
 #[map]
 static WALKBUF: PerCpuArray<[u8; WALK_CAP]> = PerCpuArray::with_max_entries(1, 0);
 
-const MASK: usize = PATH_CAP - 1;
+/// Mask for offsets and lengths within one path.
+pub const MASK: usize = PATH_CAP - 1;
 
 /// Iterations of the path walk: every name takes at least two bytes ('/' and one character),
 /// so no more than `PATH_CAP / 2` names fit, plus one iteration per mount crossed. The walk

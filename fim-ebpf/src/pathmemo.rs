@@ -20,15 +20,13 @@ use fim_common::record::PATH_CAP;
 use crate::{
     dirmemo,
     kernel::{field, set_field},
-    path::bounded,
+    path::{MASK, bounded},
 };
 
 /// Address of the kernel's `mount_lock` (its first word is the sequence); 0: unknown, no
 /// memo. Set by user space before load.
 #[unsafe(no_mangle)]
 pub static MOUNT_LOCK: u64 = 0;
-
-const MASK: usize = PATH_CAP - 1;
 
 #[repr(C)]
 struct PathMemo {

@@ -9,7 +9,7 @@ use crate::{
     fuzz, paths, setup, vm, windows,
 };
 
-fn cargo() -> Command {
+pub(crate) fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(paths::workspace());
     c

@@ -442,7 +442,6 @@ fn labels() -> Vec<&'static str> {
 /// backend.
 const NATIVE_ONLY_TESTS: &[&str] = &["prometheus", "daemon_prometheus", "hostile"];
 
-/// Static builds of the integration test binaries and the test actor.
 /// A cargo command for static builds for the VM's target: static so the initramfs needs no
 /// libc; without debuginfo so it stays small and boots fast.
 fn static_cargo() -> Command {
@@ -450,8 +449,8 @@ fn static_cargo() -> Command {
         "CARGO_TARGET_{}_RUSTFLAGS",
         TARGET.to_uppercase().replace('-', "_")
     );
-    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    c.current_dir(paths::workspace()).env(
+    let mut c = crate::testing::cargo();
+    c.env(
         &rustflags_var,
         "-C target-feature=+crt-static -C strip=debuginfo",
     );
@@ -481,10 +480,10 @@ fn build_static_bench() -> Result<PathBuf> {
         .join("fim-sensor-bench"))
 }
 
+/// Static builds of the integration test binaries and the test actor.
 fn build_static_tests() -> Result<(Vec<PathBuf>, PathBuf)> {
     cmd::step("building static test binaries for the VM");
-    let cargo = static_cargo;
-    cmd::run(cargo().args([
+    cmd::run(static_cargo().args([
         "build",
         "--package",
         "fim-tests",
@@ -492,7 +491,7 @@ fn build_static_tests() -> Result<(Vec<PathBuf>, PathBuf)> {
         "--target",
         TARGET,
     ]))?;
-    let json = cmd::output(cargo().args([
+    let json = cmd::output(static_cargo().args([
         "test",
         "--package",
         "fim-tests",

@@ -133,7 +133,7 @@ impl Sensor {
         }
         // The path memo (fim-ebpf's pathmemo.rs, lsm and fentry) is checked against the
         // mount sequence too: a mount moved or unmounted changes paths without a rename.
-        let mount_lock = if rename_lock == 0 {
+        let mount_lock = if rename_lock == 0 || backend == Backend::Tracepoint {
             0
         } else {
             symbol("mount_lock")
@@ -188,7 +188,7 @@ impl Sensor {
             filter_gen,
             generation: 0,
             dir_memo: rename_lock != 0,
-            path_memo: mount_lock != 0 && backend != Backend::Tracepoint,
+            path_memo: mount_lock != 0,
             excluded,
             registered: watch::FilterEntries::default(),
             roots: Vec::new(),
