@@ -41,6 +41,8 @@ pub struct KernelOffsets {
     pub task_fs: u32,
     pub task_files: u32,
     pub task_nsproxy: u32,
+    pub task_comm: u32,
+    pub task_cgroups: u32,
     // struct cred
     pub cred_euid: u32,
     // struct fs_struct

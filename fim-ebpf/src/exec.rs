@@ -17,7 +17,7 @@ pub fn exec(backend: Backend) -> Result<(), i64> {
     if !offsets_loaded() || filter::actor_excluded() {
         return Ok(());
     }
-    let Some(record) = emit::start(EventKind::Exec, backend) else {
+    let Some(record) = emit::start::<false>(EventKind::Exec, backend) else {
         return Ok(());
     };
     let data = record.data.as_mut_ptr();

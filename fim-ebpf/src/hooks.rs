@@ -82,7 +82,7 @@ fn begin<const T: bool>(
     targets: &[Target],
 ) -> Option<&'static mut Record> {
     let (rule, decision_flags) = decide::<T>(targets)?;
-    let record = emit::start(kind, backend)?;
+    let record = emit::start::<T>(kind, backend)?;
     record.header.rule_id = rule;
     record.header.flags = decision_flags;
     Some(record)
@@ -338,7 +338,7 @@ pub fn file_closed<const T: bool>(backend: Backend, file: *const u8) -> Result<(
     }
     let f_path = file.wrapping_add(off!(file_f_path));
     let (mnt, dentry) = split_path::<T>(f_path)?;
-    let Some(record) = emit::start(EventKind::Modified, backend) else {
+    let Some(record) = emit::start::<T>(EventKind::Modified, backend) else {
         return Ok(());
     };
     record.header.rule_id = rule;

@@ -257,7 +257,7 @@ pub fn exit(ctx: &TracePointContext) -> Result<(), i64> {
         None => record.header.flags |= flags::FILTER_UNDECIDED,
     }
     // Only now, with the decision made, is the actor worth its kernel reads.
-    crate::actor::fill(&mut record.header.actor);
+    crate::actor::fill::<false>(&mut record.header.actor);
     if !opened_file.is_null() && pending.flags & (O_WRONLY | O_RDWR) != 0 {
         writers::opened(opened_file, record.header.rule_id);
     }

@@ -1297,3 +1297,68 @@ scenario!(chrooted_actor, |b| {
         expect,
     }
 });
+
+/// The actor of each record is the task's at that moment, also when it changes between
+/// records from one process on one CPU (lsm and fentry keep the last actor per CPU and reuse
+/// it while nothing it comes from changed): another thread, a new comm, new credentials.
+fn actor_changes_case(b: Backend) {
+    let dir = scenario_dir("actor-changes", b);
+    let names = ["first", "in-thread", "again", "renamed", "new-gid"];
+    let paths: Vec<PathBuf> = names.iter().map(|n| dir.join(n)).collect();
+    let mkdir = |p: &PathBuf| -> Vec<OsString> { args(&["mkdir".as_ref(), p.as_ref()]) };
+    let mut actor = args(&["--cpu".as_ref(), "0".as_ref()]);
+    let steps: Vec<Vec<OsString>> = vec![
+        mkdir(&paths[0]),
+        [vec!["thread".into()], mkdir(&paths[1])].concat(),
+        mkdir(&paths[2]),
+        args(&["comm".as_ref(), "fim-renamed".as_ref()]),
+        mkdir(&paths[3]),
+        args(&["setgid".as_ref(), "65534".as_ref()]),
+        mkdir(&paths[4]),
+    ];
+    for (i, step) in steps.into_iter().enumerate() {
+        if i > 0 {
+            actor.push("--".into());
+        }
+        actor.extend(step);
+    }
+    with_sensor(b, |runtime, sensor| {
+        drain(runtime, sensor);
+        let pid = run_actor(&actor).expect("actor_changes actor");
+        let events = collect(runtime, sensor, pid, names.len(), Duration::from_secs(10));
+        let expected: Vec<Expected> = paths.iter().map(|p| ev(EventKind::Mkdir, p)).collect();
+        let actual: Vec<Expected> = events
+            .iter()
+            .map(|e| Expected {
+                kind: e.kind,
+                path: e.path.clone(),
+                path2: e.path2.clone(),
+            })
+            .collect();
+        assert_eq!(actual, expected, "{:#?}", show(&events));
+        for (event, name) in events.iter().zip(names) {
+            let a = &event.actor;
+            assert_eq!(a.tgid, pid, "{name}: tgid");
+            assert_eq!(a.ppid, std::process::id(), "{name}: parent");
+            assert_eq!((a.uid, a.euid), (0, 0), "{name}: uid, euid");
+            assert_eq!(
+                a.pid != a.tgid,
+                name == "in-thread",
+                "{name}: thread id {} in process {}",
+                a.pid,
+                a.tgid
+            );
+            let comm = if matches!(name, "renamed" | "new-gid") {
+                "fim-renamed"
+            } else {
+                "fim-test-actor"
+            };
+            assert_eq!(event.comm(), comm, "{name}: comm");
+            let gid = if name == "new-gid" { 65534 } else { 0 };
+            assert_eq!(a.gid, gid, "{name}: gid");
+        }
+        assert_eq!(sensor.lost_events().unwrap(), 0, "records were lost");
+    });
+}
+
+each_backend!(actor_changes, actor_changes_case);

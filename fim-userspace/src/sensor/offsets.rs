@@ -36,6 +36,9 @@ pub fn resolve(btf: &KernelBtf) -> Result<KernelOffsets> {
         task_fs: o("task_struct", "fs")?,
         task_files: o("task_struct", "files")?,
         task_nsproxy: o("task_struct", "nsproxy")?,
+        task_comm: o("task_struct", "comm")?,
+        // Only with CONFIG_CGROUPS; 0 turns the actor memo off (see fim-ebpf's `actor`).
+        task_cgroups: o("task_struct", "cgroups").unwrap_or(0),
         cred_euid: o("cred", "euid")?,
         fs_struct_root: o("fs_struct", "root")?,
         fs_struct_pwd: o("fs_struct", "pwd")?,

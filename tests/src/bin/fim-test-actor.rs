@@ -295,6 +295,20 @@ fn perform(op: &[OsString]) -> io::Result<()> {
                 }
                 close(fd)
             }
+            // comm NAME: the thread's name (prctl PR_SET_NAME), what records show as comm
+            "comm" => check(libc::prctl(libc::PR_SET_NAME, c(a1)?.as_ptr(), 0, 0, 0)).map(|_| ()),
+            // setgid GID: real, effective and saved group id (new credentials)
+            "setgid" => {
+                let gid = number(a1)?;
+                check(libc::setresgid(gid, gid, gid)).map(|_| ())
+            }
+            // thread OP ARGS...: the operation in a new thread (another task of this process)
+            "thread" => {
+                let rest = op[1..].to_vec();
+                std::thread::spawn(move || perform(&rest))
+                    .join()
+                    .map_err(|_| io::Error::other("the thread panicked"))?
+            }
             // chdir DIR: later relative paths start there
             "chdir" => change_dir(std::path::Path::new(
                 a1.ok_or_else(|| io::Error::other("missing directory"))?,
