@@ -14,19 +14,26 @@
 //! the helper calls and volatile loads keep the compiler's order), so user space enables the
 //! memo on x86_64 only.
 //!
-//! The key is the directory's dentry and inode number: a dentry freed and reused in the same
-//! place with the same inode is the same directory to the walk, whose lookups are by inode.
+//! The key is the directory's dentry and inode number. A dentry is freed without any rename,
+//! and tmpfs frees a removed directory's at once: the next directory created may get the same
+//! memory, somewhere else, perhaps with the same inode number (filesystems reuse them). So the
+//! stamp also holds `DCACHE_GEN`, which the lsm and fentry programs bump whenever a dentry
+//! becomes a directory's (`instantiated`): a reused address is a new directory only once it
+//! has its inode, and no event can name it before that. The path memo (`pathmemo`) relies on
+//! the same generation.
 //!
 //! Programs on one CPU may interleave where the kernel preempts a BPF program (preempt=full,
 //! RT): an entry is written with its dentry cleared first and set last, and read the other
 //! way round, with the dentry checked again at the end, so a half-written entry never matches.
+
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
     macros::map,
     maps::{Array, PerCpuArray},
 };
 
-use crate::kernel::{field, read, set_field};
+use crate::kernel::{field, off, read, set_field};
 
 /// Address of the kernel's `rename_lock` (its first word is the sequence); 0: unknown, no
 /// memo. Set by user space before load.
@@ -37,12 +44,17 @@ pub static RENAME_LOCK: u64 = 0;
 #[map]
 static FILTER_GEN: Array<u64> = Array::with_max_entries(1, 0);
 
+/// Bumped by the lsm and fentry programs each time a dentry gets a directory's inode.
+#[map]
+static DCACHE_GEN: Array<u64> = Array::with_max_entries(1, 0);
+
 #[repr(C)]
 struct DirMemo {
     dentry: u64,
     ino: u64,
     seq: u64,
     generation: u64,
+    dcache: u64,
     verdict: u64,
 }
 
@@ -55,6 +67,7 @@ static DIRMEMO: PerCpuArray<DirMemo> = PerCpuArray::with_max_entries(1, 0);
 pub struct Stamp {
     seq: u64,
     generation: u64,
+    dcache: u64,
 }
 
 /// The sequence of the kernel seqlock at `lock`; `None` when its address is unknown (0) or
@@ -82,7 +95,42 @@ pub fn rename_seq() -> Option<u64> {
 pub fn stamp() -> Option<Stamp> {
     let seq = rename_seq()?;
     let generation = *FILTER_GEN.get(0)?;
-    Some(Stamp { seq, generation })
+    Some(Stamp {
+        seq,
+        generation,
+        dcache: dcache_gen()?,
+    })
+}
+
+/// How many dentries became directories' since load (see the module's comment).
+#[inline(always)]
+pub fn dcache_gen() -> Option<u64> {
+    DCACHE_GEN.get(0).copied()
+}
+
+const S_IFMT: u16 = 0o170000;
+const S_IFDIR: u16 = 0o040000;
+
+/// A dentry got its inode (`d_instantiate`, `d_add`, `d_splice_alias`, ...): when that is a
+/// directory, every CPU's memo entries made before may hold this dentry's address for another
+/// directory. Bumped before the kernel makes the dentry positive, so an event that finds the
+/// new directory sees the new generation. The inode through the helper (a typed argument's
+/// null check may be dropped, see `kernel::load`); unreadable, it counts as a directory.
+#[inline(always)]
+pub fn instantiated(inode: *const u8) {
+    let dir = match read::<u16>(inode, off!(inode_i_mode)) {
+        Ok(mode) => mode & S_IFMT == S_IFDIR,
+        Err(_) => true,
+    };
+    if !dir {
+        return;
+    }
+    if let Some(generation) = DCACHE_GEN.get_ptr_mut(0) {
+        // SAFETY: a valid, aligned map value. An atomic add (see `presence`): two CPUs
+        // bumping at once must not both write the same value, and on x86 it is a full
+        // barrier, before the kernel makes the dentry positive.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(generation, 1) };
+    }
 }
 
 /// The memoised raw verdict for directory `dentry` (inode number `ino`), if still valid.
@@ -94,6 +142,7 @@ pub fn recall(dentry: *const u8, ino: u64, stamp: Stamp) -> Option<u64> {
     }
     let fresh = field!(memo, generation) == stamp.generation
         && field!(memo, seq) == stamp.seq
+        && field!(memo, dcache) == stamp.dcache
         && field!(memo, ino) == ino;
     let verdict = field!(memo, verdict);
     if fresh && field!(memo, dentry) == dentry as u64 {
@@ -118,5 +167,6 @@ pub fn remember(dentry: *const u8, ino: u64, stamp: Stamp, verdict: u64) {
     set_field!(memo, ino, ino);
     set_field!(memo, seq, stamp.seq);
     set_field!(memo, generation, stamp.generation);
+    set_field!(memo, dcache, stamp.dcache);
     set_field!(memo, dentry, dentry as u64);
 }

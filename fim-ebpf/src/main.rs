@@ -291,6 +291,26 @@ pub fn fentry_file_free(ctx: FEntryContext) -> u32 {
     0
 }
 
+// A dentry got its inode: the memos' dentry generation (see `dirmemo::instantiated`). fentry:
+// nothing to check after.
+#[lsm(hook = "d_instantiate")]
+pub fn lsm_d_instantiate(ctx: LsmContext) -> i32 {
+    if kernel::floor() {
+        return 0;
+    }
+    dirmemo::instantiated(ctx.arg(1));
+    0
+}
+
+#[fentry(function = "security_d_instantiate")]
+pub fn fentry_d_instantiate(ctx: FEntryContext) -> u32 {
+    if kernel::floor() {
+        return 0;
+    }
+    dirmemo::instantiated(ctx.arg(1));
+    0
+}
+
 // ---------------------------------------------------------------------------------------------
 // Tracepoints: one sys_enter program per argument layout, one shared sys_exit program.
 

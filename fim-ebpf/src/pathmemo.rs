@@ -7,8 +7,10 @@
 //! A directory's path, seen through one mount, depends on its chain of ancestors and on the
 //! chain of mounts above it. The first changes only under the kernel's `rename_lock` (see
 //! `dirmemo`), the second only under `mount_lock` (mount, move, unmount), both seqlocks: the
-//! memo is valid while both sequences are unchanged. The key is the directory's dentry and
-//! the mount it was seen through (a bind mount shows the same dentry at another path).
+//! memo is valid while both sequences are unchanged, and no dentry became a directory's since
+//! (a removed directory's dentry may be freed and its memory reused for another directory:
+//! see `dirmemo`). The key is the directory's dentry and the mount it was seen through (a
+//! bind mount shows the same dentry at another path).
 //!
 //! As in `dirmemo`, user space gives both locks' addresses from /proc/kallsyms (no memo
 //! without them, and none off x86_64), and an entry is written with its dentry cleared first
@@ -34,6 +36,7 @@ struct PathMemo {
     mnt: u64,
     rename_seq: u64,
     mount_seq: u64,
+    dcache: u64,
     len: u64,
     /// The walk's flags (`PATH_FS_RELATIVE`).
     flags: u64,
@@ -43,11 +46,12 @@ struct PathMemo {
 #[map]
 static PATHMEMO: PerCpuArray<PathMemo> = PerCpuArray::with_max_entries(1, 0);
 
-/// Both sequences, read before the walk; `None` when the memo cannot be used now.
+/// Both sequences and the dentry generation, read before the walk; `None` when the memo cannot be used now.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Stamp {
     rename_seq: u64,
     mount_seq: u64,
+    dcache: u64,
 }
 
 #[inline(always)]
@@ -59,6 +63,7 @@ pub fn stamp() -> Option<Stamp> {
     Some(Stamp {
         rename_seq,
         mount_seq,
+        dcache: dirmemo::dcache_gen()?,
     })
 }
 
@@ -80,6 +85,7 @@ pub fn recall(
     if field!(memo, mnt) != mnt as u64
         || field!(memo, rename_seq) != stamp.rename_seq
         || field!(memo, mount_seq) != stamp.mount_seq
+        || field!(memo, dcache) != stamp.dcache
     {
         return None;
     }
@@ -135,5 +141,6 @@ pub fn remember(
     set_field!(memo, mnt, mnt as u64);
     set_field!(memo, rename_seq, taken.rename_seq);
     set_field!(memo, mount_seq, taken.mount_seq);
+    set_field!(memo, dcache, taken.dcache);
     set_field!(memo, dir, dir as u64);
 }

@@ -1362,3 +1362,52 @@ fn actor_changes_case(b: Backend) {
 }
 
 each_backend!(actor_changes, actor_changes_case);
+
+/// A directory removed and another created, on a filesystem that frees a dentry as soon as it
+/// is unused (tmpfs): the new directory's dentry often takes the old one's memory, while
+/// another CPU's memos still hold the old one's address with no rename or mount since. A
+/// change in the new directory must come out at its own path. Several rounds, as reuse is
+/// likely, not certain.
+fn directory_replaced_case(b: Backend) {
+    const ROUNDS: usize = 4;
+    let mnt = scenario_dir("replaced", b).join("mnt");
+    std::fs::create_dir(&mnt).expect("mount point");
+    let mounted = Mounted::tmpfs(&mnt);
+    reregister(b);
+    let mut actor: Vec<OsString> = args(&["--cpu".as_ref(), "1".as_ref()]);
+    let mut expect = Vec::new();
+    let mut op = |parts: &[&OsStr]| {
+        if actor.len() > 2 {
+            actor.push("--".into());
+        }
+        actor.extend(args(parts));
+    };
+    for round in 0..ROUNDS {
+        let (old, new) = (
+            mnt.join(format!("old{round}")),
+            mnt.join(format!("new{round}")),
+        );
+        std::fs::create_dir(&old).expect("creating the directory to remove");
+        let (x, y) = (old.join("x"), new.join("y"));
+        op(&["cpu".as_ref(), "1".as_ref()]);
+        op(&["create".as_ref(), x.as_ref()]);
+        op(&["cpu".as_ref(), "0".as_ref()]);
+        op(&["unlink".as_ref(), x.as_ref()]);
+        op(&["rmdir".as_ref(), old.as_ref()]);
+        // Past an RCU grace period, so that the old dentry is freed.
+        op(&["sleep".as_ref(), "100".as_ref()]);
+        op(&["mkdir".as_ref(), new.as_ref()]);
+        op(&["cpu".as_ref(), "1".as_ref()]);
+        op(&["create".as_ref(), y.as_ref()]);
+        expect.extend(created_written_closed(b, &x));
+        expect.push(ev(EventKind::Unlink, &x));
+        expect.push(ev(EventKind::Rmdir, &old));
+        expect.push(ev(EventKind::Mkdir, &new));
+        expect.extend(created_written_closed(b, &y));
+    }
+    run_scenario(b, "directory_replaced", |_| Scenario { actor, expect });
+    drop(mounted);
+    reregister(b);
+}
+
+each_backend!(directory_replaced, directory_replaced_case);

@@ -104,7 +104,10 @@ macro_rules! tp {
     };
 }
 
+// The memos' dentry generation first: no program may memoise before it counts (fim-ebpf's
+// dirmemo.rs).
 static LSM: &[ProgramSpec] = &[
+    lsm!("lsm_d_instantiate", "d_instantiate", &[D, ANY]),
     exec!("exec_lsm"),
     lsm!("lsm_path_mknod", "path_mknod", &[P, D, ANY, ANY]),
     lsm!("lsm_path_mkdir", "path_mkdir", &[P, D, ANY]),
@@ -133,6 +136,14 @@ static LSM: &[ProgramSpec] = &[
 ];
 
 static FEXIT: &[ProgramSpec] = &[
+    ProgramSpec {
+        name: "fentry_d_instantiate",
+        attach: Attach::Fentry {
+            function: "security_d_instantiate",
+        },
+        params: &[D, ANY],
+        optional: false,
+    },
     exec!("exec_fentry"),
     fexit!("fexit_path_mknod", "security_path_mknod", &[P, D, ANY, ANY]),
     fexit!("fexit_path_mkdir", "security_path_mkdir", &[P, D, ANY]),
