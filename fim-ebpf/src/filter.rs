@@ -37,6 +37,11 @@ pub fn maybe_present(bits: &Array<u64>, hash: u64) -> bool {
 #[map]
 static EXCLUDED: HashMap<u32, Excluded> = HashMap::with_max_entries(1024, 0);
 
+/// A bit per `EXCLUDED` tgid (`fim_common::bitmap`): a clear bit spares every record of a
+/// process that is not excluded the hash lookup.
+#[map]
+static EXCLUDED_BITS: Array<u64> = Array::with_max_entries(bitmap::WORDS, 0);
+
 /// The filter's decision, as one plain integer: a Rust enum with a payload lets LLVM move an
 /// undefined payload register around, which the verifier rejects as an uninitialised read.
 #[derive(Clone, Copy)]
@@ -94,6 +99,9 @@ impl Verdict {
 #[inline(always)]
 pub fn actor_excluded() -> bool {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if !maybe_present(&EXCLUDED_BITS, tgid as u64) {
+        return false;
+    }
     // SAFETY: copied out at once.
     let Some(start) = (unsafe { EXCLUDED.get(tgid).map(|e| e.start_boottime_ns) }) else {
         return false;

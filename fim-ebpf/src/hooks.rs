@@ -90,7 +90,8 @@ fn begin<const T: bool>(
 
 /// Fills `target` from a dentry's inode (if it has one) and its filesystem. The inode of an
 /// object the caller holds is loaded directly where the pointer is typed (three helper calls
-/// fewer); a name about to be created goes through the helper (see `filter::dentry_inode`).
+/// fewer); a name about to be created has none; one that may exist goes through the helper
+/// (see `filter::dentry_inode`).
 #[inline(always)]
 fn describe_target<const T: bool>(record: &mut Record, Target(dentry, presence): Target) {
     let header = &mut record.header;
@@ -102,7 +103,9 @@ fn describe_target<const T: bool>(record: &mut Record, Target(dentry, presence):
             header.target.mode = crate::kernel::load::<u16>(inode, off!(inode_i_mode)) as u32;
             header.flags |= flags::TARGET_KNOWN;
         }
-    } else if let Some(inode) = filter::dentry_inode(dentry) {
+    } else if presence != Presence::New
+        && let Some(inode) = filter::dentry_inode(dentry)
+    {
         header.target.ino = read::<u64>(inode, off!(inode_i_ino)).unwrap_or(0);
         header.target.mode = read::<u16>(inode, off!(inode_i_mode)).unwrap_or(0) as u32;
         header.flags |= flags::TARGET_KNOWN;

@@ -14,7 +14,7 @@ use fim_common::{
 };
 
 use crate::{
-    kernel::{field, load_ptr, off, read, read_ptr, set_field},
+    kernel::{field, load, load_ptr, off, read, read_ptr, set_field},
     pathmemo,
 };
 
@@ -191,11 +191,14 @@ struct Leaf {
 }
 
 impl Leaf {
+    /// `dentry` is a hook's typed pointer (the memo is lsm and fentry only): its parent and
+    /// name are plain loads (see `kernel::load`).
     #[inline(always)]
     fn of(dentry: *const u8) -> Option<Leaf> {
         let stamp = pathmemo::stamp()?;
-        let (dir, name, len) = dentry_fields(dentry)?;
-        let len = len as usize;
+        let dir = load_ptr(dentry, off!(dentry_d_parent));
+        let name = load_ptr(dentry, off!(dentry_d_name_name));
+        let len = load::<u32>(dentry, off!(dentry_d_name_len)) as usize;
         if dir == dentry || len == 0 || len > 255 {
             return None;
         }
@@ -286,6 +289,9 @@ pub fn build<const MEMO: bool>(
     };
     let mnt_root = if vfsmount.is_null() {
         core::ptr::null()
+    } else if MEMO {
+        // A hook's typed `struct path` member: a plain load (see `kernel::load`).
+        load_ptr(vfsmount, off!(vfsmount_mnt_root))
     } else {
         // Without it the walk could not tell where the mount starts: nothing is built.
         match read_ptr(vfsmount, off!(vfsmount_mnt_root)) {

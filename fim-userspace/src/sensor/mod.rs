@@ -88,6 +88,9 @@ pub struct Sensor {
     dir_memo: bool,
     path_memo: bool,
     excluded: BpfHashMap<MapData, u32, Excluded>,
+    /// The membership bitmap in front of `excluded` (keyed by tgid), and what it holds now.
+    excluded_bits: aya::maps::Array<MapData, u64>,
+    excluded_bitmap: Bitmap,
     registered: watch::FilterEntries,
     roots: Vec<WatchRoot>,
     /// The roots as user space matches undecided records against them.
@@ -173,6 +176,8 @@ impl Sensor {
             .context("PREFIX_BITS map")?;
         let filter_gen =
             aya::maps::Array::try_from(take(&mut ebpf, "FILTER_GEN")?).context("FILTER_GEN map")?;
+        let excluded_bits = aya::maps::Array::try_from(take(&mut ebpf, "EXCLUDED_BITS")?)
+            .context("EXCLUDED_BITS map")?;
         let mut sensor = Sensor {
             backend,
             // SAFETY: the ring buffer owns its map fd, which stays open and unchanged until the
@@ -190,6 +195,8 @@ impl Sensor {
             dir_memo: rename_lock != 0,
             path_memo: mount_lock != 0,
             excluded,
+            excluded_bits,
+            excluded_bitmap: Bitmap::of(std::iter::empty()),
             registered: watch::FilterEntries::default(),
             roots: Vec::new(),
             root_spellings: Vec::new(),
@@ -318,6 +325,8 @@ impl Sensor {
             _pad: 0,
             start_boottime_ns,
         };
+        // The bit first: the kernel looks the map up only where it is set.
+        self.set_excluded_bits(Some(tgid), true)?;
         if self.excluded.insert(tgid, value, 0).is_ok() {
             return Ok(());
         }
@@ -330,9 +339,27 @@ impl Sensor {
         for pid in gone {
             let _ = self.excluded.remove(&pid);
         }
+        // Clear what only the removed entries needed (after their removal).
+        self.set_excluded_bits(Some(tgid), false)?;
         self.excluded
             .insert(tgid, value, 0)
             .context("filling the EXCLUDED map")
+    }
+
+    /// Stores the bitmap of the `excluded` map's keys and `extra`; `keep`: also every bit set
+    /// now (only adding, no map read).
+    fn set_excluded_bits(&mut self, extra: Option<u32>, keep: bool) -> Result<()> {
+        let bits = if keep {
+            self.excluded_bitmap
+                .union(&Bitmap::of(extra.into_iter().map(u64::from)))
+        } else {
+            let keys: Vec<u32> = self.excluded.keys().filter_map(|k| k.ok()).collect();
+            Bitmap::of(keys.into_iter().chain(extra).map(u64::from))
+        };
+        bits.store(&mut self.excluded_bits, &self.excluded_bitmap)
+            .context("setting the EXCLUDED_BITS map")?;
+        self.excluded_bitmap = bits;
+        Ok(())
     }
 
     /// Waits until at least one event is available and appends everything available to `out`.
