@@ -220,6 +220,12 @@ pub struct RecordHeader {
     pub args: Args,
 }
 
+// The kernel side zeroes a header a word at a time.
+const _: () = assert!(
+    RecordHeader::SIZE.is_multiple_of(8) && core::mem::align_of::<RecordHeader>() == 8,
+    "RecordHeader must be a whole number of aligned 64-bit words"
+);
+
 /// Header plus data area, as built in the kernel's per-CPU scratch slot.
 #[repr(C)]
 #[derive(Clone, Copy)]

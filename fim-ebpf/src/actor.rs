@@ -2,8 +2,11 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        generated::{bpf_get_current_cgroup_id, bpf_get_current_task, bpf_get_current_task_btf},
+        bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        generated::{
+            bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_task,
+            bpf_get_current_task_btf,
+        },
     },
     macros::map,
     maps::PerCpuArray,
@@ -136,7 +139,11 @@ fn fill_fresh(actor: &mut Actor) {
     actor.pid = pid_tgid as u32;
     actor.uid = uid_gid as u32;
     actor.gid = (uid_gid >> 32) as u32;
-    actor.comm = bpf_get_current_comm().unwrap_or([0u8; 16]);
+    // Straight into the record: aya's wrapper goes through a zeroed stack buffer, which the
+    // BPF target zeroes and copies a byte at a time. The helper fills all 16 bytes (zeroes
+    // on failure).
+    // SAFETY: `comm` is 16 writable bytes.
+    unsafe { bpf_get_current_comm(actor.comm.as_mut_ptr().cast(), actor.comm.len() as u32) };
     // SAFETY: no preconditions.
     actor.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     actor.ppid = u32::MAX;

@@ -88,6 +88,21 @@ fn begin<const T: bool>(
     Some(record)
 }
 
+/// Copies `args` into the header field by field: an all-zero `Args` the compiler knows of
+/// becomes a call of the BPF target's `memset`, a byte loop.
+#[inline(always)]
+fn set_args(record: &mut Record, args: Args) {
+    let to = &raw mut record.header.args;
+    // SAFETY: fields of a valid header. Volatile, or the compiler merges zero stores back
+    // into a `memset`.
+    unsafe {
+        core::ptr::write_volatile(&raw mut (*to).mode, args.mode);
+        core::ptr::write_volatile(&raw mut (*to).uid, args.uid);
+        core::ptr::write_volatile(&raw mut (*to).gid, args.gid);
+        core::ptr::write_volatile(&raw mut (*to).flags, args.flags);
+    }
+}
+
 /// Fills `target` from a dentry's inode (if it has one) and its filesystem. The inode of an
 /// object the caller holds is loaded directly where the pointer is typed (three helper calls
 /// fewer); a name about to be created has none; one that may exist goes through the helper
@@ -179,7 +194,7 @@ pub fn dir_entry(
     let Some(record) = begin::<TYPED>(kind, backend, &[target]) else {
         return Ok(());
     };
-    record.header.args = args;
+    set_args(record, args);
     describe_target::<TYPED>(record, target);
     let len1 = set_path1::<TYPED>(record, dentry, mnt);
     if !symlink_target.is_null() {
@@ -203,7 +218,7 @@ pub fn on_path(
     let Some(record) = begin::<TYPED>(kind, backend, &[existing(dentry)]) else {
         return Ok(());
     };
-    record.header.args = args;
+    set_args(record, args);
     describe_target::<TYPED>(record, existing(dentry));
     set_path1_of::<TYPED>(record, path, (mnt, dentry), use_d_path);
     emit::submit(record, backend);
