@@ -59,12 +59,23 @@ pub fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool)
     }
 }
 
+/// Every complete line of a JSON-lines output file, parsed. The daemon may be in the middle
+/// of writing the last one (its buffered writer can split a line across writes): a line
+/// without its newline yet is not an event yet.
+pub fn json_lines(output: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(output).unwrap_or_default();
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+    complete
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("every output line is JSON"))
+        .collect()
+}
+
 /// The OCSF events in the output file about paths below `tree`.
 pub fn events(output: &Path, tree: &Path) -> Vec<Value> {
-    let text = std::fs::read_to_string(output).unwrap_or_default();
     let prefix = tree.to_string_lossy().into_owned();
-    text.lines()
-        .map(|l| serde_json::from_str::<Value>(l).expect("every output line is JSON"))
+    json_lines(output)
+        .into_iter()
         .filter(|e| {
             e["file"]["path"]
                 .as_str()

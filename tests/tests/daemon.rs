@@ -208,10 +208,8 @@ fn changes_are_reported_with_attribution_stored_and_counted() {
     assert_eq!(attributes["unmapped"]["fim"]["previous"]["uid"], 0);
     let refound = find(late, 1, &t);
     unknown(refound);
-    let text = std::fs::read_to_string(&output).unwrap();
-    let findings: Vec<Value> = text
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+    let findings: Vec<Value> = fim_tests::daemon::json_lines(&output)
+        .into_iter()
         .filter(|e| e["class_uid"] == 2004)
         .collect();
     assert_eq!(findings.len(), 1, "{findings:#?}");

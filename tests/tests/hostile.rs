@@ -215,11 +215,7 @@ fn path_of(e: &Value, object: &str) -> Vec<u8> {
 }
 
 fn read_events(output: &Path) -> Vec<Value> {
-    std::fs::read_to_string(output)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("every output line is one JSON object"))
-        .collect()
+    fim_tests::daemon::json_lines(output)
 }
 
 fn about<'a>(events: &'a [Value], path: &Path) -> Vec<&'a Value> {
