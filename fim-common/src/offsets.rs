@@ -42,8 +42,11 @@ pub struct KernelOffsets {
     pub task_files: u32,
     pub task_nsproxy: u32,
     pub task_comm: u32,
-    pub task_cgroups: u32,
+    pub task_pid: u32,
+    pub task_flags: u32,
     // struct cred
+    pub cred_uid: u32,
+    pub cred_gid: u32,
     pub cred_euid: u32,
     // struct fs_struct
     pub fs_struct_root: u32,

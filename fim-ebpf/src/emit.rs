@@ -23,11 +23,11 @@ static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(4, 0);
 static SCRATCH: PerCpuArray<Record> = PerCpuArray::with_max_entries(1, 0);
 
 /// The scratch record with a fresh header for `kind`/`backend` and the actor filled in
-/// (`MEMO`: see `actor::fill`).
+/// (`TYPED`: see `actor::fill`).
 #[inline(always)]
-pub fn start<const MEMO: bool>(kind: EventKind, backend: Backend) -> Option<&'static mut Record> {
+pub fn start<const TYPED: bool>(kind: EventKind, backend: Backend) -> Option<&'static mut Record> {
     let record = start_bare(kind, backend)?;
-    crate::actor::fill::<MEMO>(&mut record.header.actor);
+    crate::actor::fill::<TYPED>(&mut record.header.actor);
     Some(record)
 }
 

@@ -1299,8 +1299,8 @@ scenario!(chrooted_actor, |b| {
 });
 
 /// The actor of each record is the task's at that moment, also when it changes between
-/// records from one process on one CPU (lsm and fentry keep the last actor per CPU and reuse
-/// it while nothing it comes from changed): another thread, a new comm, new credentials.
+/// records from one process on one CPU: another thread, a new comm, new credentials (lsm and
+/// fentry read them by plain loads, the tracepoint backend through helpers).
 fn actor_changes_case(b: Backend) {
     let dir = scenario_dir("actor-changes", b);
     let names = ["first", "in-thread", "again", "renamed", "new-gid"];

@@ -37,8 +37,10 @@ pub fn resolve(btf: &KernelBtf) -> Result<KernelOffsets> {
         task_files: o("task_struct", "files")?,
         task_nsproxy: o("task_struct", "nsproxy")?,
         task_comm: o("task_struct", "comm")?,
-        // Only with CONFIG_CGROUPS; 0 turns the actor memo off (see fim-ebpf's `actor`).
-        task_cgroups: o("task_struct", "cgroups").unwrap_or(0),
+        task_pid: o("task_struct", "pid")?,
+        task_flags: o("task_struct", "flags")?,
+        cred_uid: o("cred", "uid")?,
+        cred_gid: o("cred", "gid")?,
         cred_euid: o("cred", "euid")?,
         fs_struct_root: o("fs_struct", "root")?,
         fs_struct_pwd: o("fs_struct", "pwd")?,
