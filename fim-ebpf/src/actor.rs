@@ -65,17 +65,9 @@ pub fn fill<const TYPED: bool>(actor: &mut Actor) {
     }
     // SAFETY: no preconditions.
     actor.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    actor.ppid = u32::MAX;
-    let parent = load_ptr(task, off!(task_real_parent));
-    if !parent.is_null() {
-        actor.ppid = load::<u32>(parent, off!(task_tgid));
-    }
+    actor.ppid = parent_tgid(task);
     actor.loginuid = loginuid();
-    actor.start_boottime_ns = 0;
-    let leader = load_ptr(task, off!(task_group_leader));
-    if !leader.is_null() {
-        actor.start_boottime_ns = load::<u64>(leader, off!(task_start_boottime));
-    }
+    actor.start_boottime_ns = group_start(task);
     // `nsproxy` is null once an exiting task has left its namespaces (files it wrote are
     // released after that), and a verifier may take it for never null (see `kernel::load`):
     // plain loads only while the task is not exiting, which it cannot start to do while it
@@ -130,20 +122,35 @@ fn fill_fresh(actor: &mut Actor) {
         return;
     }
     let task = current_task_btf();
-    let parent = load_ptr(task, off!(task_real_parent));
-    if !parent.is_null() {
-        actor.ppid = load::<u32>(parent, off!(task_tgid));
-    }
+    actor.ppid = parent_tgid(task);
     let cred = load_ptr(task, off!(task_cred));
     if !cred.is_null() {
         actor.euid = load::<u32>(cred, off!(cred_euid));
     }
     actor.loginuid = loginuid();
-    let leader = load_ptr(task, off!(task_group_leader));
-    if !leader.is_null() {
-        actor.start_boottime_ns = load::<u64>(leader, off!(task_start_boottime));
-    }
+    actor.start_boottime_ns = group_start(task);
     actor.mnt_ns = mnt_ns_read();
+}
+
+/// The parent's tgid (`u32::MAX` when there is none) of `task`, a typed pointer.
+#[inline(always)]
+fn parent_tgid(task: *const u8) -> u32 {
+    let parent = load_ptr(task, off!(task_real_parent));
+    if parent.is_null() {
+        return u32::MAX;
+    }
+    load::<u32>(parent, off!(task_tgid))
+}
+
+/// The start time of `task`'s thread group (0 when unknown), what user space keys processes
+/// by; `task` is a typed pointer.
+#[inline(always)]
+pub fn group_start(task: *const u8) -> u64 {
+    let leader = load_ptr(task, off!(task_group_leader));
+    if leader.is_null() {
+        return 0;
+    }
+    load::<u64>(leader, off!(task_start_boottime))
 }
 
 /// The mount namespace's inode number through the helper: `nsproxy` is null once an exiting

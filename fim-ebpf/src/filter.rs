@@ -12,7 +12,7 @@ use fim_common::{Excluded, WatchKey, WatchValue, bitmap, record::MAX_WALK_DEPTH,
 
 use crate::{
     dirmemo,
-    kernel::{load, load_ptr, member, member_ptr, off, read_ptr},
+    kernel::{member, member_ptr, off, read_ptr},
 };
 
 #[map]
@@ -106,17 +106,7 @@ pub fn actor_excluded() -> bool {
     let Some(start) = (unsafe { EXCLUDED.get(tgid).map(|e| e.start_boottime_ns) }) else {
         return false;
     };
-    start == 0 || start == current_start_boottime()
-}
-
-/// Start time of the current thread group (what user space keys processes by).
-fn current_start_boottime() -> u64 {
-    let task = crate::actor::current_task_btf();
-    let leader = load_ptr(task, off!(task_group_leader));
-    if leader.is_null() {
-        return 0;
-    }
-    load::<u64>(leader, off!(task_start_boottime))
+    start == 0 || start == crate::actor::group_start(crate::actor::current_task_btf())
 }
 
 /// The device number of the filesystem a dentry lives on. `TYPED`: see `kernel::member`.

@@ -40,6 +40,17 @@ fn ev2(kind: EventKind, path: &Path, path2: &[u8]) -> Expected {
     }
 }
 
+impl Expected {
+    /// What a record says, in the terms scenarios expect.
+    fn of(e: &Event) -> Expected {
+        Expected {
+            kind: e.kind,
+            path: e.path.clone(),
+            path2: e.path2.clone(),
+        }
+    }
+}
+
 /// What a scenario does and expects.
 struct Scenario {
     actor: Vec<OsString>,
@@ -98,14 +109,7 @@ fn run_scenario(backend: Backend, name: &str, build: impl FnOnce(Backend) -> Sce
             scenario.expect.len(),
             Duration::from_secs(10),
         );
-        let actual: Vec<Expected> = events
-            .iter()
-            .map(|e| Expected {
-                kind: e.kind,
-                path: e.path.clone(),
-                path2: e.path2.clone(),
-            })
-            .collect();
+        let actual: Vec<Expected> = events.iter().map(Expected::of).collect();
         assert_eq!(
             actual,
             scenario.expect,
@@ -1327,14 +1331,7 @@ fn actor_changes_case(b: Backend) {
         let pid = run_actor(&actor).expect("actor_changes actor");
         let events = collect(runtime, sensor, pid, names.len(), Duration::from_secs(10));
         let expected: Vec<Expected> = paths.iter().map(|p| ev(EventKind::Mkdir, p)).collect();
-        let actual: Vec<Expected> = events
-            .iter()
-            .map(|e| Expected {
-                kind: e.kind,
-                path: e.path.clone(),
-                path2: e.path2.clone(),
-            })
-            .collect();
+        let actual: Vec<Expected> = events.iter().map(Expected::of).collect();
         assert_eq!(actual, expected, "{:#?}", show(&events));
         for (event, name) in events.iter().zip(names) {
             let a = &event.actor;
