@@ -292,6 +292,12 @@ pub mod watch {
     pub const WATCHING: u32 = RECURSIVE | CHILDREN | SELF;
 }
 
+/// The memos' dentry generation (fim-ebpf's `dirmemo`) while it is not known to count every
+/// directory move: user space sets it at load and clears it once the program on the kernel's
+/// `__d_move` is attached. No memo is used while this bit is set; the programs' bumps leave it
+/// set.
+pub const DCACHE_GEN_UNTRACKED: u64 = 1 << 63;
+
 /// Value of the watched-roots map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -5,22 +5,31 @@
 //!
 //! A directory's verdict depends on the chain of its ancestors and on the watched roots. The
 //! chain changes only through the dcache's `__d_move` (rename, exchange, a directory alias
-//! spliced in), which always runs under the kernel's `rename_lock` seqlock, so the memo is
-//! valid while that lock's sequence is unchanged, exactly as the kernel's own lockless path
-//! walks check it. User space gives the lock's address (from /proc/kallsyms; no memo when the
-//! kernel does not list data symbols) and bumps `FILTER_GEN` after every change of the roots.
-//! The sequence is read before and after the walk with no barrier between: sound where loads
-//! are not reordered with loads (x86, where the kernel's `smp_rmb` is a compiler barrier too;
-//! the helper calls and volatile loads keep the compiler's order), so user space enables the
-//! memo on x86_64 only.
+//! spliced in), which always runs with the kernel's `rename_lock` seqlock held for writing.
+//! A memo holds `DCACHE_GEN`, which the lsm and fentry programs bump when `__d_move` has moved
+//! a directory (`moved`; a file's move changes no directory's chain, so the memos outlive the
+//! renames of files that most workloads make), and it is valid while that generation and
+//! `FILTER_GEN` (bumped by user space after every change of the roots) are unchanged: a check
+//! reads two array slots and calls no helper.
+//!
+//! The bump comes at `__d_move`'s exit, so a walk may see a chain in the middle of a move
+//! that has not counted yet. A walk's result is therefore only kept when `rename_lock`'s
+//! sequence, read before and after it (on a miss only), is even and unchanged: a move that
+//! overlapped the walk changed it, and one that starts later bumps the generation before it
+//! releases the lock. User space gives the lock's address (from /proc/kallsyms; no memo when
+//! the kernel does not list data symbols). Until the bump, a check may still find the old
+//! chain: the same as the kernel's own hooks, which all run before the change they announce,
+//! racing a rename on another CPU. The sequence is read with no barrier between its reads and
+//! the walk: sound where loads are not reordered with loads (x86, where the kernel's `smp_rmb`
+//! is a compiler barrier too; the helper calls and volatile loads keep the compiler's order),
+//! so user space enables the memo on x86_64 only.
 //!
 //! The key is the directory's dentry and inode number. A dentry is freed without any rename,
 //! and tmpfs frees a removed directory's at once: the next directory created may get the same
-//! memory, somewhere else, perhaps with the same inode number (filesystems reuse them). So the
-//! stamp also holds `DCACHE_GEN`, which the lsm and fentry programs bump whenever a dentry
-//! becomes a directory's (`instantiated`): a reused address is a new directory only once it
-//! has its inode, and no event can name it before that. The path memo (`pathmemo`) relies on
-//! the same generation.
+//! memory, somewhere else, perhaps with the same inode number (filesystems reuse them). So
+//! `DCACHE_GEN` is also bumped whenever a dentry becomes a directory's (`instantiated`): a
+//! reused address is a new directory only once it has its inode, and no event can name it
+//! before that. The path memo (`pathmemo`) relies on the same generation.
 //!
 //! Programs on one CPU may interleave where the kernel preempts a BPF program (preempt=full,
 //! RT): an entry is written with its dentry cleared first and set last, and read the other
@@ -33,7 +42,9 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray},
 };
 
-use crate::kernel::{field, off, read, set_field};
+use fim_common::record::DCACHE_GEN_UNTRACKED;
+
+use crate::kernel::{field, off, read, read_ptr, set_field};
 
 /// Address of the kernel's `rename_lock` (its first word is the sequence); 0: unknown, no
 /// memo. Set by user space before load.
@@ -44,7 +55,8 @@ pub static RENAME_LOCK: u64 = 0;
 #[map]
 static FILTER_GEN: Array<u64> = Array::with_max_entries(1, 0);
 
-/// Bumped by the lsm and fentry programs each time a dentry gets a directory's inode.
+/// Bumped by the lsm and fentry programs each time a dentry gets a directory's inode or a
+/// directory's dentry moves; holds `DCACHE_GEN_UNTRACKED` until moves are counted.
 #[map]
 static DCACHE_GEN: Array<u64> = Array::with_max_entries(1, 0);
 
@@ -52,7 +64,6 @@ static DCACHE_GEN: Array<u64> = Array::with_max_entries(1, 0);
 struct DirMemo {
     dentry: u64,
     ino: u64,
-    seq: u64,
     generation: u64,
     dcache: u64,
     verdict: u64,
@@ -61,11 +72,10 @@ struct DirMemo {
 #[map]
 static DIRMEMO: PerCpuArray<DirMemo> = PerCpuArray::with_max_entries(1, 0);
 
-/// When the memo may be used: the rename sequence (even: no rename in progress) and the
-/// roots' generation, read before the walk.
+/// When the memo may be used: the roots' generation and the dentry generation, read before
+/// anything else.
 #[derive(Clone, Copy)]
 pub struct Stamp {
-    seq: u64,
     generation: u64,
     dcache: u64,
 }
@@ -90,22 +100,25 @@ pub fn rename_seq() -> Option<u64> {
     lock_seq(unsafe { core::ptr::read_volatile(&raw const RENAME_LOCK) })
 }
 
-/// The current stamp; `None` when the memo cannot be used now.
+/// The current stamp; `None` when the memo cannot be used.
 #[inline(always)]
 pub fn stamp() -> Option<Stamp> {
-    let seq = rename_seq()?;
     let generation = *FILTER_GEN.get(0)?;
     Some(Stamp {
-        seq,
         generation,
         dcache: dcache_gen()?,
     })
 }
 
-/// How many dentries became directories' since load (see the module's comment).
+/// How many dentries became directories' and directories moved since load (see the
+/// module's comment); `None` while moves are not counted.
 #[inline(always)]
 pub fn dcache_gen() -> Option<u64> {
-    DCACHE_GEN.get(0).copied()
+    let generation = DCACHE_GEN.get(0).copied()?;
+    if generation & DCACHE_GEN_UNTRACKED != 0 {
+        return None;
+    }
+    Some(generation)
 }
 
 const S_IFMT: u16 = 0o170000;
@@ -122,13 +135,40 @@ pub fn instantiated(inode: *const u8) {
         Ok(mode) => mode & S_IFMT == S_IFDIR,
         Err(_) => true,
     };
-    if !dir {
-        return;
+    if dir {
+        bump();
     }
+}
+
+/// `__d_move(dentry, target, exchange)` has returned (rename_lock still held): when it moved
+/// a directory, every CPU's memo entries made before may hold a chain that changed. A moved
+/// `dentry` that is a directory, or with `exchange` a `target` that is one (a directory
+/// exchanged with a file moves, and a plain move leaves `target` where it was, unhashed).
+/// Inodes through the helper; unreadable, they count as directories.
+#[inline(always)]
+pub fn moved(dentry: *const u8, target: *const u8, exchange: bool) {
+    if is_directory(dentry) || (exchange && is_directory(target)) {
+        bump();
+    }
+}
+
+#[inline(always)]
+fn is_directory(dentry: *const u8) -> bool {
+    let Ok(inode) = read_ptr(dentry, off!(dentry_d_inode)) else {
+        return true;
+    };
+    match read::<u16>(inode, off!(inode_i_mode)) {
+        Ok(mode) => mode & S_IFMT == S_IFDIR,
+        Err(_) => true,
+    }
+}
+
+#[inline(always)]
+fn bump() {
     if let Some(generation) = DCACHE_GEN.get_ptr_mut(0) {
         // SAFETY: a valid, aligned map value. An atomic add (see `presence`): two CPUs
         // bumping at once must not both write the same value, and on x86 it is a full
-        // barrier, before the kernel makes the dentry positive.
+        // barrier, before the kernel makes the dentry positive or releases rename_lock.
         unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(generation, 1) };
     }
 }
@@ -141,7 +181,6 @@ pub fn recall(dentry: *const u8, ino: u64, stamp: Stamp) -> Option<u64> {
         return None;
     }
     let fresh = field!(memo, generation) == stamp.generation
-        && field!(memo, seq) == stamp.seq
         && field!(memo, dcache) == stamp.dcache
         && field!(memo, ino) == ino;
     let verdict = field!(memo, verdict);
@@ -152,11 +191,11 @@ pub fn recall(dentry: *const u8, ino: u64, stamp: Stamp) -> Option<u64> {
     }
 }
 
-/// Keeps `verdict` for `dentry` when no rename ran since `stamp` was taken (the walk may have
-/// seen a chain in the middle of a move).
+/// Keeps `verdict` for `dentry` when the rename sequence is still `seq` (read before the
+/// walk, which may have seen a chain in the middle of a move).
 #[inline(always)]
-pub fn remember(dentry: *const u8, ino: u64, stamp: Stamp, verdict: u64) {
-    if rename_seq() != Some(stamp.seq) {
+pub fn remember(dentry: *const u8, ino: u64, stamp: Stamp, seq: u64, verdict: u64) {
+    if rename_seq() != Some(seq) {
         return;
     }
     let Some(memo) = DIRMEMO.get_ptr_mut(0) else {
@@ -165,7 +204,6 @@ pub fn remember(dentry: *const u8, ino: u64, stamp: Stamp, verdict: u64) {
     set_field!(memo, dentry, 0);
     set_field!(memo, verdict, verdict);
     set_field!(memo, ino, ino);
-    set_field!(memo, seq, stamp.seq);
     set_field!(memo, generation, stamp.generation);
     set_field!(memo, dcache, stamp.dcache);
     set_field!(memo, dentry, dentry as u64);

@@ -212,11 +212,13 @@ pub fn check<const TYPED: bool>(target: *const u8, presence: Presence) -> Verdic
     {
         return Verdict::from_raw(raw);
     }
+    // A miss: the walk's verdict is kept only if no rename ran meanwhile (see `dirmemo`).
+    let seq = stamp.and_then(|_| dirmemo::rename_seq());
     let verdict = walk::<TYPED>(dev, parent);
-    if let Some(stamp) = stamp
+    if let (Some(stamp), Some(seq)) = (stamp, seq)
         && !verdict.is_undecided()
     {
-        dirmemo::remember(parent, parent_ino, stamp, verdict.raw());
+        dirmemo::remember(parent, parent_ino, stamp, seq, verdict.raw());
     }
     verdict
 }

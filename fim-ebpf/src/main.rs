@@ -311,6 +311,20 @@ pub fn fentry_d_instantiate(ctx: FEntryContext) -> u32 {
     0
 }
 
+// A dentry moved (rename, exchange, a directory alias spliced in): the memos' dentry
+// generation when it was a directory (see `dirmemo::moved`). Both lsm and fentry attach it,
+// first of all: no program may memoise before moves count.
+#[fexit(function = "__d_move")]
+pub fn fexit_d_move(ctx: FExitContext) -> u32 {
+    if kernel::floor() {
+        return 0;
+    }
+    let exchange: u64 = ctx.arg(2);
+    // A bool argument: only its low byte is defined.
+    dirmemo::moved(ctx.arg(0), ctx.arg(1), exchange as u8 != 0);
+    0
+}
+
 // ---------------------------------------------------------------------------------------------
 // Tracepoints: one sys_enter program per argument layout, one shared sys_exit program.
 

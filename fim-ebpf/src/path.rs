@@ -14,6 +14,7 @@ use fim_common::{
 };
 
 use crate::{
+    dirmemo,
     kernel::{field, load, load_ptr, off, read, read_ptr, set_field},
     pathmemo,
 };
@@ -246,7 +247,7 @@ impl Leaf {
 
     /// After a walk that reached the top: keeps the directory's part of the path.
     #[inline(always)]
-    fn remember(self, buf: *const u8, state: *mut Walk, mnt: *const u8) {
+    fn remember(self, buf: *const u8, state: *mut Walk, mnt: *const u8, rename_seq: u64) {
         if field!(state, done) == 0 {
             return;
         }
@@ -258,7 +259,7 @@ impl Leaf {
         pathmemo::remember(
             self.dir,
             mnt,
-            self.stamp,
+            (self.stamp, rename_seq),
             buf,
             (pos, end - pos),
             field!(state, flags),
@@ -309,6 +310,8 @@ pub fn build<const MEMO: bool>(
     {
         return piece;
     }
+    // A miss: the walk's result is kept only if no rename ran meanwhile (see `dirmemo`).
+    let rename_seq = leaf.and_then(|_| dirmemo::rename_seq());
     set_field!(state, pos, PATH_CAP as u64);
     set_field!(state, dentry, dentry as u64);
     set_field!(state, mnt, vfsmount as u64);
@@ -326,8 +329,8 @@ pub fn build<const MEMO: bool>(
             0,
         );
     }
-    if let Some(leaf) = leaf {
-        leaf.remember(buf, state, vfsmount);
+    if let (Some(leaf), Some(seq)) = (leaf, rename_seq) {
+        leaf.remember(buf, state, vfsmount, seq);
     }
     let mut out_flags = field!(state, flags) as u16;
     if field!(state, done) == 0 {

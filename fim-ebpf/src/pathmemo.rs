@@ -5,12 +5,13 @@
 //! cost about 2,200 instructions of the 4,800 a record took on 6.1.
 //!
 //! A directory's path, seen through one mount, depends on its chain of ancestors and on the
-//! chain of mounts above it. The first changes only under the kernel's `rename_lock` (see
-//! `dirmemo`), the second only under `mount_lock` (mount, move, unmount), both seqlocks: the
-//! memo is valid while both sequences are unchanged, and no dentry became a directory's since
-//! (a removed directory's dentry may be freed and its memory reused for another directory:
-//! see `dirmemo`). The key is the directory's dentry and the mount it was seen through (a
-//! bind mount shows the same dentry at another path).
+//! chain of mounts above it. The first changes only when `__d_move` moves a directory, which
+//! bumps the dentry generation (see `dirmemo`; a walk's result is kept only when the kernel's
+//! `rename_lock` sequence did not move during it), the second only under `mount_lock` (mount,
+//! move, unmount), a seqlock: the memo is valid while that sequence and the dentry generation
+//! are unchanged (a removed directory's dentry may be freed and its memory reused for another
+//! directory: see `dirmemo`). The key is the directory's dentry and the mount it was seen
+//! through (a bind mount shows the same dentry at another path).
 //!
 //! As in `dirmemo`, user space gives both locks' addresses from /proc/kallsyms (no memo
 //! without them, and none off x86_64), and an entry is written with its dentry cleared first
@@ -34,7 +35,6 @@ pub static MOUNT_LOCK: u64 = 0;
 struct PathMemo {
     dir: u64,
     mnt: u64,
-    rename_seq: u64,
     mount_seq: u64,
     dcache: u64,
     len: u64,
@@ -46,10 +46,10 @@ struct PathMemo {
 #[map]
 static PATHMEMO: PerCpuArray<PathMemo> = PerCpuArray::with_max_entries(1, 0);
 
-/// Both sequences and the dentry generation, read before the walk; `None` when the memo cannot be used now.
+/// The mount sequence and the dentry generation, read before anything else; `None` when the
+/// memo cannot be used now.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Stamp {
-    rename_seq: u64,
     mount_seq: u64,
     dcache: u64,
 }
@@ -59,9 +59,7 @@ pub fn stamp() -> Option<Stamp> {
     // SAFETY: volatile so the zero initialiser is not folded into the code.
     let mount_lock = unsafe { core::ptr::read_volatile(&raw const MOUNT_LOCK) };
     let mount_seq = dirmemo::lock_seq(mount_lock)?;
-    let rename_seq = dirmemo::rename_seq()?;
     Some(Stamp {
-        rename_seq,
         mount_seq,
         dcache: dirmemo::dcache_gen()?,
     })
@@ -83,7 +81,6 @@ pub fn recall(
         return None;
     }
     if field!(memo, mnt) != mnt as u64
-        || field!(memo, rename_seq) != stamp.rename_seq
         || field!(memo, mount_seq) != stamp.mount_seq
         || field!(memo, dcache) != stamp.dcache
     {
@@ -109,18 +106,19 @@ pub fn recall(
     Some((len, flags))
 }
 
-/// Keeps `buf[start..start + len]` as the path of `dir` (seen through `mnt`) when neither
-/// sequence moved since `taken` (the walk may have seen a chain mid-move).
+/// Keeps `buf[start..start + len]` as the path of `dir` (seen through `mnt`) when the stamp
+/// is still `taken` and the rename sequence still `rename_seq`, read before the walk (which
+/// may have seen a chain mid-move).
 #[inline(always)]
 pub fn remember(
     dir: *const u8,
     mnt: *const u8,
-    taken: Stamp,
+    (taken, rename_seq): (Stamp, u64),
     buf: *const u8,
     (start, len): (usize, usize),
     flags: u64,
 ) {
-    if stamp() != Some(taken) {
+    if stamp() != Some(taken) || dirmemo::rename_seq() != Some(rename_seq) {
         return;
     }
     let Some(memo) = PATHMEMO.get_ptr_mut(0) else {
@@ -139,7 +137,6 @@ pub fn remember(
     set_field!(memo, len, len as u64);
     set_field!(memo, flags, flags);
     set_field!(memo, mnt, mnt as u64);
-    set_field!(memo, rename_seq, taken.rename_seq);
     set_field!(memo, mount_seq, taken.mount_seq);
     set_field!(memo, dcache, taken.dcache);
     set_field!(memo, dir, dir as u64);

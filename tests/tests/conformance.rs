@@ -443,6 +443,45 @@ scenario!(directory_moved_within_watched, |b| {
     }
 });
 
+// The same with a directory exchanged with a file (renameat2 RENAME_EXCHANGE, the file
+// named first): the kernel moves both, so the directory moves though the rename's source is
+// a file, and the memos must drop its old path.
+scenario!(directory_exchanged_with_file, |b| {
+    let dir = scenario_dir("dir-exchanged", b);
+    let (d, f) = (dir.join("d"), dir.join("f"));
+    std::fs::create_dir(&d).expect("creating the directory to exchange");
+    touch(&d.join("file"));
+    touch(&f);
+    let mut expect: Vec<Expected> = WRITE_CLOSE
+        .iter()
+        .map(|k| ev(*k, &d.join("file")))
+        .collect();
+    expect.push(ev2(EventKind::Rename, &f, &bytes(&d)));
+    expect.extend(WRITE_CLOSE.iter().map(|k| ev(*k, &f.join("file"))));
+    Scenario {
+        actor: args(&[
+            "--cpu".as_ref(),
+            "0".as_ref(),
+            "write".as_ref(),
+            d.join("file").as_ref(),
+            "--".as_ref(),
+            "cpu".as_ref(),
+            "1".as_ref(),
+            "--".as_ref(),
+            "exchange".as_ref(),
+            f.as_ref(),
+            d.as_ref(),
+            "--".as_ref(),
+            "cpu".as_ref(),
+            "0".as_ref(),
+            "--".as_ref(),
+            "write".as_ref(),
+            f.join("file").as_ref(),
+        ]),
+        expect,
+    }
+});
+
 scenario!(rename_replacing, |b| {
     let dir = scenario_dir("rename-replace", b);
     rename_case(dir.join("a"), dir.join("b"), true)

@@ -29,7 +29,7 @@ use aya::{
 };
 pub use event::Event;
 pub use fim_common::{Backend, EventKind};
-use fim_common::{Excluded, WatchKey, WatchValue, bitmap, flags};
+use fim_common::{Excluded, WatchKey, WatchValue, bitmap, flags, record::DCACHE_GEN_UNTRACKED};
 use tokio::io::unix::AsyncFd;
 pub use watch::WatchRoot;
 
@@ -178,6 +178,13 @@ impl Sensor {
             aya::maps::Array::try_from(take(&mut ebpf, "FILTER_GEN")?).context("FILTER_GEN map")?;
         let excluded_bits = aya::maps::Array::try_from(take(&mut ebpf, "EXCLUDED_BITS")?)
             .context("EXCLUDED_BITS map")?;
+        // No memo until the program that counts directory moves is attached (fim-ebpf's
+        // dirmemo.rs); it comes first among the programs, so none memoises before.
+        let mut dcache_gen: aya::maps::Array<_, u64> =
+            aya::maps::Array::try_from(take(&mut ebpf, "DCACHE_GEN")?).context("DCACHE_GEN map")?;
+        dcache_gen
+            .set(0, DCACHE_GEN_UNTRACKED, 0)
+            .context("setting the DCACHE_GEN map")?;
         let mut sensor = Sensor {
             backend,
             // SAFETY: the ring buffer owns its map fd, which stays open and unchanged until the
@@ -216,10 +223,37 @@ impl Sensor {
             })?),
             Backend::Tracepoint => None,
         };
+        let mut moves_counted = false;
+        let move_hook_tried = specs.iter().any(|spec| spec.name == programs::D_MOVE);
         for spec in specs {
-            attach_program(&mut sensor._ebpf, spec, btf.as_ref())
-                .with_context(|| format!("{} backend on kernel {release}", backend.name()))?;
+            let attached = attach_program(&mut sensor._ebpf, spec, btf.as_ref())
+                .with_context(|| format!("{} backend on kernel {release}", backend.name()));
+            if spec.name == programs::D_MOVE {
+                match attached {
+                    Ok(()) => {
+                        dcache_gen
+                            .set(0, 0, 0)
+                            .context("setting the DCACHE_GEN map")?;
+                        moves_counted = true;
+                    }
+                    Err(e) => log::warn!(
+                        "the kernel side's memos are off (every event walks up to the \
+                         filesystem root): {e:#}"
+                    ),
+                }
+                continue;
+            }
+            attached?;
         }
+        if backend != Backend::Tracepoint && !move_hook_tried {
+            log::info!(
+                "the kernel side's memos are off on kernel {release}: its BTF lacks \
+                 __d_move, where fim counts directory moves; every event walks up to the \
+                 filesystem root"
+            );
+        }
+        sensor.dir_memo &= moves_counted;
+        sensor.path_memo &= moves_counted;
         Ok(sensor)
     }
 
@@ -227,14 +261,15 @@ impl Sensor {
         self.backend
     }
 
-    /// Whether the kernel side memoises directory verdicts (it needs `rename_lock`'s address
-    /// from /proc/kallsyms).
+    /// Whether the kernel side memoises directory verdicts (lsm and fentry; it needs
+    /// `rename_lock`'s address from /proc/kallsyms and a program on `__d_move`).
     pub fn dir_memo(&self) -> bool {
         self.dir_memo
     }
 
     /// Whether the kernel side memoises the path of the last directory a path was built in
-    /// (lsm and fentry; it needs `rename_lock` and `mount_lock` from /proc/kallsyms).
+    /// (lsm and fentry; it needs `rename_lock` and `mount_lock` from /proc/kallsyms and a
+    /// program on `__d_move`).
     pub fn path_memo(&self) -> bool {
         self.path_memo
     }
@@ -697,8 +732,12 @@ pub fn attach_floor(backend: Backend) -> Result<Floor> {
     let btf = Btf::from_sys_fs()
         .with_context(|| format!("reading kernel BTF (/sys/kernel/btf/vmlinux) on {release}"))?;
     for spec in specs {
-        attach_program(&mut ebpf, spec, Some(&btf))
-            .with_context(|| format!("{} floor on kernel {release}", backend.name()))?;
+        let attached = attach_program(&mut ebpf, spec, Some(&btf))
+            .with_context(|| format!("{} floor on kernel {release}", backend.name()));
+        // As in `Sensor::attach`: without it the backend runs, with its memos off.
+        if spec.name != programs::D_MOVE {
+            attached?;
+        }
     }
     Ok(Floor { _ebpf: ebpf })
 }

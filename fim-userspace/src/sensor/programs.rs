@@ -104,9 +104,24 @@ macro_rules! tp {
     };
 }
 
+/// Counts directory moves for the memos (fim-ebpf's dirmemo.rs), in both the lsm and the
+/// fentry backend. Optional: without it (a kernel whose BTF lacks `__d_move`, or that cannot
+/// trace it) the memos stay off and every event walks.
+pub const D_MOVE: &str = "fexit_d_move";
+
+const D_MOVE_SPEC: ProgramSpec = ProgramSpec {
+    name: D_MOVE,
+    attach: Attach::Fexit {
+        function: "__d_move",
+    },
+    params: &[D, D, ANY],
+    optional: true,
+};
+
 // The memos' dentry generation first: no program may memoise before it counts (fim-ebpf's
 // dirmemo.rs).
 static LSM: &[ProgramSpec] = &[
+    D_MOVE_SPEC,
     lsm!("lsm_d_instantiate", "d_instantiate", &[D, ANY]),
     exec!("exec_lsm"),
     lsm!("lsm_path_mknod", "path_mknod", &[P, D, ANY, ANY]),
@@ -136,6 +151,7 @@ static LSM: &[ProgramSpec] = &[
 ];
 
 static FEXIT: &[ProgramSpec] = &[
+    D_MOVE_SPEC,
     ProgramSpec {
         name: "fentry_d_instantiate",
         attach: Attach::Fentry {

@@ -176,6 +176,19 @@ fn perform(op: &[OsString]) -> io::Result<()> {
                 close(fd)
             }
             "rename" => check(libc::rename(c(a1)?.as_ptr(), c(a2)?.as_ptr())).map(|_| ()),
+            // renameat2(RENAME_EXCHANGE): the two names swap their objects.
+            "exchange" => {
+                let (a, b) = (c(a1)?, c(a2)?);
+                let rc = libc::syscall(
+                    libc::SYS_renameat2,
+                    libc::AT_FDCWD,
+                    a.as_ptr(),
+                    libc::AT_FDCWD,
+                    b.as_ptr(),
+                    libc::RENAME_EXCHANGE,
+                );
+                check(rc as libc::c_int).map(|_| ())
+            }
             "unlink" => check(libc::unlink(c(a1)?.as_ptr())).map(|_| ()),
             "unlinkat" => check(libc::unlinkat(libc::AT_FDCWD, c(a1)?.as_ptr(), 0)).map(|_| ()),
             "mkdir" => check(libc::mkdir(c(a1)?.as_ptr(), 0o755)).map(|_| ()),
