@@ -6,23 +6,21 @@
 //! A directory's verdict depends on the chain of its ancestors and on the watched roots. The
 //! chain changes only through the dcache's `__d_move` (rename, exchange, a directory alias
 //! spliced in), which always runs with the kernel's `rename_lock` seqlock held for writing.
-//! A memo holds `DCACHE_GEN`, which the lsm and fentry programs bump when `__d_move` has moved
-//! a directory (`moved`; a file's move changes no directory's chain, so the memos outlive the
-//! renames of files that most workloads make), and it is valid while that generation and
-//! `FILTER_GEN` (bumped by user space after every change of the roots) are unchanged: a check
-//! reads two array slots and calls no helper.
+//! A memo holds `DCACHE_GEN`, which the lsm and fentry programs bump when `__d_move` is about
+//! to move a directory (`moving`; a file's move changes no directory's chain, so the memos
+//! outlive the renames of files that most workloads make), and it is valid while that
+//! generation and `FILTER_GEN` (bumped by user space after every change of the roots) are
+//! unchanged: a check reads two array slots and calls no helper.
 //!
-//! The bump comes at `__d_move`'s exit, so a walk may see a chain in the middle of a move
-//! that has not counted yet. A walk's result is therefore only kept when `rename_lock`'s
-//! sequence, read before and after it (on a miss only), is even and unchanged: a move that
-//! overlapped the walk changed it, and one that starts later bumps the generation before it
-//! releases the lock. User space gives the lock's address (from /proc/kallsyms; no memo when
-//! the kernel does not list data symbols). Until the bump, a check may still find the old
-//! chain: the same as the kernel's own hooks, which all run before the change they announce,
-//! racing a rename on another CPU. The sequence is read with no barrier between its reads and
-//! the walk: sound where loads are not reordered with loads (x86, where the kernel's `smp_rmb`
-//! is a compiler barrier too; the helper calls and volatile loads keep the compiler's order),
-//! so user space enables the memo on x86_64 only.
+//! The bump comes at `__d_move`'s entry, with `rename_lock` held and before the move changes
+//! anything: a check before it finds the chain as it still is, and one after it misses. A walk
+//! after a miss may still see a chain in the middle of a move whose bump came before the walk's
+//! stamp, so its result is only kept when `rename_lock`'s sequence, read before and after the
+//! walk (on a miss only), is even and unchanged. User space gives the lock's address (from
+//! /proc/kallsyms; no memo when the kernel does not list data symbols). The sequence is read
+//! with no barrier between its reads and the walk: sound where loads are not reordered with
+//! loads (x86, where the kernel's `smp_rmb` is a compiler barrier too; the helper calls and
+//! volatile loads keep the compiler's order), so user space enables the memo on x86_64 only.
 //!
 //! The key is the directory's dentry and inode number. A dentry is freed without any rename,
 //! and tmpfs frees a removed directory's at once: the next directory created may get the same
@@ -140,13 +138,13 @@ pub fn instantiated(inode: *const u8) {
     }
 }
 
-/// `__d_move(dentry, target, exchange)` has returned (rename_lock still held): when it moved
-/// a directory, every CPU's memo entries made before may hold a chain that changed. A moved
+/// `__d_move(dentry, target, exchange)` is about to run (rename_lock held): when it moves a
+/// directory, every CPU's memo entries made before may hold a chain about to change. A moving
 /// `dentry` that is a directory, or with `exchange` a `target` that is one (a directory
-/// exchanged with a file moves, and a plain move leaves `target` where it was, unhashed).
+/// exchanged with a file moves, and a plain move leaves `target` where it is, unhashed).
 /// Inodes through the helper; unreadable, they count as directories.
 #[inline(always)]
-pub fn moved(dentry: *const u8, target: *const u8, exchange: bool) {
+pub fn moving(dentry: *const u8, target: *const u8, exchange: bool) {
     if is_directory(dentry) || (exchange && is_directory(target)) {
         bump();
     }
@@ -168,7 +166,7 @@ fn bump() {
     if let Some(generation) = DCACHE_GEN.get_ptr_mut(0) {
         // SAFETY: a valid, aligned map value. An atomic add (see `presence`): two CPUs
         // bumping at once must not both write the same value, and on x86 it is a full
-        // barrier, before the kernel makes the dentry positive or releases rename_lock.
+        // barrier, before the kernel makes the dentry positive or moves it.
         unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(generation, 1) };
     }
 }

@@ -311,17 +311,17 @@ pub fn fentry_d_instantiate(ctx: FEntryContext) -> u32 {
     0
 }
 
-// A dentry moved (rename, exchange, a directory alias spliced in): the memos' dentry
-// generation when it was a directory (see `dirmemo::moved`). Both lsm and fentry attach it,
-// first of all: no program may memoise before moves count.
-#[fexit(function = "__d_move")]
-pub fn fexit_d_move(ctx: FExitContext) -> u32 {
+// A dentry is about to move (rename, exchange, a directory alias spliced in; rename_lock is
+// held): the memos' dentry generation when it is a directory (see `dirmemo::moving`). Both lsm
+// and fentry attach it, first of all: no program may memoise before moves count.
+#[fentry(function = "__d_move")]
+pub fn fentry_d_move(ctx: FEntryContext) -> u32 {
     if kernel::floor() {
         return 0;
     }
     let exchange: u64 = ctx.arg(2);
     // A bool argument: only its low byte is defined.
-    dirmemo::moved(ctx.arg(0), ctx.arg(1), exchange as u8 != 0);
+    dirmemo::moving(ctx.arg(0), ctx.arg(1), exchange as u8 != 0);
     0
 }
 

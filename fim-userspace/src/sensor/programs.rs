@@ -107,11 +107,11 @@ macro_rules! tp {
 /// Counts directory moves for the memos (fim-ebpf's dirmemo.rs), in both the lsm and the
 /// fentry backend. Optional: without it (a kernel whose BTF lacks `__d_move`, or that cannot
 /// trace it) the memos stay off and every event walks.
-pub const D_MOVE: &str = "fexit_d_move";
+pub const D_MOVE: &str = "fentry_d_move";
 
 const D_MOVE_SPEC: ProgramSpec = ProgramSpec {
     name: D_MOVE,
-    attach: Attach::Fexit {
+    attach: Attach::Fentry {
         function: "__d_move",
     },
     params: &[D, D, ANY],
@@ -290,5 +290,35 @@ pub fn programs(backend: Backend) -> &'static [ProgramSpec] {
         Backend::Lsm => LSM,
         Backend::Fentry => FEXIT,
         Backend::Tracepoint => TRACEPOINT,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The memos' generation counts directory moves and new directories before any program
+    /// can memoise (fim-ebpf's dirmemo.rs): `Sensor::attach` attaches in list order.
+    #[test]
+    fn the_memo_generation_programs_come_first() {
+        for backend in [Backend::Lsm, Backend::Fentry] {
+            let names: Vec<&str> = programs(backend).iter().map(|p| p.name).collect();
+            assert_eq!(names[0], D_MOVE, "{backend:?}: {names:?}");
+            assert!(
+                names[1].ends_with("_d_instantiate"),
+                "{backend:?}: {names:?}"
+            );
+            assert_eq!(
+                names.iter().filter(|n| **n == D_MOVE).count(),
+                1,
+                "{backend:?}"
+            );
+        }
+        assert!(
+            programs(Backend::Tracepoint)
+                .iter()
+                .all(|p| p.name != D_MOVE),
+            "the tracepoint backend has no memo"
+        );
     }
 }
