@@ -133,14 +133,7 @@ fn shared(backend: Backend) -> &'static Shared {
             .enable_all()
             .build()
             .expect("tokio runtime");
-        let config = SensorConfig {
-            roots: vec![WatchRoot {
-                path: trees().watched.clone(),
-                rule_id: WATCHED_RULE,
-                recursive: true,
-            }],
-            ..SensorConfig::default()
-        };
+        let config = watched_tree_config();
         let sensor = runtime
             .block_on(sensor::start(backend, &config))
             .map_err(|e| format!("{e:#}"));
@@ -149,6 +142,36 @@ fn shared(backend: Backend) -> &'static Shared {
             sensor: Mutex::new(sensor),
         }
     })
+}
+
+/// The shared sensors' configuration: the watched tree, recursively, under `WATCHED_RULE`.
+pub fn watched_tree_config() -> SensorConfig {
+    SensorConfig {
+        roots: vec![WatchRoot {
+            path: trees().watched.clone(),
+            rule_id: WATCHED_RULE,
+            recursive: true,
+        }],
+        ..SensorConfig::default()
+    }
+}
+
+/// Runs `body` with a sensor of its own for `backend`, started from `config` and detached
+/// when it returns; where the backend cannot start, as [`with_sensor`].
+pub fn with_own_sensor(
+    backend: Backend,
+    config: &SensorConfig,
+    body: impl FnOnce(&tokio::runtime::Runtime, &mut sensor::Sensor),
+) {
+    require_root();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(sensor::start(backend, config)) {
+        Ok(mut sensor) => body(&runtime, &mut sensor),
+        Err(e) => unavailable(backend, &format!("{e:#}")),
+    }
 }
 
 /// Runs `body` with this process's shared sensor for `backend`. Where the backend is required
@@ -166,27 +189,31 @@ pub fn with_sensor(
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     match guard.as_mut() {
         Ok(sensor) => body(&shared.runtime, sensor),
-        Err(message) => {
-            assert!(
-                !required_backends().contains(&backend),
-                "the {} backend must work in {:?} but failed: {message}",
-                backend.name(),
-                test_env()
-            );
-            eprintln!(
-                "NOTE: the {} backend is unavailable here, as expected: {message}",
-                backend.name()
-            );
-            assert!(
-                message.contains(backend.name()),
-                "failure does not name the backend: {message}"
-            );
-            assert!(
-                message.contains(&fim::host::kernel_release()),
-                "failure does not name the kernel: {message}"
-            );
-        }
+        Err(message) => unavailable(backend, message),
     }
+}
+
+/// A backend failed to start: it must not be one this environment requires, and the failure
+/// must name it and the kernel.
+fn unavailable(backend: Backend, message: &str) {
+    assert!(
+        !required_backends().contains(&backend),
+        "the {} backend must work in {:?} but failed: {message}",
+        backend.name(),
+        test_env()
+    );
+    eprintln!(
+        "NOTE: the {} backend is unavailable here, as expected: {message}",
+        backend.name()
+    );
+    assert!(
+        message.contains(backend.name()),
+        "failure does not name the backend: {message}"
+    );
+    assert!(
+        message.contains(&fim::host::kernel_release()),
+        "failure does not name the kernel: {message}"
+    );
 }
 
 /// File events of process `pid` (its exec record is left out: see [`collect_all`]),

@@ -11,9 +11,10 @@ use std::{
     time::Duration,
 };
 
-use fim::sensor::{Backend, Event, EventKind};
+use fim::sensor::{Backend, Event, EventKind, SensorConfig};
 use fim_tests::{
-    TestEnv, WATCHED_RULE, bytes, collect, drain, run_actor, test_env, trees, with_sensor,
+    TestEnv, WATCHED_RULE, bytes, collect, drain, run_actor, test_env, trees, watched_tree_config,
+    with_own_sensor, with_sensor,
 };
 
 /// One expected record.
@@ -481,6 +482,34 @@ scenario!(directory_exchanged_with_file, |b| {
         expect,
     }
 });
+
+/// With the memos off (`SensorConfig::memos`) no program counts directory moves, and only the
+/// dentry generation's untracked bit keeps the memos from being used: a directory renamed on
+/// another CPU between two writes in it must still give the second write its new path.
+fn memos_off_case(b: Backend) {
+    let config = SensorConfig {
+        memos: false,
+        ..watched_tree_config()
+    };
+    with_own_sensor(b, &config, |runtime, sensor| {
+        assert!(!sensor.dir_memo() && !sensor.path_memo(), "memos are on");
+        let dir = scenario_dir("memos-off", b);
+        let (from, to) = (dir.join("d"), dir.join("e"));
+        let mut expect: Vec<Expected> = WRITE_CLOSE
+            .iter()
+            .map(|k| ev(*k, &from.join("file")))
+            .collect();
+        expect.push(ev2(EventKind::Rename, &from, &bytes(&to)));
+        expect.extend(WRITE_CLOSE.iter().map(|k| ev(*k, &to.join("file"))));
+        drain(runtime, sensor);
+        let pid = run_actor(&moved_directory_case(from, to)).expect("memos_off actor");
+        let events = collect(runtime, sensor, pid, expect.len(), Duration::from_secs(10));
+        let actual: Vec<Expected> = events.iter().map(Expected::of).collect();
+        assert_eq!(actual, expect, "{:#?}", show(&events));
+    });
+}
+
+each_backend!(memos_off, memos_off_case);
 
 scenario!(rename_replacing, |b| {
     let dir = scenario_dir("rename-replace", b);

@@ -57,6 +57,10 @@ pub struct SensorConfig {
     pub ring_buffer_bytes: u32,
     /// Drop fim's own file activity in the kernel (always on in the daemon).
     pub exclude_self: bool,
+    /// Let the lsm and fentry programs memoise directory verdicts and paths (fim-ebpf's
+    /// dirmemo.rs and pathmemo.rs) where the kernel allows it. Off: every event walks up to
+    /// the filesystem root (the tests check that the sensor stays right without them).
+    pub memos: bool,
 }
 
 impl Default for SensorConfig {
@@ -67,6 +71,7 @@ impl Default for SensorConfig {
             // double in RSS; 8 MiB holds ~40,000 records while user space catches up.
             ring_buffer_bytes: 8 * 1024 * 1024,
             exclude_self: true,
+            memos: true,
         }
     }
 }
@@ -225,6 +230,11 @@ impl Sensor {
         };
         let mut moves_counted = false;
         let move_hook_tried = specs.iter().any(|spec| spec.name == programs::D_MOVE);
+        // Without the program that counts moves the generation keeps DCACHE_GEN_UNTRACKED:
+        // no memo is used.
+        let specs = specs
+            .into_iter()
+            .filter(|spec| config.memos || spec.name != programs::D_MOVE);
         for spec in specs {
             let attached = attach_program(&mut sensor._ebpf, spec, btf.as_ref())
                 .with_context(|| format!("{} backend on kernel {release}", backend.name()));
@@ -245,7 +255,7 @@ impl Sensor {
             }
             attached?;
         }
-        if backend != Backend::Tracepoint && !move_hook_tried {
+        if backend != Backend::Tracepoint && !move_hook_tried && config.memos {
             log::info!(
                 "the kernel side's memos are off on kernel {release}: its BTF lacks \
                  __d_move, where fim counts directory moves; every event walks up to the \
