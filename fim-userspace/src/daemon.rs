@@ -20,7 +20,7 @@ use crate::enrich::{ProcessCache, monotonic_epoch_ns};
 use crate::metrics::{self, Metrics};
 use crate::output::{OcsfContext, OutputSink};
 use crate::pipeline::{
-    Assembler, BaselineLookup, ChangeMaker, Classifier, Examine, Examined, Job, Verdict,
+    Assembler, BaselineLookup, ChangeMaker, Classifier, Examine, Examined, Job, JobKind, Verdict,
 };
 use crate::sensor::{self, Backend, Event, EventKind, SensorConfig, WatchRoot};
 use crate::store::{
@@ -43,6 +43,9 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 const LOSS: &str = "kernel loss";
 /// Losses are logged and recorded as health rows at most this often (their sum).
 const LOSS_REPORT_EVERY: Duration = Duration::from_secs(5);
+/// How long after its record the change worker waits before it looks at the path of an lsm
+/// record (see `wait_for_the_operation`).
+const PRE_HOOK_GRACE: Duration = Duration::from_millis(100);
 
 /// The sensor's roots from the configured rules: the literal prefix of each enabled rule's
 /// path, recursive unless the rule only reaches the root itself or its direct entries.
@@ -230,6 +233,7 @@ fn change_worker(
         };
         match item {
             Some(Work::Job(job)) => {
+                wait_for_the_operation(&job);
                 let started = Instant::now();
                 let made = maker.make(&job);
                 if made.baseline_delta != 0 {
@@ -759,6 +763,30 @@ fn writer_health(writer: &StoreWriter, kind: &str, backend: &str, detail: String
     }));
 }
 
+/// The lsm backend reports from the kernel's LSM hooks, which run before the operation they
+/// announce takes effect: a job examined at once could look before a chmod, a rename or a
+/// mkdir was done, and report nothing changed or a path that is not there (seen in the 6.12
+/// test VM: a renamed file's row missing, so its later delete had no previous state). So
+/// the worker does not look at a path before `PRE_HOOK_GRACE` has passed since the record.
+/// The other backends report after the operation (fexit, sys_exit); a delete looks at
+/// nothing. In a burst only the first job waits: the ones behind it are older by then.
+fn wait_for_the_operation(job: &Job) {
+    if let Some(wait) = pre_hook_wait(job, clock_ns_monotonic()) {
+        std::thread::sleep(wait);
+    }
+}
+
+/// How long `job` must still wait at monotonic time `now_ns` (see `wait_for_the_operation`).
+fn pre_hook_wait(job: &Job, now_ns: u64) -> Option<Duration> {
+    if job.backend != Backend::Lsm.name() || job.what == JobKind::Delete {
+        return None;
+    }
+    let grace = PRE_HOOK_GRACE.as_nanos() as u64;
+    let due = job.ktime_ns.saturating_add(grace);
+    // A record stamped after `now` (clock skew, never expected) waits no longer than one grace.
+    (now_ns < due).then(|| Duration::from_nanos((due - now_ns).min(grace)))
+}
+
 fn clock_ns_monotonic() -> u64 {
     // SAFETY: clock_gettime fills the struct it is given.
     let ts = unsafe {
@@ -772,7 +800,7 @@ fn clock_ns_monotonic() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::{JobKind, Process};
+    use crate::pipeline::Process;
 
     fn job(path: &str) -> Job {
         Job {
@@ -791,6 +819,45 @@ mod tests {
             time_ns: 0,
             ktime_ns: 0,
         }
+    }
+
+    /// Only an lsm record's job that looks at the path waits, and only until the grace since
+    /// its record has passed.
+    #[test]
+    fn only_fresh_lsm_jobs_wait_for_their_operation() {
+        let grace = PRE_HOOK_GRACE.as_nanos() as u64;
+        let at = |backend: &'static str, what: JobKind, ktime_ns: u64| Job {
+            backend,
+            what,
+            ktime_ns,
+            ..job("/w/a")
+        };
+        let now = 10 * grace;
+        let lsm = Backend::Lsm.name();
+        assert_eq!(
+            pre_hook_wait(&at(lsm, JobKind::Examine, now), now),
+            Some(PRE_HOOK_GRACE)
+        );
+        assert_eq!(
+            pre_hook_wait(&at(lsm, JobKind::Rename, now - grace / 4), now),
+            Some(Duration::from_nanos(grace - grace / 4))
+        );
+        assert_eq!(
+            pre_hook_wait(&at(lsm, JobKind::Examine, now - grace), now),
+            None
+        );
+        assert_eq!(pre_hook_wait(&at(lsm, JobKind::Delete, now), now), None);
+        for other in [Backend::Fentry, Backend::Tracepoint] {
+            assert_eq!(
+                pre_hook_wait(&at(other.name(), JobKind::Examine, now), now),
+                None
+            );
+        }
+        // A stamp from the future waits one grace at most.
+        assert_eq!(
+            pre_hook_wait(&at(lsm, JobKind::Examine, now + grace), now),
+            Some(PRE_HOOK_GRACE)
+        );
     }
 
     /// A full queue never loses a change: the paths are remembered and rescanned (their

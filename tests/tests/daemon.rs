@@ -94,7 +94,10 @@ fn changes_are_reported_with_attribution_stored_and_counted() {
     assert_eq!(rename["file_result"]["path"], *c.to_string_lossy());
     let delete = find(&all, 4, &c);
     expect_actor(delete, pids[4]);
-    assert_eq!(delete["unmapped"]["fim"]["previous"]["mode"], 0o600);
+    assert_eq!(
+        delete["unmapped"]["fim"]["previous"]["mode"], 0o600,
+        "the delete's previous mode; all events: {all:#?}"
+    );
     let mkdir = find(&all, 1, &d);
     expect_actor(mkdir, pids[5]);
     assert_eq!(mkdir["file"]["type_id"], 2);
