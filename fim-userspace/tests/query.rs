@@ -247,7 +247,21 @@ fn status_tells_whether_the_daemon_runs() {
     // A process whose comm is `fim`, standing in for the daemon.
     let stand_in = dir.path().join("fim");
     std::fs::copy("/bin/sleep", &stand_in).unwrap();
-    let mut daemon = Command::new(&stand_in).arg("30").spawn().unwrap();
+    // Another test thread may fork while the copy's write descriptor is open, and its child
+    // holds that descriptor until it execs: until then exec fails with ETXTBSY.
+    let mut daemon = {
+        let mut attempts = 0;
+        loop {
+            match Command::new(&stand_in).arg("30").spawn() {
+                Ok(child) => break child,
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && attempts < 100 => {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("starting the stand-in daemon: {e}"),
+            }
+        }
+    };
     let health = |kind: &str, detail: String| {
         StoreOp::Health(HealthRecord {
             time_ns: fim::query::now_ns() - 60 * SEC,
