@@ -13,7 +13,7 @@ pub mod undecided;
 pub mod watch;
 
 use std::{
-    collections::VecDeque,
+    collections::{HashSet, VecDeque},
     ffi::CString,
     io,
     os::unix::ffi::OsStrExt,
@@ -285,6 +285,13 @@ impl Sensor {
     }
 
     /// Replaces the watched roots. Returns the roots that could not be registered.
+    ///
+    /// A root in both the old and the new set stays in the maps throughout: only keys that are
+    /// going away are removed, before the new entries are written over the old ones (one
+    /// element at a time, each replaced whole). Removing everything and then filling the maps
+    /// again left a moment in which no root was watched and the kernel dropped what happened
+    /// under them (the daemon's start-up self-test calls this twice). Removing first also
+    /// keeps the maps' fill at most the new set's size.
     pub fn set_roots(&mut self, roots: &[WatchRoot]) -> Result<Vec<String>> {
         let entries = watch::entries(roots);
         // The bitmaps first gain the new keys' bits and only lose the old keys' bits once the
@@ -307,12 +314,50 @@ impl Sensor {
         both_prefixes
             .store(&mut self.prefix_bits, &old_prefixes)
             .context("setting the PREFIX_BITS map")?;
+        let kept_inodes: HashSet<WatchKey> = entries.inodes.iter().map(|(k, _)| *k).collect();
+        let kept_prefixes: HashSet<u64> = entries.prefixes.iter().map(|p| p.0).collect();
         for (key, _) in &self.registered.inodes {
-            let _ = self.watched.remove(key);
+            if !kept_inodes.contains(key) {
+                let _ = self.watched.remove(key);
+            }
         }
         for (hash, _, _) in &self.registered.prefixes {
-            let _ = self.prefixes.remove(hash);
+            if !kept_prefixes.contains(hash) {
+                let _ = self.prefixes.remove(hash);
+            }
         }
+        // From here the maps may hold any of the old and the new keys until all is written:
+        // if a write fails, both sets count as registered, so that the next call removes
+        // whatever of them it does not keep.
+        let mut registered = std::mem::take(&mut self.registered);
+        let filled = self.fill_roots(&entries);
+        if let Err(e) = filled {
+            registered.inodes.extend(entries.inodes.iter().copied());
+            registered.prefixes.extend(entries.prefixes.iter().cloned());
+            self.registered = registered;
+            return Err(e);
+        }
+        let problems = entries.problems.clone();
+        self.registered = entries;
+        new_inodes
+            .store(&mut self.watched_bits, &both_inodes)
+            .context("setting the WATCHED_BITS map")?;
+        new_prefixes
+            .store(&mut self.prefix_bits, &both_prefixes)
+            .context("setting the PREFIX_BITS map")?;
+        // Last: verdicts the kernel memoised before (or during) the change are void from here.
+        self.generation += 1;
+        self.filter_gen
+            .set(0, self.generation, 0)
+            .context("setting the FILTER_GEN map")?;
+        self.roots = roots.to_vec();
+        self.root_spellings = undecided::spellings(roots);
+        self.mounts = watch::mounts();
+        Ok(problems)
+    }
+
+    /// Writes `entries` into the roots' maps (over any entry of the same key).
+    fn fill_roots(&mut self, entries: &watch::FilterEntries) -> Result<()> {
         for (key, value) in &entries.inodes {
             self.watched
                 .insert(key, value, 0)
@@ -331,24 +376,7 @@ impl Sensor {
             .unwrap_or_default();
         self.root_prefix
             .set(0, root, 0)
-            .context("setting the ROOT_PREFIX map")?;
-        new_inodes
-            .store(&mut self.watched_bits, &both_inodes)
-            .context("setting the WATCHED_BITS map")?;
-        new_prefixes
-            .store(&mut self.prefix_bits, &both_prefixes)
-            .context("setting the PREFIX_BITS map")?;
-        // Last: verdicts the kernel memoised before (or during) the change are void from here.
-        self.generation += 1;
-        self.filter_gen
-            .set(0, self.generation, 0)
-            .context("setting the FILTER_GEN map")?;
-        let problems = entries.problems.clone();
-        self.registered = entries;
-        self.roots = roots.to_vec();
-        self.root_spellings = undecided::spellings(roots);
-        self.mounts = watch::mounts();
-        Ok(problems)
+            .context("setting the ROOT_PREFIX map")
     }
 
     /// Drops a process's activity in the kernel from now on.

@@ -204,6 +204,15 @@ fn perform(op: &[OsString]) -> io::Result<()> {
             }
             "rmdir" => check(libc::rmdir(c(a1)?.as_ptr())).map(|_| ()),
             "chmod" => check(libc::chmod(c(a1)?.as_ptr(), number(a2)?)).map(|_| ()),
+            // chmod PATH COUNT times, to 0600 and 0644 in turn.
+            "chmods" => {
+                let path = c(a1)?;
+                for i in 0..number(a2)? {
+                    let mode = if i % 2 == 0 { 0o600 } else { 0o644 };
+                    check(libc::chmod(path.as_ptr(), mode))?;
+                }
+                Ok(())
+            }
             "fchmod" => {
                 let fd = open(&c(a1)?, libc::O_RDONLY)?;
                 check(libc::fchmod(fd, number(a2)?))?;
