@@ -445,18 +445,20 @@ impl Sensor {
             // The kernel side only wakes us when a lot is pending (see fim-ebpf's emit.rs), so
             // besides readiness the buffer is polled every POLL_INTERVAL.
             let before = out.len();
-            drain(self.ring.get_mut(), out, &mut self.malformed);
+            let decoded = drain(
+                self.ring.get_mut(),
+                out,
+                &mut self.malformed,
+                |event: &mut Event| {
+                    absolutize(event, &self.mounts);
+                    undecided::decide(event, &self.root_spellings)
+                },
+            );
             self.drains += 1;
             if out.len() > before {
-                for mut event in out.split_off(before) {
-                    absolutize(&mut event, &self.mounts);
-                    if undecided::decide(&mut event, &self.root_spellings) {
-                        out.push(event);
-                    }
-                }
-                if out.len() > before {
-                    return Ok(());
-                }
+                return Ok(());
+            }
+            if decoded > 0 {
                 continue;
             }
             tokio::select! {
@@ -557,13 +559,32 @@ fn absolutize(event: &mut Event, mounts: &[watch::Mount]) {
     }
 }
 
-fn drain(ring: &mut RingBuf<MapData>, out: &mut Vec<Event>, malformed: &mut u64) {
+/// Decodes everything in the ring buffer and appends to `out` each event `keep` (which may
+/// amend it) keeps; returns how many records were decoded. Each event is moved once, into
+/// `out`.
+fn drain(
+    ring: &mut RingBuf<MapData>,
+    out: &mut Vec<Event>,
+    malformed: &mut u64,
+    mut keep: impl FnMut(&mut Event) -> bool,
+) -> usize {
+    let mut decoded = 0;
     while let Some(item) = ring.next() {
-        match Event::decode(&item) {
-            Some(event) => out.push(event),
+        let event = Event::decode(&item);
+        // The item's space goes back to the kernel before `keep`, which may look at the
+        // file system.
+        drop(item);
+        match event {
+            Some(mut event) => {
+                decoded += 1;
+                if keep(&mut event) {
+                    out.push(event);
+                }
+            }
             None => *malformed += 1,
         }
     }
+    decoded
 }
 
 /// Compares the prototype a program relies on with the running kernel's BTF.
