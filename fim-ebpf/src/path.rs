@@ -279,10 +279,6 @@ pub fn build<const MEMO: bool>(
     vfsmount: *const u8,
     truncated_flag: u16,
 ) -> Piece {
-    let (Some(buf), Some(state)) = (WALKBUF.get_ptr_mut(0), WALKSTATE.get_ptr_mut(0)) else {
-        return Piece::new(0, truncated_flag);
-    };
-    let buf = buf.cast::<u8>();
     let mount = if vfsmount.is_null() {
         vfsmount
     } else {
@@ -310,6 +306,12 @@ pub fn build<const MEMO: bool>(
     {
         return piece;
     }
+    // The walk's buffers only now: a memo hit does not need them (two per-CPU lookups, helper
+    // calls on 6.1).
+    let (Some(buf), Some(state)) = (WALKBUF.get_ptr_mut(0), WALKSTATE.get_ptr_mut(0)) else {
+        return Piece::new(0, truncated_flag);
+    };
+    let buf = buf.cast::<u8>();
     // A miss: the walk's result is kept only if no rename ran meanwhile (see `dirmemo`).
     let rename_seq = leaf.and_then(|_| dirmemo::rename_seq());
     set_field!(state, pos, PATH_CAP as u64);
