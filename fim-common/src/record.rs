@@ -234,6 +234,32 @@ pub struct Record {
     pub data: [u8; DATA_CAP],
 }
 
+/// The kernel's per-CPU scratch slot: the record being built, and two counters through which
+/// one program at a time on a CPU holds it. A BPF program may be preempted where the kernel
+/// preempts kernel code (`preempt=full`, RT): another program on the same CPU, in another
+/// task, must then not write into the record the first one has half built.
+///
+/// A program adds one to `entered` (an atomic add), reads `left`, then `entered` again, and
+/// holds the slot when [`holds_alone`] says so; it adds one to `left` when it is done, whether
+/// it held the slot or not. A program that does not hold the slot drops its record and counts
+/// it as lost.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Scratch {
+    pub entered: u64,
+    pub left: u64,
+    pub record: Record,
+}
+
+/// Whether a program that counted itself into `entered` and then read `left` and `entered`,
+/// in that order, holds the scratch slot: every program that asked before its second read
+/// had given the slot back by its first. A program that asks later finds this one still in,
+/// so no two hold the slot at once; two that overlap may both go without it.
+#[inline(always)]
+pub const fn holds_alone(left: u64, entered: u64) -> bool {
+    entered.wrapping_sub(left) == 1
+}
+
 impl RecordHeader {
     pub const SIZE: usize = core::mem::size_of::<RecordHeader>();
 
@@ -384,4 +410,104 @@ mod user {
     unsafe impl aya::Pod for super::WatchKey {}
     unsafe impl aya::Pod for super::WatchValue {}
     unsafe impl aya::Pod for super::Excluded {}
+    // SAFETY: `repr(C)`, integers and byte arrays only; every bit pattern is a valid value.
+    unsafe impl aya::Pod for super::Scratch {}
+}
+
+#[cfg(test)]
+mod scratch_tests {
+    use super::holds_alone;
+
+    /// One program's steps (see `Scratch`): count in, read `left`, read `entered`, then either
+    /// hold the slot (one step inside) or not, and count out.
+    #[derive(Clone, Copy, Default)]
+    struct Program {
+        pc: u8,
+        first: u64,
+        second: u64,
+        holds: bool,
+    }
+
+    #[derive(Clone, Copy, Default)]
+    struct World {
+        entered: u64,
+        left: u64,
+        programs: [Program; 3],
+    }
+
+    /// Runs program `i`'s next step; `left_first`: the reads in the order `holds_alone`
+    /// expects, or the other way round. Returns false once the program is done.
+    fn step(w: &mut World, i: usize, left_first: bool) -> bool {
+        let p = w.programs[i];
+        let mut p2 = p;
+        match p.pc {
+            0 => w.entered += 1,
+            1 => p2.first = if left_first { w.left } else { w.entered },
+            2 => {
+                p2.second = if left_first { w.entered } else { w.left };
+                let (left, entered) = if left_first {
+                    (p2.first, p2.second)
+                } else {
+                    (p2.second, p2.first)
+                };
+                p2.holds = holds_alone(left, entered);
+            }
+            3 => {}
+            4 => {
+                p2.holds = false;
+                w.left += 1;
+            }
+            _ => return false,
+        }
+        p2.pc += 1;
+        w.programs[i] = p2;
+        true
+    }
+
+    /// Explores every interleaving of the three programs, keeping in `most` the largest number
+    /// of them that held the slot at once.
+    fn explore(w: World, left_first: bool, most: &mut usize) {
+        let holding = w.programs.iter().filter(|p| p.holds).count();
+        *most = (*most).max(holding);
+        for i in 0..3 {
+            let mut next = w;
+            if step(&mut next, i, left_first) {
+                explore(next, left_first, most);
+            }
+        }
+    }
+
+    #[test]
+    fn no_two_programs_hold_the_slot_at_once() {
+        let mut most = 0;
+        explore(World::default(), true, &mut most);
+        assert_eq!(most, 1, "two programs held the scratch slot at once");
+    }
+
+    #[test]
+    fn reading_entered_first_would_let_two_hold_it() {
+        let mut most = 0;
+        explore(World::default(), false, &mut most);
+        assert!(most > 1, "the model no longer tells the orders apart");
+    }
+
+    #[test]
+    fn a_program_on_its_own_holds_the_slot() {
+        let mut w = World {
+            entered: 7,
+            left: 7,
+            ..World::default()
+        };
+        for i in 0..3 {
+            while step(&mut w, i, true) {
+                if w.programs[i].pc == 3 {
+                    assert!(
+                        w.programs[i].holds,
+                        "program {i} ran alone without the slot"
+                    );
+                }
+            }
+        }
+        assert_eq!(w.entered, w.left);
+    }
 }

@@ -17,9 +17,10 @@ pub fn exec(backend: Backend) -> Result<(), i64> {
     if !offsets_loaded() || filter::actor_excluded() {
         return Ok(());
     }
-    let Some(record) = emit::start::<false>(EventKind::Exec, backend) else {
+    let Some(mut held) = emit::start::<false>(EventKind::Exec, backend) else {
         return Ok(());
     };
+    let record = held.record();
     let data = record.data.as_mut_ptr();
     let mm = read_ptr(current_task(), off!(task_mm))?;
     if mm.is_null() {

@@ -5,7 +5,7 @@
 use fim_common::{Args, Backend, EventKind, Record, flags, record::PATH_CAP};
 
 use crate::{
-    emit,
+    emit::{self, Held},
     filter::{self, Presence},
     kernel::{member, member_ptr, off, read},
     path, writers,
@@ -73,19 +73,16 @@ fn decide<const T: bool>(targets: &[Target]) -> Option<(u32, u16)> {
     decision
 }
 
-/// The filter's decision, then the scratch record with rule and decision flags filled in;
-/// `None` drops the event.
+/// The filter's decision, then the scratch record, held (`emit::Held`), with rule and
+/// decision flags filled in; `None` drops the event.
 #[inline(always)]
-fn begin<const T: bool>(
-    kind: EventKind,
-    backend: Backend,
-    targets: &[Target],
-) -> Option<&'static mut Record> {
+fn begin<const T: bool>(kind: EventKind, backend: Backend, targets: &[Target]) -> Option<Held> {
     let (rule, decision_flags) = decide::<T>(targets)?;
-    let record = emit::start::<T>(kind, backend)?;
+    let mut held = emit::start::<T>(kind, backend)?;
+    let record = held.record();
     record.header.rule_id = rule;
     record.header.flags = decision_flags;
-    Some(record)
+    Some(held)
 }
 
 /// Copies `args` into the header field by field: an all-zero `Args` the compiler knows of
@@ -191,9 +188,10 @@ pub fn dir_entry(
     } else {
         Target(dentry, Presence::New)
     };
-    let Some(record) = begin::<TYPED>(kind, backend, &[target]) else {
+    let Some(mut held) = begin::<TYPED>(kind, backend, &[target]) else {
         return Ok(());
     };
+    let record = held.record();
     set_args(record, args);
     describe_target::<TYPED>(record, target);
     let len1 = set_path1::<TYPED>(record, dentry, mnt);
@@ -215,9 +213,10 @@ pub fn on_path(
     use_d_path: bool,
 ) -> Result<(), i64> {
     let (mnt, dentry) = split_path::<TYPED>(path)?;
-    let Some(record) = begin::<TYPED>(kind, backend, &[existing(dentry)]) else {
+    let Some(mut held) = begin::<TYPED>(kind, backend, &[existing(dentry)]) else {
         return Ok(());
     };
+    let record = held.record();
     set_args(record, args);
     describe_target::<TYPED>(record, existing(dentry));
     set_path1_of::<TYPED>(record, path, (mnt, dentry), use_d_path);
@@ -270,9 +269,10 @@ fn two_paths(
     event_flags: u32,
 ) {
     let targets = [existing(old_dentry), new_name(new_dentry)];
-    let Some(record) = begin::<TYPED>(kind, backend, &targets) else {
+    let Some(mut held) = begin::<TYPED>(kind, backend, &targets) else {
         return;
     };
+    let record = held.record();
     record.header.args.flags = event_flags;
     describe_target::<TYPED>(record, existing(old_dentry));
     let len1 = set_path1::<TYPED>(record, old_dentry, old_mnt);
@@ -309,9 +309,10 @@ pub fn xattr(
     dentry: *const u8,
     name: *const u8,
 ) -> Result<(), i64> {
-    let Some(record) = begin::<TYPED>(kind, backend, &[existing(dentry)]) else {
+    let Some(mut held) = begin::<TYPED>(kind, backend, &[existing(dentry)]) else {
         return Ok(());
     };
+    let record = held.record();
     describe_target::<TYPED>(record, existing(dentry));
     let len1 = set_path1::<TYPED>(record, dentry, core::ptr::null());
     set_string2(record, len1 & (PATH_CAP - 1), name);
@@ -356,9 +357,10 @@ pub fn file_closed<const T: bool>(backend: Backend, file: *const u8) -> Result<(
     }
     let f_path = file.wrapping_add(off!(file_f_path));
     let (mnt, dentry) = split_path::<T>(f_path)?;
-    let Some(record) = emit::start::<T>(EventKind::Modified, backend) else {
+    let Some(mut held) = emit::start::<T>(EventKind::Modified, backend) else {
         return Ok(());
     };
+    let record = held.record();
     record.header.rule_id = rule;
     if rule == 0 {
         record.header.flags |= flags::FILTER_UNDECIDED;
@@ -403,9 +405,10 @@ fn file_event<const T: bool>(
 ) -> Result<Option<u32>, i64> {
     let f_path = file.wrapping_add(off!(file_f_path));
     let (mnt, dentry) = split_path::<T>(f_path)?;
-    let Some(record) = begin::<T>(kind, backend, &[existing(dentry)]) else {
+    let Some(mut held) = begin::<T>(kind, backend, &[existing(dentry)]) else {
         return Ok(None);
     };
+    let record = held.record();
     record.header.args.flags = event_flags;
     describe_target::<T>(record, existing(dentry));
     set_path1_of::<T>(record, f_path, (mnt, dentry), use_d_path);

@@ -24,12 +24,15 @@ use std::{
 use anyhow::{Context, Result, anyhow, bail};
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues, RingBuf},
     programs::{FEntry, FExit, Lsm, TracePoint},
 };
 pub use event::Event;
 pub use fim_common::{Backend, EventKind};
-use fim_common::{Excluded, WatchKey, WatchValue, bitmap, flags, record::DCACHE_GEN_UNTRACKED};
+use fim_common::{
+    Excluded, WatchKey, WatchValue, bitmap, flags,
+    record::{DCACHE_GEN_UNTRACKED, Scratch},
+};
 use tokio::io::unix::AsyncFd;
 pub use watch::WatchRoot;
 
@@ -490,6 +493,30 @@ impl Sensor {
 
     pub fn malformed_records(&self) -> u64 {
         self.malformed
+    }
+
+    /// Marks the kernel side's scratch slot (fim-ebpf's `emit`) as held on every CPU, as a
+    /// program preempted while it builds a record would: from then on the lsm, fentry and exec
+    /// programs drop every event and count it as lost. For the test of that path only: the
+    /// sensor reports none of those events afterwards.
+    #[doc(hidden)]
+    pub fn hold_scratch_for_test(&mut self) -> Result<()> {
+        let map = self
+            ._ebpf
+            .map_mut("SCRATCH")
+            .context("fim's eBPF object has no SCRATCH map")?;
+        let mut scratch: PerCpuArray<_, Scratch> =
+            PerCpuArray::try_from(map).context("opening the SCRATCH map")?;
+        let slots = scratch.get(&0, 0).context("reading the SCRATCH map")?;
+        let held: Vec<Scratch> = slots
+            .iter()
+            .map(|slot| Scratch {
+                entered: slot.left.wrapping_add(1),
+                ..*slot
+            })
+            .collect();
+        let held = PerCpuValues::try_from(held).context("one value per CPU")?;
+        scratch.set(0, held, 0).context("writing the SCRATCH map")
     }
 
     /// Creates and removes a file in a private watched directory and waits for this process's
