@@ -512,6 +512,19 @@ fn memos_off_case(b: Backend) {
 
 each_backend!(memos_off, memos_off_case);
 
+/// The configuration of a test's own sensor that watches `dir` (recursively, under
+/// `WATCHED_RULE`) and nothing else.
+fn own_root_config(dir: &Path) -> SensorConfig {
+    SensorConfig {
+        roots: vec![fim::sensor::WatchRoot {
+            path: dir.to_path_buf(),
+            rule_id: WATCHED_RULE,
+            recursive: true,
+        }],
+        ..SensorConfig::default()
+    }
+}
+
 /// Setting the same roots again, as the daemon's start-up self-test does twice, must not
 /// leave a moment in which they are unwatched: while another process changes a watched file
 /// `CHMODS` times, the roots are set again and again, and every change is reported. (When
@@ -526,13 +539,8 @@ fn roots_set_again_case(b: Backend) {
     let file = dir.join("file");
     touch(&file);
     let config = SensorConfig {
-        roots: vec![fim::sensor::WatchRoot {
-            path: dir.clone(),
-            rule_id: WATCHED_RULE,
-            recursive: true,
-        }],
         memos: false,
-        ..SensorConfig::default()
+        ..own_root_config(&dir)
     };
     with_own_sensor(b, &config, |runtime, sensor| {
         drain(runtime, sensor);
@@ -597,14 +605,7 @@ fn held_scratch_case(b: Backend) {
     let dir = unwatched_dir("held-scratch", b);
     let file = dir.join("file");
     touch(&file);
-    let config = SensorConfig {
-        roots: vec![fim::sensor::WatchRoot {
-            path: dir.clone(),
-            rule_id: WATCHED_RULE,
-            recursive: true,
-        }],
-        ..SensorConfig::default()
-    };
+    let config = own_root_config(&dir);
     let chmod = |mode: &str| args(&["chmod".as_ref(), file.as_os_str(), OsStr::new(mode)]);
     let chmods = |events: &[Event]| {
         events
