@@ -6,6 +6,7 @@
 //! - `test`: the whole test suite: fmt, clippy (host, eBPF, Windows), the fim-windows.exe build,
 //!   unit, native integration, a short fuzz run, Wine and VM tests
 //! - `vm-test`: the kernel tests in QEMU on the Debian 6.1 and 6.12 kernels
+//! - `vm-run`: a shell script run in a test kernel's VM with fim, for trying scenarios
 //! - `fuzz`: the cargo-fuzz targets (decoder, config, ocsf), 10 minutes each by default
 //! - `completions`: bash, zsh and fish completions for `fim`
 //! - `install`: the release binary, the systemd unit and the completions, system-wide
@@ -18,6 +19,7 @@ mod paths;
 mod setup;
 mod testing;
 mod vm;
+mod vm_run;
 mod windows;
 
 use std::process::ExitCode;
@@ -112,6 +114,10 @@ enum Task {
         #[arg(long)]
         filter: Vec<String>,
     },
+    /// Boot a test kernel with fim (release, static), busybox and the test actor, run a shell
+    /// script inside and print its output; exits with the script's exit status. For trying a
+    /// scenario on the lsm or fentry backend (docs/vm-run.md).
+    VmRun(vm_run::Args),
 }
 
 /// `cargo xtask fuzz`: what building the targets needs, then the run and its closing line.
@@ -150,6 +156,10 @@ fn main() -> ExitCode {
             seconds,
             asan,
         } => fuzz_task(target.as_deref(), seconds, asan),
+        Task::VmRun(args) => match vm_run::run(&args) {
+            Ok(code) => return ExitCode::from(code),
+            Err(error) => Err(error),
+        },
         Task::VmTest { kernel, filter } => vm::run(&kernel, &filter).map(|counts| {
             counts.print_closing("total");
             counts.failed == 0

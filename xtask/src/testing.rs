@@ -6,7 +6,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::{
     cmd::{self, Counts},
-    fuzz, paths, setup, vm, windows,
+    fuzz, paths, setup, vm, vm_run, windows,
 };
 
 pub(crate) fn cargo() -> Command {
@@ -211,6 +211,20 @@ pub fn run_all(with_vm: bool) -> Result<bool> {
                 eprintln!("FAILURE: VM tests could not run: {e:#}");
                 phases.push((
                     "vm",
+                    Counts {
+                        passed: 0,
+                        failed: 1,
+                    },
+                ));
+            }
+        }
+        cmd::step("cargo xtask vm-run on both kernels (the example script)");
+        match vm_run::check() {
+            Ok(counts) => phases.push(("vm-run", counts)),
+            Err(e) => {
+                eprintln!("FAILURE: the vm-run check could not run: {e:#}");
+                phases.push((
+                    "vm-run",
                     Counts {
                         passed: 0,
                         failed: 1,

@@ -476,6 +476,7 @@ fn build_static_bench() -> Result<PathBuf> {
 /// The cargo profile of a static build for the guest.
 #[derive(Clone, Copy)]
 pub(crate) enum Profile {
+    Debug,
     Release,
 }
 
@@ -484,6 +485,7 @@ pub(crate) fn build_static_bin(package: &str, bin: &str, profile: Profile) -> Re
     let mut cargo = static_cargo();
     cargo.arg("build");
     let dir = match profile {
+        Profile::Debug => "debug",
         Profile::Release => {
             cargo.arg("--release");
             "release"
@@ -629,6 +631,20 @@ impl Initramfs {
         fs::copy(host, &to)
             .with_context(|| format!("copying {} to {}", host.display(), to.display()))?;
         Ok(())
+    }
+
+    /// Makes `guest` a symbolic link to `target` (kept as it is, relative or not).
+    pub(crate) fn symlink(&self, target: &Path, guest: &Path) -> Result<()> {
+        let at = self.place(guest)?;
+        let _ = fs::remove_file(&at);
+        std::os::unix::fs::symlink(target, &at)
+            .with_context(|| format!("making the symlink {}", at.display()))
+    }
+
+    /// The tree's directory on the host.
+    #[cfg(test)]
+    pub(crate) fn root(&self) -> &Path {
+        &self.root
     }
 
     /// Writes `contents` to `guest` with permission bits `mode`.
