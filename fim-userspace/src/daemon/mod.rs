@@ -5,11 +5,10 @@
 //! (the hot path); one change worker examines and hashes paths, runs the drift check at start
 //! and every rescan, writes outputs and feeds the store's batching writer.
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -23,16 +22,8 @@ use crate::pipeline::{
     Assembler, BaselineLookup, ChangeMaker, Classifier, Examine, Examined, Job, JobKind, Verdict,
 };
 use crate::sensor::{self, Backend, Event, EventKind, SensorConfig, WatchRoot};
-use crate::store::{
-    ChangeRecord, HealthRecord, IntegrityReport, Retention, Store, StoreOp, StoreWriter,
-    WriterSettings, local_hostname,
-};
+use crate::store::{ChangeRecord, Retention, Store, WriterSettings, local_hostname};
 
-/// Jobs waiting for the change worker; beyond this the paths are remembered for a rescan
-/// instead (never dropped silently; see README "Back-pressure").
-const JOB_QUEUE: usize = 65_536;
-/// Paths remembered while the queue is full; beyond this the next rescan covers everything.
-const OVERFLOW_PATHS: usize = 10_000;
 const TICK: Duration = Duration::from_millis(100);
 /// How long a placeholder (a creation reported, the path gone before it was examined) waits
 /// for its delete or rename record before the path is looked at again.
@@ -46,6 +37,12 @@ const LOSS_REPORT_EVERY: Duration = Duration::from_secs(5);
 /// How long after its record the change worker waits before it looks at the path of an lsm
 /// record (see `wait_for_the_operation`).
 const PRE_HOOK_GRACE: Duration = Duration::from_millis(100);
+
+mod feeder;
+mod outputs;
+
+use feeder::{Feeder, JOB_QUEUE};
+use outputs::{Outputs, report_loss, writer_health};
 
 /// The sensor's roots from the configured rules: the literal prefix of each enabled rule's
 /// path, recursive unless the rule only reaches the root itself or its direct entries.
@@ -132,75 +129,6 @@ enum Work {
     /// Compare these places (or everything) with the baseline; why, for the health row.
     Rescan(Scope, &'static str),
     Stop,
-}
-
-/// The change worker's outputs.
-struct Outputs {
-    sink: OutputSink,
-    writer: Arc<StoreWriter>,
-    metrics: Arc<Metrics>,
-    clock_offset_ns: i64,
-}
-
-impl Outputs {
-    fn emit(&mut self, change: &ChangeRecord, ktime_ns: Option<u64>) {
-        if let Err(e) = self.sink.write(change) {
-            self.metrics.output_error();
-            log::warn!("output: {e:#}");
-        }
-        self.metrics
-            .change(change.activity, change.group.as_deref());
-        if let Some(ktime) = ktime_ns {
-            let now = now_ns() - self.clock_offset_ns;
-            self.metrics.latency(Duration::from_nanos(
-                now.saturating_sub(ktime as i64).max(0) as u64,
-            ));
-        }
-    }
-
-    fn flush(&mut self) {
-        if let Err(e) = self.sink.flush() {
-            self.metrics.output_error();
-            log::warn!("output: {e:#}");
-        }
-    }
-
-    fn store(&self, op: StoreOp) {
-        if self.writer.send(op).is_err() {
-            self.metrics.store_error();
-        }
-    }
-
-    /// The start's baseline check: an alert on every channel when something is wrong.
-    fn integrity(&mut self, report: &IntegrityReport) {
-        if !report.alert() {
-            log::info!("baseline integrity: {}", report.summary());
-            return;
-        }
-        report.log_alert();
-        self.metrics.integrity_alert();
-        if let Err(e) = self.sink.write_value(&crate::output::integrity_finding(
-            report,
-            now_ns(),
-            self.sink.context(),
-        )) {
-            self.metrics.output_error();
-            log::warn!("output: {e:#}");
-        }
-        self.flush();
-        self.health("integrity", None, report.summary(), 0);
-    }
-
-    fn health(&self, kind: &str, backend: Option<&str>, detail: String, lost: u64) {
-        log::info!("health: {kind}: {detail}");
-        self.store(StoreOp::Health(HealthRecord {
-            time_ns: now_ns(),
-            kind: kind.to_string(),
-            backend: backend.map(str::to_string),
-            detail: Some(detail),
-            lost_events: lost,
-        }));
-    }
 }
 
 fn change_worker(
@@ -416,93 +344,6 @@ fn rescan_now(
         Err(e) => {
             outputs.metrics.store_error();
             log::error!("rescan ({why}) failed: {e:#}");
-        }
-    }
-}
-
-/// Jobs for the worker, with the overflow policy: when the queue is full the path is kept for
-/// a targeted rescan, so a storm costs latency and attribution, never a change.
-struct Feeder {
-    tx: SyncSender<Work>,
-    overflow: BTreeSet<PathBuf>,
-    overflow_everything: bool,
-    /// Jobs sent and not yet done by the worker (the queue-depth gauge).
-    pending: Arc<AtomicU64>,
-    /// Jobs that found the queue full (their paths went to `overflow`).
-    overflowed: u64,
-    /// Jobs queued so far.
-    sent: u64,
-}
-
-impl Feeder {
-    fn new(tx: SyncSender<Work>, pending: Arc<AtomicU64>) -> Feeder {
-        Feeder {
-            tx,
-            overflow: BTreeSet::new(),
-            overflow_everything: false,
-            pending,
-            overflowed: 0,
-            sent: 0,
-        }
-    }
-
-    fn job(&mut self, job: Job) {
-        use std::os::unix::ffi::OsStrExt;
-        let paths: Vec<Vec<u8>> = std::iter::once(job.path.clone())
-            .chain(job.new_path.clone())
-            .collect();
-        match self.tx.try_send(Work::Job(Box::new(job))) {
-            Ok(()) => {
-                self.pending.fetch_add(1, Ordering::Relaxed);
-                self.sent += 1;
-            }
-            Err(TrySendError::Full(_)) => {
-                self.overflowed += 1;
-                if self.overflow.is_empty() && !self.overflow_everything {
-                    log::warn!(
-                        "change queue full ({JOB_QUEUE} jobs): remembering paths for a rescan"
-                    );
-                }
-                for path in paths {
-                    if self.overflow.len() >= OVERFLOW_PATHS {
-                        self.overflow_everything = true;
-                    } else {
-                        self.overflow
-                            .insert(PathBuf::from(std::ffi::OsStr::from_bytes(&path)));
-                    }
-                }
-            }
-            Err(TrySendError::Disconnected(_)) => {}
-        }
-    }
-
-    /// Asks for the rescan of what overflowed, once there is room again.
-    fn drain_overflow(&mut self) {
-        if self.overflow.is_empty() && !self.overflow_everything {
-            return;
-        }
-        let scope = if self.overflow_everything {
-            Scope::Everything
-        } else {
-            // Each path's parent: a path that overflowed may have been renamed or removed.
-            let parents: BTreeSet<PathBuf> = self
-                .overflow
-                .iter()
-                .map(|p| {
-                    p.parent()
-                        .map(Path::to_path_buf)
-                        .unwrap_or_else(|| p.clone())
-                })
-                .collect();
-            Scope::Paths(parents.into_iter().collect())
-        };
-        if self
-            .tx
-            .try_send(Work::Rescan(scope, "queue overflow"))
-            .is_ok()
-        {
-            self.overflow.clear();
-            self.overflow_everything = false;
         }
     }
 }
@@ -747,22 +588,6 @@ pub async fn run_until(
     Ok(())
 }
 
-fn report_loss(writer: &StoreWriter, backend: &str, lost: u64) {
-    let detail = format!("{lost} kernel records lost; rescanning the watched roots");
-    log::warn!("{detail}");
-    writer_health(writer, "loss", backend, detail, lost);
-}
-
-fn writer_health(writer: &StoreWriter, kind: &str, backend: &str, detail: String, lost: u64) {
-    let _ = writer.send(StoreOp::Health(HealthRecord {
-        time_ns: now_ns(),
-        kind: kind.to_string(),
-        backend: Some(backend.to_string()),
-        detail: Some(detail),
-        lost_events: lost,
-    }));
-}
-
 /// The lsm backend reports from the kernel's LSM hooks, which run before the operation they
 /// announce takes effect: a job examined at once could look before a chmod, a rename or a
 /// mkdir was done, and report nothing changed or a path that is not there (seen in the 6.12
@@ -799,6 +624,7 @@ fn clock_ns_monotonic() -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use super::feeder::OVERFLOW_PATHS;
     use super::*;
     use crate::pipeline::Process;
 
