@@ -5,43 +5,34 @@
 //! (the hot path); one change worker examines and hashes paths, runs the drift check at start
 //! and every rescan, writes outputs and feeds the store's batching writer.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use crate::baseline::{self, BaselineEntry, ScanOptions, Scope};
+use crate::baseline::Scope;
 use crate::config::{Config, RuleSet};
 use crate::enrich::{ProcessCache, monotonic_epoch_ns};
 use crate::metrics::{self, Metrics};
 use crate::output::{OcsfContext, OutputSink};
-use crate::pipeline::{
-    Assembler, BaselineLookup, ChangeMaker, Classifier, Examine, Examined, Job, JobKind, Verdict,
-};
+use crate::pipeline::{Assembler, Classifier, Job, Verdict};
 use crate::sensor::{self, Backend, Event, EventKind, SensorConfig, WatchRoot};
-use crate::store::{ChangeRecord, Retention, Store, WriterSettings, local_hostname};
+use crate::store::{Store, WriterSettings, local_hostname};
 
 const TICK: Duration = Duration::from_millis(100);
-/// How long a placeholder (a creation reported, the path gone before it was examined) waits
-/// for its delete or rename record before the path is looked at again.
-const PLACEHOLDER_CHECK: Duration = Duration::from_secs(2);
-/// How often old change and health rows are pruned (`[store] retention_days`, `max_changes`).
-const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// Why a rescan runs after kernel records were lost (see `loss_rescan_queued`).
 const LOSS: &str = "kernel loss";
 /// Losses are logged and recorded as health rows at most this often (their sum).
 const LOSS_REPORT_EVERY: Duration = Duration::from_secs(5);
-/// How long after its record the change worker waits before it looks at the path of an lsm
-/// record (see `wait_for_the_operation`).
-const PRE_HOOK_GRACE: Duration = Duration::from_millis(100);
 
 mod feeder;
 mod outputs;
+mod rescan;
+mod worker;
 
-use feeder::{Feeder, JOB_QUEUE};
+use feeder::Feeder;
 use outputs::{Outputs, report_loss, writer_health};
 
 /// The sensor's roots from the configured rules: the literal prefix of each enabled rule's
@@ -71,56 +62,16 @@ fn release_free_memory() {
     }
 }
 
+/// A path from the bytes the kernel and the store carry.
+fn path_from_bytes(bytes: &[u8]) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    PathBuf::from(std::ffi::OsStr::from_bytes(bytes))
+}
+
 pub fn now_ns() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as i64)
-}
-
-fn scan_options(config: &Config, rehash: bool) -> ScanOptions {
-    ScanOptions {
-        max_file_size: config.hashing.max_file_size,
-        scan_bytes_per_sec: config.hashing.scan_bytes_per_sec,
-        content_max_size: config.store.content_max_size,
-        progress: false,
-        rehash,
-    }
-}
-
-/// Baseline rows from the store, one path at a time.
-struct StoreLookup(Store);
-
-impl BaselineLookup for StoreLookup {
-    fn get(&mut self, path: &[u8]) -> Result<Option<BaselineEntry>> {
-        self.0.baseline_entry(path)
-    }
-}
-
-/// The filesystem as the scan sees it.
-struct FsExamine {
-    rules: Arc<RuleSet>,
-    config: Config,
-}
-
-impl Examine for FsExamine {
-    fn examine(
-        &mut self,
-        path: &[u8],
-        previous: Option<&BaselineEntry>,
-        keep_content_up_to: Option<u64>,
-        rehash: bool,
-    ) -> Examined {
-        use std::os::unix::ffi::OsStrExt;
-        let mut options = scan_options(&self.config, rehash);
-        if let Some(limit) = keep_content_up_to {
-            options.content_max_size = limit;
-        }
-        let path = Path::new(std::ffi::OsStr::from_bytes(path));
-        match baseline::observe(path, &self.rules, &options, previous) {
-            Some((entry, content)) => Examined::Present { entry, content },
-            None => Examined::Vanished,
-        }
-    }
 }
 
 /// What the change worker is asked to do.
@@ -129,223 +80,6 @@ enum Work {
     /// Compare these places (or everything) with the baseline; why, for the health row.
     Rescan(Scope, &'static str),
     Stop,
-}
-
-fn change_worker(
-    work: Receiver<Work>,
-    mut maker: ChangeMaker,
-    mut outputs: Outputs,
-    config: Config,
-    rules: Arc<RuleSet>,
-    pending: Arc<AtomicU64>,
-    loss_rescan_queued: Arc<AtomicBool>,
-) {
-    let host = local_hostname();
-    let mut store = match Store::open(&config.state_dir) {
-        Ok(store) => Some(store),
-        Err(e) => {
-            log::error!("the change worker cannot open the store for rescans: {e:#}");
-            None
-        }
-    };
-    let mut last_flush = Instant::now();
-    let mut last_prune: Option<Instant> = None;
-    let mut baseline_files: i64 = 0;
-    let mut placeholders: std::collections::VecDeque<(Instant, Vec<u8>)> =
-        std::collections::VecDeque::new();
-    loop {
-        let item = match work.recv_timeout(Duration::from_millis(200)) {
-            Ok(item) => Some(item),
-            Err(mpsc::RecvTimeoutError::Timeout) => None,
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-        };
-        match item {
-            Some(Work::Job(job)) => {
-                wait_for_the_operation(&job);
-                let started = Instant::now();
-                let made = maker.make(&job);
-                if made.baseline_delta != 0 {
-                    baseline_files = (baseline_files + made.baseline_delta).max(0);
-                    outputs.metrics.set_baseline_files(baseline_files as u64);
-                }
-                if made.hashed_bytes > 0 {
-                    outputs.metrics.hashed(made.hashed_bytes, started.elapsed());
-                }
-                for change in &made.changes {
-                    outputs.emit(change, Some(job.ktime_ns));
-                }
-                if !made.changes.is_empty() {
-                    // The report leaves fim before the baseline moves on: killed in between,
-                    // the next start finds the change again (at least once, never zero).
-                    outputs.flush();
-                }
-                for op in made.ops {
-                    outputs.store(op);
-                }
-                if made.moved_below {
-                    // The next lookups read below the new name from SQLite.
-                    let _ = outputs.writer.flush();
-                }
-                if let Some(path) = made.placeholder {
-                    placeholders.push_back((Instant::now() + PLACEHOLDER_CHECK, path));
-                }
-                if let Some(dir) = made.scan_below {
-                    use std::os::unix::ffi::OsStrExt;
-                    let dir = PathBuf::from(std::ffi::OsStr::from_bytes(&dir));
-                    rescan_now(
-                        &mut store,
-                        &mut maker,
-                        &mut outputs,
-                        &config,
-                        &rules,
-                        &host,
-                        Scope::Paths(vec![dir]),
-                        "directory moved in",
-                        &mut baseline_files,
-                    );
-                }
-                pending.fetch_sub(1, Ordering::Relaxed);
-            }
-            Some(Work::Rescan(scope, why)) => {
-                if why == LOSS {
-                    // Losses from now on need a rescan of their own.
-                    loss_rescan_queued.store(false, Ordering::Release);
-                }
-                rescan_now(
-                    &mut store,
-                    &mut maker,
-                    &mut outputs,
-                    &config,
-                    &rules,
-                    &host,
-                    scope,
-                    why,
-                    &mut baseline_files,
-                );
-            }
-            Some(Work::Stop) => break,
-            None => {}
-        }
-        // Placeholders whose delete or rename record never came (lost): look again.
-        let mut due = Vec::new();
-        while placeholders
-            .front()
-            .is_some_and(|(at, _)| *at <= Instant::now())
-        {
-            if let Some((_, path)) = placeholders.pop_front()
-                && maker.is_placeholder(&path)
-            {
-                use std::os::unix::ffi::OsStrExt;
-                due.push(PathBuf::from(std::ffi::OsStr::from_bytes(&path)));
-            }
-        }
-        if !due.is_empty() {
-            rescan_now(
-                &mut store,
-                &mut maker,
-                &mut outputs,
-                &config,
-                &rules,
-                &host,
-                Scope::Paths(due),
-                "unexplained disappearance",
-                &mut baseline_files,
-            );
-        }
-        // Retention, like `fim scan` applies it: at start and then every hour.
-        if last_prune.is_none_or(|at| at.elapsed() >= PRUNE_EVERY)
-            && let Some(store) = store.as_mut()
-        {
-            last_prune = Some(Instant::now());
-            let retention_ns =
-                i64::from(config.store.retention_days).saturating_mul(86_400 * 1_000_000_000);
-            let retention = Retention {
-                older_than_ns: now_ns().saturating_sub(retention_ns),
-                max_changes: config.store.max_changes,
-            };
-            if let Err(e) = store.prune(retention) {
-                outputs.metrics.store_error();
-                log::warn!("pruning old rows: {e:#}");
-            }
-        }
-        if last_flush.elapsed() >= Duration::from_millis(200) {
-            last_flush = Instant::now();
-            if let Err(e) = outputs.sink.flush() {
-                outputs.metrics.output_error();
-                log::warn!("output: {e:#}");
-            }
-            let stats = outputs.writer.stats();
-            outputs
-                .metrics
-                .set_store_totals(stats.write_errors, stats.rows_dropped, stats.pending);
-        }
-    }
-    let _ = outputs.sink.flush();
-}
-
-/// Compares `scope` with the baseline now (start, kernel loss, overflow, a directory moved in)
-/// and reports what differs, attribution unknown.
-#[allow(clippy::too_many_arguments)]
-fn rescan_now(
-    store: &mut Option<Store>,
-    maker: &mut ChangeMaker,
-    outputs: &mut Outputs,
-    config: &Config,
-    rules: &RuleSet,
-    host: &str,
-    scope: Scope,
-    why: &'static str,
-    baseline_files: &mut i64,
-) {
-    let Some(store) = store.as_mut() else {
-        return;
-    };
-    // Let the writer commit what is queued, so the scan compares with it.
-    let _ = outputs.writer.flush();
-    outputs.metrics.rescan();
-    let started = Instant::now();
-    let options = scan_options(config, false);
-    // Each change is written out before the scan commits the rows it explains (the scan
-    // commits after this callback returns): killed in between, the next start reports it again.
-    let result = baseline::rescan(store, rules, &options, &scope, |item| {
-        outputs.emit(
-            &ChangeRecord::from_drift_item(&item, rules, host, now_ns()),
-            None,
-        );
-        outputs.flush();
-    });
-    maker.forget_recent();
-    release_free_memory();
-    match result {
-        Ok(report) => {
-            let kind = if why == "start" { "scan" } else { "rescan" };
-            outputs.health(
-                kind,
-                None,
-                format!(
-                    "{why}: {}{} in {:.1}s; {} entries, {} hashed",
-                    report.summary(),
-                    if report.first_scan {
-                        " (baseline created)"
-                    } else {
-                        ""
-                    },
-                    started.elapsed().as_secs_f64(),
-                    report.stats.entries,
-                    report.stats.files_hashed,
-                ),
-                0,
-            );
-            if let Ok(n) = store.baseline_len() {
-                *baseline_files = n as i64;
-                outputs.metrics.set_baseline_files(n);
-            }
-        }
-        Err(e) => {
-            outputs.metrics.store_error();
-            log::error!("rescan ({why}) failed: {e:#}");
-        }
-    }
 }
 
 /// Runs the daemon until SIGINT or SIGTERM.
@@ -438,30 +172,8 @@ pub async fn run_until(
         0,
     );
     outputs.integrity(&integrity);
-    let maker = ChangeMaker::new(
-        Box::new(StoreLookup(Store::open(&config.state_dir)?)),
-        Box::new(FsExamine {
-            rules: Arc::clone(&rules),
-            config: config.clone(),
-        }),
-        local_hostname(),
-        config.store.content_max_size,
-    );
-    let (tx, rx) = mpsc::sync_channel(JOB_QUEUE);
-    let pending = Arc::new(AtomicU64::new(0));
-    // Changes made while fim was not running come first.
-    tx.send(Work::Rescan(Scope::Everything, "start"))
-        .context("queueing the start scan")?;
-    let loss_rescan_queued = Arc::new(AtomicBool::new(false));
-    let worker = {
-        let (config, rules, done) = (config.clone(), Arc::clone(&rules), Arc::clone(&pending));
-        let queued = Arc::clone(&loss_rescan_queued);
-        std::thread::Builder::new()
-            .name("fim-changes".into())
-            .spawn(move || change_worker(rx, maker, outputs, config, rules, done, queued))
-            .context("starting the change worker")?
-    };
-    let mut feeder = Feeder::new(tx.clone(), Arc::clone(&pending));
+    let worker = worker::spawn(&config, &rules, outputs)?;
+    let mut feeder = Feeder::new(worker.tx.clone(), Arc::clone(&worker.pending));
     let classifier = Classifier::new(
         Arc::clone(&rules),
         config.authorized.clone(),
@@ -541,13 +253,13 @@ pub async fn run_until(
                     // A loss rescan still waiting with no job queued behind it covers this
                     // loss too; otherwise a new one goes behind those jobs (a stale delete
                     // processed after the rescan would drop a file that is there).
-                    let covered = loss_rescan_queued.load(Ordering::Acquire)
+                    let covered = worker.loss_rescan_queued.load(Ordering::Acquire)
                         && feeder.sent == sent_at_loss_rescan;
                     if !covered {
-                        loss_rescan_queued.store(true, Ordering::Release);
+                        worker.loss_rescan_queued.store(true, Ordering::Release);
                         sent_at_loss_rescan = feeder.sent;
-                        if tx.try_send(Work::Rescan(Scope::Paths(root_paths.clone()), LOSS)).is_err() {
-                            loss_rescan_queued.store(false, Ordering::Release);
+                        if worker.tx.try_send(Work::Rescan(Scope::Paths(root_paths.clone()), LOSS)).is_err() {
+                            worker.loss_rescan_queued.store(false, Ordering::Release);
                             feeder.overflow_everything = true;
                         }
                     }
@@ -558,7 +270,7 @@ pub async fn run_until(
                     unreported_loss = 0;
                     last_loss_report = Some(Instant::now());
                 }
-                metrics.set_queue_depth(pending.load(Ordering::Relaxed));
+                metrics.set_queue_depth(worker.pending.load(Ordering::Relaxed));
                 metrics.set_backpressure_totals(feeder.overflowed, assembler.evicted);
             }
             _ = &mut stop => break,
@@ -569,12 +281,7 @@ pub async fn run_until(
     }
     log::info!("stopping; lost kernel records: {lost_seen}");
     assembler.flush_all(&mut jobs);
-    for job in jobs.drain(..) {
-        pending.fetch_add(1, Ordering::Relaxed);
-        let _ = tx.send(Work::Job(Box::new(job)));
-    }
-    let _ = tx.send(Work::Stop);
-    let _ = worker.join();
+    worker.finish(jobs.drain(..));
     writer_health(&writer, "stop", backend, "stopped".into(), 0);
     drop(feeder);
     match Arc::try_unwrap(writer) {
@@ -586,30 +293,6 @@ pub async fn run_until(
         }
     }
     Ok(())
-}
-
-/// The lsm backend reports from the kernel's LSM hooks, which run before the operation they
-/// announce takes effect: a job examined at once could look before a chmod, a rename or a
-/// mkdir was done, and report nothing changed or a path that is not there (seen in the 6.12
-/// test VM: a renamed file's row missing, so its later delete had no previous state). So
-/// the worker does not look at a path before `PRE_HOOK_GRACE` has passed since the record.
-/// The other backends report after the operation (fexit, sys_exit); a delete looks at
-/// nothing. In a burst only the first job waits: the ones behind it are older by then.
-fn wait_for_the_operation(job: &Job) {
-    if let Some(wait) = pre_hook_wait(job, clock_ns_monotonic()) {
-        std::thread::sleep(wait);
-    }
-}
-
-/// How long `job` must still wait at monotonic time `now_ns` (see `wait_for_the_operation`).
-fn pre_hook_wait(job: &Job, now_ns: u64) -> Option<Duration> {
-    if job.backend != Backend::Lsm.name() || job.what == JobKind::Delete {
-        return None;
-    }
-    let grace = PRE_HOOK_GRACE.as_nanos() as u64;
-    let due = job.ktime_ns.saturating_add(grace);
-    // A record stamped after `now` (clock skew, never expected) waits no longer than one grace.
-    (now_ns < due).then(|| Duration::from_nanos((due - now_ns).min(grace)))
 }
 
 fn clock_ns_monotonic() -> u64 {
@@ -624,9 +307,13 @@ fn clock_ns_monotonic() -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::AtomicU64;
+    use std::sync::mpsc;
+
     use super::feeder::OVERFLOW_PATHS;
+    use super::worker::{PRE_HOOK_GRACE, pre_hook_wait};
     use super::*;
-    use crate::pipeline::Process;
+    use crate::pipeline::{JobKind, Process};
 
     fn job(path: &str) -> Job {
         Job {
