@@ -14,12 +14,9 @@ use anyhow::{Context, Result};
 
 use crate::baseline::Scope;
 use crate::config::{Config, RuleSet};
-use crate::enrich::{ProcessCache, monotonic_epoch_ns};
-use crate::metrics::{self, Metrics};
-use crate::output::{OcsfContext, OutputSink};
+use crate::enrich::ProcessCache;
 use crate::pipeline::{Assembler, Classifier, Job, Verdict};
-use crate::sensor::{self, Backend, Event, EventKind, SensorConfig, WatchRoot};
-use crate::store::{Store, WriterSettings, local_hostname};
+use crate::sensor::{Backend, Event, EventKind, WatchRoot};
 
 const TICK: Duration = Duration::from_millis(100);
 /// Why a rescan runs after kernel records were lost (see `loss_rescan_queued`).
@@ -30,10 +27,12 @@ const LOSS_REPORT_EVERY: Duration = Duration::from_secs(5);
 mod feeder;
 mod outputs;
 mod rescan;
+mod start;
 mod worker;
 
 use feeder::Feeder;
-use outputs::{Outputs, report_loss, writer_health};
+use outputs::{report_loss, writer_health};
+use start::{Started, start};
 
 /// The sensor's roots from the configured rules: the literal prefix of each enabled rule's
 /// path, recursive unless the rule only reaches the root itself or its direct entries.
@@ -101,78 +100,16 @@ pub async fn run_until(
     forced: Option<Backend>,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
-    let metrics = Arc::new(Metrics::new());
-    let listener = metrics::bind(config.metrics_address).await?;
-    tokio::spawn(metrics::serve(listener, Arc::clone(&metrics)));
-    log::info!("metrics on http://{}/metrics", config.metrics_address);
-
-    let mut store = Store::open(&config.state_dir)?;
-    // Before anything reads or writes the baseline: are its rows still the ones fim wrote?
-    let checked = Instant::now();
-    let integrity = store
-        .check_integrity()
-        .context("authenticating the baseline")?;
-    log::info!(
-        "baseline integrity checked in {:.2}s",
-        checked.elapsed().as_secs_f64()
-    );
-    let writer = Arc::new(
-        store
-            .spawn_writer(WriterSettings::default())
-            .context("starting the store writer")?,
-    );
-    let rules = Arc::new(config.rules.clone());
-
-    // The sensor starts before the drift check, so nothing that happens meanwhile is missed.
-    let roots = sensor_roots(&rules);
-    log::info!(
-        "watching {} roots: {}",
-        roots.len(),
-        roots
-            .iter()
-            .map(|r| r.path.display().to_string())
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
-    let sensor_config = SensorConfig {
-        roots: roots.clone(),
-        ring_buffer_bytes: config.ring_buffer_bytes,
-        ..SensorConfig::default()
-    };
-    let selection = sensor::start_best(forced, &sensor_config).await?;
-    for (backend, why) in &selection.skipped {
-        log::warn!("backend {} skipped: {why:#}", backend.name());
-    }
-    let mut sensor = selection.sensor;
-    release_free_memory();
-    let backend = sensor.backend().name();
-    metrics.sensor(backend);
-    log::info!(
-        "sensor backend {backend} is running on kernel {}",
-        crate::host::kernel_release()
-    );
-
-    let clock_offset_ns = monotonic_epoch_ns();
-    let mut outputs = Outputs {
-        sink: OutputSink::open(&config.output, OcsfContext::new(local_hostname()))
-            .context("opening the output")?,
-        writer: Arc::clone(&writer),
-        metrics: Arc::clone(&metrics),
+    let Started {
+        metrics,
+        writer,
+        rules,
+        roots,
+        mut sensor,
         clock_offset_ns,
-    };
-    outputs.health(
-        "start",
-        Some(backend),
-        format!(
-            "fim {} pid {} on kernel {}",
-            env!("CARGO_PKG_VERSION"),
-            std::process::id(),
-            crate::host::kernel_release()
-        ),
-        0,
-    );
-    outputs.integrity(&integrity);
-    let worker = worker::spawn(&config, &rules, outputs)?;
+        worker,
+    } = start(&config, forced).await?;
+    let backend = sensor.backend().name();
     let mut feeder = Feeder::new(worker.tx.clone(), Arc::clone(&worker.pending));
     let classifier = Classifier::new(
         Arc::clone(&rules),

@@ -4,9 +4,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::{Context, Result};
+
+use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::output::OutputSink;
-use crate::store::{ChangeRecord, HealthRecord, IntegrityReport, StoreOp, StoreWriter};
+use crate::output::{OcsfContext, OutputSink};
+use crate::store::{
+    ChangeRecord, HealthRecord, IntegrityReport, StoreOp, StoreWriter, local_hostname,
+};
 
 use super::now_ns;
 
@@ -19,6 +24,22 @@ pub(super) struct Outputs {
 }
 
 impl Outputs {
+    /// The configured output, with the store writer and metrics the event loop uses too.
+    pub(super) fn open(
+        config: &Config,
+        writer: &Arc<StoreWriter>,
+        metrics: &Arc<Metrics>,
+        clock_offset_ns: i64,
+    ) -> Result<Outputs> {
+        Ok(Outputs {
+            sink: OutputSink::open(&config.output, OcsfContext::new(local_hostname()))
+                .context("opening the output")?,
+            writer: Arc::clone(writer),
+            metrics: Arc::clone(metrics),
+            clock_offset_ns,
+        })
+    }
+
     pub(super) fn emit(&mut self, change: &ChangeRecord, ktime_ns: Option<u64>) {
         if let Err(e) = self.sink.write(change) {
             self.metrics.output_error();

@@ -1,0 +1,138 @@
+//! The daemon's start sequence, one named step at a time, in an order that matters: the
+//! metrics endpoint, the store (its baseline authenticated before anything reads it), the
+//! sensor (before the drift check, so nothing that happens meanwhile is missed), the outputs,
+//! then the change worker with the start scan queued first.
+//!
+//! A new start step goes into `start` where what it needs exists, and what it leaves for the
+//! event loop goes into `Started`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+
+use crate::config::{Config, RuleSet};
+use crate::enrich::monotonic_epoch_ns;
+use crate::metrics::{self, Metrics};
+use crate::sensor::{self, Backend, Sensor, SensorConfig, WatchRoot};
+use crate::store::{IntegrityReport, Store, StoreWriter, WriterSettings};
+
+use super::outputs::Outputs;
+use super::worker::{self, WorkerHandle};
+use super::{release_free_memory, sensor_roots};
+
+/// What the start sequence hands to the event loop.
+pub(super) struct Started {
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) writer: Arc<StoreWriter>,
+    pub(super) rules: Arc<RuleSet>,
+    pub(super) roots: Vec<WatchRoot>,
+    pub(super) sensor: Sensor,
+    /// Epoch minus monotonic time, for the kernel's timestamps.
+    pub(super) clock_offset_ns: i64,
+    pub(super) worker: WorkerHandle,
+}
+
+/// Starts everything the event loop needs, in order.
+pub(super) async fn start(config: &Config, forced: Option<Backend>) -> Result<Started> {
+    let metrics = serve_metrics(config).await?;
+    let (writer, integrity) = open_store(config)?;
+    let rules = Arc::new(config.rules.clone());
+    // The sensor starts before the drift check, so nothing that happens meanwhile is missed.
+    let (sensor, roots) = start_sensor(config, &rules, forced, &metrics).await?;
+    let clock_offset_ns = monotonic_epoch_ns();
+    let mut outputs = Outputs::open(config, &writer, &metrics, clock_offset_ns)?;
+    record_start(&mut outputs, sensor.backend().name(), &integrity);
+    let worker = worker::spawn(config, &rules, outputs)?;
+    Ok(Started {
+        metrics,
+        writer,
+        rules,
+        roots,
+        sensor,
+        clock_offset_ns,
+        worker,
+    })
+}
+
+/// The metrics and their HTTP endpoint, served from now on.
+async fn serve_metrics(config: &Config) -> Result<Arc<Metrics>> {
+    let metrics = Arc::new(Metrics::new());
+    let listener = metrics::bind(config.metrics_address).await?;
+    tokio::spawn(metrics::serve(listener, Arc::clone(&metrics)));
+    log::info!("metrics on http://{}/metrics", config.metrics_address);
+    Ok(metrics)
+}
+
+/// The store, its baseline checked, and its batching writer.
+fn open_store(config: &Config) -> Result<(Arc<StoreWriter>, IntegrityReport)> {
+    let mut store = Store::open(&config.state_dir)?;
+    // Before anything reads or writes the baseline: are its rows still the ones fim wrote?
+    let checked = Instant::now();
+    let integrity = store
+        .check_integrity()
+        .context("authenticating the baseline")?;
+    log::info!(
+        "baseline integrity checked in {:.2}s",
+        checked.elapsed().as_secs_f64()
+    );
+    let writer = Arc::new(
+        store
+            .spawn_writer(WriterSettings::default())
+            .context("starting the store writer")?,
+    );
+    Ok((writer, integrity))
+}
+
+/// The best backend that works (or the forced one) on the rules' roots, and those roots.
+async fn start_sensor(
+    config: &Config,
+    rules: &RuleSet,
+    forced: Option<Backend>,
+    metrics: &Metrics,
+) -> Result<(Sensor, Vec<WatchRoot>)> {
+    let roots = sensor_roots(rules);
+    log::info!(
+        "watching {} roots: {}",
+        roots.len(),
+        roots
+            .iter()
+            .map(|r| r.path.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let sensor_config = SensorConfig {
+        roots: roots.clone(),
+        ring_buffer_bytes: config.ring_buffer_bytes,
+        ..SensorConfig::default()
+    };
+    let selection = sensor::start_best(forced, &sensor_config).await?;
+    for (backend, why) in &selection.skipped {
+        log::warn!("backend {} skipped: {why:#}", backend.name());
+    }
+    let sensor = selection.sensor;
+    release_free_memory();
+    let backend = sensor.backend().name();
+    metrics.sensor(backend);
+    log::info!(
+        "sensor backend {backend} is running on kernel {}",
+        crate::host::kernel_release()
+    );
+    Ok((sensor, roots))
+}
+
+/// The start in the store and the outputs: a health row, then the baseline check's result.
+fn record_start(outputs: &mut Outputs, backend: &str, integrity: &IntegrityReport) {
+    outputs.health(
+        "start",
+        Some(backend),
+        format!(
+            "fim {} pid {} on kernel {}",
+            env!("CARGO_PKG_VERSION"),
+            std::process::id(),
+            crate::host::kernel_release()
+        ),
+        0,
+    );
+    outputs.integrity(integrity);
+}
