@@ -4,35 +4,33 @@
 //! Threads: the async main task reads the ring buffer, enriches, matches rules and assembles
 //! (the hot path); one change worker examines and hashes paths, runs the drift check at start
 //! and every rescan, writes outputs and feeds the store's batching writer.
+//!
+//! `run_until` is the whole life: `start` (the start sequence, step by step), then
+//! `event_loop` (one `select!` branch per event source, then the shutdown). The worker thread
+//! is in `worker`, its rescans in `rescan`; `feeder` is the job queue's overflow policy and
+//! `outputs` where findings go (output sink, store writer, metrics).
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
 use crate::baseline::Scope;
 use crate::config::{Config, RuleSet};
-use crate::enrich::ProcessCache;
-use crate::pipeline::{Assembler, Classifier, Job, Verdict};
-use crate::sensor::{Backend, Event, EventKind, WatchRoot};
+use crate::pipeline::Job;
+use crate::sensor::{Backend, WatchRoot};
 
-const TICK: Duration = Duration::from_millis(100);
 /// Why a rescan runs after kernel records were lost (see `loss_rescan_queued`).
 const LOSS: &str = "kernel loss";
-/// Losses are logged and recorded as health rows at most this often (their sum).
-const LOSS_REPORT_EVERY: Duration = Duration::from_secs(5);
 
+mod event_loop;
 mod feeder;
 mod outputs;
 mod rescan;
 mod start;
 mod worker;
 
-use feeder::Feeder;
-use outputs::{report_loss, writer_health};
-use start::{Started, start};
+use event_loop::EventLoop;
+use start::start;
 
 /// The sensor's roots from the configured rules: the literal prefix of each enabled rule's
 /// path, recursive unless the rule only reaches the root itself or its direct entries.
@@ -100,136 +98,10 @@ pub async fn run_until(
     forced: Option<Backend>,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
-    let Started {
-        metrics,
-        writer,
-        rules,
-        roots,
-        mut sensor,
-        clock_offset_ns,
-        worker,
-    } = start(&config, forced).await?;
-    let backend = sensor.backend().name();
-    let mut feeder = Feeder::new(worker.tx.clone(), Arc::clone(&worker.pending));
-    let classifier = Classifier::new(
-        Arc::clone(&rules),
-        config.authorized.clone(),
-        config.excluded.clone(),
-    );
-    let mut enrich = ProcessCache::new();
-    let excluded_exes: Vec<Vec<u8>> = config
-        .excluded
-        .iter()
-        .map(|p| p.as_os_str().as_encoded_bytes().to_vec())
-        .collect();
-    let mut assembler = Assembler::new(clock_offset_ns);
-    let mut batch: Vec<Event> = Vec::new();
-    let mut jobs: Vec<Job> = Vec::new();
-    let mut tick = tokio::time::interval(TICK);
-    let mut lost_seen = 0u64;
-    let mut unreported_loss = 0u64;
-    let mut loss_drain_mark: Option<u64> = None;
-    let mut sent_at_loss_rescan = 0u64;
-    let mut last_loss_report: Option<Instant> = None;
-    let mut malformed_seen = 0u64;
-    let root_paths: Vec<PathBuf> = roots.iter().map(|r| r.path.clone()).collect();
-    tokio::pin!(stop);
-    loop {
-        tokio::select! {
-            received = sensor.recv(&mut batch) => {
-                received?;
-                metrics.kernel_records(backend, batch.len() as u64);
-                for event in batch.drain(..) {
-                    // An excluded executable starting: drop that process in the kernel too.
-                    if event.kind == EventKind::Exec
-                        && excluded_exes.contains(&event.path)
-                        && let Err(e) = sensor.exclude_actor(event.actor.tgid, event.actor.start_boottime_ns)
-                    {
-                        log::warn!("excluding pid {} in the kernel: {e:#}", event.actor.tgid);
-                    }
-                    match classifier.classify(event, &mut enrich) {
-                        Verdict::Report(o) => assembler.observe(*o, &mut jobs),
-                        Verdict::NoRule | Verdict::Excluded | Verdict::Exec => {}
-                    }
-                }
-                for job in jobs.drain(..) {
-                    feeder.job(job);
-                }
-            }
-            _ = tick.tick() => {
-                let now = clock_ns_monotonic();
-                assembler.tick(now, &mut jobs);
-                for job in jobs.drain(..) {
-                    feeder.job(job);
-                }
-                feeder.drain_overflow();
-                let lost = sensor.lost_events().unwrap_or(lost_seen);
-                metrics.set_lost(backend, lost);
-                let malformed = sensor.malformed_records();
-                metrics.malformed(malformed - malformed_seen);
-                malformed_seen = malformed;
-                if lost > lost_seen {
-                    unreported_loss += lost - lost_seen;
-                    lost_seen = lost;
-                    // The lost records may include the closes of open write sessions, which
-                    // would then never end: examine them all now. A writer still open is
-                    // examined again at its close (a close without a session is examined).
-                    assembler.flush_all(&mut jobs);
-                    for job in jobs.drain(..) {
-                        feeder.job(job);
-                    }
-                    // The rescan must come after the jobs of every record the kernel wrote
-                    // before the loss: those may still be unread in the ring. Wait for a
-                    // whole drain that started after now.
-                    loss_drain_mark = Some(sensor.drains());
-                }
-                if let Some(mark) = loss_drain_mark
-                    && sensor.drains() >= mark + 2
-                {
-                    loss_drain_mark = None;
-                    // A loss rescan still waiting with no job queued behind it covers this
-                    // loss too; otherwise a new one goes behind those jobs (a stale delete
-                    // processed after the rescan would drop a file that is there).
-                    let covered = worker.loss_rescan_queued.load(Ordering::Acquire)
-                        && feeder.sent == sent_at_loss_rescan;
-                    if !covered {
-                        worker.loss_rescan_queued.store(true, Ordering::Release);
-                        sent_at_loss_rescan = feeder.sent;
-                        if worker.tx.try_send(Work::Rescan(Scope::Paths(root_paths.clone()), LOSS)).is_err() {
-                            worker.loss_rescan_queued.store(false, Ordering::Release);
-                            feeder.overflow_everything = true;
-                        }
-                    }
-                }
-                // Logged and recorded at most every few seconds while losses go on.
-                if unreported_loss > 0 && last_loss_report.is_none_or(|at| at.elapsed() >= LOSS_REPORT_EVERY) {
-                    report_loss(&writer, backend, unreported_loss);
-                    unreported_loss = 0;
-                    last_loss_report = Some(Instant::now());
-                }
-                metrics.set_queue_depth(worker.pending.load(Ordering::Relaxed));
-                metrics.set_backpressure_totals(feeder.overflowed, assembler.evicted);
-            }
-            _ = &mut stop => break,
-        }
-    }
-    if unreported_loss > 0 {
-        report_loss(&writer, backend, unreported_loss);
-    }
-    log::info!("stopping; lost kernel records: {lost_seen}");
-    assembler.flush_all(&mut jobs);
-    worker.finish(jobs.drain(..));
-    writer_health(&writer, "stop", backend, "stopped".into(), 0);
-    drop(feeder);
-    match Arc::try_unwrap(writer) {
-        Ok(writer) => {
-            writer.shutdown().context("flushing the store")?;
-        }
-        Err(writer) => {
-            writer.flush().context("flushing the store")?;
-        }
-    }
-    Ok(())
+    let started = start(&config, forced).await?;
+    let mut event_loop = EventLoop::new(started, &config);
+    event_loop.run(stop).await?;
+    event_loop.shutdown()
 }
 
 fn clock_ns_monotonic() -> u64 {
@@ -244,13 +116,17 @@ fn clock_ns_monotonic() -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicU64;
+    use std::path::PathBuf;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::mpsc;
+    use std::time::Duration;
 
-    use super::feeder::OVERFLOW_PATHS;
+    use super::feeder::{Feeder, OVERFLOW_PATHS};
     use super::worker::{PRE_HOOK_GRACE, pre_hook_wait};
     use super::*;
     use crate::pipeline::{JobKind, Process};
+    use crate::sensor::EventKind;
 
     fn job(path: &str) -> Job {
         Job {

@@ -1,0 +1,284 @@
+//! The daemon's event loop, on the async main task (the hot path): reads the sensor, enriches,
+//! matches rules and assembles changes into jobs for the change worker; every `TICK` it ends
+//! idle write sessions, watches the sensor's losses and exports the gauges.
+//!
+//! Each event source is one branch of the `select!` in `EventLoop::run`. Another source (a
+//! second sensor layer, say) is one more branch: its events go through `EventLoop::event` like
+//! the sensor's, then `EventLoop::feed_jobs` hands the resulting jobs to the worker.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use crate::baseline::Scope;
+use crate::config::Config;
+use crate::enrich::ProcessCache;
+use crate::metrics::Metrics;
+use crate::pipeline::{Assembler, Classifier, Job, Verdict};
+use crate::sensor::{Event, EventKind, Sensor};
+use crate::store::StoreWriter;
+
+use super::feeder::Feeder;
+use super::outputs::{report_loss, writer_health};
+use super::start::Started;
+use super::worker::WorkerHandle;
+use super::{LOSS, Work, clock_ns_monotonic};
+
+/// How often the event loop ends idle write sessions, looks for losses and sets the gauges.
+const TICK: Duration = Duration::from_millis(100);
+/// Losses are logged and recorded as health rows at most this often (their sum).
+const LOSS_REPORT_EVERY: Duration = Duration::from_secs(5);
+
+/// Kernel records lost: counted, reported, and answered with a rescan of the watched roots.
+#[derive(Default)]
+struct Losses {
+    /// The sensor's count of lost records at the last tick.
+    seen: u64,
+    /// Lost records not yet logged and recorded.
+    unreported: u64,
+    /// The sensor's drain count when the last loss was seen; its rescan waits for a whole
+    /// drain after that.
+    drain_mark: Option<u64>,
+    /// Jobs queued when the last loss rescan was queued.
+    sent_at_rescan: u64,
+    last_report: Option<Instant>,
+}
+
+/// What the event loop holds between events.
+pub(super) struct EventLoop {
+    sensor: Sensor,
+    backend: &'static str,
+    metrics: Arc<Metrics>,
+    writer: Arc<StoreWriter>,
+    worker: WorkerHandle,
+    feeder: Feeder,
+    classifier: Classifier,
+    enrich: ProcessCache,
+    /// Executables whose processes are dropped in the kernel once seen starting.
+    excluded_exes: Vec<Vec<u8>>,
+    assembler: Assembler,
+    /// Records read from the sensor, and the jobs they made, reused between reads.
+    batch: Vec<Event>,
+    jobs: Vec<Job>,
+    tick: tokio::time::Interval,
+    losses: Losses,
+    malformed_seen: u64,
+    /// The watched roots: what a loss rescan covers.
+    root_paths: Vec<PathBuf>,
+}
+
+impl EventLoop {
+    pub(super) fn new(started: Started, config: &Config) -> EventLoop {
+        let backend = started.sensor.backend().name();
+        let worker = started.worker;
+        let feeder = Feeder::new(worker.tx.clone(), Arc::clone(&worker.pending));
+        let classifier = Classifier::new(
+            Arc::clone(&started.rules),
+            config.authorized.clone(),
+            config.excluded.clone(),
+        );
+        let enrich = ProcessCache::new();
+        let excluded_exes: Vec<Vec<u8>> = config
+            .excluded
+            .iter()
+            .map(|p| p.as_os_str().as_encoded_bytes().to_vec())
+            .collect();
+        EventLoop {
+            sensor: started.sensor,
+            backend,
+            metrics: started.metrics,
+            writer: started.writer,
+            worker,
+            feeder,
+            classifier,
+            enrich,
+            excluded_exes,
+            assembler: Assembler::new(started.clock_offset_ns),
+            batch: Vec::new(),
+            jobs: Vec::new(),
+            tick: tokio::time::interval(TICK),
+            losses: Losses::default(),
+            malformed_seen: 0,
+            root_paths: started.roots.iter().map(|r| r.path.clone()).collect(),
+        }
+    }
+
+    /// Handles events until `stop` completes; an error reading the sensor ends it at once.
+    pub(super) async fn run(&mut self, stop: impl std::future::Future<Output = ()>) -> Result<()> {
+        tokio::pin!(stop);
+        loop {
+            // One branch per event source.
+            tokio::select! {
+                received = self.sensor.recv(&mut self.batch) => {
+                    received?;
+                    self.sensor_records();
+                }
+                _ = self.tick.tick() => self.tick(),
+                _ = &mut stop => return Ok(()),
+            }
+        }
+    }
+
+    /// The records just read from the sensor.
+    fn sensor_records(&mut self) {
+        self.metrics
+            .kernel_records(self.backend, self.batch.len() as u64);
+        let mut batch = std::mem::take(&mut self.batch);
+        for event in batch.drain(..) {
+            self.event(event);
+        }
+        self.batch = batch;
+        self.feed_jobs();
+    }
+
+    /// One event: attributed, matched with the rules, and assembled into changes (the jobs
+    /// wait in `jobs` until `feed_jobs`).
+    fn event(&mut self, event: Event) {
+        // An excluded executable starting: drop that process in the kernel too.
+        if event.kind == EventKind::Exec
+            && self.excluded_exes.contains(&event.path)
+            && let Err(e) = self
+                .sensor
+                .exclude_actor(event.actor.tgid, event.actor.start_boottime_ns)
+        {
+            log::warn!("excluding pid {} in the kernel: {e:#}", event.actor.tgid);
+        }
+        match self.classifier.classify(event, &mut self.enrich) {
+            Verdict::Report(o) => self.assembler.observe(*o, &mut self.jobs),
+            Verdict::NoRule | Verdict::Excluded | Verdict::Exec => {}
+        }
+    }
+
+    /// The jobs assembled so far, to the change worker.
+    fn feed_jobs(&mut self) {
+        for job in self.jobs.drain(..) {
+            self.feeder.job(job);
+        }
+    }
+
+    /// Every `TICK`: idle write sessions end, overflowed paths get their rescan, losses are
+    /// answered, the gauges are set.
+    fn tick(&mut self) {
+        let now = clock_ns_monotonic();
+        self.assembler.tick(now, &mut self.jobs);
+        self.feed_jobs();
+        self.feeder.drain_overflow();
+        self.count_sensor_trouble();
+        self.rescan_after_loss_once_drained();
+        self.report_losses_if_due();
+        self.set_gauges();
+    }
+
+    /// The sensor's lost and malformed records, counted; a new loss is answered at once.
+    fn count_sensor_trouble(&mut self) {
+        let lost = self.sensor.lost_events().unwrap_or(self.losses.seen);
+        self.metrics.set_lost(self.backend, lost);
+        let malformed = self.sensor.malformed_records();
+        self.metrics.malformed(malformed - self.malformed_seen);
+        self.malformed_seen = malformed;
+        if lost > self.losses.seen {
+            self.losses.unreported += lost - self.losses.seen;
+            self.losses.seen = lost;
+            self.after_loss();
+        }
+    }
+
+    /// Kernel records were just lost.
+    fn after_loss(&mut self) {
+        // The lost records may include the closes of open write sessions, which
+        // would then never end: examine them all now. A writer still open is
+        // examined again at its close (a close without a session is examined).
+        self.assembler.flush_all(&mut self.jobs);
+        self.feed_jobs();
+        // The rescan must come after the jobs of every record the kernel wrote
+        // before the loss: those may still be unread in the ring. Wait for a
+        // whole drain that started after now.
+        self.losses.drain_mark = Some(self.sensor.drains());
+    }
+
+    /// The rescan for a loss, queued once the ring has been drained past it.
+    fn rescan_after_loss_once_drained(&mut self) {
+        let Some(mark) = self.losses.drain_mark else {
+            return;
+        };
+        if self.sensor.drains() < mark + 2 {
+            return;
+        }
+        self.losses.drain_mark = None;
+        // A loss rescan still waiting with no job queued behind it covers this
+        // loss too; otherwise a new one goes behind those jobs (a stale delete
+        // processed after the rescan would drop a file that is there).
+        let queued = &self.worker.loss_rescan_queued;
+        let covered =
+            queued.load(Ordering::Acquire) && self.feeder.sent == self.losses.sent_at_rescan;
+        if covered {
+            return;
+        }
+        queued.store(true, Ordering::Release);
+        self.losses.sent_at_rescan = self.feeder.sent;
+        let rescan = Work::Rescan(Scope::Paths(self.root_paths.clone()), LOSS);
+        if self.worker.tx.try_send(rescan).is_err() {
+            queued.store(false, Ordering::Release);
+            self.feeder.overflow_everything = true;
+        }
+    }
+
+    /// Logged and recorded at most every few seconds while losses go on.
+    fn report_losses_if_due(&mut self) {
+        if self.losses.unreported > 0
+            && self
+                .losses
+                .last_report
+                .is_none_or(|at| at.elapsed() >= LOSS_REPORT_EVERY)
+        {
+            report_loss(&self.writer, self.backend, self.losses.unreported);
+            self.losses.unreported = 0;
+            self.losses.last_report = Some(Instant::now());
+        }
+    }
+
+    fn set_gauges(&self) {
+        self.metrics
+            .set_queue_depth(self.worker.pending.load(Ordering::Relaxed));
+        self.metrics
+            .set_backpressure_totals(self.feeder.overflowed, self.assembler.evicted);
+    }
+
+    /// Stops in order: the losses not yet reported, the write sessions still open (their jobs
+    /// go to the worker), the worker (it writes out everything queued), the stop row, the
+    /// store writer, and last the sensor.
+    pub(super) fn shutdown(self) -> Result<()> {
+        let EventLoop {
+            sensor,
+            backend,
+            writer,
+            worker,
+            feeder,
+            mut assembler,
+            mut jobs,
+            losses,
+            ..
+        } = self;
+        if losses.unreported > 0 {
+            report_loss(&writer, backend, losses.unreported);
+        }
+        log::info!("stopping; lost kernel records: {}", losses.seen);
+        assembler.flush_all(&mut jobs);
+        worker.finish(jobs.drain(..));
+        writer_health(&writer, "stop", backend, "stopped".into(), 0);
+        drop(feeder);
+        match Arc::try_unwrap(writer) {
+            Ok(writer) => {
+                writer.shutdown().context("flushing the store")?;
+            }
+            Err(writer) => {
+                writer.flush().context("flushing the store")?;
+            }
+        }
+        drop(sensor);
+        Ok(())
+    }
+}
