@@ -6,6 +6,7 @@ pub mod config;
 pub mod daemon;
 pub mod enrich;
 pub mod host;
+pub mod manpages;
 pub mod metrics;
 pub mod output;
 pub mod pipeline;

@@ -27,6 +27,10 @@ enum Command {
     /// Print a shell completion script on stdout (used by `cargo xtask completions`).
     #[command(hide = true)]
     Completions { shell: fim::completions::Shell },
+    /// Write the manual pages (fim.1, fim-SUBCOMMAND.1) into DIR (used by `cargo xtask
+    /// install` and `cargo xtask package`).
+    #[command(hide = true)]
+    ManPages { dir: PathBuf },
     /// Run the monitoring daemon in the foreground.
     Run {
         /// Use exactly this sensor backend instead of the best one that works.
@@ -221,6 +225,7 @@ const EXIT_CONFIG: u8 = 78;
 fn run_offline_command(command: &Command) -> Option<std::process::ExitCode> {
     match command {
         Command::Completions { shell } => Some(print_completions(*shell)),
+        Command::ManPages { dir } => Some(write_man_pages(dir)),
         Command::CheckConfig { config } => Some(check_config(config.as_deref())),
         Command::Who { path, limit, store } => Some(query(store, |s, _| {
             fim::query::who(s, bytes(path), *limit, store.json)
@@ -301,6 +306,16 @@ fn print_completions(shell: fim::completions::Shell) -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             log::error!("writing the completion script: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn write_man_pages(dir: &Path) -> std::process::ExitCode {
+    match fim::manpages::write_all(<Cli as clap::CommandFactory>::command(), dir) {
+        Ok(_) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e:#}");
             std::process::ExitCode::FAILURE
         }
     }
@@ -480,6 +495,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             // Handled before the runtime starts.
             Command::Completions { .. }
+            | Command::ManPages { .. }
             | Command::Who { .. }
             | Command::Events { .. }
             | Command::Sql { .. }

@@ -9,10 +9,13 @@
 //! - `vm-run`: a shell script run in a test kernel's VM with fim, for trying scenarios
 //! - `fuzz`: the cargo-fuzz targets (decoder, config, ocsf), 10 minutes each by default
 //! - `completions`: bash, zsh and fish completions for `fim`
-//! - `install`: the release binary, the systemd unit and the completions, system-wide
+//! - `install`: the release binary, the systemd unit, the completions and the manual pages,
+//!   system-wide
 
 mod bench;
 mod cmd;
+#[cfg(test)]
+mod docs;
 mod fuzz;
 mod install;
 mod paths;
@@ -84,8 +87,8 @@ enum Task {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Install fim as a service: /usr/local/bin/fim, /etc/systemd/system/fim.service and the
-    /// shell completions (needs root); then `systemctl enable --now fim`.
+    /// Install fim as a service: /usr/local/bin/fim, /etc/systemd/system/fim.service, the
+    /// shell completions and the manual pages (needs root); then `systemctl enable --now fim`.
     Install {
         /// Install below this directory instead of / (to stage a package).
         #[arg(long, default_value = "/")]

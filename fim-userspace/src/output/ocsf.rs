@@ -1,5 +1,5 @@
 //! Change records as OCSF 1.x File System Activity events (class 1001), the output contract
-//! other tools parse (see README "Output (OCSF)").
+//! other tools parse (docs/output.md).
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -42,8 +42,7 @@ pub fn activity_name(id: i64) -> &'static str {
     }
 }
 
-/// The `activity_id` written for a change's activity: one of the contract's ids (README
-/// "Output (OCSF)"), anything else as 99 (Other), so that `activity_name` names it and
+/// The `activity_id` written for a change's activity: one of the contract's ids (docs/output.md), anything else as 99 (Other), so that `activity_name` names it and
 /// `type_uid` (100100 + id) stays in range whatever the record holds.
 pub fn activity_id(id: i64) -> i64 {
     match id {

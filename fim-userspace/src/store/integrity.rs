@@ -13,7 +13,7 @@
 //! shell, say) cannot write baseline rows at all: the triggers fail.
 //!
 //! What it cannot do: a user who can read the key (root) can forge rows, and a whole older
-//! copy of the database is consistent with the key (see README "Tamper-evident baseline").
+//! copy of the database is consistent with the key (see docs/security.md, "Tamper-evident baseline").
 
 use std::fmt::Write as _;
 use std::io::{ErrorKind, Read, Write};

@@ -132,7 +132,7 @@ CREATE TABLE IF NOT EXISTS meta (
 ) WITHOUT ROWID;
 "#;
 
-/// The column names of the `ConfigurationChange` view, in order (documented in the README).
+/// The column names of the `ConfigurationChange` view, in order (documented in docs/store.md).
 pub const CONFIGURATION_CHANGE_COLUMNS: &[&str] = &[
     "TimeGenerated",
     "Computer",
