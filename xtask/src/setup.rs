@@ -53,6 +53,7 @@ pub fn run_with(scope: Scope, bench: bool) -> Result<()> {
         crate::windows::setup(&mut apt)?;
         ensure_prometheus(&mut apt)?;
         ensure_systemd_analyze(&mut apt)?;
+        ensure_ocsf_validator(&mut apt)?;
         ensure_cargo_fuzz()?;
     }
     if bench {
@@ -91,6 +92,57 @@ fn ensure_systemd_analyze(apt: &mut Apt) -> Result<()> {
         return Ok(());
     }
     apt.ensure_packages(&["systemd"])
+}
+
+/// The independent OCSF validator the output test runs (`tests/ocsf/validate.py`): pinned
+/// pydantic-ocsf, whose OCSF 1.3.0 models and schema JSON nobody here wrote, in a private
+/// virtual environment (nothing goes into the system's Python).
+const PYDANTIC_OCSF_VERSION: &str = "3.0.0";
+
+pub fn ocsf_venv() -> PathBuf {
+    paths::cache().join("ocsf-venv")
+}
+
+fn ensure_ocsf_validator(apt: &mut Apt) -> Result<()> {
+    cmd::step(&format!(
+        "pydantic-ocsf {PYDANTIC_OCSF_VERSION} in {} (validates fim's OCSF output)",
+        ocsf_venv().display()
+    ));
+    let python = ocsf_venv().join("bin").join("python");
+    let installed = Command::new(&python)
+        .args([
+            "-c",
+            "import importlib.metadata as m, ocsf.v1_3_0.events; print(m.version('pydantic-ocsf'))",
+        ])
+        .stderr(std::process::Stdio::null())
+        .output();
+    if installed.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == PYDANTIC_OCSF_VERSION) {
+        println!("    present");
+        return Ok(());
+    }
+    if !cmd::succeeds(Command::new("python3").args(["-c", "import venv, ensurepip"])) {
+        apt.ensure_packages(&["python3-venv"])?;
+    }
+    cmd::run(
+        Command::new("python3")
+            .arg("-m")
+            .arg("venv")
+            .arg("--clear")
+            .arg(ocsf_venv()),
+    )
+    .context("creating the OCSF validator's virtual environment")?;
+    cmd::run(
+        Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .arg(format!("pydantic-ocsf=={PYDANTIC_OCSF_VERSION}")),
+    )
+    .context("installing pydantic-ocsf (the OCSF validator) from the Python package index")
 }
 
 /// cargo-fuzz, installed (pinned) only when `cargo fuzz` does not run at all.
@@ -258,6 +310,8 @@ impl Apt {
         self.update_once()?;
         cmd::run(
             Command::new("apt-get")
+                // Other engineers' setups may hold the dpkg lock for a while.
+                .args(["-o", "DPkg::Lock::Timeout=600"])
                 .args(["-q", "-y", "install", "--no-install-recommends"])
                 .args(&missing)
                 .env("DEBIAN_FRONTEND", "noninteractive"),

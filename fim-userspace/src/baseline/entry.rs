@@ -72,6 +72,9 @@ impl EntryFlags {
     /// before it could be examined. Its delete or rename record removes it; if that record
     /// never comes (fim killed first), the next scan finds the path gone and reports it.
     pub const VANISHED: u32 = 8;
+    /// Never stored: a change to an inode without a name (a file opened with `O_TMPFILE`,
+    /// which the kernel calls `#<inode>`), reported on the directory it was created in.
+    pub const UNNAMED: u32 = 16;
 
     pub fn has(self, flag: u32) -> bool {
         self.0 & flag != 0
@@ -83,6 +86,7 @@ impl EntryFlags {
             (Self::UNSTABLE, "unstable"),
             (Self::UNREADABLE, "unreadable"),
             (Self::VANISHED, "vanished"),
+            (Self::UNNAMED, "unnamed"),
         ]
         .into_iter()
         .filter(|(flag, _)| self.has(*flag))

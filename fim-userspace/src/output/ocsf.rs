@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde_json::{Map, Value, json};
 
-use crate::baseline::FileKind;
+use crate::baseline::{EntryFlags, FileKind};
 use crate::store::{ChangeRecord, activity};
 
 /// The OCSF schema version the events follow.
@@ -19,14 +19,43 @@ pub struct OcsfContext {
     pub hostname: String,
     /// fim's version (`metadata.product.version`).
     pub version: String,
+    /// `/etc/machine-id` (`device.uid`): the host's stable identity, which a host name is not.
+    pub machine_id: Option<String>,
 }
 
 impl OcsfContext {
     pub fn new(hostname: String) -> OcsfContext {
+        let machine_id = std::fs::read_to_string("/etc/machine-id")
+            .ok()
+            .map(|id| id.trim().to_string())
+            .filter(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit()));
         OcsfContext {
             hostname,
             version: env!("CARGO_PKG_VERSION").to_string(),
+            machine_id,
         }
+    }
+
+    /// `device`: this host. Its kind (server, desktop, ...) is not something fim knows, so
+    /// `type_id` is 0 Unknown, as OCSF asks rather than a guess.
+    fn device(&self) -> Value {
+        let mut device = json!({
+            "hostname": self.hostname,
+            "type_id": 0,
+            "type": "Unknown",
+            "os": {"name": "Linux", "type_id": 200, "type": "Linux"},
+        });
+        if let Some(id) = &self.machine_id {
+            device["uid"] = json!(id);
+        }
+        device
+    }
+
+    fn metadata(&self) -> Value {
+        json!({
+            "version": OCSF_VERSION,
+            "product": {"name": "fim", "vendor_name": "fim", "version": self.version},
+        })
     }
 }
 
@@ -83,37 +112,83 @@ fn path_text(path: &[u8], raw: &mut Map<String, Value>, key: &str) -> String {
     }
 }
 
-fn file_object(path: &[u8], raw: &mut Map<String, Value>, key: &str) -> Map<String, Value> {
+/// An OCSF `file` object: path, name, parent folder, extension (when the name has one) and
+/// type. OCSF requires `name`; a path without a last component (`/`) is named by itself.
+fn file_object(
+    path: &[u8],
+    type_id: i64,
+    raw: &mut Map<String, Value>,
+    key: &str,
+) -> Map<String, Value> {
     let as_path = Path::new(OsStr::from_bytes(path));
     let mut file = Map::new();
-    file.insert("path".into(), json!(path_text(path, raw, key)));
-    if let Some(name) = as_path.file_name() {
-        file.insert("name".into(), json!(name.to_string_lossy()));
+    let text = path_text(path, raw, key);
+    let name = as_path
+        .file_name()
+        .map_or_else(|| text.clone(), |n| n.to_string_lossy().into_owned());
+    file.insert("path".into(), json!(text));
+    if let Some(ext) = as_path
+        .extension()
+        .filter(|e| type_id != 2 && !e.is_empty())
+    {
+        file.insert("ext".into(), json!(ext.to_string_lossy()));
     }
+    file.insert("name".into(), json!(name));
     if let Some(parent) = as_path.parent() {
         file.insert("parent_folder".into(), json!(parent.to_string_lossy()));
     }
+    file.insert("type_id".into(), json!(type_id));
+    file.insert("type".into(), json!(type_name(type_id)));
     file
 }
 
-/// The OCSF event for one change.
-pub fn event(change: &ChangeRecord, ctx: &OcsfContext) -> Value {
-    let mut raw = Map::new();
-    let mut file = file_object(&change.path, &mut raw, "path_hex");
-    file.insert("type_id".into(), json!(type_id(change.kind)));
-    if let Some(size) = change.size {
-        file.insert("size".into(), json!(size));
+/// OCSF's caption of a `file.type_id`.
+fn type_name(type_id: i64) -> &'static str {
+    match type_id {
+        1 => "Regular File",
+        2 => "Folder",
+        3 => "Character Device",
+        4 => "Block Device",
+        5 => "Local Socket",
+        6 => "Named Pipe",
+        7 => "Symbolic Link",
+        _ => "Unknown",
     }
-    if let Some(hash) = &change.hash_after {
-        file.insert(
-            "hashes".into(),
-            json!([{"algorithm_id": 99, "algorithm": "BLAKE3", "value": hash}]),
-        );
+}
+
+/// `user`: the uid, its name when known, and its kind as far as a uid says it: root is the
+/// administrator; any other uid's kind (person, service account) is not known, so 0 Unknown.
+fn user_object(a: &crate::store::Actor) -> Map<String, Value> {
+    let mut user = Map::new();
+    if let Some(uid) = a.uid {
+        user.insert("uid".into(), json!(uid.to_string()));
+        let (type_id, type_name) = if uid == 0 {
+            (2, "Admin")
+        } else {
+            (0, "Unknown")
+        };
+        user.insert("type_id".into(), json!(type_id));
+        user.insert("type".into(), json!(type_name));
     }
-    let a = &change.actor;
+    if let Some(name) = &a.user {
+        user.insert("name".into(), json!(name));
+    }
+    user
+}
+
+/// `actor.process`: empty when no process is known (a change found by a scan).
+fn process_object(
+    a: &crate::store::Actor,
+    user: &Map<String, Value>,
+    raw: &mut Map<String, Value>,
+) -> Map<String, Value> {
     let mut process = Map::new();
     if let Some(pid) = a.pid {
         process.insert("pid".into(), json!(pid));
+        // The kernel's start time tells apart two processes that had the same pid.
+        if let Some(start) = a.start_time_ns {
+            process.insert("uid".into(), json!(format!("{pid}-{start}")));
+        }
     }
     let name = a
         .exe
@@ -125,9 +200,10 @@ pub fn event(change: &ChangeRecord, ctx: &OcsfContext) -> Value {
         process.insert("name".into(), json!(name));
     }
     if let Some(exe) = &a.exe {
+        // What a process executes is a regular file (execve refuses anything else).
         process.insert(
             "file".into(),
-            json!({"path": path_text(exe, &mut raw, "exe_hex")}),
+            Value::Object(file_object(exe, 1, raw, "exe_hex")),
         );
     }
     if let Some(cmdline) = &a.cmdline {
@@ -139,13 +215,84 @@ pub fn event(change: &ChangeRecord, ctx: &OcsfContext) -> Value {
     if let Some(start) = a.start_time_ns {
         process.insert("created_time".into(), json!(start / 1_000_000));
     }
-    let mut user = Map::new();
-    if let Some(uid) = a.uid {
-        user.insert("uid".into(), json!(uid.to_string()));
+    if !user.is_empty() {
+        process.insert("user".into(), Value::Object(user.clone()));
     }
-    if let Some(name) = &a.user {
-        user.insert("name".into(), json!(name));
+    process
+}
+
+/// One line a person can read: what happened to which path, by whom.
+fn message(change: &ChangeRecord, activity: &str, file: &Map<String, Value>) -> String {
+    let path = file["path"].as_str().unwrap_or_default();
+    let what = if change.flags.has(EntryFlags::UNNAMED) {
+        format!("{activity} of a file without a name (O_TMPFILE) in {path}")
+    } else {
+        format!("{activity} {path}")
+    };
+    let to = change
+        .new_path
+        .as_deref()
+        .map(|p| format!(" to {}", String::from_utf8_lossy(p)))
+        .unwrap_or_default();
+    let by = match (&change.actor.exe, change.actor.pid) {
+        (Some(exe), Some(pid)) => format!(" by {} (pid {pid})", String::from_utf8_lossy(exe)),
+        (None, Some(pid)) => format!(" by pid {pid}"),
+        _ => " (found by a scan; the process is unknown)".to_string(),
+    };
+    format!("{what}{to}{by}")
+}
+
+/// `observables`: the values of this event a SIEM indexes for pivoting.
+fn observables(event: &Map<String, Value>) -> Value {
+    let mut list = Vec::new();
+    let mut add = |name: &str, type_id: i64, value: Option<&Value>| {
+        if let Some(Value::String(value)) = value {
+            list.push(json!({"name": name, "type_id": type_id, "value": value}));
+        }
+    };
+    add(
+        "device.hostname",
+        1,
+        event.get("device").and_then(|d| d.get("hostname")),
+    );
+    add(
+        "file.name",
+        7,
+        event.get("file").and_then(|f| f.get("name")),
+    );
+    add(
+        "file_result.name",
+        7,
+        event.get("file_result").and_then(|f| f.get("name")),
+    );
+    let process = event.get("actor").and_then(|a| a.get("process"));
+    add("actor.process.name", 9, process.and_then(|p| p.get("name")));
+    add(
+        "actor.process.cmd_line",
+        13,
+        process.and_then(|p| p.get("cmd_line")),
+    );
+    let user = event.get("actor").and_then(|a| a.get("user"));
+    add("actor.user.name", 4, user.and_then(|u| u.get("name")));
+    Value::Array(list)
+}
+
+/// The OCSF event for one change.
+pub fn event(change: &ChangeRecord, ctx: &OcsfContext) -> Value {
+    let mut raw = Map::new();
+    let mut file = file_object(&change.path, type_id(change.kind), &mut raw, "path_hex");
+    if let Some(size) = change.size {
+        file.insert("size".into(), json!(size));
     }
+    if let Some(hash) = &change.hash_after {
+        file.insert(
+            "hashes".into(),
+            json!([{"algorithm_id": 99, "algorithm": "BLAKE3", "value": hash}]),
+        );
+    }
+    let a = &change.actor;
+    let user = user_object(a);
+    let process = process_object(a, &user, &mut raw);
     let mut actor = Map::new();
     actor.insert("process".into(), Value::Object(process));
     actor.insert("user".into(), Value::Object(user));
@@ -163,7 +310,7 @@ pub fn event(change: &ChangeRecord, ctx: &OcsfContext) -> Value {
     fim.insert("truncated_path".into(), json!(change.truncated_path));
     let flags = change.flags.names();
     if !flags.is_empty() {
-        // Why `file.hashes` is missing: too_large, unstable, unreadable.
+        // Why `file.hashes` is missing: too_large, unstable, unreadable; or `unnamed`.
         fim.insert("flags".into(), json!(flags));
     }
     if let Some(uid) = a.login_uid {
@@ -193,21 +340,35 @@ pub fn event(change: &ChangeRecord, ctx: &OcsfContext) -> Value {
         json!(format!("File System Activity: {}", activity_name(id))),
     );
     event.insert("severity_id".into(), json!(1));
+    event.insert("severity".into(), json!("Informational"));
+    // The syscall tracepoints and fexit report operations that succeeded, and a scan saw the
+    // result on disk; an lsm hook runs before the operation, which another LSM or the file
+    // system may still refuse, unless examining the path afterwards showed the change.
+    let (status_id, status) = if change.backend != "lsm" || !change.changed.is_empty() {
+        (1, "Success")
+    } else {
+        (0, "Unknown")
+    };
+    event.insert("status_id".into(), json!(status_id));
+    event.insert("status".into(), json!(status));
     event.insert("time".into(), json!(change.time_ns / 1_000_000));
-    event.insert("file".into(), Value::Object(file));
+    // `time` is epoch milliseconds, which is UTC.
+    event.insert("timezone_offset".into(), json!(0));
+    event.insert(
+        "message".into(),
+        json!(message(change, activity_name(id), &file)),
+    );
     if let Some(new_path) = &change.new_path {
-        let result = file_object(new_path, &mut raw, "new_path_hex");
+        // A rename keeps the object (its inode), so the result has the same type.
+        let result = file_object(new_path, type_id(change.kind), &mut raw, "new_path_hex");
         event.insert("file_result".into(), Value::Object(result));
     }
+    event.insert("file".into(), Value::Object(file));
     event.insert("actor".into(), Value::Object(actor));
-    event.insert("device".into(), json!({"hostname": ctx.hostname}));
-    event.insert(
-        "metadata".into(),
-        json!({
-            "version": OCSF_VERSION,
-            "product": {"name": "fim", "vendor_name": "fim", "version": ctx.version},
-        }),
-    );
+    event.insert("device".into(), ctx.device());
+    event.insert("metadata".into(), ctx.metadata());
+    let observables = observables(&event);
+    event.insert("observables".into(), observables);
     if !raw.is_empty() {
         fim.insert("raw".into(), Value::Object(raw));
     }
@@ -223,7 +384,21 @@ pub fn integrity_finding(
     ctx: &OcsfContext,
 ) -> Value {
     let paths: Vec<String> = report.logged_paths().take(100).collect();
-    json!({
+    // The rows that failed: evidence (a file whose type the row can no longer vouch for) and
+    // the affected resources.
+    let evidences: Vec<Value> = paths
+        .iter()
+        .map(|path| {
+            let mut raw = Map::new();
+            let file = file_object(path.as_bytes(), 0, &mut raw, "path_hex");
+            json!({"file": file})
+        })
+        .collect();
+    let resources: Vec<Value> = paths
+        .iter()
+        .map(|path| json!({"name": path, "type": "baseline row"}))
+        .collect();
+    let mut finding = json!({
         "class_uid": 2004,
         "class_name": "Detection Finding",
         "category_uid": 2,
@@ -231,22 +406,32 @@ pub fn integrity_finding(
         "activity_id": 1,
         "activity_name": "Create",
         "type_uid": 200401,
+        "type_name": "Detection Finding: Create",
         "severity_id": 5,
         "severity": "Critical",
         "status_id": 1,
+        "status": "New",
+        // A MAC that does not verify under the key is not a heuristic.
+        "confidence_id": 3,
+        "confidence": "High",
         "time": time_ns / 1_000_000,
+        "timezone_offset": 0,
         "message": format!("fim baseline integrity check failed: {}", report.summary()),
         "finding_info": {
             "uid": format!("fim-baseline-integrity-{time_ns}"),
             "title": "Stored baseline failed authentication",
             "desc": report.summary(),
             "types": ["Tampering"],
+            "analytic": {
+                "name": "baseline-integrity",
+                "uid": "fim-baseline-integrity",
+                "type_id": 1,
+                "type": "Rule",
+            },
         },
-        "device": {"hostname": ctx.hostname},
-        "metadata": {
-            "version": OCSF_VERSION,
-            "product": {"name": "fim", "vendor_name": "fim", "version": ctx.version},
-        },
+        "device": ctx.device(),
+        "metadata": ctx.metadata(),
+        "observables": [{"name": "device.hostname", "type_id": 1, "value": ctx.hostname}],
         "unmapped": {"fim": {
             "integrity": {
                 "rows": report.rows,
@@ -256,5 +441,10 @@ pub fn integrity_finding(
                 "key_problems": report.key_problems,
             },
         }},
-    })
+    });
+    if !evidences.is_empty() {
+        finding["evidences"] = Value::Array(evidences);
+        finding["resources"] = Value::Array(resources);
+    }
+    finding
 }

@@ -45,6 +45,7 @@ fn ctx() -> OcsfContext {
     OcsfContext {
         hostname: "web-1".into(),
         version: "0.1.0".into(),
+        machine_id: Some("0123456789abcdef0123456789abcdef".into()),
     }
 }
 
@@ -56,23 +57,39 @@ fn update_event_has_the_contract_fields() {
         "category_uid": 1, "category_name": "System Activity",
         "activity_id": 3, "activity_name": "Update",
         "type_uid": 100103, "type_name": "File System Activity: Update",
-        "severity_id": 1,
-        "time": 1_700_000_000_123i64,
+        "severity_id": 1, "severity": "Informational",
+        "status_id": 1, "status": "Success",
+        "time": 1_700_000_000_123i64, "timezone_offset": 0,
+        "message": "Update /etc/passwd by /usr/bin/vi (pid 7)",
         "file": {
             "path": "/etc/passwd", "name": "passwd", "parent_folder": "/etc",
-            "type_id": 1, "size": 2,
+            "type_id": 1, "type": "Regular File", "size": 2,
             "hashes": [{"algorithm_id": 99, "algorithm": "BLAKE3", "value": "bb"}],
         },
         "actor": {
             "process": {
-                "pid": 7, "name": "vi", "file": {"path": "/usr/bin/vi"},
+                "pid": 7, "uid": "7-1700000000000000000", "name": "vi",
+                "file": {"path": "/usr/bin/vi", "name": "vi", "parent_folder": "/usr/bin",
+                         "type_id": 1, "type": "Regular File"},
                 "cmd_line": "vi /etc/passwd", "parent_process": {"pid": 1},
                 "created_time": 1_700_000_000_000i64,
+                "user": {"uid": "0", "name": "root", "type_id": 2, "type": "Admin"},
             },
-            "user": {"uid": "0", "name": "root"},
+            "user": {"uid": "0", "name": "root", "type_id": 2, "type": "Admin"},
         },
-        "device": {"hostname": "web-1"},
+        "device": {
+            "hostname": "web-1", "uid": "0123456789abcdef0123456789abcdef",
+            "type_id": 0, "type": "Unknown",
+            "os": {"name": "Linux", "type_id": 200, "type": "Linux"},
+        },
         "metadata": {"version": OCSF_VERSION, "product": {"name": "fim", "vendor_name": "fim", "version": "0.1.0"}},
+        "observables": [
+            {"name": "device.hostname", "type_id": 1, "value": "web-1"},
+            {"name": "file.name", "type_id": 7, "value": "passwd"},
+            {"name": "actor.process.name", "type_id": 9, "value": "vi"},
+            {"name": "actor.process.cmd_line", "type_id": 13, "value": "vi /etc/passwd"},
+            {"name": "actor.user.name", "type_id": 4, "value": "root"},
+        ],
         "unmapped": {"fim": {
             "rule": "etc", "group": "system", "backend": "lsm",
             "changed": ["content", "size"],

@@ -76,6 +76,23 @@ pub struct Made {
     pub placeholder: Option<Vec<u8>>,
 }
 
+/// The directory of `path` when its last component is `#` and decimal digits, the name the
+/// kernel gives an inode that has none (`d_tmpfile`); only asked once the path is gone, so a
+/// real file of that name that is still there is reported as itself.
+fn unnamed_inode(path: &[u8]) -> Option<&[u8]> {
+    let slash = path.iter().rposition(|&b| b == b'/')?;
+    let leaf = &path[slash + 1..];
+    let digits = leaf.strip_prefix(b"#")?;
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(if slash == 0 {
+        &path[..1]
+    } else {
+        &path[..slash]
+    })
+}
+
 fn content_changed(changed: &[ChangedField]) -> bool {
     changed.iter().any(|c| {
         matches!(
@@ -220,6 +237,17 @@ impl ChangeMaker {
             .examine
             .examine(&job.path, previous.as_ref(), keep, written)
         {
+            Examined::Vanished if unnamed_inode(&job.path).is_some() => {
+                // The kernel names an inode that has no name (`open(O_TMPFILE)`) `#<inode>`:
+                // no such path ever exists, so report the directory it lives in, flagged,
+                // and leave no placeholder (no delete of a name that never was follows).
+                let dir = unnamed_inode(&job.path).unwrap_or(&job.path);
+                let mut change = self.record(job, job.activity, dir);
+                change.changed = vec!["content".to_string()];
+                change.kind = Some(FileKind::Dir);
+                change.flags = EntryFlags(EntryFlags::UNNAMED);
+                made.changes.push(change);
+            }
             Examined::Vanished => {
                 // Gone (renamed or removed) before it could be examined: what the kernel saw
                 // is still reported, without the new content; its delete or rename record

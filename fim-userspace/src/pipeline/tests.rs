@@ -647,3 +647,44 @@ fn a_timestamp_beyond_any_uptime_does_not_overflow() {
     assert_eq!(jobs[0].time_ns, i64::MAX);
     assert_eq!(jobs[0].activity, activity::SET_ATTRIBUTES);
 }
+
+/// A file opened with O_TMPFILE has no name; the kernel calls it `#<inode>`. Its write is
+/// reported on the directory it lives in, flagged `unnamed`, and no delete of a name that
+/// never existed follows (nor a placeholder row that would make a scan report one).
+#[test]
+fn a_write_to_an_unnamed_o_tmpfile_inode_is_reported_on_its_directory() {
+    let mut h = Harness::new();
+    h.feed(
+        EventKind::OpenWrite,
+        "/etc/app/#803642",
+        "",
+        O_WRONLY | libc::O_TMPFILE as u32,
+    );
+    let changes = h.feed(EventKind::Modified, "/etc/app/#803642", "", 0);
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    let c = &changes[0];
+    assert_eq!(c.path, b"/etc/app");
+    assert_eq!(c.activity, activity::UPDATE);
+    assert_eq!(c.changed, ["content"]);
+    assert_eq!(c.kind, Some(FileKind::Dir));
+    assert_eq!(c.flags.names(), ["unnamed"]);
+    assert_eq!(c.actor.pid, Some(4242));
+    assert!(
+        h.stored.lock().unwrap().is_empty(),
+        "no row for a name that never was"
+    );
+    assert!(
+        h.tick(10_000).is_empty(),
+        "nothing follows: {:?}",
+        h.tick(0)
+    );
+
+    // A real file of such a name, still there when examined, is reported as itself.
+    h.baseline("/etc/app/#12", (1, 10, 0o644));
+    h.feed(EventKind::OpenWrite, "/etc/app/#12", "", O_WRONLY);
+    h.disk("/etc/app/#12", Some((2, 10, 0o644)));
+    let changes = h.feed(EventKind::Modified, "/etc/app/#12", "", 0);
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].path, b"/etc/app/#12");
+    assert!(changes[0].flags.names().is_empty());
+}
