@@ -9,6 +9,7 @@ pub mod host;
 pub mod manpages;
 pub mod metrics;
 pub mod output;
+pub mod owner_only;
 pub mod pipeline;
 pub mod query;
 pub mod sensor;

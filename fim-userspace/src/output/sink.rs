@@ -109,9 +109,12 @@ impl Rotating {
         let file = OpenOptions::new()
             .create(true)
             .append(true)
-            .mode(0o640)
+            .mode(crate::owner_only::FILE_MODE)
             .open(&self.path)
             .with_context(|| format!("opening the output {}", self.path.display()))?;
+        // Whatever the umask, and an output file an older fim created 0640: the owner only.
+        // Rotated files are renames of this one and keep its mode.
+        crate::owner_only::restrict(&file, &self.path)?;
         let meta = file.metadata().context("stat of the output")?;
         self.size = meta.len();
         self.file = Some((

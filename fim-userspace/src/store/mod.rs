@@ -58,6 +58,14 @@ fn open_signed(path: &Path) -> Result<(Connection, BaselineKey, KeyOrigin, PathB
         _ => Path::new("."),
     };
     let (key, origin, key_path) = BaselineKey::load_or_create(dir)?;
+    // SQLite creates the database with the umask's mode and gives its -wal and -shm files the
+    // database's: create it 0600 first, and mend files an older fim left wider.
+    crate::owner_only::create_or_restrict(path)?;
+    for suffix in ["-wal", "-shm"] {
+        let mut side = path.as_os_str().to_owned();
+        side.push(suffix);
+        crate::owner_only::restrict_path(Path::new(&side))?;
+    }
     let conn = Connection::open(path).with_context(|| format!("opening {}", path.display()))?;
     integrity::register(&conn, &key)?;
     // INSERT OR REPLACE deletes the row it replaces; the set's delete trigger must see that.
@@ -89,6 +97,8 @@ impl Store {
                 .mode(0o700)
                 .create(state_dir)
                 .with_context(|| format!("creating the state directory {}", state_dir.display()))?;
+        } else if let Some(warning) = crate::owner_only::exposed_dir_warning(state_dir) {
+            log::warn!("{warning}");
         }
         Store::open_path(&state_dir.join(DATABASE_FILE))
     }
