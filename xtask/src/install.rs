@@ -28,6 +28,8 @@ const BINARY: &str = "usr/local/bin/fim";
 const UNIT: &str = "etc/systemd/system/fim.service";
 /// Where `man` looks for locally installed pages (man-db's default manpath).
 const MAN_DIR: &str = "usr/local/share/man/man1";
+/// The Prometheus alert rules, for the operator's `rule_files:`.
+const ALERTS: &str = "usr/local/share/fim/fim-alerts.yml";
 
 pub fn release_fim() -> PathBuf {
     paths::target().join("release").join("fim")
@@ -119,6 +121,8 @@ pub fn install(root: &Path) -> Result<()> {
     install_file(&release_fim(), &root.join(BINARY), 0o755)?;
     let unit = paths::workspace().join("fim-userspace/dist/fim.service");
     install_file(&unit, &root.join(UNIT), 0o644)?;
+    let alerts = paths::workspace().join("fim-userspace/dist/fim-alerts.yml");
+    install_file(&alerts, &root.join(ALERTS), 0o644)?;
     for (_, file, dir) in SHELLS {
         install_file(&staged.join(file), &root.join(dir).join(file), 0o644)?;
     }
@@ -137,6 +141,7 @@ pub fn install(root: &Path) -> Result<()> {
     println!("An already running fim keeps the old binary until `systemctl restart fim`.");
     println!("Logs: journalctl -u fim; metrics: http://127.0.0.1:9717/metrics");
     println!("Manual: man fim, man fim-who, ...");
+    println!("Prometheus alert rules: /{ALERTS}");
     if system && !systemd_running {
         println!(
             "(systemd is not running on this machine: the unit takes effect on a systemd host)"

@@ -71,6 +71,7 @@ impl Rescanner {
         let _ = outputs.writer.flush();
         outputs.metrics.rescan();
         let started = Instant::now();
+        let full = matches!(scope, Scope::Everything);
         let (rules, host) = (&*self.rules, &self.host);
         // Each change is written out before the scan commits the rows it explains (the scan
         // commits after this callback returns): killed in between, the next start reports it again.
@@ -85,6 +86,9 @@ impl Rescanner {
         release_free_memory();
         match result {
             Ok(report) => {
+                if full {
+                    outputs.metrics.full_scan_finished();
+                }
                 let kind = if why == "start" { "scan" } else { "rescan" };
                 let detail = health_detail(why, &report, started.elapsed());
                 outputs.health(kind, None, detail, 0);

@@ -159,6 +159,7 @@ pub struct Metrics {
     integrity_alerts: Counter,
     queue_overflow: Counter,
     sessions_evicted: Counter,
+    last_full_scan: Gauge<f64, AtomicU64>,
     groups: LabelCap,
     backends: LabelCap,
     totals: Deltas,
@@ -200,6 +201,7 @@ impl Metrics {
             integrity_alerts: Counter::default(),
             queue_overflow: Counter::default(),
             sessions_evicted: Counter::default(),
+            last_full_scan: Gauge::default(),
             groups: LabelCap::new(MAX_GROUPS),
             backends: LabelCap::new(MAX_BACKENDS),
             totals: Deltas::default(),
@@ -283,6 +285,13 @@ impl Metrics {
             "rescans",
             "Rescans started to recover changes that may have been missed",
             metrics.rescans.clone(),
+        );
+        r.register_with_unit(
+            "last_full_scan_timestamp",
+            "When the last scan of every watched path finished, in seconds since the Unix \
+             epoch (0 until the start scan has)",
+            Unit::Seconds,
+            metrics.last_full_scan.clone(),
         );
         r.register_with_unit(
             "hash",
@@ -443,6 +452,15 @@ impl Metrics {
         };
         add(&self.queue_overflow, queue_overflow);
         add(&self.sessions_evicted, sessions_evicted);
+    }
+
+    /// A scan of every watched path finished now.
+    pub fn full_scan_finished(&self) {
+        self.last_full_scan.set(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+        );
     }
 
     pub fn integrity_alert(&self) {
