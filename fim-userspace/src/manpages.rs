@@ -9,8 +9,8 @@ use anyhow::{Context, Result};
 
 /// Where the reference behind the pages lives, named at the end of every page.
 const SEE_ALSO: &str = "The reference (configuration, output fields, backends, store, \
-operations, security model) is in the docs/ directory of fim's source, and installed \
-under /usr/share/doc/fim by the Debian package.";
+operations, security model) is in the docs/ directory of fim's source, installed as \
+/usr/share/doc/fim/docs by the Debian package.";
 
 /// Renders the page of `command` (already named as its page, e.g. `fim-who`).
 fn render(command: clap::Command, see_also: &str) -> Result<Vec<u8>> {

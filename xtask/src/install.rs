@@ -82,6 +82,35 @@ pub fn completions(out: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
+/// `cargo xtask package`: the release build as a Debian package; returns whether lintian
+/// (when installed) found no error.
+pub fn package(version: Option<&str>, out: Option<&Path>) -> Result<bool> {
+    setup::run(setup::Scope::Build)?;
+    testing::build_release()?;
+    let version = version.unwrap_or(env!("CARGO_PKG_VERSION"));
+    let out = out.map_or_else(|| paths::target().join("package"), Path::to_path_buf);
+    fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    cmd::step(&format!("building fim_{version}_amd64.deb"));
+    let deb = crate::deb::build(&crate::deb::DebInputs {
+        binary: &release_fim(),
+        workspace: &paths::workspace(),
+        version,
+        out_dir: &out,
+    })?;
+    println!("    {}", deb.display());
+    if !cmd::succeeds(Command::new("lintian").arg("--version")) {
+        println!("    (lintian is not installed: `cargo xtask setup` installs it)");
+        return Ok(true);
+    }
+    cmd::step("lintian");
+    let status = Command::new("lintian")
+        .args(["--fail-on", "error"])
+        .arg(&deb)
+        .status()
+        .context("running lintian")?;
+    Ok(status.success())
+}
+
 /// Copies `from` to `to` with `mode`, replacing `to` by a rename so a running binary is
 /// never written over (that fails with ETXTBSY) and readers never see half a file.
 fn install_file(from: &Path, to: &Path, mode: u32) -> Result<()> {

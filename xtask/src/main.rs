@@ -9,11 +9,13 @@
 //! - `vm-run`: a shell script run in a test kernel's VM with fim, for trying scenarios
 //! - `fuzz`: the cargo-fuzz targets (decoder, config, ocsf), 10 minutes each by default
 //! - `completions`: bash, zsh and fish completions for `fim`
+//! - `package`: the Debian package `fim_<version>_amd64.deb`
 //! - `install`: the release binary, the systemd unit, the completions and the manual pages,
 //!   system-wide
 
 mod bench;
 mod cmd;
+mod deb;
 #[cfg(test)]
 mod docs;
 mod fuzz;
@@ -107,6 +109,16 @@ enum Task {
         #[arg(long)]
         asan: bool,
     },
+    /// Build the Debian package target/package/fim_<version>_amd64.deb (release binary, unit,
+    /// /etc/fim/fim.toml as a conffile, manual pages, completions, alert rules, docs).
+    Package {
+        /// The Debian version (default: the workspace version).
+        #[arg(long)]
+        version: Option<String>,
+        /// Directory for the package (default target/package).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Run the kernel tests inside QEMU on the Debian test kernels.
     VmTest {
         /// Which kernel: 6.1, 6.12 or all.
@@ -154,6 +166,7 @@ fn main() -> ExitCode {
         Task::Bench { what, args } => testing::bench(&what, &args).map(|_| true),
         Task::Completions { out } => install::completions(out.as_deref()).map(|_| true),
         Task::Install { root } => install::install(&root).map(|_| true),
+        Task::Package { version, out } => install::package(version.as_deref(), out.as_deref()),
         Task::Fuzz {
             target,
             seconds,

@@ -16,6 +16,10 @@ use crate::{cmd, paths};
 /// bookworm-backports (see `vm::ensure_qemu`).
 const VM_PACKAGES: &[&str] = &["busybox-static", "cpio"];
 
+/// The Debian package's build and test (dpkg-shlibdeps, strip, lintian) and the manual pages
+/// test (man, groff).
+const PACKAGING_PACKAGES: &[&str] = &["dpkg-dev", "binutils", "lintian", "man-db", "groff-base"];
+
 /// The b3sum `cargo xtask bench scan` compares with: the same BLAKE3 implementation fim
 /// uses (the blake3 crate of Cargo.lock), so the comparison is about the scan, not the hash.
 const B3SUM_VERSION: &str = "1.8.7";
@@ -54,6 +58,7 @@ pub fn run_with(scope: Scope, bench: bool) -> Result<()> {
         ensure_prometheus(&mut apt)?;
         ensure_systemd_analyze(&mut apt)?;
         ensure_ocsf_validator(&mut apt)?;
+        apt.ensure_packages(PACKAGING_PACKAGES)?;
         ensure_cargo_fuzz()?;
     }
     if bench {
