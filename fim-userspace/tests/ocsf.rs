@@ -360,3 +360,34 @@ fn a_real_daemon_run_validates_against_ocsf_1_3() {
     assert_eq!(summary["checked"].as_u64(), Some(events.len() as u64));
     assert_eq!(summary["failed"], 0);
 }
+
+/// The Windows agent's output: its fixture replays (`fim-windows/tests/fixture_replay.rs`
+/// checks that replaying the recorded ETW events prints exactly these lines) through the same
+/// validator: File System Activity, and the Windows extension's Registry Key and Registry
+/// Value Activity as the System Activity class they extend.
+#[test]
+fn the_windows_agents_output_validates_against_ocsf_1_3() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fim-windows/tests/fixtures");
+    let out = Command::new(validator_python())
+        .arg(validator_script())
+        .arg(fixtures.join("kernel_file_events.expected.jsonl"))
+        .arg(fixtures.join("kernel_registry_events.expected.jsonl"))
+        .output()
+        .expect("running the OCSF validator");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the OCSF validator refused fim-windows' output ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .expect("the validator's summary line");
+    assert_eq!(summary["checked"], 15, "{summary}");
+    let by = summary["by_class_and_activity"].as_object().unwrap();
+    assert!(
+        by.keys().any(|k| k.starts_with("file_activity/")),
+        "{summary}"
+    );
+    assert!(by.keys().any(|k| k.starts_with("system/")), "{summary}");
+}

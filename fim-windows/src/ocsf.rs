@@ -95,6 +95,25 @@ fn name_and_parent(path: &str) -> (String, String) {
     }
 }
 
+/// OCSF `user.type_id` as far as a SID says it: LocalSystem, LocalService and NetworkService
+/// are 3 System, a domain's or machine's built-in Administrator (RID 500) is 2 Admin; any
+/// other account's kind is not known from its SID, so 0 Unknown.
+fn user_type(sid: &str) -> (u32, &'static str) {
+    match sid {
+        "S-1-5-18" | "S-1-5-19" | "S-1-5-20" => (3, "System"),
+        _ if sid.starts_with("S-1-5-21-") && sid.ends_with("-500") => (2, "Admin"),
+        _ => (0, "Unknown"),
+    }
+}
+
+/// The extension of a file name, when it has one (`reg.exe` -> `exe`).
+fn extension(name: &str) -> Option<&str> {
+    match name.rsplit_once('.') {
+        Some((stem, ext)) if !stem.is_empty() && !ext.is_empty() => Some(ext),
+        _ => None,
+    }
+}
+
 fn actor(process: Option<&ProcessInfo>, pid: Option<u32>, backend: Backend) -> Value {
     let mut proc_obj = Map::new();
     if let Some(pid) = pid {
@@ -107,22 +126,30 @@ fn actor(process: Option<&ProcessInfo>, pid: Option<u32>, backend: Backend) -> V
         }
         if let Some(path) = &p.image_path {
             let (name, parent) = name_and_parent(path);
-            proc_obj.insert(
-                "file".into(),
-                json!({"path": path, "name": name, "parent_folder": parent, "type_id": 1}),
-            );
+            let mut file = json!({"path": path, "name": name, "parent_folder": parent,
+                                  "type_id": 1, "type": "Regular File"});
+            if let Some(ext) = extension(&name) {
+                file["ext"] = json!(ext);
+            }
+            proc_obj.insert("file".into(), file);
         }
         if let Some(cmd) = &p.cmd_line {
             proc_obj.insert("cmd_line".into(), json!(cmd));
         }
         if let Some(sid) = &p.user_sid {
             user.insert("uid".into(), json!(sid));
+            let (type_id, type_name) = user_type(sid);
+            user.insert("type_id".into(), json!(type_id));
+            user.insert("type".into(), json!(type_name));
         }
         if let Some(name) = &p.user_name {
             user.insert("name".into(), json!(name));
         }
     }
     let mut out = Map::new();
+    if !user.is_empty() && !proc_obj.is_empty() {
+        proc_obj.insert("user".into(), Value::Object(user.clone()));
+    }
     if proc_obj.is_empty() {
         // A snapshot diff knows the change, not who made it.
         out.insert(
@@ -169,13 +196,92 @@ fn base(
         json!(format!("{class_name}: {activity_name}")),
     );
     m.insert("severity_id".into(), json!(1));
+    m.insert("severity".into(), json!("Informational"));
+    // A snapshot diff saw the result; an ETW record is the request, whose outcome the
+    // providers fim reads do not carry (and OCSF has no "unknown" status: left out).
+    if em.backend == Backend::Snapshot {
+        m.insert("status_id".into(), json!(1));
+        m.insert("status".into(), json!("Success"));
+    }
     m.insert("time".into(), json!(time_ms));
+    // `time` is epoch milliseconds, which is UTC.
+    m.insert("timezone_offset".into(), json!(0));
     m.insert(
         "device".into(),
-        json!({"hostname": em.hostname, "type_id": 0, "os": {"name": "Windows", "type_id": 100}}),
+        json!({"hostname": em.hostname, "type_id": 0, "type": "Unknown",
+               "os": {"name": "Windows", "type_id": 100, "type": "Windows"}}),
     );
-    m.insert("metadata".into(), json!({"product": {"name": PRODUCT_NAME, "vendor_name": PRODUCT_NAME}, "version": SCHEMA_VERSION}));
+    m.insert(
+        "metadata".into(),
+        json!({"product": {"name": PRODUCT_NAME, "vendor_name": PRODUCT_NAME,
+                           "version": env!("CARGO_PKG_VERSION")},
+               "version": SCHEMA_VERSION}),
+    );
     m
+}
+
+/// The fields a reader and a SIEM look at first, made from the rest of the event:
+/// `message` (what happened to which object, by whom) and `observables`.
+fn finish(mut m: Map<String, Value>, object: &str) -> Value {
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_string);
+    let activity = text(m.get("activity_name")).unwrap_or_default();
+    let process = m.get("actor").and_then(|a| a.get("process"));
+    let by = match (
+        text(
+            process
+                .and_then(|p| p.get("file"))
+                .and_then(|f| f.get("path")),
+        ),
+        process.and_then(|p| p.get("pid")).and_then(Value::as_u64),
+    ) {
+        (Some(exe), Some(pid)) => format!(" by {exe} (pid {pid})"),
+        (None, Some(pid)) => format!(" by pid {pid}"),
+        _ => " (found by a snapshot; the process is unknown)".to_string(),
+    };
+    let message = format!("{activity} {object}{by}");
+    let mut observables = Vec::new();
+    let mut add = |name: &str, type_id: u32, value: Option<String>| {
+        if let Some(value) = value {
+            observables.push(json!({"name": name, "type_id": type_id, "value": value}));
+        }
+    };
+    add(
+        "device.hostname",
+        1,
+        text(m.get("device").and_then(|d| d.get("hostname"))),
+    );
+    add(
+        "file.name",
+        7,
+        text(m.get("file").and_then(|f| f.get("name"))),
+    );
+    add(
+        "file_result.name",
+        7,
+        text(m.get("file_result").and_then(|f| f.get("name"))),
+    );
+    add(
+        "actor.process.name",
+        9,
+        text(process.and_then(|p| p.get("name"))),
+    );
+    add(
+        "actor.process.cmd_line",
+        13,
+        text(process.and_then(|p| p.get("cmd_line"))),
+    );
+    add(
+        "actor.user.name",
+        4,
+        text(
+            m.get("actor")
+                .and_then(|a| a.get("user"))
+                .and_then(|u| u.get("name")),
+        ),
+    );
+    m.insert("message".into(), json!(message));
+    m.insert("observables".into(), Value::Array(observables));
+    Value::Object(m)
 }
 
 fn fim_unmapped(em: &Emission, changed: Vec<&str>, previous: Value, truncated_path: bool) -> Value {
@@ -195,13 +301,21 @@ fn file_object(path: &str, facts: Option<&FileFacts>) -> Value {
     let (name, parent) = name_and_parent(path);
     let mut f = Map::new();
     f.insert("path".into(), json!(path));
+    // OCSF file type_id: 0 Unknown, 1 Regular File, 2 Folder.
+    let (type_id, type_name) = facts.map_or((0, "Unknown"), |f| {
+        if f.is_dir {
+            (2, "Folder")
+        } else {
+            (1, "Regular File")
+        }
+    });
+    if let Some(ext) = extension(&name).filter(|_| type_id != 2) {
+        f.insert("ext".into(), json!(ext));
+    }
     f.insert("name".into(), json!(name));
     f.insert("parent_folder".into(), json!(parent));
-    // OCSF file type_id: 0 Unknown, 1 Regular File, 2 Folder.
-    f.insert(
-        "type_id".into(),
-        json!(facts.map_or(0, |f| if f.is_dir { 2 } else { 1 })),
-    );
+    f.insert("type_id".into(), json!(type_id));
+    f.insert("type".into(), json!(type_name));
     if let Some(facts) = facts {
         f.insert("size".into(), json!(facts.size));
         if let Some(h) = &facts.blake3 {
@@ -265,7 +379,11 @@ pub fn file_record(
         );
     }
     m.insert("unmapped".into(), unmapped);
-    Value::Object(m)
+    let object = match &change.new_path {
+        Some(new_path) => format!("{} to {new_path}", change.path),
+        None => change.path.clone(),
+    };
+    finish(m, &object)
 }
 
 /// Win32 REG_* number -> (name, OCSF reg_value.type_id).
@@ -407,7 +525,12 @@ pub fn registry_record(
         fim.insert("security_descriptor_blake3".into(), json!(d));
     }
     m.insert("unmapped".into(), unmapped);
-    Value::Object(m)
+    let object = match (&change.value_name, &change.previous_key_path) {
+        (Some(name), _) => format!("{}\\{name}", change.key_path),
+        (None, Some(old)) => format!("{old} to {}", change.key_path),
+        (None, None) => change.key_path.clone(),
+    };
+    finish(m, &object)
 }
 
 #[cfg(test)]

@@ -33,8 +33,17 @@ OBJECTS = SCHEMA["objects"]
 DICTIONARY = SCHEMA["dictionary"]["attributes"]
 TYPES = SCHEMA["dictionary"]["types"]["attributes"]
 
-# class_uid -> (pydantic model, schema class name)
-CLASSES = {1001: (FileActivity, "file_activity"), 2004: (DetectionFinding, "detection_finding")}
+# class_uid -> (pydantic model, schema class name). The Windows agent's Registry Key and
+# Registry Value Activity (201001, 201002) belong to OCSF's Windows extension, which neither
+# pydantic-ocsf nor its schema JSON holds: they are checked as the System Activity class they
+# extend, and their own reg_* objects are not checked.
+CLASSES = {
+    1001: (FileActivity, "file_activity"),
+    2004: (DetectionFinding, "detection_finding"),
+    201001: (None, "system"),
+    201002: (None, "system"),
+}
+WINDOWS_EXTENSION_ATTRIBUTES = {"reg_key", "prev_reg_key", "reg_value", "prev_reg_value"}
 
 # Every class includes OCSF's includes/classification.json and includes/occurrence.json, which
 # the shipped JSON leaves out: their requirements as OCSF 1.3.0 defines them.
@@ -57,7 +66,21 @@ INCLUDED = {
 
 
 def unknown_actor(event):
-    return event.get("unmapped", {}).get("fim", {}).get("attribution") == "unknown"
+    """No process known: a scan found the change, or (Windows) the process exited before it
+    could be looked up and only its pid is known."""
+    process = event.get("actor", {}).get("process")
+    return (event.get("unmapped", {}).get("fim", {}).get("attribution") == "unknown"
+            or process is None or set(process) <= {"pid"})
+
+
+def windows(event):
+    return event.get("device", {}).get("os", {}).get("type_id") == 100
+
+
+def outcome_unknown(event):
+    """An lsm hook or an ETW record is the request; its outcome is not in the record (and
+    OCSF 1.3 has no "unknown" status for these classes)."""
+    return event.get("unmapped", {}).get("fim", {}).get("backend") in ("lsm", "etw")
 
 
 def ext_of(obj):
@@ -79,6 +102,8 @@ NOT_APPLICABLE = {
     ("", "create_mask"): (lambda e, o: True, "a Windows create mask; Linux has none"),
     ("", "file_diff"): (lambda e, o: True, "text diffs stay in the store: `fim diff`"),
     ("", "file_result"): (lambda e, o: e.get("activity_id") != 5, "only renames have a result"),
+    ("", "status"): (lambda e, o: outcome_unknown(e), "the record is the request, not its outcome"),
+    ("", "status_id"): (lambda e, o: outcome_unknown(e), "the record is the request, not its outcome"),
     ("", "status_code"): (lambda e, o: True, "the kernel reports no status code to fim"),
     ("", "status_detail"): (lambda e, o: True, "the kernel reports no status detail to fim"),
     ("", "evidences"): (lambda e, o: not e["unmapped"]["fim"]["integrity"]["bad_paths"],
@@ -95,14 +120,18 @@ NOT_APPLICABLE = {
     ("device", "interface_uid"): (lambda e, o: True, "a change has no network interface"),
     ("device", "owner"): (lambda e, o: True, "the host's owner is not known to fim"),
     ("device", "region"): (lambda e, o: True, "the host's region is not known to fim"),
-    ("device", "uid"): (lambda e, o: not os.path.exists("/etc/machine-id"),
-                        "the host has no /etc/machine-id"),
+    ("device", "uid"): (lambda e, o: not os.path.exists("/etc/machine-id") or windows(e),
+                        "no /etc/machine-id; the Windows agent does not read the machine GUID"),
     ("actor", "process"): (lambda e, o: unknown_actor(e), "attribution unknown (a scan)"),
     ("actor", "user"): (lambda e, o: unknown_actor(e), "attribution unknown (a scan)"),
     ("actor.process", "*"): (lambda e, o: unknown_actor(e), "attribution unknown (a scan)"),
     ("actor.user", "*"): (lambda e, o: unknown_actor(e), "attribution unknown (a scan)"),
     ("actor.process", "uid"): (lambda e, o: "created_time" not in o,
                                "no start time to tell the pid's processes apart"),
+    ("actor.process", "created_time"): (lambda e, o: windows(e),
+                                        "the Windows agent's process lookup has no start time"),
+    ("actor.process", "parent_process"): (lambda e, o: windows(e),
+                                          "the Windows agent's process lookup has no parent"),
     ("actor.process", "user"): (lambda e, o: unknown_actor(e), "attribution unknown (a scan)"),
     ("actor.process.file", "hashes"): (lambda e, o: True, "fim does not hash executables"),
     ("actor.process.file", "ext"): (lambda e, o: not ext_of(o), "the name has no extension"),
@@ -185,7 +214,9 @@ class Checker:
                     self.problem(where, f"recommended `{name}` is missing")
         for name, item in value.items():
             here = f"{where}.{name}" if where else name
-            if name == "unmapped" and where == "":
+            if where == "" and (name == "unmapped" or (
+                    self.event.get("class_uid") in (201001, 201002)
+                    and name in WINDOWS_EXTENSION_ATTRIBUTES)):
                 continue
             definition = {**DICTIONARY.get(name, {}), **attributes.get(name, {})}
             # An object's enum adds to the dictionary's (0 Unknown and 99 Other stay valid).
@@ -234,10 +265,11 @@ def validate(event):
     if class_uid not in CLASSES:
         return [f"class_uid {class_uid!r} is not a class fim writes"], None
     model, class_name = CLASSES[class_uid]
-    try:
-        model.model_validate(event)
-    except Exception as error:  # pydantic's ValidationError, with every field that failed
-        problems.append(f"pydantic-ocsf: {error}")
+    if model is not None:
+        try:
+            model.model_validate(event)
+        except Exception as error:  # pydantic's ValidationError, with every field that failed
+            problems.append(f"pydantic-ocsf: {error}")
     attributes = merged(EVENTS[class_name], EVENTS)
     for name, requirement in INCLUDED.items():
         attributes[name] = {**attributes.get(name, {}), "requirement": requirement}

@@ -343,14 +343,12 @@ pub fn event(change: &ChangeRecord, ctx: &OcsfContext) -> Value {
     event.insert("severity".into(), json!("Informational"));
     // The syscall tracepoints and fexit report operations that succeeded, and a scan saw the
     // result on disk; an lsm hook runs before the operation, which another LSM or the file
-    // system may still refuse, unless examining the path afterwards showed the change.
-    let (status_id, status) = if change.backend != "lsm" || !change.changed.is_empty() {
-        (1, "Success")
-    } else {
-        (0, "Unknown")
-    };
-    event.insert("status_id".into(), json!(status_id));
-    event.insert("status".into(), json!(status));
+    // system may still refuse: its outcome is known only when examining the path afterwards
+    // showed the change. (OCSF 1.3 has no "unknown" status for this class: left out.)
+    if change.backend != "lsm" || !change.changed.is_empty() {
+        event.insert("status_id".into(), json!(1));
+        event.insert("status".into(), json!("Success"));
+    }
     event.insert("time".into(), json!(change.time_ns / 1_000_000));
     // `time` is epoch milliseconds, which is UTC.
     event.insert("timezone_offset".into(), json!(0));
