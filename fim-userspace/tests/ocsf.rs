@@ -11,10 +11,13 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+mod common;
+use common::Fim;
 
 /// The validator's interpreter: the virtual environment `cargo xtask setup` installs
 /// pydantic-ocsf into (under `FIM_CACHE_DIR`, default `~/.cache/fim`).
@@ -40,18 +43,6 @@ fn validator_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/ocsf/validate.py")
 }
 
-/// A running `fim run`; killed if the test fails while it runs.
-struct Fim(Child);
-
-impl Drop for Fim {
-    fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
 impl Fim {
     fn start(config: &Path, db: &Path) -> Fim {
         let child = Command::new(env!("CARGO_BIN_EXE_fim"))
@@ -62,30 +53,8 @@ impl Fim {
             .spawn()
             .expect("starting fim run");
         let fim = Fim(child);
-        fim.wait_for_start_scan(db);
+        common::wait_for_start_scan(db, fim.0.id(), Duration::from_secs(180));
         fim
-    }
-
-    /// Until this fim's start scan is in the store (its `scan` health row after its `start`).
-    fn wait_for_start_scan(&self, db: &Path) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let done = rusqlite::Connection::open(db).ok().and_then(|conn| {
-                conn.query_row(
-                    "SELECT EXISTS (SELECT 1 FROM health WHERE kind = 'scan'
-                        AND id > (SELECT max(id) FROM health WHERE kind = 'start'
-                                  AND detail LIKE ?1))",
-                    [format!("% pid {} %", self.0.id())],
-                    |r| r.get::<_, bool>(0),
-                )
-                .ok()
-            });
-            if done == Some(true) {
-                return;
-            }
-            assert!(Instant::now() < deadline, "the start scan did not finish");
-            std::thread::sleep(Duration::from_millis(100));
-        }
     }
 
     fn stop(mut self) {

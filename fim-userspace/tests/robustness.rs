@@ -11,12 +11,15 @@ use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+mod common;
+use common::{Fim, wait_for_start_scan};
 
 fn require_root() {
     // SAFETY: geteuid has no preconditions.
@@ -104,31 +107,6 @@ fn setup(extra: &str) -> Setup {
     }
 }
 
-/// A running `fim run`; killed if the test fails while it runs.
-struct Fim(Child);
-
-impl Drop for Fim {
-    fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
-impl std::ops::Deref for Fim {
-    type Target = Child;
-    fn deref(&self) -> &Child {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Fim {
-    fn deref_mut(&mut self) -> &mut Child {
-        &mut self.0
-    }
-}
-
 fn spawn_fim(setup: &Setup) -> Fim {
     Fim(Command::new(env!("CARGO_BIN_EXE_fim"))
         .args(["run", "--backend", "tracepoint", "--config"])
@@ -161,29 +139,6 @@ fn integrity_check(db: &Path) -> String {
             .expect("opening the store");
     conn.query_row("PRAGMA integrity_check", [], |r| r.get::<_, String>(0))
         .expect("PRAGMA integrity_check")
-}
-
-/// Waits until the fim with this pid has finished its start scan (a `scan` health row after
-/// its `start` row).
-fn wait_for_start_scan(db: &Path, pid: u32, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        let done = rusqlite::Connection::open(db).ok().and_then(|conn| {
-            conn.query_row(
-                "SELECT EXISTS (SELECT 1 FROM health WHERE kind = 'scan'
-                    AND id > (SELECT max(id) FROM health WHERE kind = 'start'
-                              AND detail LIKE ?1))",
-                [format!("% pid {pid} %")],
-                |r| r.get::<_, bool>(0),
-            )
-            .ok()
-        });
-        if done == Some(true) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "the start scan did not finish");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// Waits until fim has nothing left to do: no queued job, no unwritten row, and every rescan

@@ -209,8 +209,8 @@ class Checker:
             if requirement == "required":
                 self.problem(where, f"required `{name}` is missing")
             elif requirement == "recommended" and where in RECOMMENDED_AT:
-                rule = NOT_APPLICABLE.get((where, name)) or NOT_APPLICABLE.get((where, "*"))
-                if rule is None or not rule[0](self.event, value):
+                rules = [NOT_APPLICABLE.get((where, name)), NOT_APPLICABLE.get((where, "*"))]
+                if not any(r is not None and r[0](self.event, value) for r in rules):
                     self.problem(where, f"recommended `{name}` is missing")
         for name, item in value.items():
             here = f"{where}.{name}" if where else name
