@@ -13,7 +13,7 @@ use crate::pipeline::Job;
 use super::Work;
 
 /// Jobs waiting for the change worker; beyond this the paths are remembered for a rescan
-/// instead (never dropped silently; see README "Back-pressure").
+/// instead (never dropped silently; see docs/running.md, "Back-pressure").
 pub(super) const JOB_QUEUE: usize = 65_536;
 /// Paths remembered while the queue is full; beyond this the next rescan covers everything.
 pub(super) const OVERFLOW_PATHS: usize = 10_000;
