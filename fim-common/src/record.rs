@@ -53,10 +53,17 @@ pub enum EventKind {
     /// A process executed a program: path1 is the executable, path2 the arguments
     /// (NUL-separated, `PATH2_IS_STRING`). Feeds attribution; not a file change.
     Exec = 16,
+    /// The content may have changed (a write, truncation or fallocate) with no open and close
+    /// around it that fim saw: what the completeness layer (fanotify) reports. User space
+    /// only; the kernel programs never emit it.
+    Written = 17,
+    /// Attributes may have changed (mode, owner, xattrs, link count, times): what the
+    /// completeness layer reports. User space only, like `Written`.
+    AttributesChanged = 18,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 16] = [
+    pub const ALL: [EventKind; 18] = [
         EventKind::Create,
         EventKind::OpenWrite,
         EventKind::Modified,
@@ -73,6 +80,8 @@ impl EventKind {
         EventKind::Symlink,
         EventKind::MmapSharedWrite,
         EventKind::Exec,
+        EventKind::Written,
+        EventKind::AttributesChanged,
     ];
 
     /// Decodes a kind received from the kernel; unknown values are not trusted.
@@ -99,6 +108,8 @@ impl EventKind {
             Symlink => "symlink",
             MmapSharedWrite => "mmap_shared_write",
             Exec => "exec",
+            Written => "written",
+            AttributesChanged => "attributes_changed",
         }
     }
 }
@@ -146,6 +157,10 @@ pub mod flags {
     /// path1 came from the kernel's `d_path` (`bpf_d_path`), not from fim's dentry walk. For
     /// tests and diagnosis: both give the same path.
     pub const PATH1_D_PATH: u16 = 1 << 6;
+    /// The object is watched because another name of it is (a hard link, found in the
+    /// kernel's map of watched inodes with more than one link): path1 is the name that was
+    /// used, which no rule may cover. User space reports the change at the watched name(s).
+    pub const VIA_LINK: u16 = 1 << 7;
 }
 
 /// The process that caused an event, as the kernel saw it at that moment.
@@ -173,6 +188,10 @@ pub struct Actor {
 }
 
 /// The file the event is about (for rename/link: the object being renamed or linked).
+///
+/// The directory inode numbers let user space find the watched name of a change made through
+/// another name of the same directory (a bind mount, another mount namespace): the kernel
+/// decides on inodes, and the path it builds is the one that was used.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Target {
@@ -182,6 +201,10 @@ pub struct Target {
     /// `inode::i_mode` (type and permission bits); 0 for a name that does not exist yet.
     pub mode: u32,
     pub ino: u64,
+    /// Inode number of the directory that holds path1's last name (0: unknown).
+    pub dir_ino: u64,
+    /// The same for path2 when it is a path (the new name of a rename or link; 0: unknown).
+    pub dir2_ino: u64,
 }
 
 /// Operation arguments that are not paths.

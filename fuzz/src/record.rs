@@ -88,11 +88,13 @@ pub fn header_bytes(h: &RecordHeader) -> Vec<u8> {
         t + offset_of!(Target, mode),
         &h.target.mode.to_ne_bytes(),
     );
-    put(
-        &mut b,
-        t + offset_of!(Target, ino),
-        &h.target.ino.to_ne_bytes(),
-    );
+    for (field, value) in [
+        (offset_of!(Target, ino), h.target.ino),
+        (offset_of!(Target, dir_ino), h.target.dir_ino),
+        (offset_of!(Target, dir2_ino), h.target.dir2_ino),
+    ] {
+        put(&mut b, t + field, &value.to_ne_bytes());
+    }
 
     let g = offset_of!(RecordHeader, args);
     for (field, value) in [

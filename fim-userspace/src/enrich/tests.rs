@@ -12,6 +12,7 @@ fn event_of(pid: u32, start_boottime_ns: u64, comm: &str) -> Event {
     Event {
         kind: EventKind::Chmod,
         backend: Backend::Lsm,
+        source: crate::sensor::Source::Kernel,
         flags: 0,
         rule_id: 1,
         ktime_ns: 0,

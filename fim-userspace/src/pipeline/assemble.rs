@@ -141,7 +141,7 @@ impl Assembler {
             rule2: o.rule2.clone(),
             process: Arc::clone(&o.process),
             authorized: o.authorized,
-            backend: e.backend.name(),
+            backend: e.source.backend_name(e.backend),
             truncated_path: e.truncated(),
             time_ns: wall_ns(e.ktime_ns, self.clock_offset_ns),
             ktime_ns: e.ktime_ns,
@@ -176,7 +176,11 @@ impl Assembler {
                 self.touch(o, writer as u32, true, out);
             }
             EventKind::OpenWrite => self.touch(o, 1, false, out),
-            EventKind::MmapSharedWrite | EventKind::Truncate => self.touch(o, 0, false, out),
+            // A write the completeness layer saw has no open or close around it: a session
+            // without writers, examined once the writes settle (or every `LONG_WRITER`).
+            EventKind::MmapSharedWrite | EventKind::Truncate | EventKind::Written => {
+                self.touch(o, 0, false, out)
+            }
             EventKind::Modified => {
                 let path = e.path.clone();
                 let done = match self.sessions.get_mut(&path) {
@@ -224,7 +228,7 @@ impl Assembler {
                 job.rule = o.rule2.clone().or(o.rule.clone());
                 out.push(job);
             }
-            EventKind::Chmod | EventKind::Chown => {
+            EventKind::Chmod | EventKind::Chown | EventKind::AttributesChanged => {
                 out.push(self.job(JobKind::Examine, activity::SET_ATTRIBUTES, &o));
             }
             EventKind::SetXattr | EventKind::RemoveXattr => {
@@ -311,7 +315,9 @@ impl Assembler {
             let last = s.last.event.ktime_ns;
             if s.writers == 0 && now_ktime_ns.saturating_sub(last) >= settle {
                 done.push(path.clone());
-            } else if s.writers > 0 && now_ktime_ns.saturating_sub(s.flushed_ns) >= long {
+            } else if now_ktime_ns.saturating_sub(s.flushed_ns) >= long {
+                // A writer that stays open, or writes without open and close (seen only by
+                // the completeness layer) that never pause for `SETTLE`.
                 s.flushed_ns = now_ktime_ns;
                 let mut job = {
                     let who = if s.created { &s.first } else { &s.last };
@@ -331,7 +337,7 @@ impl Assembler {
                         rule2: None,
                         process: Arc::clone(&who.process),
                         authorized: who.authorized,
-                        backend: e.backend.name(),
+                        backend: e.source.backend_name(e.backend),
                         truncated_path: e.truncated(),
                         time_ns: wall_ns(now_ktime_ns, self.clock_offset_ns),
                         ktime_ns: now_ktime_ns,

@@ -4,11 +4,35 @@ use std::path::PathBuf;
 
 use fim_common::{Actor, Args, Backend, EventKind, RecordHeader, Target, flags};
 
+/// Where a record came from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Source {
+    /// The sensor's ring buffer (the backend's kernel programs).
+    #[default]
+    Kernel,
+    /// The completeness layer (fanotify): what syscall tracepoints cannot see (io_uring,
+    /// changes through another name or mount). Only the pid of the actor is known, and the
+    /// same change may also have come from the kernel programs: user space reports it once.
+    Fanotify,
+}
+
+impl Source {
+    /// The `backend` a change reports: the completeness layer names itself.
+    pub fn backend_name(self, backend: Backend) -> &'static str {
+        match self {
+            Source::Kernel => backend.name(),
+            Source::Fanotify => "fanotify",
+        }
+    }
+}
+
 /// One kernel record, decoded and owned.
 #[derive(Clone, Debug)]
 pub struct Event {
     pub kind: EventKind,
+    /// The sensor backend running (for `Source::Fanotify`, the one it completes).
     pub backend: Backend,
+    pub source: Source,
     pub flags: u16,
     pub rule_id: u32,
     pub ktime_ns: u64,
@@ -30,6 +54,7 @@ impl Event {
         Some(Event {
             kind: header.event_kind()?,
             backend: header.backend()?,
+            source: Source::Kernel,
             flags: header.flags,
             rule_id: header.rule_id,
             ktime_ns: header.ktime_ns,

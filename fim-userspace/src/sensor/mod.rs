@@ -27,7 +27,7 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues, RingBuf},
     programs::{FEntry, FExit, Lsm, TracePoint},
 };
-pub use event::Event;
+pub use event::{Event, Source};
 pub use fim_common::{Backend, EventKind};
 use fim_common::{
     Excluded, WatchKey, WatchValue, bitmap, flags,
