@@ -30,6 +30,7 @@ fn event_of(pid: u32, start_boottime_ns: u64, comm: &str) -> Event {
         args: Args::default(),
         path: b"/etc/x".to_vec(),
         path2: Vec::new(),
+        used_path: None,
     }
 }
 

@@ -168,6 +168,7 @@ impl Harness {
             },
             path: path.as_bytes().to_vec(),
             path2: path2.as_bytes().to_vec(),
+            used_path: None,
         };
         let mut jobs = Vec::new();
         match self.classifier.classify(event, &mut KernelOnly) {
@@ -569,6 +570,7 @@ fn authorized_and_excluded_executables() {
         args: Args::default(),
         path: path.as_bytes().to_vec(),
         path2: Vec::new(),
+        used_path: None,
     };
     let authorized = |exe| match classifier.classify(event("/etc/a"), &mut WithExe(exe)) {
         Verdict::Report(o) => Some(o.authorized),

@@ -44,6 +44,10 @@ pub struct Event {
     pub path: Vec<u8>,
     /// rename/link: the new path; symlink: the target string; xattr: the attribute name.
     pub path2: Vec<u8>,
+    /// The name the change was actually made through, when `path` is the watched name found
+    /// for it instead (another hard link, a bind mount, another mount namespace): reported as
+    /// `unmapped.fim.used_path`.
+    pub used_path: Option<Vec<u8>>,
 }
 
 impl Event {
@@ -63,6 +67,7 @@ impl Event {
             args: header.args,
             path: path1.to_vec(),
             path2: path2.to_vec(),
+            used_path: None,
         })
     }
 
