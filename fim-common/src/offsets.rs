@@ -16,6 +16,7 @@ pub struct KernelOffsets {
     // struct inode
     pub inode_i_ino: u32,
     pub inode_i_mode: u32,
+    pub inode_i_nlink: u32,
     // struct super_block
     pub super_block_s_dev: u32,
     // struct path

@@ -33,6 +33,14 @@ pub fn maybe_present(bits: &Array<u64>, hash: u64) -> bool {
     }
 }
 
+/// Watched regular files that have more than one link, (dev, inode) -> the rule of a watched
+/// name: a change made through another name (a hard link in an unwatched directory) is watched
+/// too. Filled by user space from its scans and by the link hooks when a watched file gets a
+/// name; looked up only for a regular file with more than one link that the walk found
+/// unwatched, so no bitmap stands in front of it.
+#[map]
+static LINKED: HashMap<WatchKey, WatchValue> = HashMap::with_max_entries(16384, 0);
+
 /// Processes (tgid) whose changes are dropped in the kernel: fim itself, configured actors.
 #[map]
 static EXCLUDED: HashMap<u32, Excluded> = HashMap::with_max_entries(1024, 0);
@@ -50,6 +58,8 @@ pub struct Verdict(u64);
 const V_UNWATCHED: u64 = 0;
 const V_UNDECIDED: u64 = 1;
 const V_WATCHED: u64 = 2;
+/// With `V_WATCHED`: watched as another name of a watched file (`LINKED`).
+const V_VIA_LINK: u64 = 1 << 40;
 
 impl Verdict {
     #[allow(non_upper_case_globals)]
@@ -62,6 +72,19 @@ impl Verdict {
     #[inline(always)]
     pub fn Watched(rule: u32) -> Verdict {
         Verdict(V_WATCHED | (rule as u64) << 8)
+    }
+
+    /// Watched because another name of the object is (a hard link).
+    #[allow(non_snake_case)]
+    #[inline(always)]
+    pub fn Linked(rule: u32) -> Verdict {
+        Verdict(V_WATCHED | (rule as u64) << 8 | V_VIA_LINK)
+    }
+
+    /// Whether the object is watched only as another name of a watched file.
+    #[inline(always)]
+    pub fn via_link(self) -> bool {
+        self.0 & V_VIA_LINK != 0
     }
 
     /// The verdict as one integer, for map memory and loop state.
@@ -180,21 +203,76 @@ pub fn check<const TYPED: bool>(target: *const u8, presence: Presence) -> Verdic
     let own = match presence {
         Presence::Existing if TYPED => member_ptr::<TYPED>(target, off!(dentry_d_inode))
             .ok()
-            .and_then(|inode| lookup::<TYPED>(dev, inode)),
+            .and_then(|inode| own_verdict::<TYPED>(dev, inode)),
         Presence::New => None,
-        _ => dentry_inode(target).and_then(|inode| lookup::<false>(dev, inode)),
+        _ => dentry_inode(target).and_then(|inode| own_verdict::<false>(dev, inode)),
     };
-    if let Some(v) = own
+    if let Some(verdict) = own {
+        return verdict;
+    }
+    dir_verdict::<TYPED>(dev, target)
+}
+
+/// The verdict an object's own inode gives: watched by a file rule (`SELF`), or as another
+/// name of a watched file (`LINKED`); `None`: its directory decides. (Decided before the
+/// walk, not after it: code after the walk that used the inode made LLVM read a stack slot
+/// that some paths never wrote, which the 6.1 verifier rejects.)
+#[inline(always)]
+fn own_verdict<const TYPED: bool>(dev: u32, inode: *const u8) -> Option<Verdict> {
+    if let Some(v) = lookup::<TYPED>(dev, inode)
         && v.flags & watch::SELF != 0
     {
-        return Verdict::Watched(v.rule_id);
+        return Some(Verdict::Watched(v.rule_id));
     }
+    linked::<TYPED>(dev, inode)
+}
+
+const S_IFMT: u16 = 0o170000;
+const S_IFREG: u16 = 0o100000;
+
+/// Watched as another name of a watched file: a regular file with more than one link whose
+/// inode is in `LINKED`. (A watched name of it is watched anyway; user space tells.)
+#[inline(always)]
+fn linked<const TYPED: bool>(dev: u32, inode: *const u8) -> Option<Verdict> {
+    if inode.is_null() {
+        return None;
+    }
+    let mode = member::<u16, TYPED>(inode, off!(inode_i_mode)).ok()?;
+    if mode & S_IFMT != S_IFREG {
+        return None;
+    }
+    if member::<u32, TYPED>(inode, off!(inode_i_nlink)).ok()? <= 1 {
+        return None;
+    }
+    let ino = member::<u64, TYPED>(inode, off!(inode_i_ino)).ok()?;
+    // SAFETY: copied out at once.
+    unsafe { LINKED.get(WatchKey { dev, _pad: 0, ino }).copied() }
+        .map(|v| Verdict::Linked(v.rule_id))
+}
+
+/// A watched file got another name (a link hook whose decision was "watched"): changes
+/// through either name are watched from now on, with no window in which user space has yet
+/// to learn of it. User space keeps the map otherwise (scans, removals).
+#[inline(always)]
+pub fn remember_link(dev: u32, ino: u64, rule: u32) {
+    let value = WatchValue {
+        rule_id: rule,
+        flags: watch::SELF,
+    };
+    // A full map is not a loss: the next scan finds the link (and user space adds it on the
+    // link record).
+    let _ = LINKED.insert(WatchKey { dev, _pad: 0, ino }, value, 0);
+}
+
+/// The verdict for a name in the directory that holds `target`.
+#[inline(always)]
+fn dir_verdict<const TYPED: bool>(dev: u32, target: *const u8) -> Verdict {
     let Ok(parent) = member_ptr::<TYPED>(target, off!(dentry_d_parent)) else {
         return Verdict::Undecided;
     };
-    // The tracepoint backend decides on dentries only for fd-based syscalls, and the memo's
-    // code in every one of its programs pushed `tp_enter_renameat2` over the 6.1 verifier's
-    // budget: it walks.
+    // The tracepoint backend decides on dentries only for fd-based syscalls and opens, and
+    // the memo's code in every one of its programs pushed `tp_enter_renameat2` over the 6.1
+    // verifier's budget: it walks.
     if !TYPED {
         return walk::<TYPED>(dev, parent);
     }

@@ -58,7 +58,12 @@ fn decide<const T: bool>(targets: &[Target]) -> Option<(u32, u16)> {
         }
         let verdict = filter::check::<T>(target, presence);
         if let Some(rule) = verdict.rule() {
-            decision = Some((rule, 0));
+            let via = if verdict.via_link() {
+                flags::VIA_LINK
+            } else {
+                0
+            };
+            decision = Some((rule, via));
             break;
         }
         if verdict.is_undecided() {
@@ -100,14 +105,31 @@ fn set_args(record: &mut Record, args: Args) {
     }
 }
 
-/// Fills `target` from a dentry's inode (if it has one) and its filesystem. The inode of an
-/// object the caller holds is loaded directly where the pointer is typed (three helper calls
-/// fewer); a name about to be created has none; one that may exist goes through the helper
-/// (see `filter::dentry_inode`).
+/// The inode number of the directory that holds `dentry`'s name: its parent is positive
+/// while the dentry holds it (see `kernel::load`), so typed pointers load it directly.
+#[inline(always)]
+pub fn dir_ino<const T: bool>(dentry: *const u8) -> u64 {
+    let Ok(parent) = member_ptr::<T>(dentry, off!(dentry_d_parent)) else {
+        return 0;
+    };
+    let Ok(inode) = member_ptr::<T>(parent, off!(dentry_d_inode)) else {
+        return 0;
+    };
+    if inode.is_null() {
+        return 0;
+    }
+    member::<u64, T>(inode, off!(inode_i_ino)).unwrap_or(0)
+}
+
+/// Fills `target` from a dentry's inode (if it has one), its filesystem and its directory.
+/// The inode of an object the caller holds is loaded directly where the pointer is typed
+/// (three helper calls fewer); a name about to be created has none; one that may exist goes
+/// through the helper (see `filter::dentry_inode`).
 #[inline(always)]
 fn describe_target<const T: bool>(record: &mut Record, Target(dentry, presence): Target) {
     let header = &mut record.header;
     header.target.dev = filter::dentry_dev::<T>(dentry).unwrap_or(0);
+    header.target.dir_ino = dir_ino::<T>(dentry);
     if T && matches!(presence, Presence::Existing) {
         let inode = crate::kernel::load_ptr(dentry, off!(dentry_d_inode));
         if !inode.is_null() {
@@ -275,6 +297,15 @@ fn two_paths(
     let record = held.record();
     record.header.args.flags = event_flags;
     describe_target::<TYPED>(record, existing(old_dentry));
+    record.header.target.dir2_ino = dir_ino::<TYPED>(new_dentry);
+    if kind == EventKind::Link
+        && record.header.rule_id != 0
+        && record.header.flags & flags::TARGET_KNOWN != 0
+    {
+        // A watched file (or a file that gets a watched name) has one more name now.
+        let target = record.header.target;
+        filter::remember_link(target.dev, target.ino, record.header.rule_id);
+    }
     let len1 = set_path1::<TYPED>(record, old_dentry, old_mnt);
     set_path2::<TYPED>(record, len1 & (PATH_CAP - 1), new_dentry, new_mnt);
     emit::submit(record, backend);

@@ -593,6 +593,21 @@ pub fn tp_exit(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// The open family's exits: decided on the file that was opened.
+#[tracepoint]
+pub fn tp_exit_open(ctx: TracePointContext) -> u32 {
+    let _ = syscalls::exit_open(&ctx);
+    0
+}
+
+// open_by_handle_at(mount_fd, handle, flags): a file reached by a handle, not a name.
+enter!(tp_enter_open_by_handle_at, |ctx| open_op(
+    AT_FDCWD,
+    0,
+    arg(&ctx, 2) as u32,
+    0
+));
+
 /// Does nothing: `cargo xtask bench sensor` attaches it wherever the tracepoint backend
 /// attaches, to measure what the attach points cost before any of fim's work.
 #[tracepoint]

@@ -106,7 +106,13 @@ pub fn arg(ctx: &TracePointContext, i: usize) -> u64 {
 /// update. Deciding at enter also sees the paths as they were before the operation.
 #[inline(always)]
 pub fn stash(mut pending: Pending) {
-    let verdict = decide(&pending);
+    // Opens are decided at their exit, on the file they opened (`exit_open`): whatever name,
+    // link, mount or file handle led to it.
+    let verdict = if pending.shape == SHAPE_OPEN {
+        filter::Verdict::Undecided
+    } else {
+        decide(&pending)
+    };
     // Unwatched first: that settles most syscalls without the actor lookup.
     if verdict.is_unwatched() || filter::actor_excluded() {
         return;
@@ -172,31 +178,108 @@ impl Pending {
     }
 }
 
-/// The shared `sys_exit_*` handler.
-pub fn exit(ctx: &TracePointContext) -> Result<(), i64> {
+/// The stashed arguments of this thread's syscall, if it was stashed, and the syscall's
+/// result when it succeeded.
+#[inline(always)]
+fn take_pending(ctx: &TracePointContext) -> Option<(Pending, i64)> {
     let key = bpf_get_current_pid_tgid();
     if !crate::presence::maybe(&PENDING_COUNT, key) {
-        return Ok(());
+        return None;
     }
     // SAFETY: copied out at once.
-    let Some(pending) = (unsafe { PENDING.get(key).copied() }) else {
-        return Ok(());
-    };
+    let pending = unsafe { PENDING.get(key).copied() }?;
     if PENDING.remove(key).is_ok() {
         crate::presence::removed(&PENDING_COUNT, key);
     }
     // SAFETY: `ret` is at offset 16 of every sys_exit record.
     let ret = unsafe { ctx.read_at::<i64>(16).unwrap_or(-1) };
     if ret < 0 || !crate::kernel::offsets_loaded() {
+        return None;
+    }
+    Some((pending, ret))
+}
+
+/// The `sys_exit_*` handler of the open family (open, openat, openat2, creat,
+/// open_by_handle_at): decides on the file that was opened, the way the LSM backends do, and
+/// builds its path from the file. A symlink, a bind mount, another mount namespace,
+/// `/proc/PID/fd/N`, `/proc/PID/root`, a chroot or a file handle all lead to the file itself.
+pub fn exit_open(ctx: &TracePointContext) -> Result<(), i64> {
+    let Some((pending, fd)) = take_pending(ctx) else {
+        return Ok(());
+    };
+    if pending.shape != SHAPE_OPEN {
         return Ok(());
     }
+    let Some(file) = fd_file(fd) else {
+        return Ok(());
+    };
+    let f_mode = read::<u32>(file, off!(file_f_mode)).unwrap_or(0);
+    let created = f_mode & FMODE_CREATED != 0;
+    if !created && pending.flags & WRITE_INTENT == 0 {
+        // O_CREAT of a file that was there, without write intent: nothing changed.
+        return Ok(());
+    }
+    let f_path = file.wrapping_add(off!(file_f_path));
+    let (Ok(mnt), Ok(dentry)) = (
+        read_ptr(f_path, off!(path_mnt)),
+        read_ptr(f_path, off!(path_dentry)),
+    ) else {
+        return Ok(());
+    };
+    let verdict = filter::check::<false>(dentry, filter::Presence::Existing);
+    if verdict.is_unwatched() {
+        return Ok(());
+    }
+    let kind = if created {
+        EventKind::Create
+    } else {
+        EventKind::OpenWrite
+    };
+    let Some(record) = emit::start_bare(kind, BACKEND) else {
+        return Ok(());
+    };
+    record.header.args.mode = pending.mode;
+    record.header.args.flags = pending.flags;
+    let piece = path::build::<false>(
+        record.data.as_mut_ptr(),
+        0,
+        dentry,
+        mnt,
+        flags::PATH1_TRUNCATED,
+    );
+    record.header.path1_len = piece.len() as u16;
+    record.header.flags |= piece.flags();
+    match verdict.rule() {
+        Some(rule) => {
+            record.header.rule_id = rule;
+            if verdict.via_link() {
+                record.header.flags |= flags::VIA_LINK;
+            }
+        }
+        None => record.header.flags |= flags::FILTER_UNDECIDED,
+    }
+    describe_file(record, file);
+    crate::actor::fill::<false>(&mut record.header.actor);
+    if pending.flags & (O_WRONLY | O_RDWR) != 0 {
+        writers::opened(file, record.header.rule_id);
+    }
+    emit::submit(record, BACKEND);
+    Ok(())
+}
+
+/// The shared `sys_exit_*` handler of the other syscalls.
+pub fn exit(ctx: &TracePointContext) -> Result<(), i64> {
+    let Some((pending, _)) = take_pending(ctx) else {
+        return Ok(());
+    };
     let Some(kind) = EventKind::from_raw(pending.kind) else {
         return Ok(());
     };
     // Plain numbers, not the enum: LLVM may assume an enum read from map memory is valid and
-    // emit code the verifier (which knows nothing of Rust enums) rejects.
+    // emit code the verifier (which knows nothing of Rust enums) rejects. Opens have their
+    // own exit program.
     let shape = pending.shape;
-    if !(1..=6).contains(&shape) {
+    if !(1..=5).contains(&shape) {
         return Ok(());
     }
     let Some(record) = emit::start_bare(kind, BACKEND) else {
@@ -207,7 +290,6 @@ pub fn exit(ctx: &TracePointContext) -> Result<(), i64> {
     record.header.args.gid = pending.gid;
     record.header.args.flags = pending.flags;
     let data = record.data.as_mut_ptr();
-    let mut opened_file: *const u8 = core::ptr::null();
 
     let piece1 = match shape {
         SHAPE_SYMLINK => resolve(data, 0, pending.dfd2, pending.p2, flags::PATH1_TRUNCATED),
@@ -237,30 +319,26 @@ pub fn exit(ctx: &TracePointContext) -> Result<(), i64> {
             record.header.path2_len = piece2.len() as u16;
             record.header.flags |= piece2.flags() | flags::PATH2_IS_STRING;
         }
-        SHAPE_OPEN => {
-            // The file is open now: describe it, and tell creation from opening.
-            if let Some(file) = fd_file(ret) {
-                opened_file = file;
-                let f_mode = read::<u32>(file, off!(file_f_mode)).unwrap_or(0);
-                if f_mode & FMODE_CREATED != 0 {
-                    record.header.kind = EventKind::Create as u16;
-                } else if pending.flags & WRITE_INTENT == 0 {
-                    return Ok(());
-                }
-                describe_file(record, file);
-            }
-        }
         _ => {}
     }
+    if shape == SHAPE_FD
+        && let Some(file) = fd_file(pending.dfd1)
+    {
+        // The fd-based syscalls (fchmod, ftruncate, fsetxattr...) decided on the file's
+        // dentry: describe it (the target, and its directory for user space).
+        describe_file(record, file);
+    }
     match verdict.rule() {
-        Some(rule) => record.header.rule_id = rule,
+        Some(rule) => {
+            record.header.rule_id = rule;
+            if verdict.via_link() {
+                record.header.flags |= flags::VIA_LINK;
+            }
+        }
         None => record.header.flags |= flags::FILTER_UNDECIDED,
     }
     // Only now, with the decision made, is the actor worth its kernel reads.
     crate::actor::fill::<false>(&mut record.header.actor);
-    if !opened_file.is_null() && pending.flags & (O_WRONLY | O_RDWR) != 0 {
-        writers::opened(opened_file, record.header.rule_id);
-    }
     emit::submit(record, BACKEND);
     Ok(())
 }
@@ -285,6 +363,7 @@ fn describe_file(record: &mut Record, file: *const u8) {
     let f_path = file.wrapping_add(off!(file_f_path));
     if let Ok(dentry) = read_ptr(f_path, off!(path_dentry)) {
         record.header.target.dev = filter::dentry_dev::<false>(dentry).unwrap_or(0);
+        record.header.target.dir_ino = crate::hooks::dir_ino::<false>(dentry);
         if let Ok(inode) = read_ptr(dentry, off!(dentry_d_inode))
             && !inode.is_null()
         {

@@ -27,6 +27,7 @@ fn entry(path: &[u8], content: &[u8]) -> BaselineEntry {
         flags: EntryFlags::default(),
         errno: None,
         scanned_at_ns: 3,
+        nlink: 0,
     }
 }
 

@@ -484,6 +484,7 @@ fn baseline_round_trips_through_the_table() {
         flags: EntryFlags::default(),
         errno: None,
         scanned_at_ns: 3,
+        nlink: 0,
     };
     let mut odd = entry(b"/etc/bad\xff\nname");
     odd.kind = FileKind::Symlink;
@@ -590,6 +591,7 @@ fn rows_below_a_renamed_directory_move_byte_for_byte() {
         flags: EntryFlags::default(),
         errno: None,
         scanned_at_ns: 0,
+        nlink: 0,
     };
     let paths: [&[u8]; 5] = [b"/d", b"/d/a", b"/d/sub/b\xff\n", b"/d0", b"/dx/c"];
     let ops: Vec<StoreOp> = paths

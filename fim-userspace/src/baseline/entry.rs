@@ -120,6 +120,10 @@ pub struct BaselineEntry {
     pub errno: Option<i32>,
     /// When this entry was examined (ns since the epoch).
     pub scanned_at_ns: i64,
+    /// The link count when examined. Not stored (0 in rows read from the store): a scan and
+    /// the change worker use it to keep the watched files with other names (hard links)
+    /// known to the sensor.
+    pub nlink: u32,
 }
 
 impl BaselineEntry {
@@ -149,6 +153,7 @@ impl BaselineEntry {
             flags,
             errno,
             scanned_at_ns,
+            nlink: 0,
         }
     }
 

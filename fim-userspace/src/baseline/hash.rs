@@ -28,6 +28,7 @@ pub struct Snapshot {
     pub gid: u32,
     pub mtime_ns: i64,
     pub ctime_ns: i64,
+    pub nlink: u32,
 }
 
 impl Snapshot {
@@ -41,6 +42,7 @@ impl Snapshot {
             gid: meta.gid(),
             mtime_ns: timestamp_ns(meta.mtime(), meta.mtime_nsec()),
             ctime_ns: timestamp_ns(meta.ctime(), meta.ctime_nsec()),
+            nlink: u32::try_from(meta.nlink()).unwrap_or(u32::MAX),
         }
     }
 }

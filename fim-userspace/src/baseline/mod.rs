@@ -17,6 +17,8 @@ pub use drift::{ChangedField, Drift, Modified, changed_fields, entry_json};
 pub use entry::{
     BaselineEntry, EntryFlags, FileKind, display_path, hex, parse_hex32, timestamp_ns,
 };
-pub use rescan::{DriftItem, RescanReport, Scope, observe_and_update, rescan};
+pub use rescan::{
+    DriftItem, LinkedFile, MAX_LINKED, RescanReport, Scope, observe_and_update, rescan,
+};
 pub use scan::{Baseline, ContentVersion, ScanOptions, ScanReport, ScanStats, observe, scan};
 pub use xattr::xattr_digest;

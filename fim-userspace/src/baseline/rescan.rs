@@ -81,6 +81,41 @@ pub struct RescanReport {
     pub rows_written: u64,
     /// Directories that could not be listed although rules may cover what is inside.
     pub unlisted_dirs: Vec<(PathBuf, i32)>,
+    /// The regular files seen with more than one link (at most [`MAX_LINKED`]): another name
+    /// of them, maybe outside every rule, changes them too, so the sensor watches their
+    /// inodes.
+    pub linked: Vec<LinkedFile>,
+    /// More were seen than `linked` holds.
+    pub linked_overflow: bool,
+}
+
+/// A watched regular file with more than one link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkedFile {
+    pub path: Vec<u8>,
+    /// `st_dev` and inode.
+    pub dev: u64,
+    pub inode: u64,
+}
+
+/// Linked files a rescan reports at most (the sensor's map holds 16,384).
+pub const MAX_LINKED: usize = 65_536;
+
+impl RescanReport {
+    fn note_linked(&mut self, entry: &BaselineEntry) {
+        if entry.kind != super::entry::FileKind::File || entry.nlink <= 1 {
+            return;
+        }
+        if self.linked.len() >= MAX_LINKED {
+            self.linked_overflow = true;
+            return;
+        }
+        self.linked.push(LinkedFile {
+            path: entry.path.clone(),
+            dev: entry.dev,
+            inode: entry.inode,
+        });
+    }
 }
 
 impl RescanReport {
@@ -234,6 +269,7 @@ pub fn rescan(
                         stored_at_ns: now_ns(),
                     })?;
                 }
+                report.note_linked(&current);
                 if previous.as_ref().is_some_and(|p| same_record(p, &current)) {
                     return Ok(());
                 }

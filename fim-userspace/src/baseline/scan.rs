@@ -258,6 +258,7 @@ fn entry_of(path: &Path, kind: FileKind, snapshot: &Snapshot) -> BaselineEntry {
         flags: EntryFlags::default(),
         errno: None,
         scanned_at_ns: now_ns(),
+        nlink: snapshot.nlink,
     }
 }
 

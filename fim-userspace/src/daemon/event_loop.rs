@@ -148,7 +148,10 @@ impl EventLoop {
         }
         match self.classifier.classify(event, &mut self.enrich) {
             Verdict::Report(o) => self.assembler.observe(*o, &mut self.jobs),
-            Verdict::NoRule | Verdict::Excluded | Verdict::Exec => {}
+            Verdict::Reports(os) => os
+                .into_iter()
+                .for_each(|o| self.assembler.observe(o, &mut self.jobs)),
+            Verdict::NoRule | Verdict::Excluded | Verdict::Exec | Verdict::Unresolved(_) => {}
         }
     }
 

@@ -308,6 +308,14 @@ pub fn event(change: &ChangeRecord, ctx: &OcsfContext) -> Value {
     );
     fim.insert("authorized".into(), json!(change.authorized));
     fim.insert("truncated_path".into(), json!(change.truncated_path));
+    if let Some(used) = &change.used_path {
+        // The name the change was made through (a hard link, a bind mount, another mount
+        // namespace); `file.path` is the watched name.
+        fim.insert(
+            "used_path".into(),
+            json!(path_text(used, &mut raw, "used_path_hex")),
+        );
+    }
     let flags = change.flags.names();
     if !flags.is_empty() {
         // Why `file.hashes` is missing: too_large, unstable, unreadable; or `unnamed`.

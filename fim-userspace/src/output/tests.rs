@@ -166,6 +166,7 @@ fn scan_drift_events_carry_the_type_and_why_there_is_no_hash() {
         flags: EntryFlags(flags),
         errno: None,
         scanned_at_ns: 0,
+        nlink: 0,
     };
     let rules = crate::config::RuleSet::new(Vec::new());
     let added = |path: &[u8], kind, flags| {

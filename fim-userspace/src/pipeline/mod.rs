@@ -5,12 +5,14 @@
 //! Everything here is plain logic over traits (`Enrich`, `BaselineLookup`, `Examine`), so the
 //! daemon wires in /proc, SQLite and the filesystem while tests and benches inject records.
 
+mod alias;
 mod assemble;
 mod changes;
 mod observe;
 #[cfg(test)]
 mod tests;
 
+pub use alias::{Aliases, InodeNames, NoNames};
 pub use assemble::{Assembler, Job, JobKind};
 pub use changes::{BaselineLookup, ChangeMaker, Examine, Examined, Made};
 pub use observe::{

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use super::alias::Aliases;
 use crate::config::{Authorized, RuleSet};
 use crate::sensor::{Event, EventKind};
 use crate::store::Actor;
@@ -94,8 +95,15 @@ pub struct Classifier {
 /// What the classifier decided about one record.
 pub enum Verdict {
     Report(Box<Observation>),
+    /// The record at each of its watched names: made through another name of a watched
+    /// object (`Aliases::resolve`), or through one watched name of a file that has others.
+    Reports(Vec<Observation>),
     /// No enabled rule covers the path(s), or a rule ignores them.
     NoRule,
+    /// The kernel decided the record watched (under this rule id) on its inode, but no
+    /// watched name was found for the name that was used: the rule's roots must be rescanned
+    /// so the change is still reported.
+    Unresolved(u32),
     /// The actor is an excluded executable.
     Excluded,
     /// A program execution: fed to the enrichment, not a change.
@@ -129,12 +137,87 @@ impl Classifier {
             enrich.exec(&event);
             return Verdict::Exec;
         }
+        let (rule, rule2) = self.rules_of(&event);
+        self.attribute(event, rule, rule2, enrich)
+    }
+
+    /// `classify`, and a record made through another name of a watched object goes to its
+    /// watched name(s) (see `Aliases`).
+    pub fn classify_with(
+        &self,
+        event: Event,
+        enrich: &mut dyn Enrich,
+        aliases: &mut Aliases,
+    ) -> Verdict {
+        if event.kind == EventKind::Exec {
+            enrich.exec(&event);
+            return Verdict::Exec;
+        }
+        let (rule, rule2) = self.rules_of(&event);
+        if rule.is_none() && rule2.is_none() {
+            if !Aliases::is_candidate(&event) {
+                return Verdict::NoRule;
+            }
+            let rule_id = event.rule_id;
+            let resolved = aliases.resolve(&event);
+            if resolved.is_empty() {
+                return Verdict::Unresolved(rule_id);
+            }
+            return self.attribute_all(resolved, enrich);
+        }
+        let others = aliases.other_names(&event);
+        let first = self.attribute(event, rule, rule2, enrich);
+        if others.is_empty() {
+            return first;
+        }
+        match first {
+            Verdict::Report(o) => match self.attribute_all(others, enrich) {
+                Verdict::Reports(mut more) => {
+                    more.insert(0, *o);
+                    Verdict::Reports(more)
+                }
+                _ => Verdict::Report(o),
+            },
+            other => other,
+        }
+    }
+
+    fn rules_of(&self, event: &Event) -> (Option<RuleRef>, Option<RuleRef>) {
         let rule = self.rule(&event.path);
         let rule2 = if matches!(event.kind, EventKind::Rename | EventKind::Link) {
             self.rule(&event.path2)
         } else {
             None
         };
+        (rule, rule2)
+    }
+
+    /// The observations of several records of one change (one actor).
+    fn attribute_all(&self, events: Vec<Event>, enrich: &mut dyn Enrich) -> Verdict {
+        let mut observations = Vec::with_capacity(events.len());
+        for event in events {
+            let (rule, rule2) = self.rules_of(&event);
+            match self.attribute(event, rule, rule2, enrich) {
+                Verdict::Report(o) => observations.push(*o),
+                Verdict::Excluded => return Verdict::Excluded,
+                _ => {}
+            }
+        }
+        if observations.is_empty() {
+            Verdict::NoRule
+        } else {
+            Verdict::Reports(observations)
+        }
+    }
+
+    /// Attributes a record whose rules are known: excluded, authorized, or reported.
+    fn attribute(
+        &self,
+        event: Event,
+        rule: Option<RuleRef>,
+        rule2: Option<RuleRef>,
+        enrich: &mut dyn Enrich,
+    ) -> Verdict {
         if rule.is_none() && rule2.is_none() {
             return Verdict::NoRule;
         }

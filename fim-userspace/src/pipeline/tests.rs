@@ -32,6 +32,7 @@ fn entry(path: &[u8], (digest, size, mode): (u8, u64, u32)) -> BaselineEntry {
         flags: EntryFlags::default(),
         errno: None,
         scanned_at_ns: 0,
+        nlink: 0,
     }
 }
 
@@ -173,7 +174,10 @@ impl Harness {
         let mut jobs = Vec::new();
         match self.classifier.classify(event, &mut KernelOnly) {
             Verdict::Report(o) => self.assembler.observe(*o, &mut jobs),
-            Verdict::NoRule | Verdict::Excluded | Verdict::Exec => {}
+            Verdict::Reports(os) => os
+                .into_iter()
+                .for_each(|o| self.assembler.observe(o, &mut jobs)),
+            Verdict::NoRule | Verdict::Excluded | Verdict::Exec | Verdict::Unresolved(_) => {}
         }
         self.run(jobs)
     }

@@ -95,6 +95,11 @@ pub struct Sensor {
     generation: u64,
     dir_memo: bool,
     path_memo: bool,
+    /// Watched regular files with more than one link (see [`Sensor::watch_links`]).
+    linked: BpfHashMap<MapData, WatchKey, WatchValue>,
+    /// The keys user space put into `linked`, and when (kernel insertions on link hooks are
+    /// learnt from their records, see `note_link`).
+    linked_known: std::collections::HashMap<WatchKey, std::time::Instant>,
     excluded: BpfHashMap<MapData, u32, Excluded>,
     /// The membership bitmap in front of `excluded` (keyed by tgid), and what it holds now.
     excluded_bits: aya::maps::Array<MapData, u64>,
@@ -178,6 +183,7 @@ impl Sensor {
             .context("ROOT_PREFIX map")?;
         let excluded =
             BpfHashMap::try_from(take(&mut ebpf, "EXCLUDED")?).context("EXCLUDED map")?;
+        let linked = BpfHashMap::try_from(take(&mut ebpf, "LINKED")?).context("LINKED map")?;
         let watched_bits = aya::maps::Array::try_from(take(&mut ebpf, "WATCHED_BITS")?)
             .context("WATCHED_BITS map")?;
         let prefix_bits = aya::maps::Array::try_from(take(&mut ebpf, "PREFIX_BITS")?)
@@ -209,6 +215,8 @@ impl Sensor {
             generation: 0,
             dir_memo: rename_lock != 0,
             path_memo: mount_lock != 0,
+            linked,
+            linked_known: std::collections::HashMap::new(),
             excluded,
             excluded_bits,
             excluded_bitmap: Bitmap::of(std::iter::empty()),
@@ -380,6 +388,70 @@ impl Sensor {
         self.root_prefix
             .set(0, root, 0)
             .context("setting the ROOT_PREFIX map")
+    }
+
+    /// Watches these regular files through every name they have: a write, truncation,
+    /// chmod, chown or xattr change through another hard link (maybe in a directory no rule
+    /// covers) is reported (flagged `VIA_LINK`; user space reports it at the watched names).
+    /// `files`: (st_dev, inode, rule id). Returns how many did not fit in the kernel's map
+    /// (they are found by the next scan instead).
+    pub fn watch_links(&mut self, files: impl IntoIterator<Item = (u64, u64, u32)>) -> usize {
+        let now = std::time::Instant::now();
+        let mut failed = 0;
+        for (st_dev, ino, rule_id) in files {
+            let key = WatchKey {
+                dev: watch::kernel_dev(st_dev),
+                _pad: 0,
+                ino,
+            };
+            let value = WatchValue {
+                rule_id,
+                flags: fim_common::watch::SELF,
+            };
+            if self.linked.insert(key, value, 0).is_ok() {
+                self.linked_known.insert(key, now);
+            } else {
+                failed += 1;
+            }
+        }
+        failed
+    }
+
+    /// A link record the kernel reported: its programs already watch the object's inode
+    /// (lsm, fentry), or, for the tracepoint backend, this does (from a path: `st_dev` and
+    /// inode as `lstat` gave them).
+    pub fn note_link(&mut self, st_dev: u64, ino: u64, rule_id: u32) {
+        let _ = self.watch_links([(st_dev, ino, rule_id)]);
+    }
+
+    /// After a scan of everything: forgets the linked inodes that were known before
+    /// `scan_started` and that the scan did not see with more than one link (`seen`:
+    /// (st_dev, inode)). Kernel insertions user space never learnt of stay: a stale key costs
+    /// a lookup for a file with several links, never a wrong report (user space checks the
+    /// names it reports).
+    pub fn prune_links(
+        &mut self,
+        seen: &std::collections::HashSet<(u64, u64)>,
+        scan_started: std::time::Instant,
+    ) {
+        let seen: HashSet<WatchKey> = seen
+            .iter()
+            .map(|&(st_dev, ino)| WatchKey {
+                dev: watch::kernel_dev(st_dev),
+                _pad: 0,
+                ino,
+            })
+            .collect();
+        let stale: Vec<WatchKey> = self
+            .linked_known
+            .iter()
+            .filter(|(key, added)| **added < scan_started && !seen.contains(key))
+            .map(|(key, _)| *key)
+            .collect();
+        for key in stale {
+            let _ = self.linked.remove(&key);
+            self.linked_known.remove(&key);
+        }
     }
 
     /// Drops a process's activity in the kernel from now on.

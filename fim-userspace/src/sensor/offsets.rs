@@ -16,6 +16,7 @@ pub fn resolve(btf: &KernelBtf) -> Result<KernelOffsets> {
         dentry_d_sb: o("dentry", "d_sb")?,
         inode_i_ino: o("inode", "i_ino")?,
         inode_i_mode: o("inode", "i_mode")?,
+        inode_i_nlink: o("inode", "i_nlink")?,
         super_block_s_dev: o("super_block", "s_dev")?,
         path_mnt: o("path", "mnt")?,
         path_dentry: o("path", "dentry")?,

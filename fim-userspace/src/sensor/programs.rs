@@ -226,6 +226,10 @@ static TRACEPOINT: &[ProgramSpec] = &[
     tp!("tp_enter_openat", &["sys_enter_openat"]),
     tp!("tp_enter_creat", &["sys_enter_creat"]),
     tp!("tp_enter_openat2", &["sys_enter_openat2"]),
+    tp!(
+        "tp_enter_open_by_handle_at",
+        &["sys_enter_open_by_handle_at"]
+    ),
     tp!("tp_enter_rename", &["sys_enter_rename"]),
     tp!("tp_enter_renameat", &["sys_enter_renameat"]),
     tp!("tp_enter_renameat2", &["sys_enter_renameat2"]),
@@ -263,10 +267,6 @@ static TRACEPOINT: &[ProgramSpec] = &[
             "sys_exit_fchown",
             "sys_exit_truncate",
             "sys_exit_ftruncate",
-            "sys_exit_open",
-            "sys_exit_openat",
-            "sys_exit_creat",
-            "sys_exit_openat2",
             "sys_exit_rename",
             "sys_exit_renameat",
             "sys_exit_renameat2",
@@ -282,6 +282,16 @@ static TRACEPOINT: &[ProgramSpec] = &[
             "sys_exit_fremovexattr",
         ],
         optional & ["sys_exit_fchmodat2"]
+    ),
+    tp!(
+        "tp_exit_open",
+        &[
+            "sys_exit_open",
+            "sys_exit_openat",
+            "sys_exit_creat",
+            "sys_exit_openat2",
+            "sys_exit_open_by_handle_at",
+        ]
     ),
 ];
 

@@ -120,6 +120,7 @@ fn entry_of(row: &Row<'_>) -> rusqlite::Result<Option<BaselineEntry>> {
         flags: EntryFlags(row.get(13)?),
         errno: row.get(14)?,
         scanned_at_ns: row.get(15)?,
+        nlink: 0,
     }))
 }
 
@@ -143,6 +144,17 @@ pub(crate) fn get(conn: &Connection, path: &[u8]) -> Result<Option<BaselineEntry
         .optional()
         .context("looking up a baseline row")?
         .flatten())
+}
+
+/// The paths whose rows name inode `inode` of device `dev` (`st_dev`): the watched names of
+/// one object, in path order (index `baseline_by_inode`). Placeholder rows carry no inode.
+pub(crate) fn paths_of_inode(conn: &Connection, dev: u64, inode: u64) -> Result<Vec<Vec<u8>>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT path FROM baseline WHERE dev = ?1 AND inode = ?2 ORDER BY path LIMIT 64",
+    )?;
+    let rows = stmt.query_map(params![dev as i64, inode as i64], |row| row.get(0))?;
+    rows.collect::<rusqlite::Result<Vec<Vec<u8>>>>()
+        .context("looking up baseline rows by inode")
 }
 
 pub(crate) fn is_empty(conn: &Connection) -> Result<bool> {

@@ -64,6 +64,9 @@ pub struct ChangeRecord {
     pub flags: crate::baseline::EntryFlags,
     pub authorized: bool,
     pub truncated_path: bool,
+    /// The name the change was made through when it is not `path` (another hard link, a
+    /// bind mount, another mount namespace): `path` is then the watched name.
+    pub used_path: Option<Vec<u8>>,
     pub actor: Actor,
 }
 
@@ -170,9 +173,10 @@ pub(crate) fn insert(conn: &Connection, change: &ChangeRecord) -> Result<()> {
     conn.prepare_cached(
         "INSERT INTO changes (time, host, activity, path, new_path, rule, grp, backend, changed,
              previous, hash_before, hash_after, size, authorized, truncated_path, pid, ppid, exe,
-             cmdline, uid, user, login_uid, login_user, container_id, comm, process_start)
+             cmdline, uid, user, login_uid, login_user, container_id, comm, process_start,
+             used_path)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-             ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26)",
+             ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27)",
     )?
     .execute(params![
         change.time_ns,
@@ -201,6 +205,7 @@ pub(crate) fn insert(conn: &Connection, change: &ChangeRecord) -> Result<()> {
         a.container_id,
         a.comm,
         a.start_time_ns,
+        change.used_path,
     ])
     .context("inserting a change")?;
     Ok(())
@@ -225,7 +230,7 @@ pub fn select(
     let sql = format!(
         "SELECT id, time, host, activity, path, new_path, rule, grp, backend, changed, previous,
              hash_before, hash_after, size, authorized, truncated_path, pid, ppid, exe, cmdline,
-             uid, user, login_uid, login_user, container_id, comm, process_start
+             uid, user, login_uid, login_user, container_id, comm, process_start, used_path
          FROM changes WHERE {condition} ORDER BY time DESC, id DESC LIMIT {limit}"
     );
     let mut stmt = conn
@@ -255,6 +260,7 @@ pub fn select(
                 size: row.get::<_, Option<i64>>(13)?.map(|s| s as u64),
                 authorized: row.get(14)?,
                 truncated_path: row.get(15)?,
+                used_path: row.get(27)?,
                 actor: Actor {
                     pid: row.get(16)?,
                     ppid: row.get(17)?,

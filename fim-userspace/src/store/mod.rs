@@ -262,6 +262,11 @@ impl ReadOnlyStore {
         content::get(&self.conn, blake3)
     }
 
+    /// The baseline paths of one inode (`dev` as `st_dev` gives it), in path order.
+    pub fn paths_of_inode(&self, dev: u64, inode: u64) -> Result<Vec<Vec<u8>>> {
+        baseline::paths_of_inode(&self.conn, dev, inode)
+    }
+
     /// The connection, for the query commands' own read-only statements.
     pub fn connection(&self) -> &Connection {
         &self.conn

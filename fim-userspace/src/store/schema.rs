@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use rusqlite::Connection;
 
 /// Bumped when the schema changes; stored in `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS baseline (
@@ -59,13 +59,18 @@ CREATE TABLE IF NOT EXISTS changes (
     login_user        TEXT,
     container_id      TEXT,
     comm              TEXT,
-    process_start     INTEGER
+    process_start     INTEGER,
+    -- the name the change was made through, when not `path` (version 4)
+    used_path         BLOB
 );
 CREATE INDEX IF NOT EXISTS changes_by_path_time ON changes (path, time DESC);
 CREATE INDEX IF NOT EXISTS changes_by_time ON changes (time);
 -- Version 2: `fim who` follows renames backwards (which rename produced this name?).
 CREATE INDEX IF NOT EXISTS changes_by_new_path ON changes (new_path, time DESC)
     WHERE new_path IS NOT NULL;
+
+-- Version 4: the watched names of an inode (a change made through another name of it).
+CREATE INDEX IF NOT EXISTS baseline_by_inode ON baseline (dev, inode);
 
 CREATE TABLE IF NOT EXISTS content_versions (
     blake3      TEXT PRIMARY KEY,
@@ -188,6 +193,18 @@ pub fn migrate(conn: &Connection) -> Result<()> {
     if !has_mac {
         conn.execute_batch("ALTER TABLE baseline ADD COLUMN mac BLOB")
             .context("adding the baseline's mac column")?;
+    }
+    // Version 4 records the name a change was made through.
+    let has_used_path: bool = conn
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM pragma_table_info('changes') WHERE name = 'used_path')",
+            [],
+            |row| row.get(0),
+        )
+        .context("reading the changes' columns")?;
+    if !has_used_path {
+        conn.execute_batch("ALTER TABLE changes ADD COLUMN used_path BLOB")
+            .context("adding the changes' used_path column")?;
     }
     conn.execute_batch(super::integrity::TRIGGERS)
         .context("creating the baseline set triggers")?;
