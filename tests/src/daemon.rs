@@ -17,13 +17,18 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(config_file: &Path) -> Daemon {
+        Daemon::start_with(config_file, None)
+    }
+
+    /// The daemon on `backend` (`None`: the best that works, as `fim run` picks).
+    pub fn start_with(config_file: &Path, backend: Option<fim::sensor::Backend>) -> Daemon {
         let config = Config::load(Some(config_file)).expect("valid test configuration");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(fim::daemon::run_until(config, None, async move {
+            runtime.block_on(fim::daemon::run_until(config, backend, async move {
                 let _ = stopped.await;
             }))
         });
@@ -33,9 +38,24 @@ impl Daemon {
         }
     }
 
+    /// Whether the daemon has already stopped (it failed to start, say); then its error.
+    pub fn failed(&mut self) -> Option<String> {
+        if !self.thread.as_ref().is_some_and(|t| t.is_finished()) {
+            return None;
+        }
+        let result = self.thread.take().unwrap().join().expect("daemon thread");
+        Some(match result {
+            Ok(()) => "the daemon stopped by itself".to_string(),
+            Err(e) => format!("{e:#}"),
+        })
+    }
+
     pub fn stop(mut self) {
         let _ = self.stop.take().unwrap().send(());
-        let result = self.thread.take().unwrap().join().expect("daemon thread");
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        let result = thread.join().expect("daemon thread");
         result.expect("the daemon stopped with an error");
     }
 }

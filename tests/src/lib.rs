@@ -195,7 +195,7 @@ pub fn with_sensor(
 
 /// A backend failed to start: it must not be one this environment requires, and the failure
 /// must name it and the kernel.
-fn unavailable(backend: Backend, message: &str) {
+pub fn unavailable(backend: Backend, message: &str) {
     assert!(
         !required_backends().contains(&backend),
         "the {} backend must work in {:?} but failed: {message}",

@@ -335,6 +335,188 @@ fn perform(op: &[OsString]) -> io::Result<()> {
             "chdir" => change_dir(std::path::Path::new(
                 a1.ok_or_else(|| io::Error::other("missing directory"))?,
             )),
+            other => evasion(other, op),
+        }
+    }
+}
+
+/// The operations of the evasion scenarios: changes made through another name, mount,
+/// namespace, file handle or system call than a plain open/write/close of the watched path.
+fn evasion(name: &str, op: &[OsString]) -> io::Result<()> {
+    let a1 = op.get(1);
+    let a2 = op.get(2);
+    // SAFETY (all libc calls below): arguments are valid NUL-terminated strings, owned
+    // buffers, or descriptors this process opened.
+    unsafe {
+        match name {
+            // procfd-write PATH: open PATH read-only, then write through /proc/self/fd/N.
+            "procfd-write" => {
+                let fd = open(&c(a1)?, libc::O_RDONLY)?;
+                let alias = CString::new(format!("/proc/self/fd/{fd}")).map_err(io::Error::other)?;
+                let wfd = open(&alias, libc::O_WRONLY | libc::O_APPEND)?;
+                write_all(wfd, b"through /proc/self/fd\n")?;
+                close(wfd)?;
+                close(fd)
+            }
+            // handle-write PATH: name_to_handle_at, then open_by_handle_at(O_WRONLY) and write.
+            "handle-write" => {
+                let path = c(a1)?;
+                let mut handle = vec![0u8; 8 + 128];
+                // struct file_handle { u32 handle_bytes; i32 handle_type; u8 f_handle[]; }
+                handle[..4].copy_from_slice(&128u32.to_ne_bytes());
+                let mut mount_id: libc::c_int = 0;
+                let rc = libc::syscall(
+                    libc::SYS_name_to_handle_at,
+                    libc::AT_FDCWD,
+                    path.as_ptr(),
+                    handle.as_mut_ptr(),
+                    &mut mount_id,
+                    0,
+                );
+                check(rc as libc::c_int)?;
+                let parent = std::path::Path::new(a1.unwrap()).parent().unwrap();
+                let mount_fd = open(
+                    &CString::new(parent.as_os_str().as_bytes()).map_err(io::Error::other)?,
+                    libc::O_RDONLY | libc::O_DIRECTORY,
+                )?;
+                let rc = libc::syscall(
+                    libc::SYS_open_by_handle_at,
+                    mount_fd,
+                    handle.as_mut_ptr(),
+                    libc::O_WRONLY | libc::O_APPEND | libc::O_CLOEXEC,
+                );
+                let fd = check(rc as libc::c_int)?;
+                write_all(fd, b"through a file handle\n")?;
+                close(fd)?;
+                close(mount_fd)
+            }
+            // copy-range SRC DST / splice SRC DST / sendfile SRC DST: DST's content replaced
+            // by SRC's through copy_file_range, splice (through a pipe) or sendfile.
+            "copy-range" | "splice" | "sendfile" => {
+                let src = open(&c(a1)?, libc::O_RDONLY)?;
+                let dst = open(&c(a2)?, libc::O_WRONLY | libc::O_TRUNC)?;
+                let mut st: libc::stat = std::mem::zeroed();
+                check(libc::fstat(src, &mut st))?;
+                let len = st.st_size as usize;
+                let moved = match name {
+                    "copy-range" => libc::copy_file_range(
+                        src,
+                        std::ptr::null_mut(),
+                        dst,
+                        std::ptr::null_mut(),
+                        len,
+                        0,
+                    ),
+                    "sendfile" => libc::sendfile(dst, src, std::ptr::null_mut(), len),
+                    _ => {
+                        let mut pipe = [0; 2];
+                        check(libc::pipe(pipe.as_mut_ptr()))?;
+                        let n = libc::splice(
+                            src,
+                            std::ptr::null_mut(),
+                            pipe[1],
+                            std::ptr::null_mut(),
+                            len,
+                            0,
+                        );
+                        let m = if n > 0 {
+                            libc::splice(
+                                pipe[0],
+                                std::ptr::null_mut(),
+                                dst,
+                                std::ptr::null_mut(),
+                                n as usize,
+                                0,
+                            )
+                        } else {
+                            n
+                        };
+                        libc::close(pipe[0]);
+                        libc::close(pipe[1]);
+                        m
+                    }
+                };
+                if moved as usize != len {
+                    return Err(io::Error::last_os_error());
+                }
+                close(dst)?;
+                close(src)
+            }
+            // punch PATH OFFSET LEN: fallocate(PUNCH_HOLE | KEEP_SIZE) on PATH.
+            "punch" => {
+                let fd = open(&c(a1)?, libc::O_WRONLY)?;
+                check(libc::fallocate(
+                    fd,
+                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                    size(a2)?,
+                    size(op.get(3))?,
+                ))?;
+                close(fd)
+            }
+            // tmpfile-link DIR NAME: an O_TMPFILE in DIR, written, then linked in as DIR/NAME
+            // (linkat with AT_EMPTY_PATH).
+            "tmpfile-link" => {
+                let dir = c(a1)?;
+                let fd = check(libc::open(
+                    dir.as_ptr(),
+                    libc::O_TMPFILE | libc::O_WRONLY | libc::O_CLOEXEC,
+                    0o644,
+                ))?;
+                write_all(fd, b"from a temporary file\n")?;
+                let mut target = a1.unwrap().as_bytes().to_vec();
+                target.push(b'/');
+                target.extend_from_slice(a2.ok_or_else(|| io::Error::other("missing name"))?.as_bytes());
+                let target = CString::new(target).map_err(io::Error::other)?;
+                check(libc::linkat(
+                    fd,
+                    c"".as_ptr(),
+                    libc::AT_FDCWD,
+                    target.as_ptr(),
+                    libc::AT_EMPTY_PATH,
+                ))?;
+                close(fd)
+            }
+            // leaderless-write PATH: a thread writes PATH after the process's main thread
+            // (the thread-group leader) has exited.
+            "leaderless-write" => {
+                let path = c(a1)?;
+                std::thread::spawn(move || {
+                    std::thread::sleep(std::time::Duration::from_millis(300));
+                    let code = match open(&path, libc::O_WRONLY | libc::O_APPEND) {
+                        Ok(fd) => {
+                            let ok = write_all(fd, b"by a thread\n").is_ok() && close(fd).is_ok();
+                            if ok { 0 } else { 1 }
+                        }
+                        Err(_) => 1,
+                    };
+                    // The whole process ends with the thread's result.
+                    libc::exit(code);
+                });
+                // Only the main thread ends here: the process goes on without its leader.
+                libc::syscall(libc::SYS_exit, 0);
+                unreachable!("SYS_exit returned")
+            }
+            // unshare-bind SRC DST: from here on this process is in a mount namespace of its
+            // own, in which SRC is bind-mounted on DST (made private, so the host sees
+            // nothing of it).
+            "unshare-bind" => {
+                check(libc::unshare(libc::CLONE_NEWNS))?;
+                check(libc::mount(
+                    c"none".as_ptr(),
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ))?;
+                check(libc::mount(
+                    c(a1)?.as_ptr(),
+                    c(a2)?.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                ))
+                .map(|_| ())
+            }
             other => Err(io::Error::other(format!("unknown operation {other:?}"))),
         }
     }
