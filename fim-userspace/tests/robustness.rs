@@ -497,7 +497,7 @@ fn a_ring_buffer_overflow_is_counted_and_recovered_by_a_rescan() {
     require_root();
     let setup = setup("[sensor]\nring_buffer_kib = 4\n");
     let child = spawn_fim(&setup);
-    wait_for_start_scan(&setup.db, child.id(), Duration::from_secs(60));
+    wait_for_start_scan(&setup.db, child.id(), Duration::from_secs(120));
     let stop = Arc::new(AtomicBool::new(false));
     let ops = Arc::new(AtomicU64::new(0));
     let writer = {

@@ -60,6 +60,12 @@ impl Daemon {
     }
 }
 
+/// How long a daemon test waits for `fim run` to attach its sensor and finish the start
+/// scan. Attaching the tracepoint backend's ~70 programs took 12 s on a loaded 2-core
+/// machine, and two daemon tests start at once: generous, so a loaded machine does not fail
+/// them (a daemon that never gets there still fails, only later).
+pub const START_SCAN_TIMEOUT: Duration = Duration::from_secs(120);
+
 pub fn metric(address: SocketAddr, name: &str) -> Option<f64> {
     let (status, body) = http_get(address, "/metrics").ok()?;
     if status != 200 {

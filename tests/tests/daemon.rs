@@ -9,7 +9,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use fim_tests::daemon::{Daemon, events, find, metric, wait_until, write_config};
+use fim_tests::daemon::{
+    Daemon, START_SCAN_TIMEOUT, events, find, metric, wait_until, write_config,
+};
 use fim_tests::prometheus::free_port;
 use fim_tests::{actor_path, require_root, run_actor};
 use serde_json::Value;
@@ -27,7 +29,7 @@ fn changes_are_reported_with_attribution_stored_and_counted() {
 
     let daemon = Daemon::start(&config);
     // The start scan creates the baseline: the tree and `a`.
-    wait_until("the start scan", Duration::from_secs(30), || {
+    wait_until("the start scan", START_SCAN_TIMEOUT, || {
         metric(metrics, "fim_baseline_files") == Some(2.0)
     });
 
@@ -266,7 +268,7 @@ fn a_full_disk_for_the_store_is_survived_and_nothing_is_lost() {
     let config = write_config(&root, &tree, metrics);
     let output = root.join("out/fim.json");
     let daemon = Daemon::start(&config);
-    wait_until("the start scan", Duration::from_secs(30), || {
+    wait_until("the start scan", START_SCAN_TIMEOUT, || {
         metric(metrics, "fim_baseline_files") == Some(2.0)
     });
     // Fill the file system.

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use fim_tests::daemon::{Daemon, events, metric, wait_until, write_config};
+use fim_tests::daemon::{Daemon, START_SCAN_TIMEOUT, events, metric, wait_until, write_config};
 use fim_tests::prometheus::{PrometheusServer, free_port};
 use fim_tests::{require_root, run_actor};
 
@@ -20,7 +20,7 @@ fn prometheus_scrapes_the_daemons_counts() {
     let config = write_config(dir.path(), &tree, metrics);
     let output = dir.path().join("out/fim.json");
     let daemon = Daemon::start(&config);
-    wait_until("the start scan", Duration::from_secs(30), || {
+    wait_until("the start scan", START_SCAN_TIMEOUT, || {
         metric(metrics, "fim_baseline_files") == Some(2.0)
     });
     let prometheus = PrometheusServer::start(&[metrics])

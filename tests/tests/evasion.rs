@@ -109,7 +109,11 @@ fn place() -> Place {
         "punched",
         "leaderless",
     ] {
-        std::fs::write(watched.join(name), format!("{name}: the original content\n")).unwrap();
+        std::fs::write(
+            watched.join(name),
+            format!("{name}: the original content\n"),
+        )
+        .unwrap();
     }
     std::os::unix::fs::symlink(watched.join("via-symlink"), outside.join("symlink")).unwrap();
     std::fs::hard_link(watched.join("via-link"), outside.join("hardlink")).unwrap();
@@ -218,7 +222,10 @@ fn scenarios(p: &Place) -> Vec<Scenario> {
                 &o.join("ns-root"),
                 &"--",
                 &"write",
-                &PathBuf::from(format!("/proc/self/root{}", o.join("ns-root/via-procroot").display())),
+                &PathBuf::from(format!(
+                    "/proc/self/root{}",
+                    o.join("ns-root/via-procroot").display()
+                )),
             ]),
             expect: vec![e(w.join("via-procroot"), UPDATE, None)],
         },
@@ -294,7 +301,10 @@ fn check(report: &Value, expect: &Expect, pid: u32) -> Option<String> {
     let exe = actor_path().to_string_lossy().into_owned();
     let actor = &report["actor"]["process"];
     if actor["pid"] != pid {
-        return Some(format!("attributed to pid {} instead of {pid}", actor["pid"]));
+        return Some(format!(
+            "attributed to pid {} instead of {pid}",
+            actor["pid"]
+        ));
     }
     if actor["file"]["path"] != *exe {
         return Some(format!(

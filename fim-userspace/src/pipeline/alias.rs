@@ -127,7 +127,12 @@ impl Aliases {
         let mut kind = event.kind;
         // Removing, renaming or linking another name of a watched file changes only its
         // link count: examined like an attribute change (which reports nothing fim keeps).
-        if via_link && matches!(kind, EventKind::Unlink | EventKind::Rename | EventKind::Link) {
+        if via_link
+            && matches!(
+                kind,
+                EventKind::Unlink | EventKind::Rename | EventKind::Link
+            )
+        {
             kind = EventKind::AttributesChanged;
         }
         let firsts = self.names_of_path1(event, kind, via_link);
@@ -206,9 +211,15 @@ impl Aliases {
     }
 
     fn names_of_path1(&mut self, event: &Event, kind: EventKind, via_link: bool) -> Vec<Found> {
-        let exists = !matches!(kind, EventKind::Create | EventKind::Mkdir | EventKind::Symlink);
+        let exists = !matches!(
+            kind,
+            EventKind::Create | EventKind::Mkdir | EventKind::Symlink
+        );
         if exists && event.flags & flags::TARGET_KNOWN != 0 && event.target.ino != 0 {
-            let gone = matches!(kind, EventKind::Unlink | EventKind::Rmdir | EventKind::Rename);
+            let gone = matches!(
+                kind,
+                EventKind::Unlink | EventKind::Rmdir | EventKind::Rename
+            );
             let names = self.object_names(event.target.dev, event.target.ino, gone);
             if !names.is_empty() || via_link {
                 return names;
@@ -232,10 +243,12 @@ impl Aliases {
         self.names
             .paths_of_inode(st_dev, ino)
             .into_iter()
-            .filter(|name| match std::fs::symlink_metadata(OsStr::from_bytes(name)) {
-                Ok(meta) => kernel_dev(meta.dev()) == dev && meta.ino() == ino,
-                Err(e) => gone && e.kind() == std::io::ErrorKind::NotFound,
-            })
+            .filter(
+                |name| match std::fs::symlink_metadata(OsStr::from_bytes(name)) {
+                    Ok(meta) => kernel_dev(meta.dev()) == dev && meta.ino() == ino,
+                    Err(e) => gone && e.kind() == std::io::ErrorKind::NotFound,
+                },
+            )
             .map(|name| Found { name })
             .collect()
     }
@@ -260,7 +273,9 @@ impl Aliases {
             self.proc_root
                 .join(event.actor.tgid.to_string())
                 .join("root")
-                .join(OsStr::from_bytes(parent.strip_prefix(b"/").unwrap_or(parent))),
+                .join(OsStr::from_bytes(
+                    parent.strip_prefix(b"/").unwrap_or(parent),
+                )),
         ];
         for view in views {
             let Ok(meta) = std::fs::metadata(&view) else {
@@ -275,11 +290,7 @@ impl Aliases {
                     name: join(root, leaf),
                 });
             }
-            if let Some(dir) = self
-                .object_names(key.0, key.1, false)
-                .into_iter()
-                .next()
-            {
+            if let Some(dir) = self.object_names(key.0, key.1, false).into_iter().next() {
                 return Some(Found {
                     name: join(&dir.name, leaf),
                 });
@@ -318,7 +329,11 @@ fn split_leaf(path: &[u8]) -> Option<(&[u8], &[u8])> {
     if leaf.is_empty() {
         return None;
     }
-    let parent = if slash == 0 { &path[..1] } else { &path[..slash] };
+    let parent = if slash == 0 {
+        &path[..1]
+    } else {
+        &path[..slash]
+    };
     Some((parent, leaf))
 }
 

@@ -352,7 +352,8 @@ fn evasion(name: &str, op: &[OsString]) -> io::Result<()> {
             // procfd-write PATH: open PATH read-only, then write through /proc/self/fd/N.
             "procfd-write" => {
                 let fd = open(&c(a1)?, libc::O_RDONLY)?;
-                let alias = CString::new(format!("/proc/self/fd/{fd}")).map_err(io::Error::other)?;
+                let alias =
+                    CString::new(format!("/proc/self/fd/{fd}")).map_err(io::Error::other)?;
                 let wfd = open(&alias, libc::O_WRONLY | libc::O_APPEND)?;
                 write_all(wfd, b"through /proc/self/fd\n")?;
                 close(wfd)?;
@@ -465,7 +466,10 @@ fn evasion(name: &str, op: &[OsString]) -> io::Result<()> {
                 write_all(fd, b"from a temporary file\n")?;
                 let mut target = a1.unwrap().as_bytes().to_vec();
                 target.push(b'/');
-                target.extend_from_slice(a2.ok_or_else(|| io::Error::other("missing name"))?.as_bytes());
+                target.extend_from_slice(
+                    a2.ok_or_else(|| io::Error::other("missing name"))?
+                        .as_bytes(),
+                );
                 let target = CString::new(target).map_err(io::Error::other)?;
                 check(libc::linkat(
                     fd,

@@ -141,10 +141,18 @@ fn a_write_through_a_hard_link_is_reported_at_every_watched_name() {
         ..Target::default()
     };
     let flags = flags::TARGET_KNOWN | flags::VIA_LINK;
-    let out = a.resolve(&event(EventKind::OpenWrite, &bytes(&outside), target, flags));
+    let out = a.resolve(&event(
+        EventKind::OpenWrite,
+        &bytes(&outside),
+        target,
+        flags,
+    ));
     let names: Vec<&[u8]> = out.iter().map(|e| e.path.as_slice()).collect();
     assert_eq!(names, [bytes(&a1).as_slice(), bytes(&a2).as_slice()]);
-    assert!(out.iter().all(|e| e.used_path.as_deref() == Some(&bytes(&outside)[..])));
+    assert!(
+        out.iter()
+            .all(|e| e.used_path.as_deref() == Some(&bytes(&outside)[..]))
+    );
 
     // Removing the outside name changes only the link count.
     let out = a.resolve(&event(EventKind::Unlink, &bytes(&outside), target, flags));
@@ -221,11 +229,8 @@ fn the_actors_view_is_the_last_resort() {
     // record has no directory inode (a path-only syscall).
     let procs = tempfile::tempdir().unwrap();
     std::fs::create_dir(procs.path().join("4242")).unwrap();
-    std::os::unix::fs::symlink(
-        t.watched.parent().unwrap(),
-        procs.path().join("4242/root"),
-    )
-    .unwrap();
+    std::os::unix::fs::symlink(t.watched.parent().unwrap(), procs.path().join("4242/root"))
+        .unwrap();
     let mut a = aliases(&t, Vec::new()).with_proc_root(procs.path());
     let out = a.resolve(&event(
         EventKind::Create,
