@@ -289,11 +289,22 @@ fn write_config(dir: &Path, tree: &Path, metrics: SocketAddr) -> PathBuf {
 }
 
 /// The report of `expect` made by process `pid`, if there is one yet.
-fn find<'a>(events: &'a [Value], expect: &Expect) -> Option<&'a Value> {
+fn find<'a>(events: &'a [Value], expect: &Expect, pid: u32) -> Option<&'a Value> {
+    let path = expect.path.to_string_lossy();
+    events.iter().find(|e| {
+        e["file"]["path"] == *path
+            && e["activity_id"] == expect.activity
+            && e["actor"]["process"]["pid"] == pid
+    })
+}
+
+/// Reports at the expected path by anyone (to say what came instead).
+fn others<'a>(events: &'a [Value], expect: &Expect) -> Vec<&'a Value> {
     let path = expect.path.to_string_lossy();
     events
         .iter()
-        .find(|e| e["file"]["path"] == *path && e["activity_id"] == expect.activity)
+        .filter(|e| e["file"]["path"] == *path)
+        .collect()
 }
 
 /// What is wrong with a report (`None`: nothing).
@@ -365,17 +376,26 @@ fn evasions(backend: Backend) {
             let deadline = Instant::now() + timeout;
             let report = loop {
                 let events = json_lines(&output);
-                if let Some(report) = find(&events, expect) {
+                if let Some(report) = find(&events, expect, pid) {
                     break Some(report.clone());
                 }
                 if Instant::now() >= deadline {
+                    let seen: Vec<String> = others(&events, expect)
+                        .iter()
+                        .map(|e| e.to_string())
+                        .collect();
+                    eprintln!(
+                        "{}: reports at {} by others: {seen:#?}",
+                        scenario.name,
+                        expect.path.display()
+                    );
                     break None;
                 }
                 std::thread::sleep(Duration::from_millis(100));
             };
             match report {
                 None => failures.push(format!(
-                    "{}: no report of activity {} at {} within {timeout:?}",
+                    "{}: no report of activity {} at {} by pid {pid} within {timeout:?}",
                     scenario.name,
                     expect.activity,
                     expect.path.display()

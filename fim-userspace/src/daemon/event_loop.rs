@@ -6,6 +6,7 @@
 //! second sensor layer, say) is one more branch: its events go through `EventLoop::event` like
 //! the sensor's, then `EventLoop::feed_jobs` hands the resulting jobs to the worker.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -17,11 +18,12 @@ use crate::baseline::Scope;
 use crate::config::Config;
 use crate::enrich::ProcessCache;
 use crate::metrics::Metrics;
-use crate::pipeline::{Assembler, Classifier, Job, Verdict};
-use crate::sensor::{Event, EventKind, Sensor};
+use crate::pipeline::{Aliases, Assembler, Classifier, Job, Observation, Verdict};
+use crate::sensor::{Event, EventKind, Sensor, WatchRoot};
 use crate::store::StoreWriter;
 
 use super::feeder::Feeder;
+use super::links;
 use super::outputs::{report_loss, writer_health};
 use super::start::Started;
 use super::worker::WorkerHandle;
@@ -68,6 +70,13 @@ pub(super) struct EventLoop {
     malformed_seen: u64,
     /// The watched roots: what a loss rescan covers.
     root_paths: Vec<PathBuf>,
+    roots: Vec<WatchRoot>,
+    /// Watched names for records made through other names (hard links, bind mounts, other
+    /// mount namespaces).
+    aliases: Aliases,
+    /// Rules with records whose watched name could not be found: their roots are rescanned
+    /// at the next tick.
+    unresolved: BTreeSet<u32>,
 }
 
 impl EventLoop {
@@ -81,6 +90,7 @@ impl EventLoop {
             config.excluded.clone(),
         );
         let enrich = ProcessCache::new();
+        let aliases = links::aliases(config, &started.roots);
         let excluded_exes: Vec<Vec<u8>> = config
             .excluded
             .iter()
@@ -103,6 +113,9 @@ impl EventLoop {
             losses: Losses::default(),
             malformed_seen: 0,
             root_paths: started.roots.iter().map(|r| r.path.clone()).collect(),
+            roots: started.roots,
+            aliases,
+            unresolved: BTreeSet::new(),
         }
     }
 
@@ -115,6 +128,9 @@ impl EventLoop {
                 received = self.sensor.recv(&mut self.batch) => {
                     received?;
                     self.sensor_records();
+                }
+                Some(scan) = self.worker.linked.recv() => {
+                    links::apply_scan(&mut self.sensor, &mut self.aliases, &self.roots, scan);
                 }
                 _ = self.tick.tick() => self.tick(),
                 _ = &mut stop => return Ok(()),
@@ -146,12 +162,63 @@ impl EventLoop {
         {
             log::warn!("excluding pid {} in the kernel: {e:#}", event.actor.tgid);
         }
-        match self.classifier.classify(event, &mut self.enrich) {
-            Verdict::Report(o) => self.assembler.observe(*o, &mut self.jobs),
-            Verdict::Reports(os) => os
-                .into_iter()
-                .for_each(|o| self.assembler.observe(o, &mut self.jobs)),
-            Verdict::NoRule | Verdict::Excluded | Verdict::Exec | Verdict::Unresolved(_) => {}
+        let verdict = self
+            .classifier
+            .classify_with(event, &mut self.enrich, &mut self.aliases);
+        match verdict {
+            Verdict::Report(o) => self.observe(*o),
+            Verdict::Reports(os) => os.into_iter().for_each(|o| self.observe(o)),
+            Verdict::Unresolved(rule_id) => {
+                self.metrics.unresolved();
+                self.unresolved.insert(rule_id);
+            }
+            Verdict::NoRule | Verdict::Excluded | Verdict::Exec => {}
+        }
+    }
+
+    /// A change to report, into its write session or its job.
+    fn observe(&mut self, o: Observation) {
+        if o.event.kind == EventKind::Link && o.rule2.is_some() {
+            links::note_link(
+                &mut self.sensor,
+                &mut self.aliases,
+                &self.roots,
+                &o.event.path2,
+            );
+        }
+        self.assembler.observe(o, &mut self.jobs);
+    }
+
+    /// The roots of rules with records no watched name was found for, rescanned (the change
+    /// is reported by the rescan, attribution unknown).
+    fn rescan_unresolved(&mut self) {
+        if self.unresolved.is_empty() {
+            return;
+        }
+        let roots: Vec<PathBuf> = std::mem::take(&mut self.unresolved)
+            .into_iter()
+            .flat_map(|rule| self.aliases.roots_of(rule))
+            .collect();
+        log::warn!(
+            "changes made through names fim could not map to a watched name: rescanning {}",
+            roots
+                .iter()
+                .map(|r| r.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        let scope = if roots.is_empty() {
+            Scope::Everything
+        } else {
+            Scope::Paths(roots)
+        };
+        if self
+            .worker
+            .tx
+            .try_send(Work::Rescan(scope, "unresolved name"))
+            .is_err()
+        {
+            self.feeder.overflow_everything = true;
         }
     }
 
@@ -169,6 +236,7 @@ impl EventLoop {
         self.assembler.tick(now, &mut self.jobs);
         self.feed_jobs();
         self.feeder.drain_overflow();
+        self.rescan_unresolved();
         self.count_sensor_trouble();
         self.rescan_after_loss_once_drained();
         self.report_losses_if_due();

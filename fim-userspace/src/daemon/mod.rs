@@ -24,6 +24,7 @@ const LOSS: &str = "kernel loss";
 
 mod event_loop;
 mod feeder;
+mod links;
 mod outputs;
 mod rescan;
 mod start;
@@ -142,6 +143,7 @@ mod tests {
             authorized: false,
             backend: "tracepoint",
             truncated_path: false,
+            used_path: None,
             time_ns: 0,
             ktime_ns: 0,
         }

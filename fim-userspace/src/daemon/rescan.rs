@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::baseline::{self, RescanReport, ScanOptions, Scope};
+use crate::baseline::{self, LinkedFile, RescanReport, ScanOptions, Scope};
 use crate::config::{Config, RuleSet};
 use crate::pipeline::ChangeMaker;
 use crate::store::{ChangeRecord, Store, local_hostname};
@@ -23,6 +23,15 @@ pub(super) fn scan_options(config: &Config, rehash: bool) -> ScanOptions {
     }
 }
 
+/// The watched regular files a rescan saw with more than one link, for the event loop, which
+/// hands them to the sensor (their other names are watched too) and to the alias resolver.
+pub(super) struct LinkedScan {
+    pub(super) files: Vec<LinkedFile>,
+    /// The rescan covered everything: inodes it did not see linked may be forgotten.
+    pub(super) everything: bool,
+    pub(super) started: Instant,
+}
+
 /// What the change worker rescans with: its own connection to the store (also used for
 /// pruning), the rules, the scan settings and the host name for the records.
 pub(super) struct Rescanner {
@@ -31,10 +40,15 @@ pub(super) struct Rescanner {
     rules: Arc<RuleSet>,
     options: ScanOptions,
     host: String,
+    linked: tokio::sync::mpsc::UnboundedSender<LinkedScan>,
 }
 
 impl Rescanner {
-    pub(super) fn open(config: &Config, rules: Arc<RuleSet>) -> Rescanner {
+    pub(super) fn open(
+        config: &Config,
+        rules: Arc<RuleSet>,
+        linked: tokio::sync::mpsc::UnboundedSender<LinkedScan>,
+    ) -> Rescanner {
         let host = local_hostname();
         let store = match Store::open(&config.state_dir) {
             Ok(store) => Some(store),
@@ -48,6 +62,7 @@ impl Rescanner {
             rules,
             options: scan_options(config, false),
             host,
+            linked,
         }
     }
 
@@ -71,7 +86,7 @@ impl Rescanner {
         let _ = outputs.writer.flush();
         outputs.metrics.rescan();
         let started = Instant::now();
-        let full = matches!(scope, Scope::Everything);
+        let everything = scope == Scope::Everything;
         let (rules, host) = (&*self.rules, &self.host);
         // Each change is written out before the scan commits the rows it explains (the scan
         // commits after this callback returns): killed in between, the next start reports it again.
@@ -85,13 +100,26 @@ impl Rescanner {
         maker.forget_recent();
         release_free_memory();
         match result {
-            Ok(report) => {
-                if full {
+            Ok(mut report) => {
+                if everything {
                     outputs.metrics.full_scan_finished();
                 }
                 let kind = if why == "start" { "scan" } else { "rescan" };
                 let detail = health_detail(why, &report, started.elapsed());
                 outputs.health(kind, None, detail, 0);
+                if report.linked_overflow {
+                    log::warn!(
+                        "more than {} watched files have other hard links: the others are \
+                         caught by scans only",
+                        baseline::MAX_LINKED
+                    );
+                }
+                // The event loop may be gone (shutting down): nothing to tell then.
+                let _ = self.linked.send(LinkedScan {
+                    files: std::mem::take(&mut report.linked),
+                    everything,
+                    started,
+                });
                 store.baseline_len().ok()
             }
             Err(e) => {

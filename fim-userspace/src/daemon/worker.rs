@@ -24,7 +24,7 @@ use crate::store::{Retention, Store, local_hostname};
 
 use super::feeder::JOB_QUEUE;
 use super::outputs::Outputs;
-use super::rescan::{Rescanner, scan_options};
+use super::rescan::{LinkedScan, Rescanner, scan_options};
 use super::{LOSS, Work, clock_ns_monotonic, now_ns, path_from_bytes};
 
 /// How long a placeholder (a creation reported, the path gone before it was examined) waits
@@ -47,6 +47,8 @@ pub(super) struct WorkerHandle {
     pub(super) pending: Arc<AtomicU64>,
     /// A rescan for kernel losses is queued and has not started yet (see `LOSS`).
     pub(super) loss_rescan_queued: Arc<AtomicBool>,
+    /// What each rescan found about hard links (see `LinkedScan`).
+    pub(super) linked: tokio::sync::mpsc::UnboundedReceiver<LinkedScan>,
     thread: JoinHandle<()>,
 }
 
@@ -76,18 +78,21 @@ pub(super) fn spawn(
     tx.send(Work::Rescan(Scope::Everything, "start"))
         .context("queueing the start scan")?;
     let loss_rescan_queued = Arc::new(AtomicBool::new(false));
+    let (linked_tx, linked) = tokio::sync::mpsc::unbounded_channel();
     let thread = {
         let (config, rules) = (config.clone(), Arc::clone(rules));
         let (done, queued) = (Arc::clone(&pending), Arc::clone(&loss_rescan_queued));
+        let rescanner = Rescanner::open(&config, rules, linked_tx);
         std::thread::Builder::new()
             .name("fim-changes".into())
-            .spawn(move || Worker::new(maker, outputs, config, rules, done, queued).run(rx))
+            .spawn(move || Worker::new(maker, outputs, config, rescanner, done, queued).run(rx))
             .context("starting the change worker")?
     };
     Ok(WorkerHandle {
         tx,
         pending,
         loss_rescan_queued,
+        linked,
         thread,
     })
 }
@@ -162,14 +167,14 @@ impl Worker {
         maker: ChangeMaker,
         outputs: Outputs,
         config: Config,
-        rules: Arc<RuleSet>,
+        rescanner: Rescanner,
         pending: Arc<AtomicU64>,
         loss_rescan_queued: Arc<AtomicBool>,
     ) -> Worker {
         Worker {
             maker,
             outputs,
-            rescanner: Rescanner::open(&config, rules),
+            rescanner,
             config,
             pending,
             loss_rescan_queued,

@@ -160,6 +160,7 @@ pub struct Metrics {
     queue_overflow: Counter,
     sessions_evicted: Counter,
     last_full_scan: Gauge<f64, AtomicU64>,
+    unresolved: Counter,
     groups: LabelCap,
     backends: LabelCap,
     totals: Deltas,
@@ -202,6 +203,7 @@ impl Metrics {
             queue_overflow: Counter::default(),
             sessions_evicted: Counter::default(),
             last_full_scan: Gauge::default(),
+            unresolved: Counter::default(),
             groups: LabelCap::new(MAX_GROUPS),
             backends: LabelCap::new(MAX_BACKENDS),
             totals: Deltas::default(),
@@ -269,6 +271,12 @@ impl Metrics {
             "Starts at which the stored baseline failed authentication (rows edited, added or \
              removed outside fim, or its key replaced)",
             metrics.integrity_alerts.clone(),
+        );
+        r.register(
+            "unresolved_changes",
+            "Kernel records of a watched object made through a name fim could not map to a \
+             watched name; the rule's roots are rescanned instead (attribution unknown)",
+            metrics.unresolved.clone(),
         );
         r.register(
             "job_queue_overflow",
@@ -461,6 +469,11 @@ impl Metrics {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64()),
         );
+    }
+
+    /// A record made through a name no watched name was found for (see `pipeline::Aliases`).
+    pub fn unresolved(&self) {
+        self.unresolved.inc();
     }
 
     pub fn integrity_alert(&self) {

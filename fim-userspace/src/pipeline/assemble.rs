@@ -57,6 +57,8 @@ pub struct Job {
     pub authorized: bool,
     pub backend: &'static str,
     pub truncated_path: bool,
+    /// The name the change was made through, when `path` is its watched name instead.
+    pub used_path: Option<Vec<u8>>,
     /// Wall-clock ns of the kernel record (for the change's time).
     pub time_ns: i64,
     /// Monotonic ns of the kernel record (for the event-to-output latency).
@@ -143,6 +145,7 @@ impl Assembler {
             authorized: o.authorized,
             backend: e.source.backend_name(e.backend),
             truncated_path: e.truncated(),
+            used_path: e.used_path.clone(),
             time_ns: wall_ns(e.ktime_ns, self.clock_offset_ns),
             ktime_ns: e.ktime_ns,
         }
@@ -339,6 +342,7 @@ impl Assembler {
                         authorized: who.authorized,
                         backend: e.source.backend_name(e.backend),
                         truncated_path: e.truncated(),
+                        used_path: e.used_path.clone(),
                         time_ns: wall_ns(now_ktime_ns, self.clock_offset_ns),
                         ktime_ns: now_ktime_ns,
                     }

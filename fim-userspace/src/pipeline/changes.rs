@@ -185,6 +185,7 @@ impl ChangeMaker {
             backend: job.backend.to_string(),
             authorized: job.authorized,
             truncated_path: job.truncated_path,
+            used_path: job.used_path.clone(),
             actor: job.process.actor.clone(),
             ..ChangeRecord::default()
         }
