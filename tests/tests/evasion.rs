@@ -437,16 +437,16 @@ fn evasions(backend: Backend) {
 }
 
 #[test]
-fn lsm() {
+fn evasions_on_lsm() {
     evasions(Backend::Lsm);
 }
 
 #[test]
-fn fentry() {
+fn evasions_on_fentry() {
     evasions(Backend::Fentry);
 }
 
 #[test]
-fn tracepoint() {
+fn evasions_on_tracepoint() {
     evasions(Backend::Tracepoint);
 }
