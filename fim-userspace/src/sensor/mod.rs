@@ -617,29 +617,39 @@ impl Sensor {
         let me = std::process::id();
         let deadline = tokio::time::Instant::now() + timeout;
         let mut batch = Vec::new();
-        loop {
+        // Other records read meanwhile are handed out later. They are kept aside until the
+        // self-test ends: put back into `pending` at once, the next `recv` would return them
+        // without reading the ring or yielding, and the loop would spin without its deadline
+        // ever firing (it did, with a 4 KiB ring on a busy host).
+        let mut others = Vec::new();
+        let outcome = loop {
             batch.clear();
             match tokio::time::timeout_at(deadline, self.recv(&mut batch)).await {
-                Err(_) => bail!(
-                    "the {} backend attached but did not deliver its self-test event within {:?}; \
-                     its hooks do not fire on this kernel",
-                    self.backend.name(),
-                    timeout
-                ),
-                Ok(result) => result?,
+                Err(_) => {
+                    break Err(anyhow!(
+                        "the {} backend attached but did not deliver its self-test event \
+                         within {:?}; its hooks do not fire on this kernel",
+                        self.backend.name(),
+                        timeout
+                    ));
+                }
+                Ok(Err(e)) => break Err(e),
+                Ok(Ok(())) => {}
             }
             let mut found = false;
             for event in batch.drain(..) {
                 if event.rule_id == SELF_TEST_RULE && event.actor.tgid == me {
                     found |= event.kind == EventKind::Unlink;
                 } else {
-                    self.pending.push_back(event);
+                    others.push(event);
                 }
             }
             if found {
-                return Ok(());
+                break Ok(());
             }
-        }
+        };
+        self.pending.extend(others);
+        outcome
     }
 }
 
