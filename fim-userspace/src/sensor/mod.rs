@@ -44,6 +44,9 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 
 /// How long a freshly attached backend gets to deliver its self-test record.
 pub const SELF_TEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the self-test waits before it looks whether the kernel lost records meanwhile
+/// (then its change is made again: its record may have been among them).
+const SELF_TEST_RETRY: Duration = Duration::from_millis(100);
 
 /// How often the ring buffer is polled when the kernel sent no wake-up: the upper bound on the
 /// delay between a change and its record in user space, bought for far fewer context switches.
@@ -609,13 +612,25 @@ impl Sensor {
         result
     }
 
+    /// Makes a change under `dir` and waits for its record. A record lost in the kernel
+    /// (a small ring buffer filled by everyone else's exec records, say) proves nothing either
+    /// way: then the change is made again, until `timeout`.
     async fn self_test_in(&mut self, dir: &Path, timeout: Duration) -> Result<()> {
-        let file = dir.join("probe");
-        std::fs::write(&file, b"fim self-test")
-            .with_context(|| format!("writing {}", file.display()))?;
-        unlinkat(&file)?;
+        let probe = |attempt: u32| -> Result<()> {
+            let file = dir.join(format!("probe-{attempt}"));
+            std::fs::write(&file, b"fim self-test")
+                .with_context(|| format!("writing {}", file.display()))?;
+            unlinkat(&file)
+        };
+        let mut attempt = 0;
+        probe(attempt)?;
+        let mut lost_at_probe = self.lost_events().unwrap_or(0);
         let me = std::process::id();
-        let deadline = tokio::time::Instant::now() + timeout;
+        let started = tokio::time::Instant::now();
+        let mut deadline = started + timeout;
+        // While records are being lost the verdict is postponed (up to this long): a ring that
+        // overflows may be losing every probe's record.
+        let longest = started + timeout * 6;
         let mut batch = Vec::new();
         // Other records read meanwhile are handed out later. They are kept aside until the
         // self-test ends: put back into `pending` at once, the next `recv` would return them
@@ -624,7 +639,18 @@ impl Sensor {
         let mut others = Vec::new();
         let outcome = loop {
             batch.clear();
-            match tokio::time::timeout_at(deadline, self.recv(&mut batch)).await {
+            let wait_until = deadline.min(tokio::time::Instant::now() + SELF_TEST_RETRY);
+            match tokio::time::timeout_at(wait_until, self.recv(&mut batch)).await {
+                Err(_) if tokio::time::Instant::now() < deadline => {
+                    let lost = self.lost_events().unwrap_or(0);
+                    if lost > lost_at_probe {
+                        attempt += 1;
+                        probe(attempt)?;
+                        lost_at_probe = lost;
+                        deadline = (deadline + SELF_TEST_RETRY).min(longest);
+                    }
+                    continue;
+                }
                 Err(_) => {
                     break Err(anyhow!(
                         "the {} backend attached but did not deliver its self-test event \
