@@ -449,7 +449,6 @@ impl Metrics {
         self.store_pending.set(gauge_value(pending));
     }
 
-    /// One failed write to the event output.
     /// Brings the back-pressure counters up to these totals.
     pub fn set_backpressure_totals(&self, queue_overflow: u64, sessions_evicted: u64) {
         let add = |c: &Counter, total: u64| {
