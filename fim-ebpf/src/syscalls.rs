@@ -240,13 +240,14 @@ pub fn exit_open(ctx: &TracePointContext) -> Result<(), i64> {
     };
     record.header.args.mode = pending.mode;
     record.header.args.flags = pending.flags;
-    let piece = path::build::<false>(
-        record.data.as_mut_ptr(),
-        0,
-        dentry,
-        mnt,
-        flags::PATH1_TRUNCATED,
-    );
+    let data = record.data.as_mut_ptr();
+    let mut piece = path::build::<false>(data, 0, dentry, mnt, flags::PATH1_TRUNCATED);
+    if piece.flags() & flags::PATH1_TRUNCATED != 0 && pending.p1 != 0 {
+        // Too long to build whole: the walk keeps the leaf end, which no rule matches. The
+        // syscall's own string, resolved against its cwd or dirfd, keeps the start instead
+        // (the task is still in the syscall, so the string is still there).
+        piece = resolve(data, 0, pending.dfd1, pending.p1, flags::PATH1_TRUNCATED);
+    }
     record.header.path1_len = piece.len() as u16;
     record.header.flags |= piece.flags();
     match verdict.rule() {

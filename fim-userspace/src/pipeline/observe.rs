@@ -8,6 +8,7 @@ use super::alias::Aliases;
 use crate::config::{Authorized, RuleSet};
 use crate::sensor::{Event, EventKind};
 use crate::store::Actor;
+use fim_common::flags;
 
 /// The process behind a record: its attribution and the executables of its ancestors
 /// (nearest first), which tell a package-manager transaction.
@@ -155,6 +156,31 @@ impl Classifier {
         }
         let (rule, rule2) = self.rules_of(&event);
         if rule.is_none() && rule2.is_none() {
+            if event.truncated() && event.flags & flags::FILTER_UNDECIDED == 0 {
+                // A path too long to build whole keeps its leaf end, which no rule matches.
+                // The kernel found it below one of its roots: it is reported there (once,
+                // flagged truncated), as `ROOT/…/LEAF-END`, which says what is known and
+                // cannot be taken for a real path.
+                // The close of a file written under such a path is the same change as its
+                // open, which was reported (truncated) already.
+                if event.kind == EventKind::Modified {
+                    return Verdict::NoRule;
+                }
+                let Some(root) = aliases.roots_of(event.rule_id).into_iter().next() else {
+                    return Verdict::NoRule;
+                };
+                let root = root.as_os_str().as_encoded_bytes();
+                let rule = self.rule(root);
+                let mut event = event;
+                let mut path = root.to_vec();
+                path.extend_from_slice("/\u{2026}".as_bytes());
+                if event.path.first() != Some(&b'/') {
+                    path.push(b'/');
+                }
+                path.extend_from_slice(&event.path);
+                event.path = path;
+                return self.attribute(event, rule, None, enrich);
+            }
             if !Aliases::is_candidate(&event) {
                 return Verdict::NoRule;
             }
