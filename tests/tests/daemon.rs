@@ -137,7 +137,7 @@ fn changes_are_reported_with_attribution_stored_and_counted() {
     std::fs::write(&t, b"added while down\n").unwrap();
     let before = events(&output, &tree).len();
     let daemon = Daemon::start(&config);
-    wait_until("the downtime changes", Duration::from_secs(30), || {
+    wait_until("the downtime changes", START_SCAN_TIMEOUT, || {
         events(&output, &tree).len() >= before + 3
     });
     daemon.stop();
@@ -192,7 +192,7 @@ fn changes_are_reported_with_attribution_stored_and_counted() {
     let daemon = Daemon::start(&config);
     wait_until(
         "the second downtime's changes",
-        Duration::from_secs(30),
+        START_SCAN_TIMEOUT,
         || events(&output, &tree).len() >= before + 2,
     );
     wait_until(
