@@ -521,7 +521,144 @@ fn evasion(name: &str, op: &[OsString]) -> io::Result<()> {
                 ))
                 .map(|_| ())
             }
-            other => Err(io::Error::other(format!("unknown operation {other:?}"))),
+            other => match uring::perform(other, &op[1..]) {
+                Some(result) => result,
+                None => Err(io::Error::other(format!("unknown operation {other:?}"))),
+            },
         }
+    }
+}
+
+/// File operations through io_uring only (issue 18: submission interfaces the syscall
+/// tracepoints never see). The file itself is never opened, written, closed, renamed or
+/// removed by a syscall: `strace -f fim-test-actor uring-create /tmp/f x` shows only
+/// `io_uring_setup`, the ring's `mmap`s, `io_uring_enter` and the `close` of the ring itself
+/// (checked with Debian's strace for every operation below).
+///
+/// - `uring-create PATH CONTENT`: OPENAT (O_CREAT | O_WRONLY), WRITE, CLOSE
+/// - `uring-write PATH CONTENT`: OPENAT (O_WRONLY) of an existing file, WRITE at 0, CLOSE
+/// - `uring-rename OLD NEW`: RENAMEAT
+/// - `uring-unlink PATH`: UNLINKAT
+/// - `uring-fallocate PATH LEN`: OPENAT (O_WRONLY), FALLOCATE of LEN bytes, CLOSE
+/// - `uring-mkdir PATH`: MKDIRAT (Linux 5.15)
+mod uring {
+    use std::{ffi::OsString, io};
+
+    use io_uring::{IoUring, opcode, squeue, types};
+
+    use super::c;
+
+    /// A ring that runs one operation at a time.
+    struct Ring(IoUring);
+
+    impl Ring {
+        fn new() -> io::Result<Ring> {
+            IoUring::new(4).map(Ring)
+        }
+
+        /// Submits `entry`, waits for its completion and returns its result.
+        fn run(&mut self, entry: squeue::Entry) -> io::Result<i32> {
+            // SAFETY: every buffer and path an entry points to is borrowed by the caller until
+            // this returns, after the completion.
+            unsafe { self.0.submission().push(&entry.user_data(1)) }
+                .map_err(|_| io::Error::other("the submission queue is full"))?;
+            self.0.submit_and_wait(1)?;
+            let done = self
+                .0
+                .completion()
+                .next()
+                .ok_or_else(|| io::Error::other("no completion"))?;
+            match done.result() {
+                error if error < 0 => Err(io::Error::from_raw_os_error(-error)),
+                value => Ok(value),
+            }
+        }
+
+        fn open(&mut self, path: &std::ffi::CStr, flags: i32) -> io::Result<types::Fd> {
+            let entry = opcode::OpenAt::new(types::Fd(libc::AT_FDCWD), path.as_ptr())
+                .flags(flags | libc::O_CLOEXEC)
+                .mode(0o644)
+                .build();
+            self.run(entry).map(types::Fd)
+        }
+
+        fn write_all(&mut self, fd: types::Fd, data: &[u8]) -> io::Result<()> {
+            let n = self.run(opcode::Write::new(fd, data.as_ptr(), data.len() as u32).build())?;
+            if n as usize != data.len() {
+                return Err(io::Error::other(format!("short write: {n} bytes")));
+            }
+            Ok(())
+        }
+
+        fn close(&mut self, fd: types::Fd) -> io::Result<()> {
+            self.run(opcode::Close::new(fd).build()).map(|_| ())
+        }
+    }
+
+    /// Runs the io_uring operation `name`; `None` when it is not one.
+    pub fn perform(name: &str, args: &[OsString]) -> Option<io::Result<()>> {
+        let run = match name {
+            "uring-create" => create,
+            "uring-write" => write,
+            "uring-rename" => rename,
+            "uring-unlink" => unlink,
+            "uring-fallocate" => fallocate,
+            "uring-mkdir" => mkdir,
+            _ => return None,
+        };
+        Some(Ring::new().and_then(|mut ring| run(&mut ring, args)))
+    }
+
+    fn text(arg: Option<&OsString>) -> io::Result<Vec<u8>> {
+        use std::os::unix::ffi::OsStrExt;
+        arg.map(|a| a.as_bytes().to_vec())
+            .ok_or_else(|| io::Error::other("missing content"))
+    }
+
+    fn create(ring: &mut Ring, args: &[OsString]) -> io::Result<()> {
+        let (path, content) = (c(args.first())?, text(args.get(1))?);
+        let fd = ring.open(&path, libc::O_CREAT | libc::O_WRONLY)?;
+        ring.write_all(fd, &content)?;
+        ring.close(fd)
+    }
+
+    fn write(ring: &mut Ring, args: &[OsString]) -> io::Result<()> {
+        let (path, content) = (c(args.first())?, text(args.get(1))?);
+        let fd = ring.open(&path, libc::O_WRONLY)?;
+        ring.write_all(fd, &content)?;
+        ring.close(fd)
+    }
+
+    fn rename(ring: &mut Ring, args: &[OsString]) -> io::Result<()> {
+        let (old, new) = (c(args.first())?, c(args.get(1))?);
+        let at = types::Fd(libc::AT_FDCWD);
+        let entry = opcode::RenameAt::new(at, old.as_ptr(), at, new.as_ptr()).build();
+        ring.run(entry).map(|_| ())
+    }
+
+    fn unlink(ring: &mut Ring, args: &[OsString]) -> io::Result<()> {
+        let path = c(args.first())?;
+        let entry = opcode::UnlinkAt::new(types::Fd(libc::AT_FDCWD), path.as_ptr()).build();
+        ring.run(entry).map(|_| ())
+    }
+
+    fn fallocate(ring: &mut Ring, args: &[OsString]) -> io::Result<()> {
+        let path = c(args.first())?;
+        let len: u64 = args
+            .get(1)
+            .and_then(|a| a.to_str())
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| io::Error::other("missing length"))?;
+        let fd = ring.open(&path, libc::O_WRONLY)?;
+        ring.run(opcode::Fallocate::new(fd, len).build())?;
+        ring.close(fd)
+    }
+
+    fn mkdir(ring: &mut Ring, args: &[OsString]) -> io::Result<()> {
+        let path = c(args.first())?;
+        let entry = opcode::MkDirAt::new(types::Fd(libc::AT_FDCWD), path.as_ptr())
+            .mode(0o755)
+            .build();
+        ring.run(entry).map(|_| ())
     }
 }
