@@ -7,6 +7,7 @@
 
 mod btf;
 mod event;
+pub mod fanotify;
 mod offsets;
 mod programs;
 pub mod undecided;
