@@ -17,7 +17,7 @@ pub use container::container_id;
 pub use users::Users;
 
 use crate::pipeline::{Enrich, Process, kernel_actor};
-use crate::sensor::Event;
+use crate::sensor::{Event, Source};
 use fim_common::flags;
 
 /// Processes kept; beyond this the cache starts over (a process seen again is re-read).
@@ -113,12 +113,19 @@ impl ProcessCache {
         rest.split_ascii_whitespace().nth(19)?.parse().ok()
     }
 
+    /// Whether two start times (ns since boot, one of them possibly only to the tick) are
+    /// within a clock tick of each other.
+    fn within_a_tick(&self, a_ns: u64, b_ns: u64) -> bool {
+        let ns_per_tick = 1_000_000_000 / self.ticks_per_sec;
+        (a_ns / ns_per_tick).abs_diff(b_ns / ns_per_tick) <= 1
+    }
+
     fn same_process(&self, pid: u32, start_boottime_ns: u64) -> bool {
         let Some(ticks) = self.proc_start_ticks(pid) else {
             return false;
         };
-        let recorded = start_boottime_ns / (1_000_000_000 / self.ticks_per_sec);
-        ticks.abs_diff(recorded) <= 1
+        let ns_per_tick = 1_000_000_000 / self.ticks_per_sec;
+        self.within_a_tick(ticks * ns_per_tick, start_boottime_ns)
     }
 
     fn read(&self, pid: u32, what: &str) -> Option<Vec<u8>> {
@@ -263,6 +270,58 @@ impl ProcessCache {
     }
 }
 
+impl ProcessCache {
+    /// The process behind a completeness-layer (fanotify) event. The layer gives the pid, and
+    /// when it could read /proc for certain (the process still existed), the start time to
+    /// the clock tick, comm, parent and ids (`sensor::fanotify`). With a start time the
+    /// process is found like any other: its exec record when that is the same process (same
+    /// pid, start within a tick, same comm), else /proc when the process there started within
+    /// a tick of it; a later process with the same pid never matches. Without one, only the
+    /// pid is told: nothing else is certain.
+    fn completeness_actor(&mut self, event: &Event) -> Arc<Process> {
+        let k = &event.actor;
+        if k.start_boottime_ns == 0 {
+            let actor = crate::store::Actor {
+                pid: (k.tgid != 0).then_some(k.tgid),
+                ..crate::store::Actor::default()
+            };
+            return Arc::new(Process {
+                actor,
+                ancestors: Vec::new(),
+            });
+        }
+        let key = cache_key(event);
+        if let Some(hit) = self.cache.get(&key) {
+            self.hits += 1;
+            return Arc::clone(hit);
+        }
+        let exec = self
+            .last_exec
+            .get(&k.tgid)
+            .filter(|(_, start, comm)| {
+                self.within_a_tick(*start, k.start_boottime_ns) && *comm == k.comm
+            })
+            .and_then(|exec_key| self.cache.get(exec_key))
+            .cloned();
+        let process = match exec {
+            Some(process) => {
+                self.hits += 1;
+                process
+            }
+            None => {
+                self.misses += 1;
+                Arc::new(self.examine(event))
+            }
+        };
+        if self.cache.len() >= CACHE_MAX {
+            self.cache.clear();
+            self.last_exec.clear();
+        }
+        self.cache.insert(key, Arc::clone(&process));
+        process
+    }
+}
+
 impl Enrich for ProcessCache {
     fn exec(&mut self, event: &Event) {
         let key = cache_key(event);
@@ -276,6 +335,9 @@ impl Enrich for ProcessCache {
     }
 
     fn actor(&mut self, event: &Event) -> Arc<Process> {
+        if event.source == Source::Fanotify {
+            return self.completeness_actor(event);
+        }
         let key = cache_key(event);
         if let Some(hit) = self.cache.get(&key) {
             self.hits += 1;

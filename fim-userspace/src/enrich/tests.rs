@@ -124,3 +124,80 @@ fn a_cut_command_line_keeps_the_executable() {
     cache.exec(&exec_of(b"/bin/tool", flags::PATH1_TRUNCATED));
     assert_eq!(cache.actor(&event_of(pid, 42, "tool")).actor.exe, None);
 }
+
+/// What the completeness layer (fanotify) gives for process `pid`: the start time only to
+/// the clock tick (from /proc), no thread id.
+fn layer_event_of(pid: u32, start_boottime_ns: u64, comm: &str) -> Event {
+    let cache = ProcessCache::new();
+    let ns_per_tick = 1_000_000_000 / cache.ticks_per_sec;
+    let mut event = event_of(pid, start_boottime_ns / ns_per_tick * ns_per_tick, comm);
+    event.source = crate::sensor::Source::Fanotify;
+    event
+}
+
+/// This process's comm, as /proc shows it.
+fn own_comm() -> String {
+    std::fs::read_to_string("/proc/self/comm")
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn a_completeness_actor_is_found_in_proc_within_a_tick() {
+    let mut cache = ProcessCache::new();
+    let p = cache.actor(&layer_event_of(
+        std::process::id(),
+        own_start_ns(),
+        &own_comm(),
+    ));
+    let exe = std::env::current_exe().unwrap();
+    assert_eq!(p.actor.exe.as_deref(), Some(exe.as_os_str().as_bytes()));
+    assert_eq!(p.actor.pid, Some(std::process::id()));
+    // A start time an hour off is another process with the same pid.
+    let other = cache.actor(&layer_event_of(
+        std::process::id(),
+        own_start_ns() + 3_600_000_000_000,
+        &own_comm(),
+    ));
+    assert_eq!(other.actor.exe, None);
+}
+
+#[test]
+fn a_completeness_actor_finds_the_exec_record_of_its_process_only() {
+    // A pid that cannot be running: only the exec record can tell.
+    let pid = u32::MAX - 9;
+    let start = 5_000_000_123;
+    let mut exec = event_of(pid, start, "tool");
+    exec.kind = EventKind::Exec;
+    exec.path = b"/usr/bin/tool".to_vec();
+    exec.path2 = b"tool\0-x\0".to_vec();
+    exec.flags = flags::PATH2_IS_STRING;
+    let mut cache = ProcessCache::new();
+    cache.exec(&exec);
+    let p = cache.actor(&layer_event_of(pid, start, "tool"));
+    assert_eq!(p.actor.exe.as_deref(), Some(&b"/usr/bin/tool"[..]));
+    assert_eq!(p.actor.cmdline.as_deref(), Some(&b"tool -x"[..]));
+    // The same pid started a second later, or the process after another exec: not it.
+    let later = cache.actor(&layer_event_of(pid, start + 1_000_000_000, "tool"));
+    assert_eq!(later.actor.exe, None);
+    let renamed = cache.actor(&layer_event_of(pid, start, "other"));
+    assert_eq!(renamed.actor.exe, None);
+}
+
+#[test]
+fn a_completeness_actor_with_only_a_pid_is_only_a_pid() {
+    let mut cache = ProcessCache::new();
+    // Our own pid, which /proc would describe: without a start time it may be another
+    // process's by now, so nothing is read, and no uid or parent is made up.
+    let mut event = layer_event_of(std::process::id(), 0, "");
+    event.actor.ppid = 0;
+    let p = cache.actor(&event);
+    assert_eq!(p.actor.pid, Some(std::process::id()));
+    assert_eq!(
+        (p.actor.exe.as_ref(), p.actor.uid, p.actor.ppid),
+        (None, None, None)
+    );
+    assert_eq!(p.actor.comm, None);
+    assert_eq!(cache.len(), 0, "nothing cached under an unknown start");
+}
