@@ -10,7 +10,7 @@ use fim_common::flags;
 
 use super::observe::{Observation, Process, RuleRef};
 use crate::baseline::FileKind;
-use crate::sensor::{Backend, EventKind};
+use crate::sensor::{Backend, EventKind, Source};
 use crate::store::activity;
 
 /// A path that was created or written and awaits its last close before it is examined.
@@ -63,6 +63,14 @@ pub struct Job {
     pub time_ns: i64,
     /// Monotonic ns of the kernel record (for the event-to-output latency).
     pub ktime_ns: u64,
+}
+
+impl Job {
+    /// Whether the job comes from the completeness layer (fanotify), whose changes the kernel
+    /// records may have reported already (see `pipeline::dedup`).
+    pub fn from_completeness_layer(&self) -> bool {
+        self.backend == Source::Fanotify.backend_name(Backend::Tracepoint)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -40,6 +40,12 @@ pub trait Examine: Send {
         keep_content_up_to: Option<u64>,
         rehash: bool,
     ) -> Examined;
+
+    /// Whether anything is at `path` now (a final symlink not followed).
+    fn exists(&mut self, path: &[u8]) -> bool {
+        use std::os::unix::ffi::OsStrExt;
+        std::fs::symlink_metadata(std::ffi::OsStr::from_bytes(path)).is_ok()
+    }
 }
 
 /// Rows this worker wrote that the store may not have committed yet: reads go here first, so
@@ -197,11 +203,42 @@ impl ChangeMaker {
             .then_some(self.content_max_size)
     }
 
+    /// Whether the removal or rename of `job.path` that the completeness layer reports is
+    /// still news: the baseline has the path and it is really gone. Otherwise the kernel's
+    /// record of the same operation was reported already (or the path is back).
+    fn layer_name_change_is_news(&mut self, job: &Job) -> bool {
+        self.row(&job.path).is_some() && !self.examine.exists(&job.path)
+    }
+
+    /// A rename the completeness layer reports that is not news: the new name is still looked
+    /// at, as a creation (a rename into the tree whose old name fim never knew, or a duplicate
+    /// that then reports nothing).
+    fn layer_rename_not_news(&mut self, job: &Job, made: &mut Made) {
+        let (Some(new_path), Some(rule)) = (&job.new_path, &job.rule2) else {
+            return;
+        };
+        let created = Job {
+            what: JobKind::Examine,
+            path: new_path.clone(),
+            new_path: None,
+            activity: activity::CREATE,
+            rule: Some(rule.clone()),
+            rule2: None,
+            ..job.clone()
+        };
+        self.examine_job(&created, made);
+    }
+
     /// Processes one job.
     pub fn make(&mut self, job: &Job) -> Made {
         let mut made = Made::default();
+        let from_layer = job.from_completeness_layer();
         match job.what {
             JobKind::Examine => self.examine_job(job, &mut made),
+            JobKind::Delete if from_layer && !self.layer_name_change_is_news(job) => {}
+            JobKind::Rename if from_layer && !self.layer_name_change_is_news(job) => {
+                self.layer_rename_not_news(job, &mut made)
+            }
             JobKind::Delete => {
                 let previous = self.baseline(&job.path);
                 let mut change = self.record(job, activity::DELETE, &job.path);
@@ -249,6 +286,9 @@ impl ChangeMaker {
                 change.flags = EntryFlags(EntryFlags::UNNAMED);
                 made.changes.push(change);
             }
+            // The completeness layer's change of a path gone since: its removal or rename is
+            // reported by its own event, and a kernel record may have reported this one.
+            Examined::Vanished if job.from_completeness_layer() => {}
             Examined::Vanished => {
                 // Gone (renamed or removed) before it could be examined: what the kernel saw
                 // is still reported, without the new content; its delete or rename record

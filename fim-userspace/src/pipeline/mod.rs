@@ -8,6 +8,7 @@
 mod alias;
 mod assemble;
 mod changes;
+pub mod dedup;
 mod observe;
 #[cfg(test)]
 mod tests;
@@ -15,6 +16,7 @@ mod tests;
 pub use alias::{Aliases, InodeNames, NoNames};
 pub use assemble::{Assembler, Job, JobKind};
 pub use changes::{BaselineLookup, ChangeMaker, Examine, Examined, Made};
+pub use dedup::Dedup;
 pub use observe::{
     Classifier, Enrich, KernelOnly, Observation, Process, RuleRef, Verdict, kernel_actor,
 };

@@ -39,6 +39,10 @@ fn entry(path: &[u8], (digest, size, mode): (u8, u64, u32)) -> BaselineEntry {
 struct FakeFs(Files);
 
 impl Examine for FakeFs {
+    fn exists(&mut self, path: &[u8]) -> bool {
+        self.0.lock().unwrap().contains_key(path)
+    }
+
     fn examine(
         &mut self,
         path: &[u8],
@@ -71,6 +75,8 @@ struct Harness {
     assembler: Assembler,
     maker: ChangeMaker,
     ktime: u64,
+    /// Where the records fed come from.
+    source: crate::sensor::Source,
 }
 
 fn rules() -> RuleSet {
@@ -102,6 +108,7 @@ impl Harness {
                 1 << 20,
             ),
             ktime: 1_000_000_000,
+            source: crate::sensor::Source::Kernel,
         }
     }
 
@@ -150,7 +157,7 @@ impl Harness {
         let event = Event {
             kind,
             backend: Backend::Tracepoint,
-            source: crate::sensor::Source::Kernel,
+            source: self.source,
             flags: record_flags,
             rule_id: 1,
             ktime_ns: self.ktime,
@@ -701,4 +708,111 @@ fn a_write_to_an_unnamed_o_tmpfile_inode_is_reported_on_its_directory() {
     assert_eq!(changes.len(), 1);
     assert_eq!(changes[0].path, b"/etc/app/#12");
     assert!(changes[0].flags.names().is_empty());
+}
+
+/// The completeness layer (fanotify) reports a write without open and close: examined once
+/// the writes settle, under its own backend name.
+#[test]
+fn a_write_only_the_completeness_layer_saw_settles_into_one_update() {
+    let mut h = Harness::new();
+    h.source = crate::sensor::Source::Fanotify;
+    h.baseline("/etc/motd", (1, 10, 0o644));
+    h.disk("/etc/motd", Some((2, 20, 0o644)));
+    for _ in 0..3 {
+        assert!(h.feed(EventKind::Written, "/etc/motd", "", 0).is_empty());
+    }
+    assert!(h.tick(50).is_empty(), "reported before the writes settled");
+    let changes = h.tick(300);
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].activity, activity::UPDATE);
+    assert_eq!(changes[0].backend, "fanotify");
+    assert_eq!(changes[0].changed, ["content", "size"]);
+    // An attribute change that changed nothing fim tracks reports nothing.
+    assert!(
+        h.feed(EventKind::AttributesChanged, "/etc/motd", "", 0)
+            .is_empty()
+    );
+    h.disk("/etc/motd", Some((2, 20, 0o600)));
+    let changes = h.feed(EventKind::AttributesChanged, "/etc/motd", "", 0);
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].changed, ["mode"]);
+}
+
+/// A removal or rename the kernel records reported already is not reported again when the
+/// completeness layer's event of it slips through the deduplication.
+#[test]
+fn the_completeness_layer_reports_a_removal_or_rename_only_while_it_is_news() {
+    let mut h = Harness::new();
+    h.baseline("/etc/a", (1, 1, 0o644));
+    h.disk("/etc/a", None);
+    assert_eq!(h.feed(EventKind::Unlink, "/etc/a", "", 0).len(), 1);
+    h.source = crate::sensor::Source::Fanotify;
+    assert!(h.feed(EventKind::Unlink, "/etc/a", "", 0).is_empty());
+    // Only the completeness layer saw it: reported, with the previous values.
+    h.baseline("/etc/b", (1, 1, 0o640));
+    h.disk("/etc/b", None);
+    let changes = h.feed(EventKind::Unlink, "/etc/b", "", 0);
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].activity, activity::DELETE);
+    assert_eq!(changes[0].previous.as_ref().unwrap()["mode"], 0o640);
+    // Still there (recreated since): not gone, nothing to report.
+    h.baseline("/etc/c", (1, 1, 0o644));
+    assert!(h.feed(EventKind::Unlink, "/etc/c", "", 0).is_empty());
+    assert!(h.stored.lock().unwrap().contains_key(&b"/etc/c"[..]));
+    // A rename reported by the kernel first; the layer's copy then reports nothing.
+    h.baseline("/etc/d", (4, 4, 0o644));
+    h.disk("/etc/d", None);
+    h.disk("/etc/e", Some((4, 4, 0o644)));
+    h.source = crate::sensor::Source::Kernel;
+    assert_eq!(h.feed(EventKind::Rename, "/etc/d", "/etc/e", 0).len(), 1);
+    h.source = crate::sensor::Source::Fanotify;
+    assert!(h.feed(EventKind::Rename, "/etc/d", "/etc/e", 0).is_empty());
+    // Only the layer saw it: one rename.
+    h.baseline("/etc/f", (5, 5, 0o644));
+    h.disk("/etc/f", None);
+    h.disk("/etc/g", Some((5, 5, 0o644)));
+    let changes = h.feed(EventKind::Rename, "/etc/f", "/etc/g", 0);
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].activity, activity::RENAME);
+    assert!(h.stored.lock().unwrap().contains_key(&b"/etc/g"[..]));
+}
+
+/// A rename into the tree from a name fim never knew is the creation of the new name.
+#[test]
+fn a_rename_into_the_tree_from_the_completeness_layer_is_a_creation() {
+    let mut h = Harness::new();
+    h.source = crate::sensor::Source::Fanotify;
+    h.disk("/etc/new", Some((6, 6, 0o644)));
+    let changes = h.feed(EventKind::Rename, "/tmp/outside", "/etc/new", 0);
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].activity, activity::CREATE);
+    assert_eq!(changes[0].path, b"/etc/new");
+    assert!(
+        h.feed(EventKind::Rename, "/tmp/outside", "/etc/new", 0)
+            .is_empty()
+    );
+}
+
+/// A change the completeness layer saw to a path gone before it was examined reports
+/// nothing: its removal or rename has its own event, and a kernel record may have reported
+/// the change with a placeholder already.
+#[test]
+fn a_completeness_change_to_a_vanished_path_reports_nothing() {
+    let mut h = Harness::new();
+    h.source = crate::sensor::Source::Fanotify;
+    h.baseline("/etc/x", (1, 1, 0o644));
+    h.disk("/etc/x", None);
+    assert!(
+        h.feed(EventKind::AttributesChanged, "/etc/x", "", 0)
+            .is_empty()
+    );
+    h.feed(EventKind::Create, "/etc/y", "", 0);
+    assert!(h.tick(300).is_empty());
+    assert!(
+        !h.stored.lock().unwrap().contains_key(&b"/etc/y"[..]),
+        "no placeholder"
+    );
+    // The kernel's own record of such a change is still reported.
+    h.source = crate::sensor::Source::Kernel;
+    assert_eq!(h.feed(EventKind::Chmod, "/etc/x", "", 0).len(), 1);
 }
