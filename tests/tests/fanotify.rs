@@ -1,0 +1,786 @@
+//! The completeness layer (fanotify) alone, on a temporary tree: what it reports for what the
+//! tracepoint backend's syscall tracepoints cannot see (io_uring; changes through a bind
+//! mount, another mount namespace or a hard link outside the tree), at the watched names,
+//! with the actor's pid. Natively and in the VMs, as root; where fanotify is missing the
+//! tests fail, naming what is missing.
+
+use std::{
+    ffi::CString,
+    os::unix::{ffi::OsStrExt, process::CommandExt},
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use fim::sensor::{
+    Backend, Event, EventKind, WatchRoot,
+    fanotify::{Completeness, WatchedLink},
+};
+use fim_tests::{actor_path, bytes, require_root, run_actor};
+
+/// The rule id of the watched tree.
+const RULE: u32 = 42;
+/// Long enough for the VMs (QEMU without acceleration); the tests return as soon as what they
+/// wait for arrived.
+const WAIT: Duration = Duration::from_secs(10);
+/// How long "nothing more" is waited for.
+const QUIET: Duration = Duration::from_millis(700);
+
+/// A started layer on `<base>/watched` (recursive), with `<base>/unwatched` beside it.
+struct Layer {
+    runtime: tokio::runtime::Runtime,
+    layer: Completeness,
+    base: PathBuf,
+    watched: PathBuf,
+    unwatched: PathBuf,
+}
+
+impl Drop for Layer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.base);
+    }
+}
+
+/// A fresh tree for one test; `prepare` fills it before the layer starts.
+fn start(name: &str, prepare: impl FnOnce(&Path, &Path)) -> Layer {
+    require_root();
+    let base = std::env::temp_dir().join(format!("fim-fanotify-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let (watched, unwatched) = (base.join("watched"), base.join("unwatched"));
+    std::fs::create_dir_all(&watched).unwrap();
+    std::fs::create_dir_all(&unwatched).unwrap();
+    let base = std::fs::canonicalize(base).unwrap();
+    let (watched, unwatched) = (base.join("watched"), base.join("unwatched"));
+    prepare(&watched, &unwatched);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let roots = [WatchRoot {
+        path: watched.clone(),
+        rule_id: RULE,
+        recursive: true,
+    }];
+    let layer = runtime
+        .block_on(Completeness::start(Backend::Tracepoint, &roots))
+        .unwrap_or_else(|e| {
+            panic!(
+                "the completeness layer must start on kernel {}: {e:#}",
+                fim::host::kernel_release()
+            )
+        });
+    Layer {
+        runtime,
+        layer,
+        base,
+        watched,
+        unwatched,
+    }
+}
+
+impl Layer {
+    /// Events until `done` says enough (then a short grace for extras) or [`WAIT`] passed.
+    fn collect(&mut self, done: impl Fn(&[Event]) -> bool) -> Vec<Event> {
+        let layer = &mut self.layer;
+        self.runtime.block_on(async {
+            let deadline = tokio::time::Instant::now() + WAIT;
+            let mut all = Vec::new();
+            let mut grace: Option<tokio::time::Instant> = None;
+            loop {
+                let until = grace.unwrap_or(deadline).min(deadline);
+                let mut batch = Vec::new();
+                match tokio::time::timeout_at(until, layer.recv(&mut batch)).await {
+                    Err(_) => return all,
+                    Ok(result) => result.expect("the completeness layer failed"),
+                }
+                all.extend(batch);
+                if grace.is_none() && done(&all) {
+                    grace = Some(tokio::time::Instant::now() + Duration::from_millis(200));
+                }
+            }
+        })
+    }
+
+    /// Everything that arrives within [`QUIET`].
+    fn quiet(&mut self) -> Vec<Event> {
+        let layer = &mut self.layer;
+        self.runtime.block_on(async {
+            let mut all = Vec::new();
+            let _ = tokio::time::timeout(QUIET, async {
+                loop {
+                    if layer.recv(&mut all).await.is_err() {
+                        return;
+                    }
+                }
+            })
+            .await;
+            all
+        })
+    }
+}
+
+fn has(events: &[Event], pid: u32, kind: EventKind, path: &Path) -> bool {
+    events
+        .iter()
+        .any(|e| e.actor.tgid == pid && e.kind == kind && e.path == bytes(path))
+}
+
+fn show(events: &[Event]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {} -> {} pid {} used {:?}",
+                e.kind.name(),
+                String::from_utf8_lossy(&e.path),
+                String::from_utf8_lossy(&e.path2),
+                e.actor.tgid,
+                e.used_path.as_deref().map(String::from_utf8_lossy)
+            )
+        })
+        .collect()
+}
+
+/// Every event reports `path` (a watched name) for `pid` and under the tree's rule.
+fn all_at(events: &[Event], pid: u32, path: &Path) {
+    for e in events {
+        assert_eq!(e.path, bytes(path), "{:?}", show(events));
+        assert_eq!(e.actor.tgid, pid, "{:?}", show(events));
+        assert_eq!(e.rule_id, RULE);
+        assert_eq!(e.source, fim::sensor::Source::Fanotify);
+        assert_eq!(e.backend, Backend::Tracepoint);
+    }
+}
+
+#[test]
+fn io_uring_operations_are_reported_with_their_actor() {
+    let mut t = start("uring", |_, _| {});
+    let file = t.watched.join("u");
+    let pid = run_actor(&[
+        "uring-create".as_ref(),
+        file.as_os_str(),
+        "created by io_uring".as_ref(),
+    ])
+    .unwrap();
+    let events = t.collect(|e| {
+        has(e, pid, EventKind::Create, &file) && has(e, pid, EventKind::Written, &file)
+    });
+    assert!(
+        has(&events, pid, EventKind::Create, &file),
+        "{:?}",
+        show(&events)
+    );
+    assert!(
+        has(&events, pid, EventKind::Written, &file),
+        "{:?}",
+        show(&events)
+    );
+    all_at(&events, pid, &file);
+    assert!(events.iter().all(|e| e.used_path.is_none()));
+
+    // A process still there when the event is read is described from /proc (its pidfd
+    // proves the pid is still its own); one gone by then is only a pid.
+    let mut live = Command::new(actor_path())
+        .args(["uring-write".as_ref(), file.as_os_str(), "live".as_ref()])
+        .args(["--", "sleep", "10000"])
+        .spawn()
+        .unwrap();
+    let pid = live.id();
+    let events = t.collect(|e| has(e, pid, EventKind::Written, &file));
+    let _ = live.kill();
+    let _ = live.wait();
+    let written = events.iter().find(|e| e.actor.tgid == pid);
+    let actor = written
+        .unwrap_or_else(|| panic!("{:?}", show(&events)))
+        .actor;
+    assert!(actor.start_boottime_ns > 0, "{actor:?}");
+    assert_eq!(&actor.comm[..15], b"fim-test-actor\0");
+    assert_eq!((actor.uid, actor.ppid), (0, std::process::id()));
+
+    for (op, arg) in [
+        ("uring-write", "written by io_uring"),
+        ("uring-fallocate", "65536"),
+    ] {
+        let pid = run_actor(&[op.as_ref(), file.as_os_str(), arg.as_ref()]).unwrap();
+        let events = t.collect(|e| has(e, pid, EventKind::Written, &file));
+        assert!(
+            has(&events, pid, EventKind::Written, &file),
+            "{op}: {:?}",
+            show(&events)
+        );
+        all_at(&events, pid, &file);
+    }
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), 65536);
+
+    let moved = t.watched.join("v");
+    let pid = run_actor(&["uring-rename".as_ref(), file.as_os_str(), moved.as_os_str()]).unwrap();
+    let events = t.collect(|e| has(e, pid, EventKind::Rename, &file));
+    assert_eq!(events.len(), 1, "{:?}", show(&events));
+    all_at(&events, pid, &file);
+    assert_eq!(events[0].path2, bytes(&moved));
+
+    let pid = run_actor(&["uring-unlink".as_ref(), moved.as_os_str()]).unwrap();
+    let events = t.collect(|e| has(e, pid, EventKind::Unlink, &moved));
+    assert_eq!(events.len(), 1, "{:?}", show(&events));
+    all_at(&events, pid, &moved);
+
+    // A directory made through io_uring is watched at once.
+    let dir = t.watched.join("d");
+    let inner = dir.join("f");
+    let pid = run_actor(&["uring-mkdir".as_ref(), dir.as_os_str()]).unwrap();
+    let events = t.collect(|e| has(e, pid, EventKind::Mkdir, &dir));
+    assert_eq!(events.len(), 1, "{:?}", show(&events));
+    all_at(&events, pid, &dir);
+    let pid = run_actor(&["uring-create".as_ref(), inner.as_os_str(), "x".as_ref()]).unwrap();
+    let events = t.collect(|e| has(e, pid, EventKind::Written, &inner));
+    assert!(
+        has(&events, pid, EventKind::Create, &inner),
+        "{:?}",
+        show(&events)
+    );
+
+    // Out of the tree: a rename, the outside name found by the object's handle.
+    let outside = t.unwatched.join("out");
+    let pid = run_actor(&[
+        "uring-rename".as_ref(),
+        inner.as_os_str(),
+        outside.as_os_str(),
+    ])
+    .unwrap();
+    let events = t.collect(|e| has(e, pid, EventKind::Rename, &inner));
+    assert_eq!(events.len(), 1, "{:?}", show(&events));
+    assert_eq!(events[0].path2, bytes(&outside));
+    let back = t.watched.join("back");
+    let pid = run_actor(&[
+        "uring-rename".as_ref(),
+        outside.as_os_str(),
+        back.as_os_str(),
+    ])
+    .unwrap();
+    // Back in: the kernel names only the watched side, so it is a creation there.
+    let events = t.collect(|e| has(e, pid, EventKind::Create, &back));
+    assert_eq!(events.len(), 1, "{:?}", show(&events));
+    all_at(&events, pid, &back);
+
+    // Nothing about the unwatched tree.
+    let pid = run_actor(&[
+        "uring-create".as_ref(),
+        t.unwatched.join("quiet").as_os_str(),
+        "x".as_ref(),
+    ])
+    .unwrap();
+    let events = t.quiet();
+    assert!(
+        events.iter().all(|e| e.actor.tgid != pid),
+        "{:?}",
+        show(&events)
+    );
+}
+
+/// Unmounts on drop, so a failing test leaves no mount behind.
+struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let c = CString::new(self.0.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid path.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+fn bind(source: &Path, target: &Path) -> std::io::Result<()> {
+    let (s, t) = (
+        CString::new(source.as_os_str().as_bytes()).unwrap(),
+        CString::new(target.as_os_str().as_bytes()).unwrap(),
+    );
+    // SAFETY: valid paths; a bind mount has no data.
+    let rc = unsafe {
+        libc::mount(
+            s.as_ptr(),
+            t.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The write, truncate(2) and chmod the alias scenarios make through `alias`.
+fn alias_ops(alias: &Path) -> Vec<std::ffi::OsString> {
+    let a = alias.as_os_str();
+    [
+        "write".as_ref(),
+        a,
+        "--".as_ref(),
+        "truncate".as_ref(),
+        a,
+        "--".as_ref(),
+        "chmod".as_ref(),
+        a,
+        "0o600".as_ref(),
+    ]
+    .iter()
+    .map(|s| s.to_os_string())
+    .collect()
+}
+
+fn written_and_chmodded(events: &[Event], pid: u32, path: &Path) -> bool {
+    has(events, pid, EventKind::Written, path)
+        && has(events, pid, EventKind::AttributesChanged, path)
+}
+
+#[test]
+fn changes_through_a_bind_mount_outside_the_tree_are_reported_at_the_watched_name() {
+    let mut t = start("bind", |w, _| {
+        std::fs::write(w.join("b"), b"before").unwrap()
+    });
+    let mount_point = t.base.join("bind");
+    std::fs::create_dir(&mount_point).unwrap();
+    bind(&t.watched, &mount_point).expect("bind-mounting the watched tree");
+    let _mounted = Mounted(mount_point.clone());
+    let file = t.watched.join("b");
+    let pid = run_actor(&alias_ops(&mount_point.join("b"))).unwrap();
+    let events = t.collect(|e| written_and_chmodded(e, pid, &file));
+    assert!(
+        written_and_chmodded(&events, pid, &file),
+        "{:?}",
+        show(&events)
+    );
+    all_at(&events, pid, &file);
+    // fanotify does not tell which mount was used.
+    assert!(events.iter().all(|e| e.used_path.is_none()));
+}
+
+#[test]
+fn changes_from_another_mount_namespace_are_reported_at_the_watched_name() {
+    let mut t = start("ns", |w, _| std::fs::write(w.join("m"), b"before").unwrap());
+    let mount_point = t.base.join("ns");
+    std::fs::create_dir(&mount_point).unwrap();
+    let (source, target) = (
+        CString::new(t.watched.as_os_str().as_bytes()).unwrap(),
+        CString::new(mount_point.as_os_str().as_bytes()).unwrap(),
+    );
+    let mut command = Command::new(actor_path());
+    command.args(alias_ops(&mount_point.join("m")));
+    // SAFETY: only async-signal-safe syscalls between fork and exec, on memory prepared
+    // before the fork.
+    unsafe {
+        command.pre_exec(move || {
+            let none = std::ptr::null();
+            if libc::unshare(libc::CLONE_NEWNS) != 0
+                || libc::mount(
+                    c"none".as_ptr(),
+                    c"/".as_ptr(),
+                    none,
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    none.cast(),
+                ) != 0
+                || libc::mount(
+                    source.as_ptr(),
+                    target.as_ptr(),
+                    none,
+                    libc::MS_BIND,
+                    none.cast(),
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command
+        .spawn()
+        .expect("starting the actor in a new mount namespace");
+    let pid = child.id();
+    assert!(
+        child.wait().unwrap().success(),
+        "the actor failed in its namespace"
+    );
+    let file = t.watched.join("m");
+    let events = t.collect(|e| written_and_chmodded(e, pid, &file));
+    assert!(
+        written_and_chmodded(&events, pid, &file),
+        "{:?}",
+        show(&events)
+    );
+    all_at(&events, pid, &file);
+}
+
+#[test]
+fn a_hard_link_in_an_unwatched_directory_is_reported_at_the_watched_name() {
+    let mut t = start("link", |w, u| {
+        std::fs::write(w.join("h"), b"before").unwrap();
+        std::fs::hard_link(w.join("h"), u.join("alias")).unwrap();
+        std::fs::write(w.join("single"), b"one link").unwrap();
+    });
+    let file = t.watched.join("h");
+    let alias = t.unwatched.join("alias");
+    let problems = t.layer.watch_links(&[
+        WatchedLink {
+            path: file.clone(),
+            rule_id: RULE,
+        },
+        // One link only: its directory's mark covers it, nothing to add.
+        WatchedLink {
+            path: t.watched.join("single"),
+            rule_id: RULE,
+        },
+    ]);
+    assert!(problems.is_empty(), "{problems:?}");
+    let pid = run_actor(&alias_ops(&alias)).unwrap();
+    let events = t.collect(|e| written_and_chmodded(e, pid, &file));
+    assert!(
+        written_and_chmodded(&events, pid, &file),
+        "{:?}",
+        show(&events)
+    );
+    all_at(&events, pid, &file);
+    for e in &events {
+        assert_eq!(
+            e.used_path.as_deref(),
+            Some(&bytes(&alias)[..]),
+            "{:?}",
+            show(&events)
+        );
+    }
+    // Through the watched name itself: no other name to tell.
+    let pid = run_actor(&["write".as_ref(), file.as_os_str()]).unwrap();
+    let events = t.collect(|e| has(e, pid, EventKind::Written, &file));
+    assert!(
+        has(&events, pid, EventKind::Written, &file),
+        "{:?}",
+        show(&events)
+    );
+    assert!(
+        events.iter().all(|e| e.used_path.is_none()),
+        "{:?}",
+        show(&events)
+    );
+    // Forgotten names are not reported any more.
+    assert!(t.layer.set_links(&[]).is_empty());
+    let pid = run_actor(&["write".as_ref(), alias.as_os_str()]).unwrap();
+    let events = t.quiet();
+    assert!(
+        events.iter().all(|e| e.actor.tgid != pid),
+        "{:?}",
+        show(&events)
+    );
+}
+
+#[test]
+fn a_directory_filled_as_soon_as_it_is_made_is_reported_whole() {
+    let mut t = start("fill", |_, _| {});
+    let dir = t.watched.join("n");
+    let files: Vec<PathBuf> = (0..20).map(|i| dir.join(format!("f{i}"))).collect();
+    // One process, no pause: most creations happen before the layer marks the directory.
+    let mut args: Vec<std::ffi::OsString> = vec!["mkdir".into(), dir.clone().into()];
+    for f in &files {
+        args.extend(["--".into(), "create".into(), f.clone().into()]);
+    }
+    let pid = run_actor(&args).unwrap();
+    let created = |events: &[Event], f: &Path| {
+        events.iter().any(|e| {
+            e.kind == EventKind::Create && e.path == bytes(f) && [pid, 0].contains(&e.actor.tgid)
+        })
+    };
+    let events = t.collect(|e| files.iter().all(|f| created(e, f)));
+    assert!(
+        has(&events, pid, EventKind::Mkdir, &dir),
+        "{:?}",
+        show(&events)
+    );
+    for f in &files {
+        assert!(
+            created(&events, f),
+            "{} missing: {:?}",
+            f.display(),
+            show(&events)
+        );
+    }
+    // Marked: a later write in it arrives.
+    let pid = run_actor(&["uring-write".as_ref(), files[0].as_os_str(), "x".as_ref()]).unwrap();
+    let events = t.collect(|e| has(e, pid, EventKind::Written, &files[0]));
+    assert!(
+        has(&events, pid, EventKind::Written, &files[0]),
+        "{:?}",
+        show(&events)
+    );
+}
+
+#[test]
+fn a_renamed_watched_directory_is_followed_to_its_new_name() {
+    let mut t = start("moved", |w, _| {
+        std::fs::create_dir_all(w.join("r/deeper")).unwrap();
+        std::fs::write(w.join("r/deeper/f"), b"before").unwrap();
+    });
+    let (old, new) = (t.watched.join("r"), t.watched.join("r2"));
+    let file = new.join("deeper/f");
+    let pid = run_actor(&[
+        "uring-rename".as_ref(),
+        old.as_os_str(),
+        new.as_os_str(),
+        "--".as_ref(),
+        "uring-write".as_ref(),
+        file.as_os_str(),
+        "after".as_ref(),
+    ])
+    .unwrap();
+    let events = t.collect(|e| has(e, pid, EventKind::Written, &file));
+    assert!(
+        has(&events, pid, EventKind::Rename, &old),
+        "{:?}",
+        show(&events)
+    );
+    assert!(
+        has(&events, pid, EventKind::Written, &file),
+        "{:?}",
+        show(&events)
+    );
+    assert!(
+        events
+            .iter()
+            .all(|e| !e.path.starts_with(&bytes(&old.join("")))),
+        "reported under the old name: {:?}",
+        show(&events)
+    );
+    // Moved out of the tree: no longer watched.
+    let away = t.unwatched.join("r3");
+    run_actor(&["uring-rename".as_ref(), new.as_os_str(), away.as_os_str()]).unwrap();
+    t.collect(|e| e.iter().any(|e| e.kind == EventKind::Rename));
+    let pid = run_actor(&[
+        "uring-write".as_ref(),
+        away.join("deeper/f").as_os_str(),
+        "x".as_ref(),
+    ])
+    .unwrap();
+    let events = t.quiet();
+    assert!(
+        events.iter().all(|e| e.actor.tgid != pid),
+        "{:?}",
+        show(&events)
+    );
+}
+
+#[test]
+fn set_roots_adds_a_root_and_removes_one() {
+    let mut t = start("roots", |w, u| {
+        std::fs::write(w.join("f"), b"w").unwrap();
+        std::fs::create_dir(u.join("sub")).unwrap();
+        std::fs::write(u.join("sub/f"), b"u").unwrap();
+    });
+    let (in_w, in_u) = (t.watched.join("f"), t.unwatched.join("sub/f"));
+    let write =
+        |path: &Path| run_actor(&["uring-write".as_ref(), path.as_os_str(), "x".as_ref()]).unwrap();
+    let pid = write(&in_u);
+    assert!(t.quiet().iter().all(|e| e.actor.tgid != pid));
+    let root = |path: &Path, rule_id| WatchRoot {
+        path: path.to_path_buf(),
+        rule_id,
+        recursive: true,
+    };
+    let both = [root(&t.watched, RULE), root(&t.unwatched, 7)];
+    let problems = t.layer.set_roots(&both).unwrap();
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_eq!(t.layer.watched_directories(), 3);
+    for (path, rule) in [(&in_u, 7), (&in_w, RULE)] {
+        let pid = write(path);
+        let events = t.collect(|e| has(e, pid, EventKind::Written, path));
+        assert!(
+            has(&events, pid, EventKind::Written, path),
+            "{:?}",
+            show(&events)
+        );
+        assert!(events.iter().all(|e| e.rule_id == rule));
+    }
+    let only_u = [root(&t.unwatched, 7)];
+    assert!(t.layer.set_roots(&only_u).unwrap().is_empty());
+    assert_eq!(t.layer.watched_directories(), 2);
+    let pid = write(&in_w);
+    assert!(t.quiet().iter().all(|e| e.actor.tgid != pid));
+    let pid = write(&in_u);
+    let events = t.collect(|e| has(e, pid, EventKind::Written, &in_u));
+    assert!(
+        has(&events, pid, EventKind::Written, &in_u),
+        "{:?}",
+        show(&events)
+    );
+}
+
+#[test]
+fn a_file_rule_watches_that_name_and_follows_an_atomic_save() {
+    let mut t = start("file", |_, u| {
+        std::fs::write(u.join("app.conf"), b"v1").unwrap();
+        std::fs::write(u.join("other"), b"x").unwrap();
+    });
+    let conf = t.unwatched.join("app.conf");
+    let roots = [WatchRoot {
+        path: conf.clone(),
+        rule_id: 9,
+        recursive: false,
+    }];
+    assert!(t.layer.set_roots(&roots).unwrap().is_empty());
+    let pid = run_actor(&[
+        "uring-write".as_ref(),
+        t.unwatched.join("other").as_os_str(),
+        "y".as_ref(),
+    ])
+    .unwrap();
+    assert!(
+        t.quiet().iter().all(|e| e.actor.tgid != pid),
+        "a sibling was reported"
+    );
+    // An editor's save: a new file renamed over the watched name.
+    let temp = t.unwatched.join(".app.conf.tmp");
+    let pid = run_actor(&[
+        "uring-create".as_ref(),
+        temp.as_os_str(),
+        "v2".as_ref(),
+        "--".as_ref(),
+        "uring-rename".as_ref(),
+        temp.as_os_str(),
+        conf.as_os_str(),
+    ])
+    .unwrap();
+    let events = t.collect(|e| e.iter().any(|e| e.kind == EventKind::Rename));
+    let rename: Vec<&Event> = events
+        .iter()
+        .filter(|e| e.kind == EventKind::Rename)
+        .collect();
+    assert_eq!(rename.len(), 1, "{:?}", show(&events));
+    assert_eq!(
+        (rename[0].path2.as_slice(), rename[0].actor.tgid),
+        (&bytes(&conf)[..], pid)
+    );
+    assert!(
+        events
+            .iter()
+            .all(|e| e.path != bytes(&temp) || e.kind == EventKind::Rename)
+    );
+    // The new file is the watched one now.
+    let pid = run_actor(&["uring-write".as_ref(), conf.as_os_str(), "v3".as_ref()]).unwrap();
+    let events = t.collect(|e| has(e, pid, EventKind::Written, &conf));
+    assert!(
+        has(&events, pid, EventKind::Written, &conf),
+        "{:?}",
+        show(&events)
+    );
+    assert!(events.iter().all(|e| e.rule_id == 9));
+}
+
+/// Kernel records and completeness events, read the way the daemon is to read them: the
+/// layer first (`biased`), and whatever it has queued before a batch of kernel records is
+/// noted; held events released after the hold unless explained.
+fn pump(
+    runtime: &tokio::runtime::Runtime,
+    sensor: &mut fim::sensor::Sensor,
+    layer: &mut Completeness,
+    dedup: &mut fim::pipeline::Dedup,
+    done: impl Fn(&[Event]) -> bool,
+) -> (Vec<Event>, Vec<Event>) {
+    runtime.block_on(async {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let mut settle: Option<tokio::time::Instant> = None;
+        let (mut kernel, mut released) = (Vec::new(), Vec::new());
+        while tokio::time::Instant::now() < settle.unwrap_or(deadline).min(deadline) {
+            let (mut from_layer, mut from_kernel) = (Vec::new(), Vec::new());
+            tokio::select! {
+                biased;
+                read = layer.recv(&mut from_layer) => read.expect("completeness layer"),
+                read = sensor.recv(&mut from_kernel) => {
+                    read.expect("sensor");
+                    layer.read_now(&mut from_layer).expect("completeness layer");
+                }
+                _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+            }
+            for event in from_layer {
+                dedup.hold(event);
+            }
+            let now = fim::sensor::fanotify::monotonic_ns();
+            for event in &from_kernel {
+                dedup.note(event, now);
+            }
+            kernel.extend(from_kernel);
+            dedup.release(now, &mut released);
+            if settle.is_none() && done(&kernel) {
+                // Long enough for every held event to be released.
+                settle = Some(tokio::time::Instant::now() + Duration::from_millis(500));
+            }
+        }
+        (kernel, released)
+    })
+}
+
+#[test]
+fn beside_the_tracepoint_sensor_a_change_seen_by_both_is_reported_once() {
+    require_root();
+    let base = std::env::temp_dir().join(format!("fim-fanotify-both-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(base.join("watched")).unwrap();
+    let watched = std::fs::canonicalize(base.join("watched")).unwrap();
+    let config = fim::sensor::SensorConfig {
+        roots: vec![WatchRoot {
+            path: watched.clone(),
+            rule_id: RULE,
+            recursive: true,
+        }],
+        ..fim::sensor::SensorConfig::default()
+    };
+    fim_tests::with_own_sensor(Backend::Tracepoint, &config, |runtime, sensor| {
+        let mut layer = runtime
+            .block_on(Completeness::start(Backend::Tracepoint, &config.roots))
+            .expect("the completeness layer must start");
+        let mut dedup = fim::pipeline::Dedup::new();
+        let (f, g, d) = (watched.join("s"), watched.join("t"), watched.join("d"));
+        let ops: Vec<Vec<&std::ffi::OsStr>> = vec![
+            vec!["create".as_ref(), f.as_os_str()],
+            vec!["write".as_ref(), f.as_os_str()],
+            vec!["chmod".as_ref(), f.as_os_str(), "0o600".as_ref()],
+            vec!["truncate".as_ref(), f.as_os_str()],
+            vec!["rename".as_ref(), f.as_os_str(), g.as_os_str()],
+            vec!["unlink".as_ref(), g.as_os_str()],
+            vec!["mkdir".as_ref(), d.as_os_str()],
+            vec!["rmdir".as_ref(), d.as_os_str()],
+        ];
+        let args: Vec<&std::ffi::OsStr> = ops.join(&"--".as_ref());
+        let pid = run_actor(&args).unwrap();
+        let (kernel, released) = pump(runtime, sensor, &mut layer, &mut dedup, |k| {
+            k.iter()
+                .any(|e| e.actor.tgid == pid && e.kind == EventKind::Rmdir)
+        });
+        let kernel: Vec<&Event> = kernel.iter().filter(|e| e.actor.tgid == pid).collect();
+        assert!(
+            kernel.len() >= ops.len(),
+            "{:?}",
+            show(&kernel.into_iter().cloned().collect::<Vec<_>>())
+        );
+        // Consecutive events about one object may be merged by the kernel: fewer than one
+        // per operation.
+        assert!(dedup.suppressed >= 4, "{} suppressed", dedup.suppressed);
+        let twice: Vec<&Event> = released.iter().filter(|e| e.actor.tgid == pid).collect();
+        assert!(
+            twice.is_empty(),
+            "reported by both layers: {:?}",
+            show(&twice.into_iter().cloned().collect::<Vec<_>>())
+        );
+
+        // Through io_uring only the layer sees it: released after the hold.
+        let u = watched.join("u");
+        let pid = run_actor(&["uring-create".as_ref(), u.as_os_str(), "x".as_ref()]).unwrap();
+        let (_, released) = pump(runtime, sensor, &mut layer, &mut dedup, |_| true);
+        assert!(
+            has(&released, pid, EventKind::Create, &u),
+            "{:?}",
+            show(&released)
+        );
+        assert!(
+            has(&released, pid, EventKind::Written, &u),
+            "{:?}",
+            show(&released)
+        );
+    });
+    let _ = std::fs::remove_dir_all(&base);
+}
