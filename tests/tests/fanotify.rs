@@ -2,7 +2,8 @@
 //! tracepoint backend's syscall tracepoints cannot see (io_uring; changes through a bind
 //! mount, another mount namespace or a hard link outside the tree), at the watched names,
 //! with the actor's pid. Natively and in the VMs, as root; where fanotify is missing the
-//! tests fail, naming what is missing.
+//! tests fail, naming what is missing. Every test's name starts with `fanotify_`, so that
+//! `cargo xtask vm-test --filter fanotify` runs them all.
 
 use std::{
     ffi::CString,
@@ -153,7 +154,7 @@ fn all_at(events: &[Event], pid: u32, path: &Path) {
 }
 
 #[test]
-fn io_uring_operations_are_reported_with_their_actor() {
+fn fanotify_reports_io_uring_operations_with_their_actor() {
     let mut t = start("uring", |_, _| {});
     let file = t.watched.join("u");
     let pid = run_actor(&[
@@ -334,7 +335,7 @@ fn written_and_chmodded(events: &[Event], pid: u32, path: &Path) -> bool {
 }
 
 #[test]
-fn changes_through_a_bind_mount_outside_the_tree_are_reported_at_the_watched_name() {
+fn fanotify_reports_changes_through_a_bind_mount_at_the_watched_name() {
     let mut t = start("bind", |w, _| {
         std::fs::write(w.join("b"), b"before").unwrap()
     });
@@ -356,7 +357,7 @@ fn changes_through_a_bind_mount_outside_the_tree_are_reported_at_the_watched_nam
 }
 
 #[test]
-fn changes_from_another_mount_namespace_are_reported_at_the_watched_name() {
+fn fanotify_reports_changes_from_another_mount_namespace() {
     let mut t = start("ns", |w, _| std::fs::write(w.join("m"), b"before").unwrap());
     let mount_point = t.base.join("ns");
     std::fs::create_dir(&mount_point).unwrap();
@@ -411,7 +412,7 @@ fn changes_from_another_mount_namespace_are_reported_at_the_watched_name() {
 }
 
 #[test]
-fn a_hard_link_in_an_unwatched_directory_is_reported_at_the_watched_name() {
+fn fanotify_reports_a_hard_link_outside_the_tree_at_the_watched_name() {
     let mut t = start("link", |w, u| {
         std::fs::write(w.join("h"), b"before").unwrap();
         std::fs::hard_link(w.join("h"), u.join("alias")).unwrap();
@@ -472,7 +473,7 @@ fn a_hard_link_in_an_unwatched_directory_is_reported_at_the_watched_name() {
 }
 
 #[test]
-fn a_directory_filled_as_soon_as_it_is_made_is_reported_whole() {
+fn fanotify_reports_a_directory_filled_as_soon_as_it_is_made() {
     let mut t = start("fill", |_, _| {});
     let dir = t.watched.join("n");
     let files: Vec<PathBuf> = (0..20).map(|i| dir.join(format!("f{i}"))).collect();
@@ -512,7 +513,7 @@ fn a_directory_filled_as_soon_as_it_is_made_is_reported_whole() {
 }
 
 #[test]
-fn a_renamed_watched_directory_is_followed_to_its_new_name() {
+fn fanotify_follows_a_renamed_directory() {
     let mut t = start("moved", |w, _| {
         std::fs::create_dir_all(w.join("r/deeper")).unwrap();
         std::fs::write(w.join("r/deeper/f"), b"before").unwrap();
@@ -566,7 +567,7 @@ fn a_renamed_watched_directory_is_followed_to_its_new_name() {
 }
 
 #[test]
-fn set_roots_adds_a_root_and_removes_one() {
+fn fanotify_set_roots_adds_a_root_and_removes_one() {
     let mut t = start("roots", |w, u| {
         std::fs::write(w.join("f"), b"w").unwrap();
         std::fs::create_dir(u.join("sub")).unwrap();
@@ -611,7 +612,7 @@ fn set_roots_adds_a_root_and_removes_one() {
 }
 
 #[test]
-fn a_file_rule_watches_that_name_and_follows_an_atomic_save() {
+fn fanotify_watches_a_file_rule_through_an_atomic_save() {
     let mut t = start("file", |_, u| {
         std::fs::write(u.join("app.conf"), b"v1").unwrap();
         std::fs::write(u.join("other"), b"x").unwrap();
@@ -715,7 +716,7 @@ fn pump(
 }
 
 #[test]
-fn beside_the_tracepoint_sensor_a_change_seen_by_both_is_reported_once() {
+fn fanotify_beside_the_tracepoint_sensor_reports_a_change_once() {
     require_root();
     let base = std::env::temp_dir().join(format!("fim-fanotify-both-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&base);
