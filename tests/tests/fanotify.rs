@@ -708,7 +708,8 @@ fn pump(
             dedup.release(now, &mut released);
             if settle.is_none() && done(&kernel) {
                 // Long enough for every held event to be released.
-                settle = Some(tokio::time::Instant::now() + Duration::from_millis(500));
+                let hold = dedup.hold_duration();
+                settle = Some(tokio::time::Instant::now() + hold + Duration::from_millis(500));
             }
         }
         (kernel, released)
@@ -734,7 +735,16 @@ fn fanotify_beside_the_tracepoint_sensor_reports_a_change_once() {
         let mut layer = runtime
             .block_on(Completeness::start(Backend::Tracepoint, &config.roots))
             .expect("the completeness layer must start");
-        let mut dedup = fim::pipeline::Dedup::new();
+        let mut dedup = match fim_tests::test_env() {
+            fim_tests::TestEnv::Native => fim::pipeline::Dedup::new(),
+            // Under QEMU without acceleration the layer's first read came 55 ms after the
+            // syscall's exit (the daemon's 50 ms would report that change twice: harmless,
+            // but not what this test is about).
+            fim_tests::TestEnv::Vm => fim::pipeline::Dedup::with_window(
+                10 * fim::pipeline::dedup::HOLD,
+                10 * fim::pipeline::dedup::BEFORE,
+            ),
+        };
         let (f, g, d) = (watched.join("s"), watched.join("t"), watched.join("d"));
         let ops: Vec<Vec<&std::ffi::OsStr>> = vec![
             vec!["create".as_ref(), f.as_os_str()],
@@ -752,20 +762,36 @@ fn fanotify_beside_the_tracepoint_sensor_reports_a_change_once() {
             k.iter()
                 .any(|e| e.actor.tgid == pid && e.kind == EventKind::Rmdir)
         });
-        let kernel: Vec<&Event> = kernel.iter().filter(|e| e.actor.tgid == pid).collect();
+        let timed = |events: &[Event]| -> Vec<String> {
+            events
+                .iter()
+                .filter(|e| e.actor.tgid == pid)
+                .map(|e| {
+                    let at = e.ktime_ns / 1_000_000 % 100_000;
+                    format!(
+                        "{} {} at {at} ms",
+                        e.kind.name(),
+                        String::from_utf8_lossy(&e.path)
+                    )
+                })
+                .collect()
+        };
+        let said = format!(
+            "{} suppressed; kernel: {:?}; layer, released: {:?}",
+            dedup.suppressed,
+            timed(&kernel),
+            timed(&released)
+        );
         assert!(
-            kernel.len() >= ops.len(),
-            "{:?}",
-            show(&kernel.into_iter().cloned().collect::<Vec<_>>())
+            kernel.iter().filter(|e| e.actor.tgid == pid).count() >= ops.len(),
+            "{said}"
         );
         // Consecutive events about one object may be merged by the kernel: fewer than one
         // per operation.
-        assert!(dedup.suppressed >= 4, "{} suppressed", dedup.suppressed);
-        let twice: Vec<&Event> = released.iter().filter(|e| e.actor.tgid == pid).collect();
+        assert!(dedup.suppressed >= 4, "{said}");
         assert!(
-            twice.is_empty(),
-            "reported by both layers: {:?}",
-            show(&twice.into_iter().cloned().collect::<Vec<_>>())
+            released.iter().all(|e| e.actor.tgid != pid),
+            "reported by both layers: {said}"
         );
 
         // Through io_uring only the layer sees it: released after the hold.

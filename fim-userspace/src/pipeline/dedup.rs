@@ -130,14 +130,21 @@ impl Default for Dedup {
 
 impl Dedup {
     pub fn new() -> Dedup {
+        Dedup::with_window(HOLD, BEFORE)
+    }
+
+    /// A deduplication holding events for `hold` and taking kernel records whose operation
+    /// ended up to `before` before a held event was read (instead of [`HOLD`] and [`BEFORE`]:
+    /// for a machine where everything is that much slower, such as an emulated one).
+    pub fn with_window(hold: Duration, before: Duration) -> Dedup {
         Dedup {
             keys: RandomState::new(),
             notes: HashMap::default(),
             held: VecDeque::new(),
             forced: Vec::new(),
             prune_at: 1024,
-            hold_ns: HOLD.as_nanos() as u64,
-            before_ns: BEFORE.as_nanos() as u64,
+            hold_ns: hold.as_nanos() as u64,
+            before_ns: before.as_nanos() as u64,
             suppressed: 0,
             released: 0,
             overflows: 0,
@@ -146,6 +153,11 @@ impl Dedup {
 
     fn key(&self, fact: Fact, path: &[u8]) -> u64 {
         self.keys.hash_one((fact, path))
+    }
+
+    /// How long events are held.
+    pub fn hold_duration(&self) -> Duration {
+        Duration::from_nanos(self.hold_ns)
     }
 
     /// Completeness events waiting.
