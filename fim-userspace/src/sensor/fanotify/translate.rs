@@ -86,9 +86,14 @@ impl Completeness {
     }
 
     fn event(&mut self, seen: &Seen, kind: EventKind, path: Vec<u8>, rule_id: u32) -> Event {
-        let actor = *seen
-            .actor
-            .get_or_init(|| self.actors.actor(seen.pid, seen.pidfd));
+        // fim's own activity is not reported: /proc is not read for it.
+        let actor = if seen.quiet {
+            Actor::default()
+        } else {
+            *seen
+                .actor
+                .get_or_init(|| self.actors.actor(seen.pid, seen.pidfd))
+        };
         let (flags, target) = if seen.ondir {
             let target = Target {
                 mode: libc::S_IFDIR,
@@ -126,29 +131,16 @@ impl Completeness {
         Some((join(&mark.path, name), mark.covers(name)?))
     }
 
-    /// The path of entry `name` of directory `dir`, marked or not (an unmarked directory is
-    /// opened by its handle and its path read back).
+    /// The path of entry `name` of directory `dir`, marked or not.
     fn resolve(&mut self, dir: &Handle, name: &[u8]) -> Option<Vec<u8>> {
         if let Some(mark) = self.tree.dir(dir) {
             return Some(join(&mark.path, name));
         }
-        let path = self
-            .mount_fds
-            .get(&dir.fsid)
-            .and_then(|mount| handle::open_handle(mount, dir).ok())
-            .and_then(|fd| handle::path_of(&fd));
-        match path {
-            Some(p) => Some(join(p.as_os_str().as_bytes(), name)),
-            None => {
-                self.unresolved += 1;
-                log::debug!("a directory handle of fsid {:x} has no path here", dir.fsid);
-                None
-            }
-        }
+        self.resolve_object(dir).map(|path| join(&path, name))
     }
 
-    /// The path of the object `handle` names now, opened by its handle (a directory, or a
-    /// file whose name is still in the kernel's cache, as right after a rename).
+    /// The path of the object `handle` names now, opened by its handle: a directory, or a
+    /// file whose name is still in the kernel's cache (as right after a rename).
     fn resolve_object(&mut self, handle: &Handle) -> Option<Vec<u8>> {
         let path = self
             .mount_fds
@@ -157,6 +149,7 @@ impl Completeness {
             .and_then(|fd| handle::path_of(&fd));
         if path.is_none() {
             self.unresolved += 1;
+            log::debug!("a file handle of fsid {:x} has no path here", handle.fsid);
         }
         path.map(|p| p.as_os_str().as_bytes().to_vec())
     }
@@ -166,7 +159,9 @@ impl Completeness {
         let Some((path, rule)) = self.watched_entry(dir, name) else {
             return;
         };
-        let mark = self.tree.dir(dir).cloned().unwrap_or_default();
+        let (recursive, file_rule) = self.tree.dir(dir).map_or((None, false), |mark| {
+            (mark.recursive, mark.files.iter().any(|(n, _)| n == name))
+        });
         let kind = if seen.ondir {
             EventKind::Mkdir
         } else {
@@ -174,10 +169,10 @@ impl Completeness {
         };
         Self::emit(seen, self.event(seen, kind, path.clone(), rule), out);
         if seen.ondir {
-            if let Some(recursive) = mark.recursive {
+            if let Some(recursive) = recursive {
                 self.adopt(&path, recursive, seen, out);
             }
-        } else if mark.files.iter().any(|(n, _)| n == name) {
+        } else if file_rule {
             // A file rule's file created anew: its inode gets the mark.
             let _ = self.watch_object(&path, rule, Origin::Rule);
         }
