@@ -21,8 +21,16 @@
 //! `--depth N` puts both directories N levels further down, where the filter's walk to the
 //! filesystem root is longer.
 //!
+//! `--fanotify` adds two rows for the tracepoint backend with its completeness layer
+//! (`sensor::fanotify`) running beside it, read the way the daemon reads them (the layer
+//! first, its events held and deduplicated against the kernel records): `fanotify` with
+//! the layer's inode marks on the watched tree, `fanotify-fs` with one filesystem mark
+//! (`FAN_MARK_FILESYSTEM`) and the filtering done in user space, the alternative the inode
+//! marks were chosen over. Their `layer/run` column counts the layer's events that no
+//! kernel record explained (the workload only makes syscalls: ideally none).
+//!
 //! Usage: fim-sensor-bench [--rounds R] [--iterations N] [--out FILE] [--profile]
-//! [--backends NAME,...] [--depth N]
+//! [--backends NAME,...] [--depth N] [--fanotify]
 
 use std::{
     ffi::CString,
@@ -37,7 +45,10 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use fim::sensor::{self, Backend, SensorConfig, WatchRoot};
+use fim::sensor::{
+    self, Backend, SensorConfig, WatchRoot,
+    fanotify::{Completeness, MarkScope},
+};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -92,6 +103,8 @@ enum Mode {
     /// A backend's attach points with programs that return at once.
     Floor(Backend),
     With(Backend),
+    /// The tracepoint backend with its completeness layer, marks in that scope.
+    WithLayer(MarkScope),
 }
 
 impl Mode {
@@ -102,6 +115,8 @@ impl Mode {
             Mode::Floor(Backend::Fentry) => "fentry-floor",
             Mode::Floor(Backend::Tracepoint) => "tp-floor",
             Mode::With(b) => b.name(),
+            Mode::WithLayer(MarkScope::Inodes) => "fanotify",
+            Mode::WithLayer(MarkScope::Filesystem) => "fanotify-fs",
         }
     }
 }
@@ -143,15 +158,69 @@ fn time_workload(dir: &Path, iterations: usize) -> Result<(f64, f64)> {
     Ok((started.elapsed().as_secs_f64(), children_cpu() - cpu_before))
 }
 
-/// A started sensor drained by its own thread until dropped.
+/// A started sensor (and completeness layer) drained by its own thread until dropped.
 struct Running {
     stop: Arc<AtomicBool>,
     events: Arc<AtomicU64>,
+    layer_events: Arc<AtomicU64>,
     thread: Option<std::thread::JoinHandle<u64>>,
 }
 
+/// What the draining thread holds.
+struct Drained {
+    sensor: sensor::Sensor,
+    layer: Option<Completeness>,
+    dedup: fim::pipeline::Dedup,
+    events: Arc<AtomicU64>,
+    layer_events: Arc<AtomicU64>,
+}
+
+impl Drained {
+    /// One wait for records, read as the daemon reads them: the layer first, and what it has
+    /// queued before a batch of kernel records is noted.
+    async fn once(&mut self) {
+        let (mut from_layer, mut from_kernel) = (Vec::new(), Vec::new());
+        match &mut self.layer {
+            Some(layer) => {
+                tokio::select! {
+                    biased;
+                    _ = layer.recv(&mut from_layer) => {}
+                    _ = self.sensor.recv(&mut from_kernel) => {
+                        let _ = layer.read_now(&mut from_layer);
+                    }
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+            }
+            None => {
+                let _ = tokio::time::timeout(
+                    Duration::from_millis(100),
+                    self.sensor.recv(&mut from_kernel),
+                )
+                .await;
+            }
+        }
+        for event in from_layer {
+            self.dedup.hold(event);
+        }
+        let now = sensor::fanotify::monotonic_ns();
+        for event in &from_kernel {
+            self.dedup.note(event, now);
+        }
+        self.events
+            .fetch_add(from_kernel.len() as u64, Ordering::Relaxed);
+        let mut released = Vec::new();
+        self.dedup.release(now, &mut released);
+        self.layer_events
+            .fetch_add(released.len() as u64, Ordering::Relaxed);
+    }
+
+    fn lost(&self) -> u64 {
+        self.sensor.lost_events().unwrap_or(0) + self.layer.as_ref().map_or(0, |l| l.lost_events())
+    }
+}
+
 impl Running {
-    fn start(backend: Backend, watched: &Path) -> Result<Running> {
+    fn start(backend: Backend, watched: &Path, layer: Option<MarkScope>) -> Result<Running> {
         let config = SensorConfig {
             roots: vec![WatchRoot {
                 path: watched.to_path_buf(),
@@ -162,41 +231,56 @@ impl Running {
         };
         let stop = Arc::new(AtomicBool::new(false));
         let events = Arc::new(AtomicU64::new(0));
+        let layer_events = Arc::new(AtomicU64::new(0));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let (stop2, events2) = (Arc::clone(&stop), Arc::clone(&events));
+        let (stop2, events2, layer2) = (
+            Arc::clone(&stop),
+            Arc::clone(&events),
+            Arc::clone(&layer_events),
+        );
         let thread = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("runtime");
             runtime.block_on(async move {
-                let mut sensor = match sensor::start(backend, &config).await {
-                    Ok(s) => {
+                let started = async {
+                    let sensor = sensor::start(backend, &config).await?;
+                    let layer = match layer {
+                        Some(scope) => {
+                            Some(Completeness::start_with(backend, &config.roots, scope).await?)
+                        }
+                        None => None,
+                    };
+                    anyhow::Ok((sensor, layer))
+                };
+                let mut drained = match started.await {
+                    Ok((sensor, layer)) => {
                         let _ = ready_tx.send(Ok(()));
-                        s
+                        Drained {
+                            sensor,
+                            layer,
+                            dedup: fim::pipeline::Dedup::new(),
+                            events: events2,
+                            layer_events: layer2,
+                        }
                     }
                     Err(e) => {
                         let _ = ready_tx.send(Err(format!("{e:#}")));
                         return 0;
                     }
                 };
-                let mut batch = Vec::new();
                 while !stop2.load(Ordering::Relaxed) {
-                    batch.clear();
-                    if let Ok(Ok(())) =
-                        tokio::time::timeout(Duration::from_millis(100), sensor.recv(&mut batch))
-                            .await
-                    {
-                        events2.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                    }
+                    drained.once().await;
                 }
-                sensor.lost_events().unwrap_or(0)
+                drained.lost()
             })
         });
         match ready_rx.recv() {
             Ok(Ok(())) => Ok(Running {
                 stop,
                 events,
+                layer_events,
                 thread: Some(thread),
             }),
             Ok(Err(e)) => {
@@ -207,8 +291,8 @@ impl Running {
         }
     }
 
-    /// Stops draining; returns (events seen, events lost).
-    fn finish(mut self) -> (u64, u64) {
+    /// Stops draining; returns (kernel events seen, layer events not explained, events lost).
+    fn finish(mut self) -> (u64, u64, u64) {
         // Let the drain catch up with the last records before stopping.
         std::thread::sleep(Duration::from_millis(300));
         self.stop.store(true, Ordering::Relaxed);
@@ -217,7 +301,11 @@ impl Running {
             .take()
             .map(|t| t.join().unwrap_or(0))
             .unwrap_or(0);
-        (self.events.load(Ordering::Relaxed), lost)
+        (
+            self.events.load(Ordering::Relaxed),
+            self.layer_events.load(Ordering::Relaxed),
+            lost,
+        )
     }
 }
 
@@ -277,13 +365,26 @@ fn bench(args: &[String]) -> Result<()> {
     };
     let mut modes = vec![Mode::None];
     for backend in wanted {
-        match Running::start(backend, &watched) {
+        match Running::start(backend, &watched, None) {
             Ok(running) => {
                 running.finish();
                 modes.push(Mode::Floor(backend));
                 modes.push(Mode::With(backend));
             }
             Err(e) => println!("backend {} not measured: {e}", backend.name()),
+        }
+    }
+    if args.iter().any(|a| a == "--fanotify") {
+        if !modes.contains(&Mode::With(Backend::Tracepoint)) {
+            bail!(
+                "--fanotify measures the tracepoint backend's completeness layer: the tracepoint backend must be measured too"
+            );
+        }
+        for scope in [MarkScope::Inodes, MarkScope::Filesystem] {
+            Running::start(Backend::Tracepoint, &watched, Some(scope))
+                .with_context(|| format!("starting the {} mode", Mode::WithLayer(scope).name()))?
+                .finish();
+            modes.push(Mode::WithLayer(scope));
         }
     }
     println!(
@@ -294,6 +395,7 @@ fn bench(args: &[String]) -> Result<()> {
     let mut times = vec![[Vec::new(), Vec::new()]; modes.len()];
     let mut cpu = vec![[Vec::new(), Vec::new()]; modes.len()];
     let mut seen = vec![[0u64; 2]; modes.len()];
+    let mut layer_seen = vec![[0u64; 2]; modes.len()];
     let mut lost = vec![0u64; modes.len()];
     // One untimed run per tree first: the first run after boot (or after the directories are
     // made) is slower by a few percent (the kernel's caches and slabs grow), and in a
@@ -315,7 +417,10 @@ fn bench(args: &[String]) -> Result<()> {
             }
             for (t, dir) in trees {
                 let running = match mode {
-                    Mode::With(b) => Some(Running::start(*b, &watched)?),
+                    Mode::With(b) => Some(Running::start(*b, &watched, None)?),
+                    Mode::WithLayer(scope) => {
+                        Some(Running::start(Backend::Tracepoint, &watched, Some(*scope))?)
+                    }
                     _ => None,
                 };
                 let floor = match mode {
@@ -328,8 +433,9 @@ fn bench(args: &[String]) -> Result<()> {
                 let (elapsed, cpu_s) = time_workload(dir, iterations)?;
                 drop(floor);
                 if let Some(r) = running {
-                    let (events, l) = r.finish();
+                    let (events, layer_events, l) = r.finish();
                     seen[m][t] += events;
+                    layer_seen[m][t] += layer_events;
                     lost[m] += l;
                 }
                 std::thread::sleep(SETTLE);
@@ -343,8 +449,8 @@ fn bench(args: &[String]) -> Result<()> {
     let mut baseline = [0.0f64; 2];
     let mut cpu_baseline = [0.0f64; 2];
     println!(
-        "{:<12} {:<10} {:>10} {:>8} {:>10} {:>8} {:>12} {:>6}",
-        "mode", "tree", "wall s", "ratio", "cpu s", "ratio", "events/run", "lost"
+        "{:<12} {:<10} {:>10} {:>8} {:>10} {:>8} {:>12} {:>6} {:>10}",
+        "mode", "tree", "wall s", "ratio", "cpu s", "ratio", "events/run", "lost", "layer/run"
     );
     for (m, mode) in modes.iter().enumerate() {
         for (t, tree) in ["unwatched", "watched"].iter().enumerate() {
@@ -357,8 +463,9 @@ fn bench(args: &[String]) -> Result<()> {
             let ratio = med / baseline[t];
             let cpu_ratio = cpu_med / cpu_baseline[t];
             let per_run = seen[m][t] / rounds as u64;
+            let layer_per_run = layer_seen[m][t] / rounds as u64;
             println!(
-                "{:<12} {:<10} {:>10.3} {:>7.3}x {:>10.3} {:>7.3}x {:>12} {:>6}",
+                "{:<12} {:<10} {:>10.3} {:>7.3}x {:>10.3} {:>7.3}x {:>12} {:>6} {:>10}",
                 mode.name(),
                 tree,
                 med,
@@ -366,12 +473,14 @@ fn bench(args: &[String]) -> Result<()> {
                 cpu_med,
                 cpu_ratio,
                 per_run,
-                lost[m]
+                lost[m],
+                layer_per_run
             );
             rows.push(serde_json::json!({
                 "mode": mode.name(), "tree": tree, "median_s": med, "ratio_to_none": ratio,
                 "samples_s": times[m][t],
                 "cpu_median_s": cpu_med, "cpu_ratio_to_none": cpu_ratio, "cpu_samples_s": cpu[m][t], "events_per_run": per_run, "lost": lost[m],
+                "layer_events_per_run": layer_per_run,
             }));
         }
     }
@@ -418,7 +527,7 @@ fn program_stats() -> std::collections::BTreeMap<u32, (String, u64, u64)> {
 /// One workload run with BPF statistics on: per program of this sensor, runs and mean cost.
 fn profile(backend: Backend, watched: &Path, tree: &str, dir: &Path, n: usize) -> Result<()> {
     let before_load = program_stats();
-    let running = Running::start(backend, watched)?;
+    let running = Running::start(backend, watched, None)?;
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
         .context("enabling BPF run-time statistics")?;
     let before = program_stats();
