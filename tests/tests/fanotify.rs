@@ -7,7 +7,7 @@
 
 use std::{
     ffi::CString,
-    os::unix::{ffi::OsStrExt, process::CommandExt},
+    os::unix::ffi::OsStrExt,
     path::{Path, PathBuf},
     process::Command,
     time::Duration,
@@ -361,46 +361,15 @@ fn fanotify_reports_changes_from_another_mount_namespace() {
     let mut t = start("ns", |w, _| std::fs::write(w.join("m"), b"before").unwrap());
     let mount_point = t.base.join("ns");
     std::fs::create_dir(&mount_point).unwrap();
-    let (source, target) = (
-        CString::new(t.watched.as_os_str().as_bytes()).unwrap(),
-        CString::new(mount_point.as_os_str().as_bytes()).unwrap(),
-    );
-    let mut command = Command::new(actor_path());
-    command.args(alias_ops(&mount_point.join("m")));
-    // SAFETY: only async-signal-safe syscalls between fork and exec, on memory prepared
-    // before the fork.
-    unsafe {
-        command.pre_exec(move || {
-            let none = std::ptr::null();
-            if libc::unshare(libc::CLONE_NEWNS) != 0
-                || libc::mount(
-                    c"none".as_ptr(),
-                    c"/".as_ptr(),
-                    none,
-                    libc::MS_REC | libc::MS_PRIVATE,
-                    none.cast(),
-                ) != 0
-                || libc::mount(
-                    source.as_ptr(),
-                    target.as_ptr(),
-                    none,
-                    libc::MS_BIND,
-                    none.cast(),
-                ) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = command
-        .spawn()
-        .expect("starting the actor in a new mount namespace");
-    let pid = child.id();
-    assert!(
-        child.wait().unwrap().success(),
-        "the actor failed in its namespace"
-    );
+    // The actor's own mount namespace, with the tree bind-mounted inside it only.
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "unshare-bind".into(),
+        t.watched.clone().into(),
+        mount_point.clone().into(),
+        "--".into(),
+    ];
+    args.extend(alias_ops(&mount_point.join("m")));
+    let pid = run_actor(&args).unwrap();
     let file = t.watched.join("m");
     let events = t.collect(|e| written_and_chmodded(e, pid, &file));
     assert!(
