@@ -102,6 +102,26 @@ impl Layer {
         })
     }
 
+    /// Runs the actor with `args` and waits for the one event it causes, a `kind` at `path`.
+    fn only_event(&mut self, args: &[&std::ffi::OsStr], kind: EventKind, path: &Path) -> Event {
+        let pid = run_actor(args).unwrap();
+        let events = self.collect(|e| has(e, pid, kind, path));
+        assert_eq!(events.len(), 1, "{:?}", show(&events));
+        all_at(&events, pid, path);
+        assert_eq!(events[0].kind, kind);
+        events.into_iter().next().unwrap()
+    }
+
+    /// Asserts that nothing of process `pid` arrives within [`QUIET`].
+    fn nothing_from(&mut self, pid: u32) {
+        let events = self.quiet();
+        assert!(
+            events.iter().all(|e| e.actor.tgid != pid),
+            "{:?}",
+            show(&events)
+        );
+    }
+
     /// Everything that arrives within [`QUIET`].
     fn quiet(&mut self) -> Vec<Event> {
         let layer = &mut self.layer;
@@ -124,6 +144,11 @@ fn has(events: &[Event], pid: u32, kind: EventKind, path: &Path) -> bool {
     events
         .iter()
         .any(|e| e.actor.tgid == pid && e.kind == kind && e.path == bytes(path))
+}
+
+/// Asserts that `events` hold a `kind` event of process `pid` at `path`.
+fn expect(events: &[Event], pid: u32, kind: EventKind, path: &Path) {
+    assert!(has(events, pid, kind, path), "{:?}", show(events));
 }
 
 fn show(events: &[Event]) -> Vec<String> {
@@ -166,16 +191,8 @@ fn fanotify_reports_io_uring_operations_with_their_actor() {
     let events = t.collect(|e| {
         has(e, pid, EventKind::Create, &file) && has(e, pid, EventKind::Written, &file)
     });
-    assert!(
-        has(&events, pid, EventKind::Create, &file),
-        "{:?}",
-        show(&events)
-    );
-    assert!(
-        has(&events, pid, EventKind::Written, &file),
-        "{:?}",
-        show(&events)
-    );
+    expect(&events, pid, EventKind::Create, &file);
+    expect(&events, pid, EventKind::Written, &file);
     all_at(&events, pid, &file);
     assert!(events.iter().all(|e| e.used_path.is_none()));
 
@@ -214,54 +231,53 @@ fn fanotify_reports_io_uring_operations_with_their_actor() {
     assert_eq!(std::fs::metadata(&file).unwrap().len(), 65536);
 
     let moved = t.watched.join("v");
-    let pid = run_actor(&["uring-rename".as_ref(), file.as_os_str(), moved.as_os_str()]).unwrap();
-    let events = t.collect(|e| has(e, pid, EventKind::Rename, &file));
-    assert_eq!(events.len(), 1, "{:?}", show(&events));
-    all_at(&events, pid, &file);
-    assert_eq!(events[0].path2, bytes(&moved));
-
-    let pid = run_actor(&["uring-unlink".as_ref(), moved.as_os_str()]).unwrap();
-    let events = t.collect(|e| has(e, pid, EventKind::Unlink, &moved));
-    assert_eq!(events.len(), 1, "{:?}", show(&events));
-    all_at(&events, pid, &moved);
+    let event = t.only_event(
+        &["uring-rename".as_ref(), file.as_os_str(), moved.as_os_str()],
+        EventKind::Rename,
+        &file,
+    );
+    assert_eq!(event.path2, bytes(&moved));
+    t.only_event(
+        &["uring-unlink".as_ref(), moved.as_os_str()],
+        EventKind::Unlink,
+        &moved,
+    );
 
     // A directory made through io_uring is watched at once.
     let dir = t.watched.join("d");
     let inner = dir.join("f");
-    let pid = run_actor(&["uring-mkdir".as_ref(), dir.as_os_str()]).unwrap();
-    let events = t.collect(|e| has(e, pid, EventKind::Mkdir, &dir));
-    assert_eq!(events.len(), 1, "{:?}", show(&events));
-    all_at(&events, pid, &dir);
+    t.only_event(
+        &["uring-mkdir".as_ref(), dir.as_os_str()],
+        EventKind::Mkdir,
+        &dir,
+    );
     let pid = run_actor(&["uring-create".as_ref(), inner.as_os_str(), "x".as_ref()]).unwrap();
     let events = t.collect(|e| has(e, pid, EventKind::Written, &inner));
-    assert!(
-        has(&events, pid, EventKind::Create, &inner),
-        "{:?}",
-        show(&events)
-    );
+    expect(&events, pid, EventKind::Create, &inner);
 
     // Out of the tree: a rename, the outside name found by the object's handle.
     let outside = t.unwatched.join("out");
-    let pid = run_actor(&[
-        "uring-rename".as_ref(),
-        inner.as_os_str(),
-        outside.as_os_str(),
-    ])
-    .unwrap();
-    let events = t.collect(|e| has(e, pid, EventKind::Rename, &inner));
-    assert_eq!(events.len(), 1, "{:?}", show(&events));
-    assert_eq!(events[0].path2, bytes(&outside));
-    let back = t.watched.join("back");
-    let pid = run_actor(&[
-        "uring-rename".as_ref(),
-        outside.as_os_str(),
-        back.as_os_str(),
-    ])
-    .unwrap();
+    let event = t.only_event(
+        &[
+            "uring-rename".as_ref(),
+            inner.as_os_str(),
+            outside.as_os_str(),
+        ],
+        EventKind::Rename,
+        &inner,
+    );
+    assert_eq!(event.path2, bytes(&outside));
     // Back in: the kernel names only the watched side, so it is a creation there.
-    let events = t.collect(|e| has(e, pid, EventKind::Create, &back));
-    assert_eq!(events.len(), 1, "{:?}", show(&events));
-    all_at(&events, pid, &back);
+    let back = t.watched.join("back");
+    t.only_event(
+        &[
+            "uring-rename".as_ref(),
+            outside.as_os_str(),
+            back.as_os_str(),
+        ],
+        EventKind::Create,
+        &back,
+    );
 
     // Nothing about the unwatched tree.
     let pid = run_actor(&[
@@ -270,12 +286,7 @@ fn fanotify_reports_io_uring_operations_with_their_actor() {
         "x".as_ref(),
     ])
     .unwrap();
-    let events = t.quiet();
-    assert!(
-        events.iter().all(|e| e.actor.tgid != pid),
-        "{:?}",
-        show(&events)
-    );
+    t.nothing_from(pid);
 }
 
 /// Unmounts on drop, so a failing test leaves no mount behind.
@@ -420,11 +431,7 @@ fn fanotify_reports_a_hard_link_outside_the_tree_at_the_watched_name() {
     // Through the watched name itself: no other name to tell.
     let pid = run_actor(&["write".as_ref(), file.as_os_str()]).unwrap();
     let events = t.collect(|e| has(e, pid, EventKind::Written, &file));
-    assert!(
-        has(&events, pid, EventKind::Written, &file),
-        "{:?}",
-        show(&events)
-    );
+    expect(&events, pid, EventKind::Written, &file);
     assert!(
         events.iter().all(|e| e.used_path.is_none()),
         "{:?}",
@@ -433,12 +440,7 @@ fn fanotify_reports_a_hard_link_outside_the_tree_at_the_watched_name() {
     // Forgotten names are not reported any more.
     assert!(t.layer.set_links(&[]).is_empty());
     let pid = run_actor(&["write".as_ref(), alias.as_os_str()]).unwrap();
-    let events = t.quiet();
-    assert!(
-        events.iter().all(|e| e.actor.tgid != pid),
-        "{:?}",
-        show(&events)
-    );
+    t.nothing_from(pid);
 }
 
 #[test]
@@ -458,11 +460,7 @@ fn fanotify_reports_a_directory_filled_as_soon_as_it_is_made() {
         })
     };
     let events = t.collect(|e| files.iter().all(|f| created(e, f)));
-    assert!(
-        has(&events, pid, EventKind::Mkdir, &dir),
-        "{:?}",
-        show(&events)
-    );
+    expect(&events, pid, EventKind::Mkdir, &dir);
     for f in &files {
         assert!(
             created(&events, f),
@@ -474,11 +472,7 @@ fn fanotify_reports_a_directory_filled_as_soon_as_it_is_made() {
     // Marked: a later write in it arrives.
     let pid = run_actor(&["uring-write".as_ref(), files[0].as_os_str(), "x".as_ref()]).unwrap();
     let events = t.collect(|e| has(e, pid, EventKind::Written, &files[0]));
-    assert!(
-        has(&events, pid, EventKind::Written, &files[0]),
-        "{:?}",
-        show(&events)
-    );
+    expect(&events, pid, EventKind::Written, &files[0]);
 }
 
 #[test]
@@ -500,16 +494,8 @@ fn fanotify_follows_a_renamed_directory() {
     ])
     .unwrap();
     let events = t.collect(|e| has(e, pid, EventKind::Written, &file));
-    assert!(
-        has(&events, pid, EventKind::Rename, &old),
-        "{:?}",
-        show(&events)
-    );
-    assert!(
-        has(&events, pid, EventKind::Written, &file),
-        "{:?}",
-        show(&events)
-    );
+    expect(&events, pid, EventKind::Rename, &old);
+    expect(&events, pid, EventKind::Written, &file);
     assert!(
         events
             .iter()
@@ -527,12 +513,7 @@ fn fanotify_follows_a_renamed_directory() {
         "x".as_ref(),
     ])
     .unwrap();
-    let events = t.quiet();
-    assert!(
-        events.iter().all(|e| e.actor.tgid != pid),
-        "{:?}",
-        show(&events)
-    );
+    t.nothing_from(pid);
 }
 
 #[test]
@@ -559,11 +540,7 @@ fn fanotify_set_roots_adds_a_root_and_removes_one() {
     for (path, rule) in [(&in_u, 7), (&in_w, RULE)] {
         let pid = write(path);
         let events = t.collect(|e| has(e, pid, EventKind::Written, path));
-        assert!(
-            has(&events, pid, EventKind::Written, path),
-            "{:?}",
-            show(&events)
-        );
+        expect(&events, pid, EventKind::Written, path);
         assert!(events.iter().all(|e| e.rule_id == rule));
     }
     let only_u = [root(&t.unwatched, 7)];
@@ -573,11 +550,7 @@ fn fanotify_set_roots_adds_a_root_and_removes_one() {
     assert!(t.quiet().iter().all(|e| e.actor.tgid != pid));
     let pid = write(&in_u);
     let events = t.collect(|e| has(e, pid, EventKind::Written, &in_u));
-    assert!(
-        has(&events, pid, EventKind::Written, &in_u),
-        "{:?}",
-        show(&events)
-    );
+    expect(&events, pid, EventKind::Written, &in_u);
 }
 
 #[test]
@@ -633,11 +606,7 @@ fn fanotify_watches_a_file_rule_through_an_atomic_save() {
     // The new file is the watched one now.
     let pid = run_actor(&["uring-write".as_ref(), conf.as_os_str(), "v3".as_ref()]).unwrap();
     let events = t.collect(|e| has(e, pid, EventKind::Written, &conf));
-    assert!(
-        has(&events, pid, EventKind::Written, &conf),
-        "{:?}",
-        show(&events)
-    );
+    expect(&events, pid, EventKind::Written, &conf);
     assert!(events.iter().all(|e| e.rule_id == 9));
 }
 
@@ -767,16 +736,8 @@ fn fanotify_beside_the_tracepoint_sensor_reports_a_change_once() {
         let u = watched.join("u");
         let pid = run_actor(&["uring-create".as_ref(), u.as_os_str(), "x".as_ref()]).unwrap();
         let (_, released) = pump(runtime, sensor, &mut layer, &mut dedup, |_| true);
-        assert!(
-            has(&released, pid, EventKind::Create, &u),
-            "{:?}",
-            show(&released)
-        );
-        assert!(
-            has(&released, pid, EventKind::Written, &u),
-            "{:?}",
-            show(&released)
-        );
+        expect(&released, pid, EventKind::Create, &u);
+        expect(&released, pid, EventKind::Written, &u);
     });
     let _ = std::fs::remove_dir_all(&base);
 }

@@ -28,21 +28,21 @@ fn c_path(path: &Path) -> io::Result<CString> {
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
 }
 
-/// Opens `path` (not following a final symlink) and reads its handle and type.
-pub fn open(path: &Path) -> io::Result<Opened> {
+/// `open(path, flags | O_CLOEXEC)`.
+fn open_path(path: &Path, flags: libc::c_int) -> io::Result<OwnedFd> {
     let c = c_path(path)?;
     // SAFETY: a valid NUL-terminated path.
-    let fd = unsafe {
-        libc::open(
-            c.as_ptr(),
-            libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-        )
-    };
+    let fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: just opened, owned here.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Opens `path` (not following a final symlink) and reads its handle and type.
+pub fn open(path: &Path) -> io::Result<Opened> {
+    let fd = open_path(path, libc::O_PATH | libc::O_NOFOLLOW)?;
     // SAFETY: fstat fills the struct it is given.
     let st = unsafe {
         let mut st: libc::stat = std::mem::zeroed();
@@ -115,19 +115,7 @@ pub fn handle_of(fd: &OwnedFd) -> io::Result<Handle> {
 /// A descriptor that `open_by_handle_at` accepts as the filesystem to look a handle up in
 /// (it must not be `O_PATH`): the directory at `path`.
 pub fn mount_fd(path: &Path) -> io::Result<OwnedFd> {
-    let c = c_path(path)?;
-    // SAFETY: a valid NUL-terminated path.
-    let fd = unsafe {
-        libc::open(
-            c.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: just opened, owned here.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    open_path(path, libc::O_RDONLY | libc::O_DIRECTORY)
 }
 
 /// Opens the object `handle` names (`O_PATH`), looked up in the filesystem of `mount`.
