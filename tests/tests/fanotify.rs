@@ -300,18 +300,22 @@ impl Drop for Mounted {
     }
 }
 
-fn bind(source: &Path, target: &Path) -> std::io::Result<()> {
+/// `mount(source, target, fstype, flags)`: a bind mount without a type, or a fresh
+/// filesystem of that type.
+fn mount(source: &Path, target: &Path, fstype: Option<&str>) -> std::io::Result<()> {
     let (s, t) = (
         CString::new(source.as_os_str().as_bytes()).unwrap(),
         CString::new(target.as_os_str().as_bytes()).unwrap(),
     );
-    // SAFETY: valid paths; a bind mount has no data.
+    let kind = fstype.map(|k| CString::new(k).unwrap());
+    let flags = if kind.is_some() { 0 } else { libc::MS_BIND };
+    // SAFETY: valid paths and type; no mount data.
     let rc = unsafe {
         libc::mount(
             s.as_ptr(),
             t.as_ptr(),
-            std::ptr::null(),
-            libc::MS_BIND,
+            kind.as_ref().map_or(std::ptr::null(), |k| k.as_ptr()),
+            flags,
             std::ptr::null(),
         )
     };
@@ -352,7 +356,7 @@ fn fanotify_reports_changes_through_a_bind_mount_at_the_watched_name() {
     });
     let mount_point = t.base.join("bind");
     std::fs::create_dir(&mount_point).unwrap();
-    bind(&t.watched, &mount_point).expect("bind-mounting the watched tree");
+    mount(&t.watched, &mount_point, None).expect("bind-mounting the watched tree");
     let _mounted = Mounted(mount_point.clone());
     let file = t.watched.join("b");
     let pid = run_actor(&alias_ops(&mount_point.join("b"))).unwrap();
@@ -740,4 +744,33 @@ fn fanotify_beside_the_tracepoint_sensor_reports_a_change_once() {
         expect(&released, pid, EventKind::Written, &u);
     });
     let _ = std::fs::remove_dir_all(&base);
+}
+
+#[test]
+fn fanotify_says_once_that_a_filesystem_below_a_root_cannot_be_marked() {
+    let mut t = start("pseudo", |w, _| {
+        std::fs::create_dir_all(w.join("kept/proc")).unwrap();
+    });
+    let target = t.watched.join("kept/proc");
+    // procfs encodes no file handles: fanotify cannot report on it.
+    mount(Path::new("proc"), &target, Some("proc")).expect("mounting a procfs");
+    let _mounted = Mounted(target.clone());
+    let roots = [WatchRoot {
+        path: t.watched.clone(),
+        rule_id: RULE,
+        recursive: true,
+    }];
+    let problems = t.layer.set_roots(&roots).unwrap();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].starts_with(&format!("{}: ", target.display()))
+            && problems[0].contains("file handles"),
+        "{problems:?}"
+    );
+    // The tree and `kept`; nothing of the procfs, and the directory it covers unmarked.
+    assert_eq!(t.layer.watched_directories(), 2);
+    let file = t.watched.join("kept/f");
+    let pid = run_actor(&["uring-create".as_ref(), file.as_os_str(), "x".as_ref()]).unwrap();
+    let events = t.collect(|e| has(e, pid, EventKind::Written, &file));
+    expect(&events, pid, EventKind::Create, &file);
 }

@@ -174,6 +174,9 @@ pub(super) fn mark_problem(path: &Path, error: &io::Error) -> String {
             "{shown}: on a filesystem (subvolume) whose id differs from its filesystem's, \
              which this kernel cannot mark"
         ),
+        Some(libc::ENOENT | libc::EACCES | libc::ELOOP | libc::ENOTDIR) => {
+            format!("{shown}: {error}")
+        }
         Some(libc::ENOSPC) => format!(
             "{shown}: the fanotify mark limit is reached (fs.fanotify.max_user_marks is {}; \
              raise it with sysctl)",
@@ -340,7 +343,7 @@ impl Completeness {
                 Ok(o) if o.is_dir => o,
                 Ok(_) => continue,
                 Err(e) => {
-                    problems.push(format!("{}: {e}", shown.display()));
+                    problems.push(mark_problem(&shown, &e));
                     continue;
                 }
             };
