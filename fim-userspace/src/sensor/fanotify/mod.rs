@@ -105,6 +105,8 @@ pub struct Completeness {
     /// Handles of unmarked directories that could not be turned into a path.
     unresolved: u64,
     me: i32,
+    /// What one read fills.
+    buf: Vec<u8>,
 }
 
 /// CLOCK_MONOTONIC in ns: the clock of the kernel records' `bpf_ktime_get_ns`.
@@ -227,6 +229,7 @@ impl Completeness {
             malformed: 0,
             unresolved: 0,
             me: std::process::id() as i32,
+            buf: vec![0; READ_BUFFER],
         };
         layer.self_test(SELF_TEST_TIMEOUT).await?;
         for problem in layer.set_roots(roots)? {
@@ -290,14 +293,14 @@ impl Completeness {
 
     /// Waits for the next read that returns something.
     async fn read_raw(&mut self) -> Result<Decoded> {
+        let buf = &mut self.buf;
         loop {
             let mut guard = self
                 .group
                 .readable()
                 .await
                 .context("waiting on the fanotify group")?;
-            let mut buf = vec![0u8; READ_BUFFER];
-            match guard.try_io(|group| read(group.get_ref(), &mut buf)) {
+            match guard.try_io(|group| read(group.get_ref(), buf)) {
                 Ok(Ok(n)) => return Ok(decode::decode(&buf[..n])),
                 Ok(Err(e)) => return Err(e).context("reading the fanotify group"),
                 Err(_would_block) => continue,
@@ -466,11 +469,10 @@ impl Completeness {
     /// that explains it would be reported twice.
     pub fn read_now(&mut self, out: &mut Vec<Event>) -> Result<()> {
         out.extend(self.pending.drain(..));
-        let mut buf = vec![0u8; READ_BUFFER];
         loop {
-            match read(self.group.get_ref(), &mut buf) {
+            match read(self.group.get_ref(), &mut self.buf) {
                 Ok(n) => {
-                    let decoded = decode::decode(&buf[..n]);
+                    let decoded = decode::decode(&self.buf[..n]);
                     self.translate_all(decoded, out);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
