@@ -347,6 +347,10 @@ pub mod watch {
 /// set.
 pub const DCACHE_GEN_UNTRACKED: u64 = 1 << 63;
 
+/// Entries of the eBPF map of process start times by pid (`STARTED`, the tracepoint
+/// backend's fork program): least recently used pids go first.
+pub const STARTED_ENTRIES: u32 = 65_536;
+
 /// Value of the watched-roots map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -12,6 +12,7 @@ mod dirmemo;
 mod emit;
 mod exec;
 mod filter;
+mod forks;
 mod hooks;
 mod kernel;
 mod path;
@@ -579,6 +580,13 @@ macro_rules! exec_program {
 exec_program!(exec_lsm, Backend::Lsm);
 exec_program!(exec_fentry, Backend::Fentry);
 exec_program!(exec_tracepoint, Backend::Tracepoint);
+
+/// A process or thread forked: its start time by pid, for the completeness layer's actors.
+#[tracepoint]
+pub fn tp_fork(ctx: TracePointContext) -> u32 {
+    let _ = forks::fork(&ctx);
+    0
+}
 
 /// close(fd): a tracked writer's close is `Modified`; reported at enter, while the fd is valid.
 #[tracepoint]

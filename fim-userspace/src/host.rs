@@ -76,6 +76,40 @@ pub fn ensure_tracefs() -> Result<()> {
     mount_pseudo_fs("tracefs", TRACEFS)
 }
 
+/// The offset of `field` in the records of tracepoint `category:event`, from its format in
+/// tracefs (layouts differ between kernels).
+pub fn tracepoint_field_offset(category: &str, event: &str, field: &str) -> Result<u32> {
+    let format = [TRACEFS, "/sys/kernel/debug/tracing"]
+        .iter()
+        .map(|root| {
+            Path::new(root)
+                .join("events")
+                .join(category)
+                .join(event)
+                .join("format")
+        })
+        .find(|p| p.exists())
+        .with_context(|| format!("no format for tracepoint {category}:{event}"))?;
+    let text =
+        fs::read_to_string(&format).with_context(|| format!("reading {}", format.display()))?;
+    field_offset(&text, field).with_context(|| format!("no field {field} in {}", format.display()))
+}
+
+/// `offset:N` of the line declaring `field` in a tracepoint format.
+fn field_offset(format: &str, field: &str) -> Option<u32> {
+    format.lines().find_map(|line| {
+        let mut parts = line.trim().split(';');
+        let decl = parts.next()?.strip_prefix("field:")?;
+        if decl.rsplit(' ').next()? != field {
+            return None;
+        }
+        parts
+            .find_map(|p| p.trim().strip_prefix("offset:"))?
+            .parse()
+            .ok()
+    })
+}
+
 /// The active LSMs in order, from securityfs (mounted on demand).
 pub fn active_lsms() -> Result<Vec<String>> {
     let list = Path::new(SECURITYFS).join("lsm");
@@ -148,5 +182,27 @@ ffffffffc0001000 d rename_lock\t[some_module]
         assert_eq!(symbol_in("", "rename_lock"), None);
         let module_only = "ffffffffc0001000 d rename_lock\t[some_module]\n";
         assert_eq!(symbol_in(module_only, "rename_lock"), None);
+    }
+}
+
+#[cfg(test)]
+mod format_tests {
+    use super::field_offset;
+
+    /// Both layouts of `sched_process_fork`: fixed comms (6.1, 6.12) and `__data_loc` ones.
+    #[test]
+    fn a_field_offset_is_read_from_either_layout() {
+        let fixed = "\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;\n\n\
+                     \tfield:char parent_comm[16];\toffset:8;\tsize:16;\tsigned:0;\n\
+                     \tfield:pid_t parent_pid;\toffset:24;\tsize:4;\tsigned:1;\n\
+                     \tfield:char child_comm[16];\toffset:28;\tsize:16;\tsigned:0;\n\
+                     \tfield:pid_t child_pid;\toffset:44;\tsize:4;\tsigned:1;\n";
+        assert_eq!(field_offset(fixed, "child_pid"), Some(44));
+        assert_eq!(field_offset(fixed, "parent_pid"), Some(24));
+        let data_loc = "\tfield:__data_loc char[] child_comm;\toffset:16;\tsize:4;\tsigned:0;\n\
+                        \tfield:pid_t child_pid;\toffset:20;\tsize:4;\tsigned:1;\n";
+        assert_eq!(field_offset(data_loc, "child_pid"), Some(20));
+        assert_eq!(field_offset(data_loc, "child_comm"), Some(16));
+        assert_eq!(field_offset(data_loc, "pid"), None);
     }
 }

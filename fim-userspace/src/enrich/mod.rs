@@ -299,7 +299,10 @@ impl ProcessCache {
             .last_exec
             .get(&k.tgid)
             .filter(|(_, start, comm)| {
-                self.within_a_tick(*start, k.start_boottime_ns) && *comm == k.comm
+                // No comm: the process was gone when the layer read its event, and its start
+                // time came from the sensor's record of its fork (`Sensor::process_start`).
+                self.within_a_tick(*start, k.start_boottime_ns)
+                    && (*comm == k.comm || k.comm == [0; 16])
             })
             .and_then(|exec_key| self.cache.get(exec_key))
             .cloned();

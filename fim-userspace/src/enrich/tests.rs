@@ -185,6 +185,32 @@ fn a_completeness_actor_finds_the_exec_record_of_its_process_only() {
     assert_eq!(renamed.actor.exe, None);
 }
 
+/// A process gone before the layer read its event: no comm, and the start time the sensor
+/// recorded at its fork (to the microsecond, not the tick). Its exec record is found by pid
+/// and start time; a later process with that pid is not it.
+#[test]
+fn a_gone_completeness_actor_is_found_by_its_recorded_fork() {
+    let pid = u32::MAX - 11;
+    let exec_start = 7_000_000_000;
+    let mut exec = event_of(pid, exec_start, "tool");
+    exec.kind = EventKind::Exec;
+    exec.path = b"/usr/bin/tool".to_vec();
+    exec.flags = flags::PATH2_IS_STRING;
+    let mut cache = ProcessCache::new();
+    cache.exec(&exec);
+    let gone = |start: u64| {
+        let mut event = event_of(pid, start, "");
+        event.actor.comm = [0; 16];
+        event.source = crate::sensor::Source::Fanotify;
+        event
+    };
+    let p = cache.actor(&gone(exec_start + 40_000));
+    assert_eq!(p.actor.exe.as_deref(), Some(&b"/usr/bin/tool"[..]));
+    let later = cache.actor(&gone(exec_start + 2_000_000_000));
+    assert_eq!(later.actor.exe, None);
+    assert_eq!(later.actor.pid, Some(pid));
+}
+
 #[test]
 fn a_completeness_actor_with_only_a_pid_is_only_a_pid() {
     let mut cache = ProcessCache::new();

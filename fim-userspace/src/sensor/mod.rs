@@ -101,6 +101,10 @@ pub struct Sensor {
     path_memo: bool,
     /// Watched regular files with more than one link (see [`Sensor::watch_links`]).
     linked: BpfHashMap<MapData, WatchKey, WatchValue>,
+    /// Process start times (CLOCK_BOOTTIME ns) by pid, from the fork program.
+    started: BpfHashMap<MapData, u32, u64>,
+    /// The fork program runs and knows where its tracepoint keeps the child's pid.
+    starts_recorded: bool,
     /// The keys user space put into `linked`, and when (kernel insertions on link hooks are
     /// learnt from their records, see `note_link`).
     linked_known: std::collections::HashMap<WatchKey, std::time::Instant>,
@@ -165,10 +169,21 @@ impl Sensor {
                  name of its path"
             );
         }
+        // Where the fork tracepoint's record has the child's pid (tracepoint backend only).
+        let fork_child_pid = if backend == Backend::Tracepoint {
+            host::tracepoint_field_offset("sched", "sched_process_fork", "child_pid")
+                .unwrap_or_else(|e| {
+                    log::warn!("process start times are not recorded: {e:#}");
+                    0
+                })
+        } else {
+            0
+        };
         let mut ebpf = EbpfLoader::new()
             .override_global("OFFSETS", &offsets, true)
             .override_global("RENAME_LOCK", &rename_lock, true)
             .override_global("MOUNT_LOCK", &mount_lock, true)
+            .override_global("FORK_CHILD_PID", &fork_child_pid, true)
             .map_max_entries("EVENTS", config.ring_buffer_bytes)
             .load(EBPF_OBJECT)
             .context("loading fim's embedded eBPF object (maps)")?;
@@ -188,6 +203,7 @@ impl Sensor {
         let excluded =
             BpfHashMap::try_from(take(&mut ebpf, "EXCLUDED")?).context("EXCLUDED map")?;
         let linked = BpfHashMap::try_from(take(&mut ebpf, "LINKED")?).context("LINKED map")?;
+        let started = BpfHashMap::try_from(take(&mut ebpf, "STARTED")?).context("STARTED map")?;
         let watched_bits = aya::maps::Array::try_from(take(&mut ebpf, "WATCHED_BITS")?)
             .context("WATCHED_BITS map")?;
         let prefix_bits = aya::maps::Array::try_from(take(&mut ebpf, "PREFIX_BITS")?)
@@ -221,6 +237,8 @@ impl Sensor {
             path_memo: mount_lock != 0,
             linked,
             linked_known: std::collections::HashMap::new(),
+            started,
+            starts_recorded: false,
             excluded,
             excluded_bits,
             excluded_bitmap: Bitmap::of(std::iter::empty()),
@@ -253,6 +271,16 @@ impl Sensor {
         for spec in specs {
             let attached = attach_program(&mut sensor._ebpf, spec, btf.as_ref())
                 .with_context(|| format!("{} backend on kernel {release}", backend.name()));
+            if spec.name == programs::FORK {
+                match attached {
+                    Ok(()) => sensor.starts_recorded = fork_child_pid != 0,
+                    Err(e) => log::warn!(
+                        "process start times are not recorded (an actor only the completeness \
+                         layer saw is reported by pid alone once it has exited): {e:#}"
+                    ),
+                }
+                continue;
+            }
             if spec.name == programs::D_MOVE {
                 match attached {
                     Ok(()) => {
@@ -284,6 +312,16 @@ impl Sensor {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// When the latest process (or thread) with pid `pid` started (CLOCK_BOOTTIME ns, the
+    /// clock of the records' start times), if the sensor saw it fork. The tracepoint backend
+    /// only.
+    pub fn process_start(&self, pid: u32) -> Option<u64> {
+        if !self.starts_recorded {
+            return None;
+        }
+        self.started.get(&pid, 0).ok()
     }
 
     /// Whether the kernel side memoises directory verdicts (lsm and fentry; it needs

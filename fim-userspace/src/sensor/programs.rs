@@ -104,6 +104,11 @@ macro_rules! tp {
     };
 }
 
+/// Records process start times by pid (fim-ebpf's forks.rs), in the tracepoint backend.
+/// Optional: without it an actor only the completeness layer saw, and that exited before fim
+/// read its event, is reported by pid alone.
+pub const FORK: &str = "tp_fork";
+
 /// Counts directory moves for the memos (fim-ebpf's dirmemo.rs), in both the lsm and the
 /// fentry backend. Optional: without it (a kernel whose BTF lacks `__d_move`, or that cannot
 /// trace it) the memos stay off and every event walks.
@@ -203,6 +208,16 @@ static FEXIT: &[ProgramSpec] = &[
 
 static TRACEPOINT: &[ProgramSpec] = &[
     exec!("exec_tracepoint"),
+    // Process start times by pid, for the completeness layer's actors (fim-ebpf's forks.rs).
+    ProgramSpec {
+        name: FORK,
+        attach: Attach::Tracepoint {
+            category: "sched",
+            name: "sched_process_fork",
+        },
+        params: &[],
+        optional: true,
+    },
     tp!("tp_enter_unlink", &["sys_enter_unlink"]),
     tp!("tp_enter_unlinkat", &["sys_enter_unlinkat"]),
     tp!("tp_enter_rmdir", &["sys_enter_rmdir"]),
