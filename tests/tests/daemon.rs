@@ -190,11 +190,9 @@ fn changes_are_reported_with_attribution_stored_and_counted() {
     }
     let before = events(&output, &tree).len();
     let daemon = Daemon::start(&config);
-    wait_until(
-        "the second downtime's changes",
-        START_SCAN_TIMEOUT,
-        || events(&output, &tree).len() >= before + 2,
-    );
+    wait_until("the second downtime's changes", START_SCAN_TIMEOUT, || {
+        events(&output, &tree).len() >= before + 2
+    });
     wait_until(
         "the integrity alert metric",
         Duration::from_secs(10),

@@ -1,5 +1,5 @@
 //! Evasions: a change to a watched file made through another name, link, mount, namespace,
-//! chroot, file handle or system call is reported in realtime, at its watched name, with its
+//! chroot, file handle, system call or submission interface (io_uring) is reported in realtime, at its watched name, with its
 //! actor, on every backend (natively the tracepoint backend; in the VMs lsm, fentry and
 //! tracepoint). The daemon runs in this process (`fim run`'s pipeline) on the backend under
 //! test; a separate process (`fim-test-actor`) makes each change, and the test looks for the
@@ -22,6 +22,8 @@ use serde_json::Value;
 
 const CREATE: i64 = 1;
 const UPDATE: i64 = 3;
+const DELETE: i64 = 4;
+const RENAME: i64 = 5;
 const SET_ATTRIBUTES: i64 = 6;
 
 /// What must show up for one change.
@@ -108,6 +110,11 @@ fn place() -> Place {
         "via-sendfile",
         "punched",
         "leaderless",
+        "uring-written",
+        "uring-renamed",
+        "uring-unlinked",
+        "uring-fallocated",
+        "via-uring-link",
     ] {
         std::fs::write(
             watched.join(name),
@@ -117,6 +124,11 @@ fn place() -> Place {
     }
     std::os::unix::fs::symlink(watched.join("via-symlink"), outside.join("symlink")).unwrap();
     std::fs::hard_link(watched.join("via-link"), outside.join("hardlink")).unwrap();
+    std::fs::hard_link(
+        watched.join("via-uring-link"),
+        outside.join("uring-hardlink"),
+    )
+    .unwrap();
     std::fs::write(outside.join("source"), b"content from outside\n").unwrap();
     std::fs::write(outside.join("linked-later"), b"an outside file\n").unwrap();
     for name in ["bind", "ns-bind", "ns-root"] {
@@ -268,6 +280,59 @@ fn scenarios(p: &Place) -> Vec<Scenario> {
             name: "write by a thread of a process whose leader exited",
             actor: args(&[&"leaderless-write", &w.join("leaderless")]),
             expect: vec![e(w.join("leaderless"), UPDATE, None)],
+        },
+        // io_uring only: no open, write, rename, unlink or mkdir system call is made (the
+        // actor's uring-* operations), which blinds monitors built on syscall tracepoints.
+        Scenario {
+            name: "create and write with io_uring only",
+            actor: args(&[
+                &"uring-create",
+                &w.join("sub/uring-created"),
+                &"made by io_uring",
+            ]),
+            expect: vec![e(w.join("sub/uring-created"), CREATE, None)],
+        },
+        Scenario {
+            name: "write with io_uring only",
+            actor: args(&[
+                &"uring-write",
+                &w.join("uring-written"),
+                &"changed by io_uring",
+            ]),
+            expect: vec![e(w.join("uring-written"), UPDATE, None)],
+        },
+        Scenario {
+            name: "rename with io_uring only",
+            actor: args(&[
+                &"uring-rename",
+                &w.join("uring-renamed"),
+                &w.join("sub/uring-renamed"),
+            ]),
+            expect: vec![e(w.join("uring-renamed"), RENAME, None)],
+        },
+        Scenario {
+            name: "unlink with io_uring only",
+            actor: args(&[&"uring-unlink", &w.join("uring-unlinked")]),
+            expect: vec![e(w.join("uring-unlinked"), DELETE, None)],
+        },
+        Scenario {
+            name: "fallocate with io_uring only",
+            actor: args(&[&"uring-fallocate", &w.join("uring-fallocated"), &"65536"]),
+            expect: vec![e(w.join("uring-fallocated"), UPDATE, None)],
+        },
+        Scenario {
+            name: "mkdir with io_uring only",
+            actor: args(&[&"uring-mkdir", &w.join("uring-dir")]),
+            expect: vec![e(w.join("uring-dir"), CREATE, None)],
+        },
+        Scenario {
+            name: "write with io_uring through a hard link outside the tree",
+            actor: args(&[
+                &"uring-write",
+                &o.join("uring-hardlink"),
+                &"changed by io_uring",
+            ]),
+            expect: vec![e(w.join("via-uring-link"), UPDATE, None)],
         },
     ]
 }

@@ -2,9 +2,11 @@
 //! matches rules and assembles changes into jobs for the change worker; every `TICK` it ends
 //! idle write sessions, watches the sensor's losses and exports the gauges.
 //!
-//! Each event source is one branch of the `select!` in `EventLoop::run`. Another source (a
-//! second sensor layer, say) is one more branch: its events go through `EventLoop::event` like
-//! the sensor's, then `EventLoop::feed_jobs` hands the resulting jobs to the worker.
+//! Each event source is one branch of the `select!` in `EventLoop::run`: the sensor, the
+//! completeness layer beside the tracepoint backend (`completeness`: its events are held until
+//! the kernel records that explain them had their chance, then released at a tick), the linked
+//! files a rescan found. Events go through `EventLoop::event`, then `EventLoop::feed_jobs`
+//! hands the resulting jobs to the worker.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -19,9 +21,10 @@ use crate::config::Config;
 use crate::enrich::ProcessCache;
 use crate::metrics::Metrics;
 use crate::pipeline::{Aliases, Assembler, Classifier, Job, Observation, Verdict};
-use crate::sensor::{Event, EventKind, Sensor, WatchRoot};
+use crate::sensor::{Event, EventKind, Sensor, Source, WatchRoot};
 use crate::store::StoreWriter;
 
+use super::completeness::{self, Layer};
 use super::feeder::Feeder;
 use super::links;
 use super::outputs::{report_loss, writer_health};
@@ -52,6 +55,12 @@ struct Losses {
 /// What the event loop holds between events.
 pub(super) struct EventLoop {
     sensor: Sensor,
+    /// The completeness layer (fanotify) beside the tracepoint backend, or nothing.
+    layer: Layer,
+    /// Its lost and malformed events at the last tick.
+    layer_trouble_seen: (u64, u64),
+    /// Events the layer released, reused between ticks.
+    released: Vec<Event>,
     backend: &'static str,
     metrics: Arc<Metrics>,
     writer: Arc<StoreWriter>,
@@ -98,6 +107,9 @@ impl EventLoop {
             .collect();
         EventLoop {
             sensor: started.sensor,
+            layer: started.layer,
+            layer_trouble_seen: (0, 0),
+            released: Vec::new(),
             backend,
             metrics: started.metrics,
             writer: started.writer,
@@ -129,8 +141,19 @@ impl EventLoop {
                     received?;
                     self.sensor_records();
                 }
+                received = self.layer.recv() => {
+                    if let Err(e) = received {
+                        self.layer_failed(e);
+                    }
+                }
                 Some(scan) = self.worker.linked.recv() => {
-                    links::apply_scan(&mut self.sensor, &mut self.aliases, &self.roots, scan);
+                    links::apply_scan(
+                        &mut self.sensor,
+                        &mut self.layer,
+                        &mut self.aliases,
+                        &self.roots,
+                        scan,
+                    );
                 }
                 _ = self.tick.tick() => self.tick(),
                 _ = &mut stop => return Ok(()),
@@ -142,6 +165,10 @@ impl EventLoop {
     fn sensor_records(&mut self) {
         self.metrics
             .kernel_records(self.backend, self.batch.len() as u64);
+        // The layer's events of the same operations are held before these records are noted.
+        if let Err(e) = self.layer.read_now() {
+            self.layer_failed(e);
+        }
         let mut batch = std::mem::take(&mut self.batch);
         for event in batch.drain(..) {
             self.event(event);
@@ -152,7 +179,16 @@ impl EventLoop {
 
     /// One event: attributed, matched with the rules, and assembled into changes (the jobs
     /// wait in `jobs` until `feed_jobs`).
-    fn event(&mut self, event: Event) {
+    fn event(&mut self, mut event: Event) {
+        // An actor the completeness layer could not read in /proc (gone already): its start
+        // time from the sensor's record of its fork ties it to its exec record.
+        if event.source == Source::Fanotify
+            && event.actor.start_boottime_ns == 0
+            && event.actor.tgid != 0
+            && let Some(start) = self.sensor.process_start(event.actor.tgid)
+        {
+            event.actor.start_boottime_ns = start;
+        }
         // An excluded executable starting: drop that process in the kernel too.
         if event.kind == EventKind::Exec
             && self.excluded_exes.contains(&event.path)
@@ -178,9 +214,12 @@ impl EventLoop {
 
     /// A change to report, into its write session or its job.
     fn observe(&mut self, o: Observation) {
+        self.layer.note(&o.event);
+        self.layer.new_name(&o.event);
         if o.event.kind == EventKind::Link && o.rule2.is_some() {
             links::note_link(
                 &mut self.sensor,
+                &mut self.layer,
                 &mut self.aliases,
                 &self.roots,
                 &o.event.path2,
@@ -232,6 +271,7 @@ impl EventLoop {
     /// Every `TICK`: idle write sessions end, overflowed paths get their rescan, losses are
     /// answered, the gauges are set.
     fn tick(&mut self) {
+        self.release_layer_events();
         let now = clock_ns_monotonic();
         self.assembler.tick(now, &mut self.jobs);
         self.feed_jobs();
@@ -241,6 +281,46 @@ impl EventLoop {
         self.rescan_after_loss_once_drained();
         self.report_losses_if_due();
         self.set_gauges();
+    }
+
+    /// The completeness layer's events that no kernel record explained, now due.
+    fn release_layer_events(&mut self) {
+        self.layer.release(&mut self.released);
+        self.layer_events();
+    }
+
+    fn layer_events(&mut self) {
+        if self.released.is_empty() {
+            return;
+        }
+        self.metrics
+            .kernel_records(completeness::LABEL, self.released.len() as u64);
+        let mut released = std::mem::take(&mut self.released);
+        for event in released.drain(..) {
+            self.event(event);
+        }
+        self.released = released;
+        self.feed_jobs();
+    }
+
+    /// The completeness layer failed: it stops (what it held is reported), the failure is
+    /// recorded, and the watched roots are rescanned for what it may have missed.
+    fn layer_failed(&mut self, e: anyhow::Error) {
+        let detail = format!(
+            "the completeness layer stopped: {e:#}; changes the tracepoint backend cannot see \
+             are found by rescans only from now on"
+        );
+        log::error!("{detail}");
+        writer_health(
+            &self.writer,
+            completeness::UNAVAILABLE,
+            self.backend,
+            detail,
+            0,
+        );
+        self.layer.stop(&mut self.released);
+        self.layer_events();
+        self.after_loss();
     }
 
     /// The sensor's lost and malformed records, counted; a new loss is answered at once.
@@ -253,6 +333,24 @@ impl EventLoop {
         if lost > self.losses.seen {
             self.losses.unreported += lost - self.losses.seen;
             self.losses.seen = lost;
+            self.after_loss();
+        }
+        self.count_layer_trouble();
+    }
+
+    /// The same for the completeness layer: its queue overflowing loses events like a full
+    /// ring, and is answered the same way.
+    fn count_layer_trouble(&mut self) {
+        let Some((lost, malformed)) = self.layer.trouble() else {
+            return;
+        };
+        let (lost_seen, malformed_seen) = self.layer_trouble_seen;
+        self.metrics.set_lost(completeness::LABEL, lost);
+        self.metrics
+            .malformed(malformed.saturating_sub(malformed_seen));
+        self.layer_trouble_seen = (lost, malformed);
+        if lost > lost_seen {
+            self.losses.unreported += lost - lost_seen;
             self.after_loss();
         }
     }
@@ -318,10 +416,12 @@ impl EventLoop {
             .set_backpressure_totals(self.feeder.overflowed, self.assembler.evicted);
     }
 
-    /// Stops in order: the losses not yet reported, the write sessions still open (their jobs
+    /// Stops in order: the completeness layer's held events, the losses not yet reported, the write sessions still open (their jobs
     /// go to the worker), the worker (it writes out everything queued), the stop row, the
     /// store writer, and last the sensor.
-    pub(super) fn shutdown(self) -> Result<()> {
+    pub(super) fn shutdown(mut self) -> Result<()> {
+        self.layer.finish(&mut self.released);
+        self.layer_events();
         let EventLoop {
             sensor,
             backend,

@@ -11,6 +11,7 @@ use crate::pipeline::{Aliases, InodeNames, NoNames};
 use crate::sensor::{Sensor, WatchRoot};
 use crate::store::{DATABASE_FILE, ReadOnlyStore, Store};
 
+use super::completeness::Layer;
 use super::rescan::LinkedScan;
 
 /// The baseline's paths by inode, read through a read-only connection of the event loop's
@@ -57,9 +58,11 @@ fn rule_of(roots: &[WatchRoot], path: &[u8]) -> u32 {
 }
 
 /// What a rescan found linked goes to the sensor (their inodes are watched through every
-/// name) and to the resolver (their other watched names are reported too).
+/// name), to the completeness layer (the same, through fanotify marks on the watched names)
+/// and to the resolver (their other watched names are reported too).
 pub(super) fn apply_scan(
     sensor: &mut Sensor,
+    layer: &mut Layer,
     aliases: &mut Aliases,
     roots: &[WatchRoot],
     scan: LinkedScan,
@@ -79,6 +82,7 @@ pub(super) fn apply_scan(
     if scan.everything {
         sensor.prune_links(&keys, scan.started);
     }
+    layer.linked(&scan.files, |path| rule_of(roots, path), scan.everything);
     aliases.set_linked(keys, scan.everything);
 }
 
@@ -87,6 +91,7 @@ pub(super) fn apply_scan(
 /// tracepoint backend's user space learns it here).
 pub(super) fn note_link(
     sensor: &mut Sensor,
+    layer: &mut Layer,
     aliases: &mut Aliases,
     roots: &[WatchRoot],
     watched: &[u8],
@@ -98,6 +103,8 @@ pub(super) fn note_link(
     if !meta.is_file() {
         return;
     }
-    sensor.note_link(meta.dev(), meta.ino(), rule_of(roots, watched));
+    let rule_id = rule_of(roots, watched);
+    sensor.note_link(meta.dev(), meta.ino(), rule_id);
+    layer.link(path, rule_id);
     aliases.set_linked([(meta.dev(), meta.ino())], false);
 }

@@ -22,6 +22,7 @@ use crate::sensor::{Backend, WatchRoot};
 /// Why a rescan runs after kernel records were lost (see `loss_rescan_queued`).
 const LOSS: &str = "kernel loss";
 
+mod completeness;
 mod event_loop;
 mod feeder;
 mod links;

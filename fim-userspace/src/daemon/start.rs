@@ -17,6 +17,7 @@ use crate::metrics::{self, Metrics};
 use crate::sensor::{self, Backend, Sensor, SensorConfig, WatchRoot};
 use crate::store::{IntegrityReport, Store, StoreWriter, WriterSettings};
 
+use super::completeness::{Layer, UNAVAILABLE};
 use super::outputs::Outputs;
 use super::worker::{self, WorkerHandle};
 use super::{release_free_memory, sensor_roots};
@@ -28,6 +29,8 @@ pub(super) struct Started {
     pub(super) rules: Arc<RuleSet>,
     pub(super) roots: Vec<WatchRoot>,
     pub(super) sensor: Sensor,
+    /// The completeness layer beside the tracepoint backend.
+    pub(super) layer: Layer,
     /// Epoch minus monotonic time, for the kernel's timestamps.
     pub(super) clock_offset_ns: i64,
     pub(super) worker: WorkerHandle,
@@ -40,9 +43,13 @@ pub(super) async fn start(config: &Config, forced: Option<Backend>) -> Result<St
     let rules = Arc::new(config.rules.clone());
     // The sensor starts before the drift check, so nothing that happens meanwhile is missed.
     let (sensor, roots) = start_sensor(config, &rules, forced, &metrics).await?;
+    let (layer, unavailable) = Layer::start(sensor.backend(), &roots).await;
     let clock_offset_ns = monotonic_epoch_ns();
     let mut outputs = Outputs::open(config, &writer, &metrics, clock_offset_ns)?;
     record_start(&mut outputs, sensor.backend().name(), &integrity);
+    if let Some(why) = unavailable {
+        outputs.health(UNAVAILABLE, Some(sensor.backend().name()), why.0, 0);
+    }
     let worker = worker::spawn(config, &rules, outputs)?;
     Ok(Started {
         metrics,
@@ -50,6 +57,7 @@ pub(super) async fn start(config: &Config, forced: Option<Backend>) -> Result<St
         rules,
         roots,
         sensor,
+        layer,
         clock_offset_ns,
         worker,
     })
