@@ -173,6 +173,17 @@ fn scenarios(p: &Place) -> Vec<Scenario> {
             expect: vec![e(w.join("via-link"), UPDATE, None)],
         },
         Scenario {
+            name: "chown through a hard link outside the tree",
+            actor: args(&[&"chown", &o.join("hardlink"), &"4321", &"4321"]),
+            expect: vec![e(w.join("via-link"), SET_ATTRIBUTES, None)],
+        },
+        Scenario {
+            // trusted.* works on tmpfs (the VMs' /tmp) and disk filesystems alike.
+            name: "setxattr through a hard link outside the tree",
+            actor: args(&[&"setxattr", &o.join("hardlink"), &"trusted.fim"]),
+            expect: vec![e(w.join("via-link"), SET_ATTRIBUTES, None)],
+        },
+        Scenario {
             name: "hard link made while fim runs, then written through its outside name",
             actor: args(&[
                 &"link",
@@ -410,7 +421,7 @@ fn evasions(backend: Backend) {
     let mut daemon = Daemon::start_with(&config, Some(backend));
     // Ready once the start scan has stored the tree (fim_baseline_files counts its rows).
     let slow = test_env() == TestEnv::Vm;
-    let start_deadline = Instant::now() + Duration::from_secs(if slow { 180 } else { 60 });
+    let start_deadline = Instant::now() + Duration::from_secs(if slow { 300 } else { 60 });
     loop {
         if let Some(error) = daemon.failed() {
             unavailable(backend, &error);

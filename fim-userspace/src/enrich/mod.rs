@@ -31,7 +31,7 @@ pub struct ProcessCache {
     /// Keyed by pid, start time and comm: an exec keeps the first two but changes the comm.
     cache: HashMap<(u32, u64, [u8; 16]), Arc<Process>>,
     /// The newest exec of each pid (to find a parent's entry).
-    last_exec: HashMap<u32, (u32, u64, [u8; 16])>,
+    last_exec: HashMap<u32, LastExec>,
     users: Users,
     ticks_per_sec: u64,
     /// CLOCK_REALTIME - CLOCK_BOOTTIME: turns the kernel's boot-time stamps into wall time.
@@ -192,7 +192,28 @@ impl ProcessCache {
                 ancestors = self.ancestry(k.ppid);
             }
         }
+        // Gone from /proc: the program it ran is the one its last exec before this record
+        // started. A thread with a comm of its own (an io_uring worker `iou-wrk-N`, a
+        // `prctl`-renamed thread) keeps its comm and thread id; the process's start time to
+        // the nanosecond says it is the same process.
+        if actor.exe.is_none()
+            && let Some(exec) = self.exec_before(k.tgid, k.start_boottime_ns, event.ktime_ns)
+        {
+            actor.exe = exec.actor.exe.clone();
+            actor.cmdline = exec.actor.cmdline.clone();
+            actor.container_id = exec.actor.container_id.clone();
+            ancestors = exec.ancestors.clone();
+        }
         Process { actor, ancestors }
+    }
+
+    /// The process that process `tgid`, started at `start_boottime_ns` exactly, became at its
+    /// last exec, when that exec happened before `at_ns`.
+    fn exec_before(&self, tgid: u32, start_boottime_ns: u64, at_ns: u64) -> Option<Arc<Process>> {
+        let last = self.last_exec.get(&tgid)?;
+        (last.key.1 == start_boottime_ns && last.at_ns <= at_ns)
+            .then(|| self.cache.get(&last.key).cloned())
+            .flatten()
     }
 }
 
@@ -221,6 +242,12 @@ pub fn command_line(raw: &[u8]) -> Vec<u8> {
         }
     }
     out
+}
+
+/// The last exec record of a process: its cache key, and when it happened.
+struct LastExec {
+    key: (u32, u64, [u8; 16]),
+    at_ns: u64,
 }
 
 /// pid, start time and comm: an exec keeps the first two but changes the comm.
@@ -254,7 +281,7 @@ impl ProcessCache {
         let ancestors = match self
             .last_exec
             .get(&k.ppid)
-            .and_then(|key| self.cache.get(key))
+            .and_then(|last| self.cache.get(&last.key))
         {
             Some(parent) => parent
                 .actor
@@ -298,6 +325,7 @@ impl ProcessCache {
         let exec = self
             .last_exec
             .get(&k.tgid)
+            .map(|last| &last.key)
             .filter(|(_, start, comm)| {
                 // No comm: the process was gone when the layer read its event, and its start
                 // time came from the sensor's record of its fork (`Sensor::process_start`).
@@ -334,7 +362,13 @@ impl Enrich for ProcessCache {
             self.last_exec.clear();
         }
         self.cache.insert(key, process);
-        self.last_exec.insert(event.actor.tgid, key);
+        self.last_exec.insert(
+            event.actor.tgid,
+            LastExec {
+                key,
+                at_ns: event.ktime_ns,
+            },
+        );
     }
 
     fn actor(&mut self, event: &Event) -> Arc<Process> {

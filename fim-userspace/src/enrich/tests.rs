@@ -185,6 +185,40 @@ fn a_completeness_actor_finds_the_exec_record_of_its_process_only() {
     assert_eq!(renamed.actor.exe, None);
 }
 
+/// A record from a thread with a comm of its own (an io_uring worker, `iou-wrk-N`) of a
+/// process gone from /proc: its program is the one the process's last exec before the
+/// record started (same pid, same start to the nanosecond); the thread keeps its own comm.
+/// A record from before that exec, or of another process with the pid, gets none.
+#[test]
+fn a_gone_process_thread_with_its_own_comm_gets_its_exec() {
+    let pid = u32::MAX - 13;
+    let start = 9_000_000_000;
+    let mut exec = event_of(pid, start, "tool");
+    exec.kind = EventKind::Exec;
+    exec.ktime_ns = 10_000;
+    exec.path = b"/usr/bin/tool".to_vec();
+    exec.path2 = b"tool\0-y\0".to_vec();
+    exec.flags = flags::PATH2_IS_STRING;
+    let record = |ktime_ns: u64, start: u64| {
+        let mut e = event_of(pid, start, &format!("iou-wrk-{pid}"));
+        e.ktime_ns = ktime_ns;
+        e
+    };
+    let cache_after_exec = || {
+        let mut cache = ProcessCache::new();
+        cache.exec(&exec);
+        cache
+    };
+    let p = cache_after_exec().actor(&record(20_000, start));
+    assert_eq!(p.actor.exe.as_deref(), Some(&b"/usr/bin/tool"[..]));
+    assert_eq!(p.actor.cmdline.as_deref(), Some(&b"tool -y"[..]));
+    assert!(p.actor.comm.as_deref().unwrap().starts_with("iou-wrk-"));
+    let before = cache_after_exec().actor(&record(5_000, start));
+    assert_eq!(before.actor.exe, None, "made before the exec");
+    let other = cache_after_exec().actor(&record(20_000, start + 1));
+    assert_eq!(other.actor.exe, None, "another process with the pid");
+}
+
 /// A process gone before the layer read its event: no comm, and the start time the sensor
 /// recorded at its fork (to the microsecond, not the tick). Its exec record is found by pid
 /// and start time; a later process with that pid is not it.

@@ -325,7 +325,14 @@ impl ChangeMaker {
                     made.placeholder = Some(job.path.clone());
                 }
             }
-            Examined::Present { entry, content } => {
+            Examined::Present { mut entry, content } => {
+                // A path no syscall takes (longer than 4095 bytes) cannot be examined: its
+                // type is the one the record says (a mkdir), not a guess.
+                if entry.flags.has(EntryFlags::UNREADABLE)
+                    && let Some(kind) = job.file_kind
+                {
+                    entry.kind = kind;
+                }
                 if let Some(c) = content {
                     made.hashed_bytes += c.content.len() as u64;
                     made.ops.push(StoreOp::Content(ContentRecord {
