@@ -421,7 +421,12 @@ fn evasions(backend: Backend) {
     let mut daemon = Daemon::start_with(&config, Some(backend));
     // Ready once the start scan has stored the tree (fim_baseline_files counts its rows).
     let slow = test_env() == TestEnv::Vm;
-    let start_deadline = Instant::now() + Duration::from_secs(if slow { 300 } else { 60 });
+    let start_deadline = Instant::now()
+        + if slow {
+            Duration::from_secs(300)
+        } else {
+            fim_tests::daemon::START_SCAN_TIMEOUT
+        };
     loop {
         if let Some(error) = daemon.failed() {
             unavailable(backend, &error);
