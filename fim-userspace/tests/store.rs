@@ -568,6 +568,60 @@ fn a_version_1_store_gets_the_rename_index_when_opened() {
     assert_eq!(index, 1);
 }
 
+/// The heartbeat is one row, replaced by each beat; a store from before it (version 3, say)
+/// reads as "no heartbeat" and gets the table when the daemon opens it.
+#[test]
+fn the_heartbeat_is_one_row_and_older_stores_get_its_table() {
+    use fim::store::{DaemonState, Heartbeat};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fim.db");
+    drop(Store::open_path(&path).unwrap());
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch("DROP TABLE heartbeat; PRAGMA user_version = 3;")
+            .unwrap();
+    }
+    let old = Store::open_read_only(&path).unwrap();
+    assert_eq!(old.heartbeat().unwrap(), None);
+    drop(old);
+
+    let mut store = Store::open_path(&path).unwrap();
+    let version: i64 = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, fim::store::SCHEMA_VERSION);
+    // Opening again (the migration runs every time) changes nothing.
+    drop(Store::open_path(&path).unwrap());
+    let read = || Store::open_read_only(&path).unwrap().heartbeat().unwrap();
+    assert_eq!(read(), None);
+    let beat = |time_ns: i64, state: DaemonState| Heartbeat {
+        time_ns,
+        pid: 77,
+        version: "0.1.0".into(),
+        backend: "fentry".into(),
+        state,
+        started_ns: 5,
+        last_scan_ns: None,
+        kernel_records: u64::from(u32::MAX) + 1,
+        kernel_lost: 2,
+        jobs: 3,
+        queue_depth: 4,
+    };
+    store
+        .write(&[StoreOp::Heartbeat(beat(10, DaemonState::Starting))])
+        .unwrap();
+    assert_eq!(read(), Some(beat(10, DaemonState::Starting)));
+    store
+        .write(&[
+            StoreOp::Heartbeat(beat(20, DaemonState::Running)),
+            StoreOp::Heartbeat(beat(30, DaemonState::Stopped)),
+        ])
+        .unwrap();
+    assert_eq!(read(), Some(beat(30, DaemonState::Stopped)));
+    assert_eq!(count(&path, "heartbeat"), 1);
+}
+
 #[test]
 fn rows_below_a_renamed_directory_move_byte_for_byte() {
     use fim::baseline::{BaselineEntry, EntryFlags, FileKind};

@@ -6,6 +6,7 @@ mod baseline;
 mod change;
 mod content;
 mod health;
+mod heartbeat;
 mod integrity;
 mod retention;
 mod schema;
@@ -22,6 +23,7 @@ pub use baseline::{BaselineBatch, BaselineReader};
 pub use change::{Actor, ChangeRecord, activity, local_hostname, previous_json};
 pub use content::ContentRecord;
 pub use health::HealthRecord;
+pub use heartbeat::{DaemonState, HEARTBEAT_EVERY, HEARTBEAT_STALE_AFTER, Heartbeat};
 pub use integrity::{BaselineKey, IntegrityReport, KEY_FILE, KeyOrigin};
 pub use retention::{Pruned, Retention};
 pub use schema::{CONFIGURATION_CHANGE_COLUMNS, SCHEMA_VERSION};
@@ -260,6 +262,11 @@ impl ReadOnlyStore {
     /// A stored content version.
     pub fn content(&self, blake3: &[u8; 32]) -> Result<Option<Vec<u8>>> {
         content::get(&self.conn, blake3)
+    }
+
+    /// The daemon's heartbeat, if one was ever written.
+    pub fn heartbeat(&self) -> Result<Option<Heartbeat>> {
+        heartbeat::read(&self.conn)
     }
 
     /// The connection, for the query commands' own read-only statements.
