@@ -303,6 +303,12 @@ fn ready_comes_once_the_start_scan_has_compared_the_baseline() {
         "{value}"
     );
     assert!(value["heartbeat"]["last_scan"].is_string(), "{value}");
+    // The event loop beats again within its period (10 s), not only at READY.
+    let first = value["heartbeat"]["time"].clone();
+    wait_until("a newer heartbeat", Duration::from_secs(20), || {
+        let value = setup.status();
+        value["daemon"] == "running" && value["heartbeat"]["time"] != first
+    });
 
     let exit = terminate(&mut fim);
     assert!(exit.success(), "fim run exited with {exit}");

@@ -622,6 +622,79 @@ fn the_heartbeat_is_one_row_and_older_stores_get_its_table() {
     assert_eq!(count(&path, "heartbeat"), 1);
 }
 
+/// A store left at schema 3 (main before the heartbeat) or 4 (the version that records the
+/// name a change was made through: `changes.used_path`, the `baseline_by_inode` index) opens
+/// as version 5 with the heartbeat table, keeping its rows and what version 4 added; opening
+/// it again changes nothing. Each step checks what is there rather than the version number,
+/// so the order the two schema changes land in does not matter.
+#[test]
+fn stores_at_version_3_or_4_migrate_to_5_keeping_their_rows() {
+    let column_exists = |conn: &rusqlite::Connection, table: &str, column: &str| -> bool {
+        conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2)",
+            [table, column],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    let object_exists = |conn: &rusqlite::Connection, kind: &str, name: &str| -> bool {
+        conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = ?1 AND name = ?2)",
+            [kind, name],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    for from in [3, 4] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fim.db");
+        let mut store = Store::open_path(&path).unwrap();
+        store
+            .write(&[StoreOp::Change(change(1)), StoreOp::Change(change(2))])
+            .unwrap();
+        drop(store);
+        {
+            // The store as that version left it.
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            conn.execute_batch("DROP TABLE heartbeat").unwrap();
+            let has_used_path = column_exists(&conn, "changes", "used_path");
+            if from == 3 {
+                conn.execute_batch("DROP INDEX IF EXISTS baseline_by_inode")
+                    .unwrap();
+                if has_used_path {
+                    conn.execute_batch("ALTER TABLE changes DROP COLUMN used_path")
+                        .unwrap();
+                }
+            } else {
+                conn.execute_batch(
+                    "CREATE INDEX IF NOT EXISTS baseline_by_inode ON baseline (dev, inode)",
+                )
+                .unwrap();
+                if !has_used_path {
+                    conn.execute_batch("ALTER TABLE changes ADD COLUMN used_path BLOB")
+                        .unwrap();
+                }
+            }
+            conn.pragma_update(None, "user_version", from).unwrap();
+        }
+        for _ in 0..2 {
+            drop(Store::open_path(&path).unwrap());
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            let version: i64 = conn
+                .query_row("PRAGMA user_version", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!((from, version), (from, 5));
+            assert!(object_exists(&conn, "table", "heartbeat"), "from {from}");
+            if from == 4 {
+                assert!(column_exists(&conn, "changes", "used_path"));
+                assert!(object_exists(&conn, "index", "baseline_by_inode"));
+            }
+            assert_eq!(count(&path, "changes"), 2, "from {from}");
+            assert_eq!(count(&path, "heartbeat"), 0, "from {from}");
+        }
+    }
+}
+
 #[test]
 fn rows_below_a_renamed_directory_move_byte_for_byte() {
     use fim::baseline::{BaselineEntry, EntryFlags, FileKind};
