@@ -11,8 +11,9 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use fim::baseline::{Baseline, BaselineEntry, EntryFlags, FileKind};
 use fim::store::{
-    Actor, BatchSink, CONFIGURATION_CHANGE_COLUMNS, ChangeRecord, ContentRecord, HealthRecord,
-    Retention, SqliteSink, Store, StoreOp, StoreWriter, WriterSettings, activity,
+    Actor, BatchSink, CONFIGURATION_CHANGE_COLUMNS, ChangeRecord, ContentRecord, DaemonState,
+    HealthRecord, Heartbeat, Retention, SqliteSink, Store, StoreOp, StoreWriter, WriterSettings,
+    activity,
 };
 use rusqlite::types::Value;
 
@@ -568,17 +569,9 @@ fn a_version_1_store_gets_the_rename_index_when_opened() {
     assert_eq!(index, 1);
 }
 
-/// The heartbeat is one row, replaced by each beat (a store from before it: see
-/// `stores_at_version_3_or_4_migrate_to_5_keeping_their_rows`).
-#[test]
-fn the_heartbeat_is_one_row() {
-    use fim::store::{DaemonState, Heartbeat};
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("fim.db");
-    let mut store = Store::open_path(&path).unwrap();
-    let read = || Store::open_read_only(&path).unwrap().heartbeat().unwrap();
-    assert_eq!(read(), None);
-    let beat = |time_ns: i64, state: DaemonState| Heartbeat {
+/// A heartbeat written at `time_ns` (a counter past 32 bits, to see it kept whole).
+fn beat(time_ns: i64, state: DaemonState) -> Heartbeat {
+    Heartbeat {
         time_ns,
         pid: 77,
         version: "0.1.0".into(),
@@ -590,7 +583,18 @@ fn the_heartbeat_is_one_row() {
         kernel_lost: 2,
         jobs: 3,
         queue_depth: 4,
-    };
+    }
+}
+
+/// The heartbeat is one row, replaced by each beat (a store from before it: see
+/// `stores_at_version_3_or_4_migrate_to_5_keeping_their_rows`).
+#[test]
+fn the_heartbeat_is_one_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fim.db");
+    let mut store = Store::open_path(&path).unwrap();
+    let read = || Store::open_read_only(&path).unwrap().heartbeat().unwrap();
+    assert_eq!(read(), None);
     store
         .write(&[StoreOp::Heartbeat(beat(10, DaemonState::Starting))])
         .unwrap();
@@ -605,11 +609,11 @@ fn the_heartbeat_is_one_row() {
     assert_eq!(count(&path, "heartbeat"), 1);
 }
 
-/// A store left at schema 3 (main before the heartbeat) or 4 (the version that records the
-/// name a change was made through: `changes.used_path`, the `baseline_by_inode` index) opens
-/// as version 5 with the heartbeat table, keeping its rows and what version 4 added; opening
-/// it again changes nothing. Each step checks what is there rather than the version number,
-/// so the order the two schema changes land in does not matter.
+/// A store left at schema 3 (`fixtures/store/version-3.sql`: before the heartbeat) or 4
+/// (version 3 plus what version 4 adds: `changes.used_path`, the `baseline_by_inode` index)
+/// opens as version 5 with the heartbeat table, keeping its rows and what version 4 added;
+/// opening it again changes nothing. Each step checks what is there rather than the version
+/// number, so the order the two schema changes land in does not matter.
 #[test]
 fn stores_at_version_3_or_4_migrate_to_5_keeping_their_rows() {
     let column_exists = |conn: &rusqlite::Connection, table: &str, column: &str| -> bool {
@@ -628,37 +632,21 @@ fn stores_at_version_3_or_4_migrate_to_5_keeping_their_rows() {
         )
         .unwrap()
     };
+    let version_3 = include_str!("fixtures/store/version-3.sql");
     for from in [3, 4] {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("fim.db");
-        let mut store = Store::open_path(&path).unwrap();
-        store
-            .write(&[StoreOp::Change(change(1)), StoreOp::Change(change(2))])
-            .unwrap();
-        drop(store);
         {
-            // The store as that version left it.
             let conn = rusqlite::Connection::open(&path).unwrap();
-            conn.execute_batch("DROP TABLE heartbeat").unwrap();
-            let has_used_path = column_exists(&conn, "changes", "used_path");
-            if from == 3 {
-                conn.execute_batch("DROP INDEX IF EXISTS baseline_by_inode")
-                    .unwrap();
-                if has_used_path {
-                    conn.execute_batch("ALTER TABLE changes DROP COLUMN used_path")
-                        .unwrap();
-                }
-            } else {
+            conn.execute_batch(version_3).unwrap();
+            if from == 4 {
                 conn.execute_batch(
-                    "CREATE INDEX IF NOT EXISTS baseline_by_inode ON baseline (dev, inode)",
+                    "ALTER TABLE changes ADD COLUMN used_path BLOB;
+                     CREATE INDEX baseline_by_inode ON baseline (dev, inode);
+                     PRAGMA user_version = 4;",
                 )
                 .unwrap();
-                if !has_used_path {
-                    conn.execute_batch("ALTER TABLE changes ADD COLUMN used_path BLOB")
-                        .unwrap();
-                }
             }
-            conn.pragma_update(None, "user_version", from).unwrap();
         }
         // `fim status` on the old store, before a daemon migrated it: no heartbeat.
         let old = Store::open_read_only(&path).unwrap();
@@ -677,8 +665,15 @@ fn stores_at_version_3_or_4_migrate_to_5_keeping_their_rows() {
                 assert!(object_exists(&conn, "index", "baseline_by_inode"));
             }
             assert_eq!(count(&path, "changes"), 2, "from {from}");
+            assert_eq!(count(&path, "health"), 1, "from {from}");
             assert_eq!(count(&path, "heartbeat"), 0, "from {from}");
         }
+        // The migrated store takes a heartbeat.
+        let mut store = Store::open_path(&path).unwrap();
+        store
+            .write(&[StoreOp::Heartbeat(beat(10, DaemonState::Running))])
+            .unwrap();
+        assert_eq!(count(&path, "heartbeat"), 1, "from {from}");
     }
 }
 
