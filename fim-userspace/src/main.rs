@@ -368,6 +368,7 @@ fn scan(config_path: Option<&Path>, json: bool, rehash: bool) -> Result<()> {
         scan_bytes_per_sec: config.hashing.scan_bytes_per_sec,
         content_max_size: config.store.content_max_size,
         progress: std::io::stderr().is_terminal(),
+        entries_seen: None,
         rehash,
     };
     // The scan streams against the stored baseline and records each change (attribution

@@ -34,6 +34,7 @@ fn options() -> ScanOptions {
         scan_bytes_per_sec: 0,
         content_max_size: 5 << 20,
         progress: false,
+        entries_seen: None,
         rehash: false,
     }
 }

@@ -105,6 +105,9 @@ fn the_package_is_lintian_clean_installs_upgrades_keeping_the_store_and_purges()
     );
     let unit = std::fs::read_to_string(root.join("lib/systemd/system/fim.service")).unwrap();
     assert!(unit.contains("\nExecStart=/usr/bin/fim run\n"), "{unit}");
+    for setting in ["Type=notify", "WatchdogSec=30s", "TimeoutStartSec=15min"] {
+        assert!(unit.contains(&format!("\n{setting}\n")), "{unit}");
+    }
     let check = run(Command::new(&fim)
         .arg("check-config")
         .arg("--config")

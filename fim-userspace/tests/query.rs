@@ -4,7 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use fim::store::{Actor, ChangeRecord, ContentRecord, HealthRecord, Store, StoreOp, activity};
+use fim::store::{
+    Actor, ChangeRecord, ContentRecord, DaemonState, HealthRecord, Heartbeat, Store, StoreOp,
+    activity,
+};
 use serde_json::Value;
 
 fn fim(args: &[&str]) -> Output {
@@ -240,61 +243,144 @@ fn diff_shows_the_content_when_it_was_kept() {
     assert!(!out.status.success());
 }
 
+/// `fim status` decides from the heartbeat row: absent (never ran), recent (running or
+/// starting, with its age), older than three beats (not running, or stuck), or a clean stop.
 #[test]
-fn status_tells_whether_the_daemon_runs() {
+fn status_tells_from_the_heartbeat_whether_the_daemon_runs() {
     let dir = tempfile::tempdir().unwrap();
     let db = store(dir.path());
-    // A process whose comm is `fim`, standing in for the daemon.
-    let stand_in = dir.path().join("fim");
-    std::fs::copy("/bin/sleep", &stand_in).unwrap();
-    // Another test thread may fork while the copy's write descriptor is open, and its child
-    // holds that descriptor until it execs: until then exec fails with ETXTBSY.
-    let mut daemon = {
-        let mut attempts = 0;
-        loop {
-            match Command::new(&stand_in).arg("30").spawn() {
-                Ok(child) => break child,
-                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && attempts < 100 => {
-                    attempts += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                Err(e) => panic!("starting the stand-in daemon: {e}"),
-            }
-        }
+    let db = db.to_str().unwrap();
+    let json = || json_lines(&fim(&["status", "--json", "--store", db]))[0].clone();
+    let text = || {
+        let out = fim(&["status", "--store", db]);
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    let health = |kind: &str, detail: String| {
+    let mut writer = Store::open_path(Path::new(db)).unwrap();
+    // Health rows of a start, a scan and a loss, as the daemon writes them; its pid is no
+    // evidence any more (a pid may be reused, or live in another namespace).
+    let health = |kind: &str, detail: &str| {
         StoreOp::Health(HealthRecord {
-            time_ns: fim::query::now_ns() - 60 * SEC,
+            time_ns: fim::query::now_ns() - 600 * SEC,
             kind: kind.into(),
             backend: Some("tracepoint".into()),
-            detail: Some(detail),
+            detail: Some(detail.into()),
             lost_events: if kind == "loss" { 7 } else { 0 },
         })
     };
-    let mut store = Store::open_path(&db).unwrap();
-    store
+    writer
         .write(&[
             health(
                 "start",
-                format!("fim 0.1.0 pid {} on kernel 6.1", daemon.id()),
+                &format!("fim 0.1.0 pid {} on kernel 6.1", std::process::id()),
             ),
-            health("scan", "start: 0 added".into()),
-            health("loss", "7 lost".into()),
+            health("scan", "start: 0 added"),
+            health("loss", "7 lost"),
         ])
         .unwrap();
-    let out = fim(&["status", "--json", "--store", db.to_str().unwrap()]);
-    let value = &json_lines(&out)[0];
-    assert_eq!(value["running"], true, "{value}");
-    assert_eq!(value["pid"], daemon.id());
-    assert_eq!(value["backend"], "tracepoint");
+
+    let value = json();
+    assert_eq!(
+        (&value["running"], &value["daemon"], &value["heartbeat"]),
+        (&Value::Bool(false), &Value::from("never"), &Value::Null),
+        "{value}"
+    );
+    assert_eq!(value["pid"], Value::Null);
     assert_eq!(value["changes"], 6);
     assert_eq!(value["kernel_losses"], 7);
     assert_eq!(value["last_scan"]["detail"], "start: 0 added");
-    assert!(value["uptime_s"].as_i64().unwrap() >= 59);
-    let _ = daemon.kill();
-    let _ = daemon.wait();
-    let out = fim(&["status", "--json", "--store", db.to_str().unwrap()]);
-    assert_eq!(json_lines(&out)[0]["running"], false);
+    let out = text();
+    assert!(
+        out.contains("daemon:          not running (no heartbeat: fim has not run on this store)"),
+        "{out}"
+    );
+
+    let now = fim::query::now_ns();
+    let mut beat = |age_s: i64, state: DaemonState| {
+        let heartbeat = Heartbeat {
+            time_ns: now - age_s * SEC,
+            pid: 4242,
+            version: "0.1.0".into(),
+            backend: "tracepoint".into(),
+            state,
+            started_ns: now - 600 * SEC,
+            last_scan_ns: Some(now - 590 * SEC),
+            kernel_records: 1234,
+            kernel_lost: 7,
+            jobs: 99,
+            queue_depth: 3,
+        };
+        writer.write(&[StoreOp::Heartbeat(heartbeat)]).unwrap();
+    };
+
+    beat(2, DaemonState::Running);
+    let value = json();
+    assert_eq!(value["running"], true, "{value}");
+    assert_eq!(value["daemon"], "running");
+    assert_eq!(value["pid"], 4242);
+    assert_eq!(value["backend"], "tracepoint");
+    assert!(value["uptime_s"].as_i64().unwrap() >= 600, "{value}");
+    let heartbeat = &value["heartbeat"];
+    let age = heartbeat["age_s"].as_i64().unwrap();
+    assert!((2..30).contains(&age), "{value}");
+    assert_eq!(
+        (&heartbeat["kernel_records"], &heartbeat["kernel_lost"]),
+        (&Value::from(1234), &Value::from(7))
+    );
+    assert_eq!(heartbeat["queue_depth"], 3);
+    assert!(heartbeat["last_scan"].as_str().is_some(), "{value}");
+    let out = text();
+    assert!(
+        out.contains("daemon:          running (pid 4242, backend tracepoint, up 10 min, since "),
+        "{out}"
+    );
+    assert!(
+        out.contains("; heartbeat ") && out.contains(" s ago)"),
+        "{out}"
+    );
+
+    beat(1, DaemonState::Starting);
+    let value = json();
+    assert_eq!(
+        (&value["running"], &value["daemon"]),
+        (&Value::Bool(true), &Value::from("starting"))
+    );
+    let out = text();
+    assert!(
+        out.contains(
+            "daemon:          starting: the start scan is comparing the baseline (pid 4242"
+        ),
+        "{out}"
+    );
+
+    // Three beats missed: not running, or stuck; the same state a few seconds younger runs.
+    beat(25, DaemonState::Running);
+    assert_eq!(json()["daemon"], "running");
+    beat(180, DaemonState::Running);
+    let value = json();
+    assert_eq!(
+        (&value["running"], &value["daemon"], &value["pid"]),
+        (&Value::Bool(false), &Value::from("stale"), &Value::Null),
+        "{value}"
+    );
+    assert_eq!(value["heartbeat"]["pid"], 4242);
+    let out = text();
+    assert!(
+        out.contains("daemon:          fim's last heartbeat was 3 min ago: not running, or stuck (pid 4242, backend tracepoint, "),
+        "{out}"
+    );
+
+    beat(3 * 3600, DaemonState::Stopped);
+    let value = json();
+    assert_eq!(
+        (&value["running"], &value["daemon"]),
+        (&Value::Bool(false), &Value::from("stopped"))
+    );
+    let out = text();
+    assert!(
+        out.contains("daemon:          not running (stopped 3 h ago, "),
+        "{out}"
+    );
 }
 
 #[test]

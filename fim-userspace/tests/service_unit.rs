@@ -54,6 +54,13 @@ fn the_unit_keeps_what_the_daemon_needs() {
         Some("/usr/local/bin/fim run")
     );
     assert_eq!(setting("Restart").as_deref(), Some("on-failure"));
+    // fim says READY=1 after its start scan and pings the watchdog from its event loop
+    // (tests/service_notify.rs); the start may take long on a big tree.
+    assert_eq!(setting("Type").as_deref(), Some("notify"));
+    assert_eq!(setting("WatchdogSec").as_deref(), Some("30s"));
+    assert_eq!(setting("TimeoutStartSec").as_deref(), Some("15min"));
+    // Only the daemon itself (the main process) notifies.
+    assert_eq!(setting("NotifyAccess"), None);
     assert_eq!(setting("LimitMEMLOCK").as_deref(), Some("infinity"));
     assert_eq!(setting("ProtectSystem").as_deref(), Some("strict"));
     // Watched ssh keys live under /root and /home: readable, not hidden.

@@ -11,8 +11,9 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use fim::baseline::{Baseline, BaselineEntry, EntryFlags, FileKind};
 use fim::store::{
-    Actor, BatchSink, CONFIGURATION_CHANGE_COLUMNS, ChangeRecord, ContentRecord, HealthRecord,
-    Retention, SqliteSink, Store, StoreOp, StoreWriter, WriterSettings, activity,
+    Actor, BatchSink, CONFIGURATION_CHANGE_COLUMNS, ChangeRecord, ContentRecord, DaemonState,
+    HealthRecord, Heartbeat, Retention, SqliteSink, Store, StoreOp, StoreWriter, WriterSettings,
+    activity,
 };
 use rusqlite::types::Value;
 
@@ -567,6 +568,114 @@ fn a_version_1_store_gets_the_rename_index_when_opened() {
         )
         .unwrap();
     assert_eq!(index, 1);
+}
+
+/// A heartbeat written at `time_ns` (a counter past 32 bits, to see it kept whole).
+fn beat(time_ns: i64, state: DaemonState) -> Heartbeat {
+    Heartbeat {
+        time_ns,
+        pid: 77,
+        version: "0.1.0".into(),
+        backend: "fentry".into(),
+        state,
+        started_ns: 5,
+        last_scan_ns: None,
+        kernel_records: u64::from(u32::MAX) + 1,
+        kernel_lost: 2,
+        jobs: 3,
+        queue_depth: 4,
+    }
+}
+
+/// The heartbeat is one row, replaced by each beat (a store from before it: see
+/// `stores_at_version_3_or_4_migrate_to_5_keeping_their_rows`).
+#[test]
+fn the_heartbeat_is_one_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fim.db");
+    let mut store = Store::open_path(&path).unwrap();
+    let read = || Store::open_read_only(&path).unwrap().heartbeat().unwrap();
+    assert_eq!(read(), None);
+    store
+        .write(&[StoreOp::Heartbeat(beat(10, DaemonState::Starting))])
+        .unwrap();
+    assert_eq!(read(), Some(beat(10, DaemonState::Starting)));
+    store
+        .write(&[
+            StoreOp::Heartbeat(beat(20, DaemonState::Running)),
+            StoreOp::Heartbeat(beat(30, DaemonState::Stopped)),
+        ])
+        .unwrap();
+    assert_eq!(read(), Some(beat(30, DaemonState::Stopped)));
+    assert_eq!(count(&path, "heartbeat"), 1);
+}
+
+/// A store left at schema 3 (`fixtures/store/version-3.sql`: before the heartbeat) or 4
+/// (version 3 plus what version 4 adds: `changes.used_path`, the `baseline_by_inode` index)
+/// opens as version 5 with the heartbeat table, keeping its rows and what version 4 added;
+/// opening it again changes nothing. Each step checks what is there rather than the version
+/// number, so the order the two schema changes land in does not matter.
+#[test]
+fn stores_at_version_3_or_4_migrate_to_5_keeping_their_rows() {
+    let column_exists = |conn: &rusqlite::Connection, table: &str, column: &str| -> bool {
+        conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2)",
+            [table, column],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    let object_exists = |conn: &rusqlite::Connection, kind: &str, name: &str| -> bool {
+        conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = ?1 AND name = ?2)",
+            [kind, name],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    let version_3 = include_str!("fixtures/store/version-3.sql");
+    for from in [3, 4] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fim.db");
+        {
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            conn.execute_batch(version_3).unwrap();
+            if from == 4 {
+                conn.execute_batch(
+                    "ALTER TABLE changes ADD COLUMN used_path BLOB;
+                     CREATE INDEX baseline_by_inode ON baseline (dev, inode);
+                     PRAGMA user_version = 4;",
+                )
+                .unwrap();
+            }
+        }
+        // `fim status` on the old store, before a daemon migrated it: no heartbeat.
+        let old = Store::open_read_only(&path).unwrap();
+        assert_eq!(old.heartbeat().unwrap(), None);
+        drop(old);
+        for _ in 0..2 {
+            drop(Store::open_path(&path).unwrap());
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            let version: i64 = conn
+                .query_row("PRAGMA user_version", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!((from, version), (from, 5));
+            assert!(object_exists(&conn, "table", "heartbeat"), "from {from}");
+            if from == 4 {
+                assert!(column_exists(&conn, "changes", "used_path"));
+                assert!(object_exists(&conn, "index", "baseline_by_inode"));
+            }
+            assert_eq!(count(&path, "changes"), 2, "from {from}");
+            assert_eq!(count(&path, "health"), 1, "from {from}");
+            assert_eq!(count(&path, "heartbeat"), 0, "from {from}");
+        }
+        // The migrated store takes a heartbeat.
+        let mut store = Store::open_path(&path).unwrap();
+        store
+            .write(&[StoreOp::Heartbeat(beat(10, DaemonState::Running))])
+            .unwrap();
+        assert_eq!(count(&path, "heartbeat"), 1, "from {from}");
+    }
 }
 
 #[test]

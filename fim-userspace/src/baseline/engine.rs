@@ -404,6 +404,9 @@ pub fn run<S: StoredRows>(
                     if let Some(bar) = &progress {
                         bar.inc(1);
                     }
+                    if let Some(seen) = &ctx.options.entries_seen {
+                        seen.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 if let Err(e) = sink(outcome) {
                     sink_result = Err(e);

@@ -11,6 +11,7 @@ use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -105,6 +106,9 @@ pub struct ScanOptions {
     pub content_max_size: u64,
     /// Draw a progress bar on stderr (the caller checks that stderr is a terminal).
     pub progress: bool,
+    /// Counts the entries compared as the scan goes, for a caller that reports progress
+    /// elsewhere (the daemon's status for its service manager).
+    pub entries_seen: Option<Arc<AtomicU64>>,
     /// Hash every file, even those whose stored hash could be reused (`fim scan --rehash`,
     /// and the realtime path after a write, where a same-size rewrite within one timestamp
     /// tick would otherwise go unnoticed).

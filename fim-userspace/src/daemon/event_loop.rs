@@ -1,6 +1,7 @@
 //! The daemon's event loop, on the async main task (the hot path): reads the sensor, enriches,
 //! matches rules and assembles changes into jobs for the change worker; every `TICK` it ends
-//! idle write sessions, watches the sensor's losses and exports the gauges.
+//! idle write sessions, watches the sensor's losses, exports the gauges and drives what the
+//! daemon tells its service manager and the heartbeat (`service`).
 //!
 //! Each event source is one branch of the `select!` in `EventLoop::run`: the sensor, the
 //! completeness layer beside the tracepoint backend (`completeness`: its events are held until
@@ -28,6 +29,7 @@ use super::completeness::{self, Layer};
 use super::feeder::Feeder;
 use super::links;
 use super::outputs::{report_loss, writer_health};
+use super::service::{Counts, Service};
 use super::start::Started;
 use super::worker::WorkerHandle;
 use super::{LOSS, Work, clock_ns_monotonic};
@@ -77,6 +79,8 @@ pub(super) struct EventLoop {
     tick: tokio::time::Interval,
     losses: Losses,
     malformed_seen: u64,
+    /// Records read from the sensor since the start.
+    records: u64,
     /// The watched roots: what a loss rescan covers.
     root_paths: Vec<PathBuf>,
     roots: Vec<WatchRoot>,
@@ -86,6 +90,7 @@ pub(super) struct EventLoop {
     /// Rules with records whose watched name could not be found: their roots are rescanned
     /// at the next tick.
     unresolved: BTreeSet<u32>,
+    service: Service,
 }
 
 impl EventLoop {
@@ -124,10 +129,12 @@ impl EventLoop {
             tick: tokio::time::interval(TICK),
             losses: Losses::default(),
             malformed_seen: 0,
+            records: 0,
             root_paths: started.roots.iter().map(|r| r.path.clone()).collect(),
             roots: started.roots,
             aliases,
             unresolved: BTreeSet::new(),
+            service: started.service,
         }
     }
 
@@ -156,6 +163,10 @@ impl EventLoop {
                     );
                 }
                 _ = self.tick.tick() => self.tick(),
+                done = self.service.start_scan_finished() => {
+                    let done = done.context("the change worker stopped before the start scan finished")?;
+                    self.service.ready(done, self.counts(), &self.writer);
+                }
                 _ = &mut stop => return Ok(()),
             }
         }
@@ -169,6 +180,7 @@ impl EventLoop {
         if let Err(e) = self.layer.read_now() {
             self.layer_failed(e);
         }
+        self.records += self.batch.len() as u64;
         let mut batch = std::mem::take(&mut self.batch);
         for event in batch.drain(..) {
             self.event(event);
@@ -281,6 +293,17 @@ impl EventLoop {
         self.rescan_after_loss_once_drained();
         self.report_losses_if_due();
         self.set_gauges();
+        self.service.tick(self.counts(), &self.writer);
+    }
+
+    /// What the heartbeat carries.
+    fn counts(&self) -> Counts {
+        Counts {
+            kernel_records: self.records,
+            kernel_lost: self.losses.seen,
+            jobs: self.feeder.sent,
+            queue_depth: self.worker.pending.load(Ordering::Relaxed),
+        }
     }
 
     /// The completeness layer's events that no kernel record explained, now due.
@@ -416,12 +439,19 @@ impl EventLoop {
             .set_backpressure_totals(self.feeder.overflowed, self.assembler.evicted);
     }
 
-    /// Stops in order: the completeness layer's held events, the losses not yet reported, the write sessions still open (their jobs
-    /// go to the worker), the worker (it writes out everything queued), the stop row, the
+    /// Stops in order: the service manager told, the completeness layer's held events, the
+    /// losses not yet reported, the write sessions still open (their jobs go to the worker),
+    /// the worker (it writes out everything queued), the stop row and last heartbeat, the
     /// store writer, and last the sensor.
     pub(super) fn shutdown(mut self) -> Result<()> {
+        self.service.stopping();
         self.layer.finish(&mut self.released);
         self.layer_events();
+        // The worker is about to write out what is queued.
+        let counts = Counts {
+            queue_depth: 0,
+            ..self.counts()
+        };
         let EventLoop {
             sensor,
             backend,
@@ -431,6 +461,7 @@ impl EventLoop {
             mut assembler,
             mut jobs,
             losses,
+            mut service,
             ..
         } = self;
         if losses.unreported > 0 {
@@ -440,6 +471,7 @@ impl EventLoop {
         assembler.flush_all(&mut jobs);
         worker.finish(jobs.drain(..));
         writer_health(&writer, "stop", backend, "stopped".into(), 0);
+        service.stopped(counts, &writer);
         drop(feeder);
         match Arc::try_unwrap(writer) {
             Ok(writer) => {

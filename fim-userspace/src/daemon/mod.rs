@@ -21,17 +21,22 @@ use crate::sensor::{Backend, WatchRoot};
 
 /// Why a rescan runs after kernel records were lost (see `loss_rescan_queued`).
 const LOSS: &str = "kernel loss";
+/// Why the first rescan runs: the changes made while fim was not running.
+const START: &str = "start";
 
 mod completeness;
 mod event_loop;
 mod feeder;
 mod links;
+mod notify;
 mod outputs;
 mod rescan;
+mod service;
 mod start;
 mod worker;
 
 use event_loop::EventLoop;
+use notify::Notifier;
 use start::start;
 
 /// The sensor's roots from the configured rules: the literal prefix of each enabled rule's
@@ -100,7 +105,7 @@ pub async fn run_until(
     forced: Option<Backend>,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
-    let started = start(&config, forced).await?;
+    let started = start(&config, forced, Notifier::from_env()).await?;
     let mut event_loop = EventLoop::new(started, &config);
     event_loop.run(stop).await?;
     event_loop.shutdown()

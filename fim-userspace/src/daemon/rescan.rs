@@ -2,6 +2,7 @@
 //! now, and what differs reported with attribution unknown.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use crate::baseline::{self, LinkedFile, RescanReport, ScanOptions, Scope};
@@ -10,7 +11,7 @@ use crate::pipeline::ChangeMaker;
 use crate::store::{ChangeRecord, Store, local_hostname};
 
 use super::outputs::Outputs;
-use super::{now_ns, release_free_memory};
+use super::{START, now_ns, release_free_memory};
 
 /// Scan settings from `[hashing]` and `[store]`.
 pub(super) fn scan_options(config: &Config, rehash: bool) -> ScanOptions {
@@ -19,6 +20,7 @@ pub(super) fn scan_options(config: &Config, rehash: bool) -> ScanOptions {
         scan_bytes_per_sec: config.hashing.scan_bytes_per_sec,
         content_max_size: config.store.content_max_size,
         progress: false,
+        entries_seen: None,
         rehash,
     }
 }
@@ -30,6 +32,14 @@ pub(super) struct LinkedScan {
     /// The rescan covered everything: inodes it did not see linked may be forgotten.
     pub(super) everything: bool,
     pub(super) started: Instant,
+}
+
+/// What a rescan that ran left behind.
+pub(super) struct Rescanned {
+    /// Baseline rows after it, when known.
+    pub(super) baseline_files: Option<u64>,
+    /// What it found and how long it took (its health row's detail).
+    pub(super) detail: String,
 }
 
 /// What the change worker rescans with: its own connection to the store (also used for
@@ -66,21 +76,25 @@ impl Rescanner {
         }
     }
 
+    /// Every rescan from now on counts the entries it compares into `seen`.
+    pub(super) fn count_entries(&mut self, seen: Arc<AtomicU64>) {
+        self.options.entries_seen = Some(seen);
+    }
+
     /// The store connection, if it opened.
     pub(super) fn store(&mut self) -> Option<&mut Store> {
         self.store.as_mut()
     }
 
     /// Compares `scope` with the baseline now (start, kernel loss, overflow, a directory moved
-    /// in) and reports what differs, attribution unknown. Returns the number of baseline rows
-    /// after it, when known.
+    /// in) and reports what differs, attribution unknown. `None` when it could not run.
     pub(super) fn rescan(
         &mut self,
         maker: &mut ChangeMaker,
         outputs: &mut Outputs,
         scope: Scope,
         why: &'static str,
-    ) -> Option<u64> {
+    ) -> Option<Rescanned> {
         let store = self.store.as_mut()?;
         // Let the writer commit what is queued, so the scan compares with it.
         let _ = outputs.writer.flush();
@@ -104,9 +118,9 @@ impl Rescanner {
                 if everything {
                     outputs.metrics.full_scan_finished();
                 }
-                let kind = if why == "start" { "scan" } else { "rescan" };
+                let kind = if why == START { "scan" } else { "rescan" };
                 let detail = health_detail(why, &report, started.elapsed());
-                outputs.health(kind, None, detail, 0);
+                outputs.health(kind, None, detail.clone(), 0);
                 if report.linked_overflow {
                     log::warn!(
                         "more than {} watched files have other hard links: the others are \
@@ -120,7 +134,10 @@ impl Rescanner {
                     everything,
                     started,
                 });
-                store.baseline_len().ok()
+                Some(Rescanned {
+                    baseline_files: store.baseline_len().ok(),
+                    detail,
+                })
             }
             Err(e) => {
                 outputs.metrics.store_error();

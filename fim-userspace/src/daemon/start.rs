@@ -1,7 +1,8 @@
 //! The daemon's start sequence, one named step at a time, in an order that matters: the
 //! metrics endpoint, the store (its baseline authenticated before anything reads it), the
 //! sensor (before the drift check, so nothing that happens meanwhile is missed), the outputs,
-//! then the change worker with the start scan queued first.
+//! then the change worker with the start scan queued first. The service manager hears of
+//! each step (`STATUS=`); it hears "ready" from the event loop, after the start scan.
 //!
 //! A new start step goes into `start` where what it needs exists, and what it leaves for the
 //! event loop goes into `Started`.
@@ -18,9 +19,11 @@ use crate::sensor::{self, Backend, Sensor, SensorConfig, WatchRoot};
 use crate::store::{IntegrityReport, Store, StoreWriter, WriterSettings};
 
 use super::completeness::{Layer, UNAVAILABLE};
+use super::notify::Notifier;
 use super::outputs::Outputs;
+use super::service::{Service, scan_progress};
 use super::worker::{self, WorkerHandle};
-use super::{release_free_memory, sensor_roots};
+use super::{now_ns, release_free_memory, sensor_roots};
 
 /// What the start sequence hands to the event loop.
 pub(super) struct Started {
@@ -34,23 +37,36 @@ pub(super) struct Started {
     /// Epoch minus monotonic time, for the kernel's timestamps.
     pub(super) clock_offset_ns: i64,
     pub(super) worker: WorkerHandle,
+    /// The service manager's notifications and the heartbeat.
+    pub(super) service: Service,
 }
 
-/// Starts everything the event loop needs, in order.
-pub(super) async fn start(config: &Config, forced: Option<Backend>) -> Result<Started> {
+/// Starts everything the event loop needs, in order, telling the service manager each step.
+pub(super) async fn start(
+    config: &Config,
+    forced: Option<Backend>,
+    notifier: Notifier,
+) -> Result<Started> {
+    let started_ns = now_ns();
+    notifier.status("starting: metrics endpoint");
     let metrics = serve_metrics(config).await?;
+    notifier.status("starting: opening the store, checking the baseline's integrity");
     let (writer, integrity) = open_store(config)?;
     let rules = Arc::new(config.rules.clone());
+    notifier.status("starting: choosing and attaching a sensor backend");
     // The sensor starts before the drift check, so nothing that happens meanwhile is missed.
     let (sensor, roots) = start_sensor(config, &rules, forced, &metrics).await?;
     let (layer, unavailable) = Layer::start(sensor.backend(), &roots).await;
     let clock_offset_ns = monotonic_epoch_ns();
     let mut outputs = Outputs::open(config, &writer, &metrics, clock_offset_ns)?;
-    record_start(&mut outputs, sensor.backend().name(), &integrity);
+    let backend = sensor.backend().name();
+    record_start(&mut outputs, backend, &integrity);
     if let Some(why) = unavailable {
-        outputs.health(UNAVAILABLE, Some(sensor.backend().name()), why.0, 0);
+        outputs.health(UNAVAILABLE, Some(backend), why.0, 0);
     }
-    let worker = worker::spawn(config, &rules, outputs)?;
+    let (progress, scans) = scan_progress();
+    let worker = worker::spawn(config, &rules, outputs, progress)?;
+    let service = Service::new(notifier, started_ns, backend, roots.len(), scans);
     Ok(Started {
         metrics,
         writer,
@@ -60,6 +76,7 @@ pub(super) async fn start(config: &Config, forced: Option<Backend>) -> Result<St
         layer,
         clock_offset_ns,
         worker,
+        service,
     })
 }
 

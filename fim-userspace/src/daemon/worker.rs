@@ -24,8 +24,9 @@ use crate::store::{Retention, Store, local_hostname};
 
 use super::feeder::JOB_QUEUE;
 use super::outputs::Outputs;
-use super::rescan::{LinkedScan, Rescanner, scan_options};
-use super::{LOSS, Work, clock_ns_monotonic, now_ns, path_from_bytes};
+use super::rescan::{LinkedScan, Rescanned, Rescanner, scan_options};
+use super::service::ScanProgress;
+use super::{LOSS, START, Work, clock_ns_monotonic, now_ns, path_from_bytes};
 
 /// How long a placeholder (a creation reported, the path gone before it was examined) waits
 /// for its delete or rename record before the path is looked at again.
@@ -65,27 +66,33 @@ impl WorkerHandle {
     }
 }
 
-/// Starts the change worker, the start scan queued as its first work.
+/// Starts the change worker, the start scan queued as its first work; `progress` hears how
+/// its scans go and when the start scan is done.
 pub(super) fn spawn(
     config: &Config,
     rules: &Arc<RuleSet>,
     outputs: Outputs,
+    progress: ScanProgress,
 ) -> Result<WorkerHandle> {
     let maker = change_maker(config, rules)?;
     let (tx, rx) = mpsc::sync_channel(JOB_QUEUE);
     let pending = Arc::new(AtomicU64::new(0));
     // Changes made while fim was not running come first.
-    tx.send(Work::Rescan(Scope::Everything, "start"))
+    tx.send(Work::Rescan(Scope::Everything, START))
         .context("queueing the start scan")?;
     let loss_rescan_queued = Arc::new(AtomicBool::new(false));
     let (linked_tx, linked) = tokio::sync::mpsc::unbounded_channel();
     let thread = {
         let (config, rules) = (config.clone(), Arc::clone(rules));
-        let (done, queued) = (Arc::clone(&pending), Arc::clone(&loss_rescan_queued));
-        let rescanner = Rescanner::open(&config, rules, linked_tx);
+        let shared = Shared {
+            pending: Arc::clone(&pending),
+            loss_rescan_queued: Arc::clone(&loss_rescan_queued),
+            progress,
+            linked: linked_tx,
+        };
         std::thread::Builder::new()
             .name("fim-changes".into())
-            .spawn(move || Worker::new(maker, outputs, config, rescanner, done, queued).run(rx))
+            .spawn(move || Worker::new(maker, outputs, config, rules, shared).run(rx))
             .context("starting the change worker")?
     };
     Ok(WorkerHandle {
@@ -146,6 +153,15 @@ impl Examine for FsExamine {
     }
 }
 
+/// What the worker shares with the event loop.
+struct Shared {
+    pending: Arc<AtomicU64>,
+    loss_rescan_queued: Arc<AtomicBool>,
+    progress: ScanProgress,
+    /// Where rescans send the linked files they saw.
+    linked: tokio::sync::mpsc::UnboundedSender<LinkedScan>,
+}
+
 /// The change worker's state, owned by its thread.
 struct Worker {
     maker: ChangeMaker,
@@ -154,6 +170,7 @@ struct Worker {
     config: Config,
     pending: Arc<AtomicU64>,
     loss_rescan_queued: Arc<AtomicBool>,
+    progress: ScanProgress,
     /// Baseline rows now (the baseline-size gauge).
     baseline_files: i64,
     /// Paths written as placeholders, and when to look at each again.
@@ -167,10 +184,17 @@ impl Worker {
         maker: ChangeMaker,
         outputs: Outputs,
         config: Config,
-        rescanner: Rescanner,
-        pending: Arc<AtomicU64>,
-        loss_rescan_queued: Arc<AtomicBool>,
+        rules: Arc<RuleSet>,
+        shared: Shared,
     ) -> Worker {
+        let Shared {
+            pending,
+            loss_rescan_queued,
+            progress,
+            linked,
+        } = shared;
+        let mut rescanner = Rescanner::open(&config, rules, linked);
+        rescanner.count_entries(Arc::clone(&progress.entries));
         Worker {
             maker,
             outputs,
@@ -178,6 +202,7 @@ impl Worker {
             config,
             pending,
             loss_rescan_queued,
+            progress,
             baseline_files: 0,
             placeholders: VecDeque::new(),
             last_flush: Instant::now(),
@@ -258,12 +283,24 @@ impl Worker {
     }
 
     fn rescan(&mut self, scope: Scope, why: &'static str) {
-        if let Some(n) = self
+        let rescanned = self
             .rescanner
-            .rescan(&mut self.maker, &mut self.outputs, scope, why)
+            .rescan(&mut self.maker, &mut self.outputs, scope, why);
+        if let Some(Rescanned {
+            baseline_files: Some(n),
+            ..
+        }) = rescanned
         {
             self.baseline_files = n as i64;
             self.outputs.metrics.set_baseline_files(n);
+        }
+        if rescanned.is_some() {
+            self.progress.scan_finished();
+        }
+        if why == START {
+            let done = rescanned.map(|r| r.detail);
+            self.progress
+                .start_scan_finished(&self.outputs.writer, done);
         }
     }
 

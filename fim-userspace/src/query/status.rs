@@ -1,5 +1,5 @@
-//! `fim status`: is the daemon running, on which backend, since when; what the store holds;
-//! losses, rescans and the last scan.
+//! `fim status`: is the daemon running (its heartbeat), on which backend, since when; what
+//! the store holds; losses, rescans and the last scan.
 
 use std::io::Write;
 use std::path::Path;
@@ -9,7 +9,7 @@ use rusqlite::OptionalExtension;
 use serde_json::{Value, json};
 
 use super::time::format_ns;
-use crate::store::ReadOnlyStore;
+use crate::store::{DaemonState, HEARTBEAT_STALE_AFTER, Heartbeat, ReadOnlyStore};
 
 struct Health {
     time_ns: i64,
@@ -48,31 +48,117 @@ fn count(store: &ReadOnlyStore, sql: &str) -> Result<i64> {
         .with_context(|| format!("running {sql}"))
 }
 
-/// The daemon pid a "start" row names (`fim VERSION pid N on kernel K`).
-fn started_pid(detail: &str) -> Option<u32> {
-    let mut words = detail.split_whitespace();
-    words.find(|w| *w == "pid")?;
-    words.next()?.parse().ok()
+/// The daemon as its heartbeat shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Liveness {
+    /// No heartbeat: no daemon has run on this store (or only one older than heartbeats).
+    Never,
+    /// A recent heartbeat: the daemon runs (and is starting or running).
+    Alive(DaemonState),
+    /// Its last heartbeat said it stopped cleanly.
+    Stopped,
+    /// Its last heartbeat is older than `HEARTBEAT_STALE_AFTER`: it died, or is stuck.
+    Stale,
 }
 
-fn is_fim(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "fim")
+impl Liveness {
+    /// What `heartbeat` says at `now_ns`.
+    fn of(heartbeat: Option<&Heartbeat>, now_ns: i64) -> Liveness {
+        match heartbeat {
+            None => Liveness::Never,
+            Some(beat) if beat.state == DaemonState::Stopped => Liveness::Stopped,
+            Some(beat) if age_s(beat, now_ns) > HEARTBEAT_STALE_AFTER.as_secs() as i64 => {
+                Liveness::Stale
+            }
+            Some(beat) => Liveness::Alive(beat.state),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Liveness::Never => "never",
+            Liveness::Alive(state) => state.name(),
+            Liveness::Stopped => "stopped",
+            Liveness::Stale => "stale",
+        }
+    }
+}
+
+/// Seconds since the heartbeat (0 for one from the future: clocks disagree).
+fn age_s(beat: &Heartbeat, now_ns: i64) -> i64 {
+    (now_ns - beat.time_ns).max(0) / 1_000_000_000
+}
+
+/// `12 s`, `3 min`, `5 h`, `4 days`.
+fn ago(secs: i64) -> String {
+    if secs < 120 {
+        format!("{secs} s")
+    } else if secs < 7200 {
+        format!("{} min", secs / 60)
+    } else if secs < 172_800 {
+        format!("{} h", secs / 3600)
+    } else {
+        format!("{} days", secs / 86_400)
+    }
+}
+
+/// The heartbeat in `fim status --json`.
+fn heartbeat_json(beat: &Heartbeat, now_ns: i64) -> Value {
+    json!({
+        "time": format_ns(beat.time_ns),
+        "age_s": age_s(beat, now_ns),
+        "state": beat.state.name(),
+        "pid": beat.pid,
+        "version": beat.version,
+        "backend": beat.backend,
+        "started": format_ns(beat.started_ns),
+        "last_scan": beat.last_scan_ns.map(format_ns),
+        "kernel_records": beat.kernel_records,
+        "kernel_lost": beat.kernel_lost,
+        "jobs": beat.jobs,
+        "queue_depth": beat.queue_depth,
+    })
+}
+
+/// The `daemon:` line of `fim status`.
+fn daemon_line(liveness: Liveness, beat: Option<&Heartbeat>, now_ns: i64) -> String {
+    let Some(beat) = beat else {
+        return "not running (no heartbeat: fim has not run on this store)".to_string();
+    };
+    let age = ago(age_s(beat, now_ns));
+    let who = format!(
+        "pid {}, backend {}",
+        beat.pid,
+        super::table::cell(&beat.backend)
+    );
+    let up = ago((now_ns - beat.started_ns).max(0) / 1_000_000_000);
+    let since = format_ns(beat.started_ns);
+    match liveness {
+        Liveness::Alive(DaemonState::Starting) => format!(
+            "starting: the start scan is comparing the baseline ({who}, up {up}, since {since}; \
+             heartbeat {age} ago)"
+        ),
+        Liveness::Alive(_) => {
+            format!("running ({who}, up {up}, since {since}; heartbeat {age} ago)")
+        }
+        Liveness::Stopped => format!(
+            "not running (stopped {age} ago, {})",
+            format_ns(beat.time_ns)
+        ),
+        Liveness::Stale | Liveness::Never => format!(
+            "fim's last heartbeat was {age} ago: not running, or stuck ({who}, {})",
+            format_ns(beat.time_ns)
+        ),
+    }
 }
 
 pub fn status(store: &ReadOnlyStore, path: &Path, json_out: bool) -> Result<()> {
     let now = super::now_ns();
     let start = last_health(store, &["start"])?;
-    let stop = last_health(store, &["stop"])?;
-    let pid = start
-        .as_ref()
-        .and_then(|s| s.detail.as_deref())
-        .and_then(started_pid);
-    let running = match (&start, &stop, pid) {
-        (Some(start), stop, Some(pid)) => {
-            stop.as_ref().is_none_or(|s| s.time_ns < start.time_ns) && is_fim(pid)
-        }
-        _ => false,
-    };
+    let heartbeat = store.heartbeat()?;
+    let liveness = Liveness::of(heartbeat.as_ref(), now);
+    let running = matches!(liveness, Liveness::Alive(_));
+    let beat = heartbeat.as_ref();
     let scan = last_health(store, &["scan", "rescan"])?;
     let size: u64 = ["", "-wal"]
         .iter()
@@ -85,10 +171,12 @@ pub fn status(store: &ReadOnlyStore, path: &Path, json_out: bool) -> Result<()> 
     let day_ago = now - 86_400 * 1_000_000_000;
     let value = json!({
         "running": running,
-        "pid": if running { pid } else { None },
-        "backend": start.as_ref().and_then(|s| s.backend.clone()),
-        "started": start.as_ref().map(|s| format_ns(s.time_ns)),
-        "uptime_s": if running { start.as_ref().map(|s| (now - s.time_ns) / 1_000_000_000) } else { None },
+        "daemon": liveness.name(),
+        "pid": if running { beat.map(|b| b.pid) } else { None },
+        "backend": beat.map(|b| b.backend.clone()).or_else(|| start.as_ref().and_then(|s| s.backend.clone())),
+        "started": beat.map(|b| b.started_ns).or(start.as_ref().map(|s| s.time_ns)).map(format_ns),
+        "uptime_s": if running { beat.map(|b| (now - b.started_ns).max(0) / 1_000_000_000) } else { None },
+        "heartbeat": beat.map(|b| heartbeat_json(b, now)),
         "changes": count(store, "SELECT count(*) FROM changes")?,
         "changes_24h": count(store, &format!("SELECT count(*) FROM changes WHERE time >= {day_ago}"))?,
         "baseline_files": count(store, "SELECT count(*) FROM baseline")?,
@@ -112,18 +200,7 @@ pub fn status(store: &ReadOnlyStore, path: &Path, json_out: bool) -> Result<()> 
         Value::String(s) => super::table::cell(s),
         other => other.to_string(),
     };
-    let daemon = if running {
-        format!(
-            "running (pid {}, backend {}, up {}s, since {})",
-            text(&value["pid"]),
-            text(&value["backend"]),
-            text(&value["uptime_s"]),
-            text(&value["started"])
-        )
-    } else {
-        "not running".to_string()
-    };
-    writeln!(out, "daemon:          {daemon}")?;
+    writeln!(out, "daemon:          {}", daemon_line(liveness, beat, now))?;
     writeln!(
         out,
         "changes:         {} ({} in the last 24 h)",

@@ -6,6 +6,7 @@ mod baseline;
 mod change;
 mod content;
 mod health;
+mod heartbeat;
 mod integrity;
 mod retention;
 mod schema;
@@ -22,6 +23,7 @@ pub use baseline::{BaselineBatch, BaselineReader};
 pub use change::{Actor, ChangeRecord, activity, local_hostname, previous_json};
 pub use content::ContentRecord;
 pub use health::HealthRecord;
+pub use heartbeat::{DaemonState, HEARTBEAT_EVERY, HEARTBEAT_STALE_AFTER, Heartbeat};
 pub use integrity::{BaselineKey, IntegrityReport, KEY_FILE, KeyOrigin};
 pub use retention::{Pruned, Retention};
 pub use schema::{CONFIGURATION_CHANGE_COLUMNS, SCHEMA_VERSION};
@@ -265,6 +267,11 @@ impl ReadOnlyStore {
     /// The baseline paths of one inode (`dev` as `st_dev` gives it), in path order.
     pub fn paths_of_inode(&self, dev: u64, inode: u64) -> Result<Vec<Vec<u8>>> {
         baseline::paths_of_inode(&self.conn, dev, inode)
+    }
+
+    /// The daemon's heartbeat, if one was ever written.
+    pub fn heartbeat(&self) -> Result<Option<Heartbeat>> {
+        heartbeat::read(&self.conn)
     }
 
     /// The connection, for the query commands' own read-only statements.

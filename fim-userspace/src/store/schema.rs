@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use rusqlite::Connection;
 
 /// Bumped when the schema changes; stored in `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS baseline (
@@ -135,6 +135,22 @@ CREATE TABLE IF NOT EXISTS meta (
     key    TEXT PRIMARY KEY,
     value  TEXT NOT NULL
 ) WITHOUT ROWID;
+
+-- Version 5: the daemon's heartbeat (one row, rewritten every 10 s; store/heartbeat.rs).
+CREATE TABLE IF NOT EXISTS heartbeat (
+    id              INTEGER PRIMARY KEY CHECK (id = 1),
+    time            INTEGER NOT NULL,
+    pid             INTEGER NOT NULL,
+    version         TEXT NOT NULL,
+    backend         TEXT NOT NULL,
+    state           TEXT NOT NULL,
+    started         INTEGER NOT NULL,
+    last_scan       INTEGER,
+    kernel_records  INTEGER NOT NULL,
+    kernel_lost     INTEGER NOT NULL,
+    jobs            INTEGER NOT NULL,
+    queue_depth     INTEGER NOT NULL
+);
 "#;
 
 /// The column names of the `ConfigurationChange` view, in order (documented in docs/store.md).

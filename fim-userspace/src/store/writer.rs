@@ -21,6 +21,7 @@ use super::baseline;
 use super::change::{self, ChangeRecord};
 use super::content::{self, ContentRecord};
 use super::health::{self, HealthRecord};
+use super::heartbeat::{self, Heartbeat};
 use crate::baseline::BaselineEntry;
 
 /// One write for the store.
@@ -39,6 +40,8 @@ pub enum StoreOp {
         from: Vec<u8>,
         to: Vec<u8>,
     },
+    /// The daemon's heartbeat row, replaced.
+    Heartbeat(Heartbeat),
 }
 
 /// Where batches go: SQLite in production, a fault-injecting fake in tests.
@@ -75,6 +78,7 @@ pub(crate) fn write_ops(conn: &mut Connection, ops: &[StoreOp]) -> Result<()> {
             StoreOp::BaselineUpsert(e) => baseline::upsert(&tx, e)?,
             StoreOp::BaselineRemove(p) => baseline::remove(&tx, p)?,
             StoreOp::BaselineMoveBelow { from, to } => baseline::move_below(&tx, from, to)?,
+            StoreOp::Heartbeat(beat) => heartbeat::write(&tx, beat)?,
         }
     }
     tx.commit().context("committing a write batch")
