@@ -411,8 +411,15 @@ fn check(report: &Value, expect: &Expect, pid: u32) -> Option<String> {
     None
 }
 
+/// The backends' runs take turns: each starts a daemon, and three loading their programs at
+/// once in a two-vCPU VM under TCG take minutes each.
+static ONE_BACKEND_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn evasions(backend: Backend) {
     require_root();
+    let _turn = ONE_BACKEND_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let place = place();
     let dir = tempfile::tempdir().unwrap();
     let metrics = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));

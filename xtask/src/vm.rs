@@ -46,7 +46,7 @@ const KERNELS: &[KernelSpec] = &[
 ];
 
 /// Wall-clock limit for one kernel's boot and tests under TCG.
-const VM_TIMEOUT: Duration = Duration::from_secs(900);
+const VM_TIMEOUT: Duration = Duration::from_secs(1800);
 /// The same for a benchmark run, whose length the caller chooses (rounds, iterations,
 /// `--profile`): only a hang should hit it.
 const VM_BENCH_TIMEOUT: Duration = Duration::from_secs(3 * 3600);
