@@ -9,6 +9,7 @@ pub mod actor;
 pub mod change;
 pub mod decode;
 pub mod etw_event;
+pub mod etw_filter;
 pub mod etw_layout;
 pub mod glob;
 pub mod lost_events;

@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use windows_sys::Win32::Storage::FileSystem::QueryDosDeviceW;
 
 use super::etw_session::EtwSession;
+use super::key_handles::open_key_objects;
 use super::process_info::{WindowsProcesses, current_user_sid};
 use super::reg_notify::{KeyWatcher, wait_any};
 use super::registry::{WinRegistry, read_dword, read_snapshot};
@@ -82,9 +83,19 @@ pub fn run(config: Config) -> Result<()> {
 
     // Baseline before ETW starts, so the first diff has something to compare.
     let baseline = read_snapshot(&roots, settings.max_snapshot_keys, now_ms())?;
+    let session = EtwSession::start()?;
+    // Keys opened before the session (KeyName is often empty, so ETW never
+    // names them): seed their KeyObjects from the handle table, taken after
+    // the session started so no handle opened in between is missed.
+    match open_key_objects() {
+        Ok(handles) => {
+            let seeded = pipeline.seed_key_objects(handles, &baseline);
+            eprintln!("fim-windows: {seeded} watched keys named from open handles");
+        }
+        Err(e) => eprintln!("fim-windows: open key handles not read: {e:#}"),
+    }
     emit(pipeline.on_snapshot(baseline))?;
 
-    let session = EtwSession::start()?;
     let (tx, rx) = mpsc::channel::<Input>();
     let (etw_tx, etw_rx) = mpsc::channel::<EtwEvent>();
     let name = session.name();
@@ -154,6 +165,8 @@ pub fn run(config: Config) -> Result<()> {
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
+        // Deletes/renames whose OperationEnd never came.
+        emit(pipeline.on_tick(now_ms()))?;
         if last_poll.elapsed() >= poll {
             last_poll = Instant::now();
             if let Some(loss) = pipeline.on_session_counters(session.counters()?) {

@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod etw_session;
+pub mod key_handles;
 pub mod process_info;
 pub mod reg_notify;
 pub mod registry;
