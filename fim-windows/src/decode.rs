@@ -93,6 +93,31 @@ pub struct EtwDecoder {
     pub stats: DecoderStats,
 }
 
+impl DecoderStats {
+    /// One line for an operator, None when nothing was counted.
+    pub fn summary(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        for ((provider, id, version), n) in &self.unknown_versions {
+            parts.push(format!(
+                "{n} {provider:?} event {id} records of version {version} (no layout: not decoded)"
+            ));
+        }
+        if self.failed_operations > 0 {
+            parts.push(format!(
+                "{} failed deletes/renames/links/overwrites not reported",
+                self.failed_operations
+            ));
+        }
+        if self.unconfirmed_operations > 0 {
+            parts.push(format!(
+                "{} requests reported without their OperationEnd",
+                self.unconfirmed_operations
+            ));
+        }
+        (!parts.is_empty()).then(|| parts.join("; "))
+    }
+}
+
 impl EtwDecoder {
     pub fn new(devices: DeviceMap, cache_capacity: usize) -> Self {
         Self {
@@ -701,6 +726,79 @@ mod tests {
             d.decode1(&write).is_some(),
             "cleanup ends the coalescing window"
         );
+    }
+
+    fn at(mut e: EtwEvent, time_ms: u64) -> EtwEvent {
+        e.time_ms = time_ms;
+        e
+    }
+
+    #[test]
+    fn a_delete_without_operation_end_is_reported_after_the_timeout() {
+        let mut d = decoder();
+        let delete = event(
+            Provider::KernelFile,
+            26,
+            &[
+                ("Irp", n(0x77)),
+                ("FileObject", n(3)),
+                ("FilePath", s(r"\Device\HarddiskVolume3\gone")),
+            ],
+        );
+        assert!(
+            d.decode(&at(delete, 1000)).is_empty(),
+            "held for OperationEnd"
+        );
+        let mut out = Vec::new();
+        d.expire(1000 + PENDING_TIMEOUT_MS, &mut out);
+        assert!(out.is_empty(), "not yet");
+        d.expire(1001 + PENDING_TIMEOUT_MS, &mut out);
+        let [Change::File(c)] = out.as_slice() else {
+            panic!("{out:?}")
+        };
+        assert_eq!(
+            (c.activity, c.path.as_str()),
+            (FileActivity::Delete, r"C:\gone")
+        );
+        assert_eq!(d.stats.unconfirmed_operations, 1);
+        // A late OperationEnd for the settled IRP changes nothing.
+        let end = event(
+            Provider::KernelFile,
+            24,
+            &[("Irp", n(0x77)), ("Status", n(0))],
+        );
+        assert!(d.decode(&at(end, 3500)).is_empty());
+    }
+
+    #[test]
+    fn delete_on_close_and_delete_path_report_one_delete() {
+        let mut d = decoder();
+        d.decode1(&event(
+            Provider::KernelFile,
+            12,
+            &[
+                ("FileObject", n(8)),
+                ("CreateOptions", n(0x0100_1000)),
+                ("FileName", s(r"\Device\HarddiskVolume3\t.tmp")),
+            ],
+        ));
+        let cleanup = event(Provider::KernelFile, 13, &[("FileObject", n(8))]);
+        let Some(Change::File(c)) = d.decode1(&cleanup) else {
+            panic!("delete-on-close reports at Cleanup")
+        };
+        assert_eq!(
+            (c.activity, c.path.as_str()),
+            (FileActivity::Delete, r"C:\t.tmp")
+        );
+        let delete_path = event(
+            Provider::KernelFile,
+            26,
+            &[
+                ("FileObject", n(8)),
+                ("FilePath", s(r"\Device\HarddiskVolume3\t.tmp")),
+            ],
+        );
+        assert_eq!(d.decode1(&delete_path), None, "already reported");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
-use fim_windows::pipeline::{load_fixture, replay_fixture};
+use fim_windows::pipeline::{load_fixture, replay_fixture_with_stats};
 use fim_windows::rules::{Config, DEFAULT_CONFIG, RuleSet};
 
 #[derive(Parser)]
@@ -93,8 +93,12 @@ fn run() -> Result<ExitCode> {
             };
             let rules = RuleSet::compile(&config, &lookup, None)?;
             let fixture = load_fixture(&fixture)?;
-            for record in replay_fixture(&fixture, rules, &hostname) {
+            let (records, stats) = replay_fixture_with_stats(&fixture, rules, &hostname);
+            for record in records {
                 println!("{record}");
+            }
+            if let Some(summary) = stats.summary() {
+                eprintln!("fim-windows: decoder: {summary}");
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -281,6 +281,16 @@ impl Pipeline {
 /// Run a fixture through the pipeline with the given rules; one JSON value
 /// per reported change, in order.
 pub fn replay_fixture(fixture: &EtwFixture, rules: RuleSet, hostname: &str) -> Vec<Value> {
+    replay_fixture_with_stats(fixture, rules, hostname).0
+}
+
+/// [`replay_fixture`], plus what the decoder counted (unknown versions,
+/// failed operations, seeded keys).
+pub fn replay_fixture_with_stats(
+    fixture: &EtwFixture,
+    rules: RuleSet,
+    hostname: &str,
+) -> (Vec<Value>, DecoderStats) {
     let devices = DeviceMap::from_pairs(fixture.device_map.clone());
     let mut pipeline = Pipeline::new(
         rules,
@@ -311,7 +321,7 @@ pub fn replay_fixture(fixture: &EtwFixture, rules: RuleSet, hostname: &str) -> V
     for s in snapshots_at(fixture.events.len()) {
         out.extend(pipeline.on_snapshot(s.snapshot.clone()));
     }
-    out
+    (out, pipeline.decoder_stats().clone())
 }
 
 pub fn load_fixture(path: &Path) -> Result<EtwFixture> {

@@ -155,6 +155,7 @@ pub fn run(config: Config) -> Result<()> {
     // Let ETW deliver the events of a burst before the early snapshot runs,
     // so reconciliation attributes them to ETW rather than to the diff.
     let mut snapshot_due: Option<Instant> = None;
+    let mut last_summary: Option<String> = None;
     loop {
         match rx.recv_timeout(Duration::from_millis(250)) {
             Ok(Input::Etw(event)) => emit(pipeline.on_etw_event(&event))?,
@@ -169,6 +170,13 @@ pub fn run(config: Config) -> Result<()> {
         emit(pipeline.on_tick(now_ms()))?;
         if last_poll.elapsed() >= poll {
             last_poll = Instant::now();
+            let summary = pipeline.decoder_stats().summary();
+            if summary != last_summary {
+                if let Some(s) = &summary {
+                    eprintln!("fim-windows: decoder: {s}");
+                }
+                last_summary = summary;
+            }
             if let Some(loss) = pipeline.on_session_counters(session.counters()?) {
                 eprintln!(
                     "fim-windows: ETW lost {} events / {} buffers: snapshot now",
