@@ -13,7 +13,7 @@
 //! `etw_filter` bench and the tests compare what each configuration lets
 //! through.
 
-use crate::etw_event::Provider;
+use crate::etw_event::{EtwEvent, Provider};
 use crate::etw_layout::{CONSUMED_FILE_EVENTS, CONSUMED_REGISTRY_EVENTS};
 
 /// Kernel-File keyword masks.
@@ -142,6 +142,21 @@ pub fn delivers(filter: &ProviderFilter, provider: Provider, event_id: u16) -> b
     let by_keyword = filter.keywords == 0 || keywords == 0 || keywords & filter.keywords != 0;
     let by_id = filter.event_ids.is_none_or(|ids| ids.contains(&event_id));
     by_keyword && by_id
+}
+
+/// The events of `events` a session with these filters would receive.
+pub fn delivered<'a>(
+    events: &'a [EtwEvent],
+    file: &'a ProviderFilter,
+    registry: &'a ProviderFilter,
+) -> impl Iterator<Item = &'a EtwEvent> {
+    events.iter().filter(move |e| {
+        let filter = match e.provider {
+            Provider::KernelFile => file,
+            Provider::KernelRegistry => registry,
+        };
+        delivers(filter, e.provider, e.event_id)
+    })
 }
 
 /// The EVENT_FILTER_EVENT_ID structure EnableTraceEx2 takes for an

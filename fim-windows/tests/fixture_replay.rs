@@ -568,3 +568,56 @@ fn registry_changes_by_authorized_actors_are_labelled() {
     // Nothing is dropped: the same number of records as without the entry.
     assert_eq!(records.len(), replay("kernel_registry_events").len());
 }
+
+/// The workload replayed as the previous and the precise session filters
+/// would deliver it: fewer events, the same records.
+#[test]
+fn precise_filters_deliver_fewer_events_and_lose_no_change() {
+    use fim_windows::etw_filter::{self, delivered};
+    let mut fixture = load_fixture(&fixtures().join("workload_mix.json")).unwrap();
+    let all = std::mem::take(&mut fixture.events);
+    let mut outputs = Vec::new();
+    let mut counts = Vec::new();
+    for (file, registry) in [
+        (
+            etw_filter::PREVIOUS_KERNEL_FILE,
+            etw_filter::PREVIOUS_KERNEL_REGISTRY,
+        ),
+        (etw_filter::KERNEL_FILE, etw_filter::KERNEL_REGISTRY),
+    ] {
+        fixture.events = delivered(&all, &file, &registry).cloned().collect();
+        counts.push(fixture.events.len());
+        let rules = RuleSet::compile(&Config::builtin(), &env, None).unwrap();
+        outputs.push(replay_fixture(&fixture, rules, "replay-host"));
+    }
+    assert_eq!(outputs[0], outputs[1], "the filters drop no event fim uses");
+    let summary: Vec<(&str, &str)> = outputs[1]
+        .iter()
+        .map(|r| {
+            let object = [&r["file"], &r["reg_value"]]
+                .into_iter()
+                .find(|o| o.is_object())
+                .unwrap();
+            (
+                r["activity_name"].as_str().unwrap(),
+                object["path"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    let run = r"HKLM\SOFTWARE\Microsoft\Windows\CurrentVersion\Run";
+    assert_eq!(
+        summary,
+        vec![
+            ("Update", r"C:\Windows\System32\drivers\etc\networks"),
+            ("Set", run),
+            ("Set", run),
+            ("Set", run),
+        ]
+    );
+    assert_eq!(
+        counts[0],
+        all.len(),
+        "the previous filters let everything through"
+    );
+    assert!(counts[1] * 2 < counts[0], "{counts:?}");
+}
