@@ -20,6 +20,7 @@ pub mod pipeline;
 pub mod reconcile;
 pub mod reg_path;
 pub mod rules;
+pub mod selftest;
 pub mod snapshot;
 
 #[cfg(windows)]

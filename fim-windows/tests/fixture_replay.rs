@@ -387,6 +387,17 @@ fn run_explains_it_needs_windows() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("needs Windows"));
 }
 
+#[cfg(not(windows))]
+#[test]
+fn selftest_explains_it_needs_windows() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fim-windows"))
+        .arg("selftest")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`selftest` needs Windows"));
+}
+
 fn replay_with(name: &str, config: &str) -> Vec<Value> {
     let fixture = load_fixture(&fixtures().join(format!("{name}.json"))).expect("fixture loads");
     let config = Config::parse(config, "test.toml").expect("config parses");

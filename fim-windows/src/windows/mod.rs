@@ -7,4 +7,5 @@ pub mod key_handles;
 pub mod process_info;
 pub mod reg_notify;
 pub mod registry;
+pub mod selftest;
 pub mod wide;
