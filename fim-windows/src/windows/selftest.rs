@@ -150,6 +150,42 @@ fn make_changes(plan: &Plan, key: &super::registry::Key) -> Result<()> {
     set_value(key, &plan.value_name, REG_SZ, &data)
 }
 
+/// What a session saw.
+struct Observed {
+    events: Vec<EtwEvent>,
+    /// (KeyObject, kernel name) of the key handles open at the start.
+    seeds: Vec<(u64, String)>,
+}
+
+/// Run the session around the changes: the events of this process and of
+/// the System process (pid 4, which writes mapped pages), and the key
+/// handles open when the session started.
+fn observe(plan: &Plan, key: &super::registry::Key) -> Result<Observed> {
+    let session = EtwSession::start_named(SESSION)?;
+    let (tx, rx) = mpsc::channel::<EtwEvent>();
+    let name = session.name();
+    let consumer = std::thread::spawn(move || EtwSession::consume(&name, tx));
+    let seeds = open_key_objects().unwrap_or_else(|e| {
+        eprintln!("fim-windows selftest: open key handles not read: {e:#}");
+        Vec::new()
+    });
+    std::thread::sleep(SETTLE);
+    let made = make_changes(plan, key);
+    std::thread::sleep(DRAIN);
+    drop(session); // stops the session: ProcessTrace returns
+    match consumer.join() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => bail!("ETW consumer: {e:#}"),
+        Err(_) => bail!("ETW consumer thread panicked"),
+    }
+    made?;
+    let events = rx
+        .try_iter()
+        .filter(|e| e.pid == plan.pid || e.pid == 4)
+        .collect();
+    Ok(Observed { events, seeds })
+}
+
 pub fn run() -> Result<bool> {
     let pid = std::process::id();
     let sid = current_user_sid().context("reading this process's user SID")?;
@@ -173,31 +209,14 @@ pub fn run() -> Result<bool> {
     println!(
         "fim-windows selftest: {}, session {SESSION}, pid {pid}, in {}",
         windows_version(),
-        dir.display()
+        dos(&dir)
     );
-    let session = EtwSession::start_named(SESSION)?;
-    let (tx, rx) = mpsc::channel::<EtwEvent>();
-    let name = session.name();
-    let consumer = std::thread::spawn(move || EtwSession::consume(&name, tx));
-    let seeds = open_key_objects().unwrap_or_else(|e| {
-        eprintln!("fim-windows selftest: open key handles not read: {e:#}");
-        Vec::new()
-    });
-    std::thread::sleep(SETTLE);
-    let made = make_changes(&plan, &key);
-    std::thread::sleep(DRAIN);
-    drop(session); // stops the session: ProcessTrace returns
-    if let Ok(Err(e)) = consumer.join() {
-        eprintln!("fim-windows selftest: consumer: {e:#}");
-    }
-    let events: Vec<EtwEvent> = rx
-        .try_iter()
-        .filter(|e| e.pid == pid || e.pid == 4)
-        .collect();
+    let observed = observe(&plan, &key);
+    // Clean up whatever happened.
     drop(key);
     let _ = delete_tree(&hkcu_key);
     let _ = std::fs::remove_dir_all(&dir);
-    made?;
+    let Observed { events, seeds } = observed?;
 
     let current =
         read_dword(r"HKLM\SYSTEM\Select", "Current")?.map(|n| format!("ControlSet{n:03}"));
