@@ -11,6 +11,8 @@ pub enum FileActivity {
     Rename,
     SetAttributes,
     SetSecurity,
+    /// A new name (hard link, `path`) for an existing file (`source_path`).
+    HardLink,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +22,8 @@ pub struct FileChange {
     pub path: String,
     /// The new path of a rename.
     pub new_path: Option<String>,
+    /// The existing name a hard link (`path`) was made to.
+    pub source_path: Option<String>,
     pub pid: u32,
     pub time_ms: u64,
     /// The name could not be fully resolved (cache miss, unmapped device).

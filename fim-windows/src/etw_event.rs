@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// The two providers fim subscribes to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Provider {
     #[serde(rename = "Microsoft-Windows-Kernel-File")]
     KernelFile,
@@ -119,6 +119,20 @@ pub struct EtwFixture {
     /// Registry snapshots applied after `after_event` events were handled.
     #[serde(default)]
     pub snapshots: Vec<FixtureSnapshot>,
+    /// Key handles open before the session started (what the agent reads
+    /// from the system handle table): seeded for the baseline's keys.
+    #[serde(default)]
+    pub key_handles: Vec<KeyHandle>,
+}
+
+/// A registry key object named by an open handle.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyHandle {
+    /// The key object's kernel address (the events' KeyObject).
+    pub object: u64,
+    /// `\REGISTRY\MACHINE\...` or `\REGISTRY\USER\...`.
+    pub name: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

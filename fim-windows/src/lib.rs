@@ -9,6 +9,7 @@ pub mod actor;
 pub mod change;
 pub mod decode;
 pub mod etw_event;
+pub mod etw_filter;
 pub mod etw_layout;
 pub mod glob;
 pub mod lost_events;
@@ -19,6 +20,7 @@ pub mod pipeline;
 pub mod reconcile;
 pub mod reg_path;
 pub mod rules;
+pub mod selftest;
 pub mod snapshot;
 
 #[cfg(windows)]

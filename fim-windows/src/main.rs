@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
-use fim_windows::pipeline::{load_fixture, replay_fixture};
+use fim_windows::pipeline::{load_fixture, replay_fixture_with_stats};
 use fim_windows::rules::{Config, DEFAULT_CONFIG, RuleSet};
 
 #[derive(Parser)]
@@ -40,6 +40,10 @@ enum Command {
         #[arg(long, default_value = "replay-host")]
         hostname: String,
     },
+    /// Check on this Windows host what the ETW providers send for a fixed set of changes
+    /// (rename, delete-on-close, new file, cached and mapped writes, a key opened before the
+    /// session) and whether fim decodes it right; exits 1 if a check fails. Needs Administrator.
+    Selftest,
     /// Validate a config file.
     CheckConfig { config: PathBuf },
     /// Print the built-in rule set.
@@ -93,11 +97,16 @@ fn run() -> Result<ExitCode> {
             };
             let rules = RuleSet::compile(&config, &lookup, None)?;
             let fixture = load_fixture(&fixture)?;
-            for record in replay_fixture(&fixture, rules, &hostname) {
+            let (records, stats) = replay_fixture_with_stats(&fixture, rules, &hostname);
+            for record in records {
                 println!("{record}");
+            }
+            if let Some(summary) = stats.summary() {
+                eprintln!("fim-windows: decoder: {summary}");
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Selftest => run_selftest(),
         Command::CheckConfig { config } => {
             let config = Config::load(&config)?;
             println!(
@@ -125,6 +134,24 @@ fn run_agent(_config: Config) -> Result<ExitCode> {
     eprintln!(
         "fim-windows: `run` needs Windows (ETW and the registry). On this system use `fim-windows replay FIXTURE.json` \
          to run the same pipeline on recorded events, or the Linux fim daemon."
+    );
+    Ok(ExitCode::from(2))
+}
+
+#[cfg(windows)]
+fn run_selftest() -> Result<ExitCode> {
+    Ok(if fim_windows::windows::selftest::run()? {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+#[cfg(not(windows))]
+fn run_selftest() -> Result<ExitCode> {
+    eprintln!(
+        "fim-windows: `selftest` needs Windows: it checks what the live ETW providers send. \
+         See docs/windows.md for what it prints."
     );
     Ok(ExitCode::from(2))
 }

@@ -78,6 +78,8 @@ fn file_activity(a: FileActivity) -> (u32, &'static str) {
         FileActivity::Rename => (5, "Rename"),
         FileActivity::SetAttributes => (6, "Set Attributes"),
         FileActivity::SetSecurity => (7, "Set Security"),
+        // OCSF has no link activity: the new name appeared (as on Linux).
+        FileActivity::HardLink => (1, "Create"),
     }
 }
 
@@ -352,6 +354,10 @@ pub fn file_record(
         FileActivity::Rename => (vec!["path"], json!({"path": change.path})),
         FileActivity::SetAttributes => (vec!["attributes"], Value::Null),
         FileActivity::SetSecurity => (vec!["security_descriptor"], Value::Null),
+        FileActivity::HardLink => (
+            vec!["created", "hard_link"],
+            json!({"path": change.source_path}),
+        ),
     };
     match &change.new_path {
         Some(new_path) => {

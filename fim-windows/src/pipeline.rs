@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::actor::{ProcessResolver, StaticProcesses};
 use crate::change::{Backend, Change, FileActivity, RegistryChange, blake3_hex};
-use crate::decode::EtwDecoder;
+use crate::decode::{DecoderStats, EtwDecoder};
 use crate::etw_event::{EtwEvent, EtwFixture};
 use crate::lost_events::{LossReport, LostEventAccounting, SessionCounters};
 use crate::nt_path::DeviceMap;
@@ -161,12 +161,64 @@ impl Pipeline {
         &self.rules
     }
 
-    pub fn on_etw_event(&mut self, event: &EtwEvent) -> Option<Value> {
+    /// Decode one event: the records of the changes it completes (none,
+    /// its own, or held requests its OperationEnd confirmed or timed out).
+    pub fn on_etw_event(&mut self, event: &EtwEvent) -> Vec<Value> {
         self.stats.events += 1;
-        let change = self.decoder.decode(event)?;
-        self.stats.changes += 1;
-        let matched = self.rules.match_change(&change)?;
-        let process = self.processes.resolve(event.pid);
+        let changes = self.decoder.decode(event);
+        self.report(changes)
+    }
+
+    /// Report held requests whose OperationEnd did not come within the
+    /// timeout by `now_ms` (epoch ms); the agent calls it when idle.
+    pub fn on_tick(&mut self, now_ms: u64) -> Vec<Value> {
+        let mut changes = Vec::new();
+        self.decoder.expire(now_ms, &mut changes);
+        self.report(changes)
+    }
+
+    /// Report every held request (end of a replay).
+    pub fn flush(&mut self) -> Vec<Value> {
+        let changes = self.decoder.flush();
+        self.report(changes)
+    }
+
+    /// Name KeyObjects opened before the session (see
+    /// [`EtwDecoder::seed_key_objects`]), keeping those of `snapshot`'s keys.
+    pub fn seed_key_objects(
+        &mut self,
+        handles: impl IntoIterator<Item = (u64, String)>,
+        snapshot: &RegistrySnapshot,
+    ) -> usize {
+        let watched: std::collections::HashSet<String> =
+            snapshot.keys.keys().map(|k| k.to_lowercase()).collect();
+        self.decoder
+            .seed_key_objects(handles, |path| watched.contains(&path.to_lowercase()))
+    }
+
+    pub fn decoder_stats(&self) -> &DecoderStats {
+        &self.decoder.stats
+    }
+
+    fn report(&mut self, changes: Vec<Change>) -> Vec<Value> {
+        let mut out = Vec::new();
+        for change in changes {
+            self.stats.changes += 1;
+            if let Some(record) = self.record(&change) {
+                self.stats.reported += 1;
+                out.push(record);
+            }
+        }
+        out
+    }
+
+    fn record(&mut self, change: &Change) -> Option<Value> {
+        let matched = self.rules.match_change(change)?;
+        let pid = match change {
+            Change::File(f) => Some(f.pid),
+            Change::Registry(r) => r.pid,
+        };
+        let process = pid.and_then(|pid| self.processes.resolve(pid));
         let em = Emission {
             hostname: &self.hostname,
             rule: &matched.name,
@@ -174,7 +226,7 @@ impl Pipeline {
             backend: Backend::Etw,
             authorized: self.rules.is_authorized(process.as_ref()),
         };
-        let record = match &change {
+        Some(match change {
             Change::File(f) => {
                 let content_cap = matched
                     .upload_content
@@ -191,9 +243,7 @@ impl Pipeline {
                 self.reconciler.note_etw(r);
                 ocsf::registry_record(r, process.as_ref(), &em)
             }
-        };
-        self.stats.reported += 1;
-        Some(record)
+        })
     }
 
     /// Install a registry snapshot; returns records for what ETW missed.
@@ -231,6 +281,16 @@ impl Pipeline {
 /// Run a fixture through the pipeline with the given rules; one JSON value
 /// per reported change, in order.
 pub fn replay_fixture(fixture: &EtwFixture, rules: RuleSet, hostname: &str) -> Vec<Value> {
+    replay_fixture_with_stats(fixture, rules, hostname).0
+}
+
+/// [`replay_fixture`], plus what the decoder counted (unknown versions,
+/// failed operations, seeded keys).
+pub fn replay_fixture_with_stats(
+    fixture: &EtwFixture,
+    rules: RuleSet,
+    hostname: &str,
+) -> (Vec<Value>, DecoderStats) {
     let devices = DeviceMap::from_pairs(fixture.device_map.clone());
     let mut pipeline = Pipeline::new(
         rules,
@@ -241,6 +301,14 @@ pub fn replay_fixture(fixture: &EtwFixture, rules: RuleSet, hostname: &str) -> V
         Box::new(StaticFiles::new(&fixture.files)),
     );
     pipeline.set_current_control_set(fixture.current_control_set.clone());
+    // Handles open before the session, kept for the baseline's keys.
+    if let Some(baseline) = fixture.snapshots.iter().find(|s| s.after_event == 0) {
+        let handles = fixture
+            .key_handles
+            .iter()
+            .map(|h| (h.object, h.name.clone()));
+        pipeline.seed_key_objects(handles, &baseline.snapshot);
+    }
     let mut out = Vec::new();
     let snapshots_at = |n: usize| fixture.snapshots.iter().filter(move |s| s.after_event == n);
     for (i, event) in fixture.events.iter().enumerate() {
@@ -249,10 +317,11 @@ pub fn replay_fixture(fixture: &EtwFixture, rules: RuleSet, hostname: &str) -> V
         }
         out.extend(pipeline.on_etw_event(event));
     }
+    out.extend(pipeline.flush());
     for s in snapshots_at(fixture.events.len()) {
         out.extend(pipeline.on_snapshot(s.snapshot.clone()));
     }
-    out
+    (out, pipeline.decoder_stats().clone())
 }
 
 pub fn load_fixture(path: &Path) -> Result<EtwFixture> {

@@ -402,7 +402,10 @@ impl RuleSet {
 
     pub fn match_file(&self, change: &FileChange) -> Option<RuleMatch> {
         // A rename into or out of a watched place both matter.
-        let candidates = std::iter::once(change.path.as_str()).chain(change.new_path.as_deref());
+        // So does a hard link made to a watched file from anywhere.
+        let candidates = std::iter::once(change.path.as_str())
+            .chain(change.new_path.as_deref())
+            .chain(change.source_path.as_deref());
         for path in candidates {
             if let Some(rule) = self.files.iter().find(|r| file_rule_matches(r, path)) {
                 return Some(RuleMatch {
@@ -530,6 +533,7 @@ mod tests {
             activity: FileActivity::Update,
             path: path.into(),
             new_path: None,
+            source_path: None,
             pid: 1,
             time_ms: 0,
             truncated_path: false,

@@ -4,7 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use fim_windows::pipeline::{load_fixture, replay_fixture};
+use fim_windows::etw_event::Provider;
+use fim_windows::pipeline::{load_fixture, replay_fixture, replay_fixture_with_stats};
 use fim_windows::rules::{Config, RuleSet};
 use serde_json::Value;
 
@@ -63,6 +64,151 @@ fn kernel_file_fixture_matches_expected_ocsf() {
 #[test]
 fn kernel_registry_fixture_matches_expected_ocsf() {
     assert_same("kernel_registry_events");
+}
+
+#[test]
+fn kernel_file_edge_case_fixture_matches_expected_ocsf() {
+    assert_same("kernel_file_edge_cases");
+}
+
+#[test]
+fn kernel_registry_empty_names_fixture_matches_expected_ocsf() {
+    assert_same("kernel_registry_empty_names");
+}
+
+/// (activity, file.path, file_result.path or previous.path, pid) per record.
+fn file_summary(records: &[Value]) -> Vec<(String, String, String, u64)> {
+    records
+        .iter()
+        .map(|r| {
+            let other = get(r, "file_result.path")
+                .as_str()
+                .or(get(r, "unmapped.fim.previous.path").as_str())
+                .unwrap_or("");
+            (
+                r["activity_name"].as_str().unwrap().to_string(),
+                get(r, "file.path").as_str().unwrap().to_string(),
+                other.to_string(),
+                get(r, "actor.process.pid").as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn decoder_edge_cases_are_reported_as_they_happened() {
+    let fixture = load_fixture(&fixtures().join("kernel_file_edge_cases.json")).unwrap();
+    let rules = RuleSet::compile(&Config::builtin(), &env, None).unwrap();
+    let (records, stats) = replay_fixture_with_stats(&fixture, rules, "replay-host");
+    let etc = r"C:\Windows\System32\drivers\etc\";
+    let row =
+        |a: &str, p: &str, o: &str, pid: u64| (a.to_string(), p.to_string(), o.to_string(), pid);
+    assert_eq!(
+        file_summary(&records),
+        vec![
+            // A: the Close arrived first; the late Write and SetInformation
+            // still get the name, the reused FileObject gets its new one.
+            row("Update", &format!("{etc}hosts"), "", 4242),
+            row("Set Attributes", &format!("{etc}hosts"), "", 4242),
+            row("Set Security", &format!("{etc}networks"), "", 4242),
+            row("Create", &format!("{etc}lmhosts.tmp"), "", 5000),
+            // RenamePath delivered after its FileObject's Close.
+            row(
+                "Rename",
+                &format!("{etc}lmhosts.tmp"),
+                &format!("{etc}lmhosts"),
+                5000
+            ),
+            // B: the denied delete of `protocol` and the colliding rename of
+            // `services` are not reported; the later write keeps the name.
+            row("Update", &format!("{etc}services"), "", 5000),
+            // C: hard links into a watched folder and to a watched file.
+            row(
+                "Create",
+                r"C:\Windows\System32\drivers\evil2.sys",
+                r"C:\Users\Public\payload.sys",
+                6000,
+            ),
+            row("Create", r"C:\Users\Public\h", &format!("{etc}hosts"), 6000),
+            // D: delete-on-close, at Cleanup.
+            row("Delete", &format!("{etc}lmhosts.sam"), "", 6000),
+            // E: an overwriting open empties hosts (its Write coalesced); an
+            // overwrite that created `quotes` is its Create only; the denied
+            // overwrite of networks is not reported; supersede empties.
+            row("Update", &format!("{etc}hosts"), "", 4242),
+            row("Create", &format!("{etc}quotes"), "", 4242),
+            row("Update", &format!("{etc}protocol"), "", 4242),
+            // F: version 0 records decoded with their own layout.
+            row("Update", r"C:\Windows\System32\drivers\old.sys", "", 4),
+        ]
+    );
+    let link = &records[6];
+    assert_eq!(
+        get(link, "unmapped.fim.changed"),
+        &serde_json::json!(["created", "hard_link"])
+    );
+    assert_eq!(
+        get(link, "file.hashes.0.value"),
+        fim_windows::change::blake3_hex(b"MZ").as_str()
+    );
+    assert!(
+        records
+            .iter()
+            .all(|r| get(r, "unmapped.fim.truncated_path") == false)
+    );
+    assert_eq!(stats.failed_operations, 3, "{stats:?}");
+    assert_eq!(stats.unconfirmed_operations, 0, "{stats:?}");
+    assert_eq!(
+        stats.unknown_versions.into_iter().collect::<Vec<_>>(),
+        vec![((Provider::KernelFile, 16, 2), 1)]
+    );
+}
+
+#[test]
+fn empty_key_names_resolve_through_seeds_and_opens_or_the_snapshot() {
+    let fixture = load_fixture(&fixtures().join("kernel_registry_empty_names.json")).unwrap();
+    let rules = RuleSet::compile(&Config::builtin(), &env, None).unwrap();
+    let (records, stats) = replay_fixture_with_stats(&fixture, rules, "replay-host");
+    let summary: Vec<(&str, &str, &str, &str)> = records
+        .iter()
+        .map(|r| {
+            let object = if r["reg_value"].is_object() {
+                &r["reg_value"]
+            } else {
+                &r["reg_key"]
+            };
+            (
+                r["activity_name"].as_str().unwrap(),
+                object["path"].as_str().unwrap(),
+                object["name"].as_str().unwrap_or(""),
+                get(r, "unmapped.fim.backend").as_str().unwrap(),
+            )
+        })
+        .collect();
+    let run = r"HKLM\SOFTWARE\Microsoft\Windows\CurrentVersion\Run";
+    let evil = r"HKLM\SYSTEM\CurrentControlSet\Services\EvilSvc";
+    assert_eq!(
+        summary,
+        vec![
+            // A key opened before the session, named by the handle table.
+            ("Set", run, "Persist", "etw"),
+            // Named by its OpenKey/CreateKey (relative to a KeyObject).
+            ("Create", evil, "", "etw"),
+            ("Set", evil, "ImagePath", "etw"),
+            // No name from anywhere: the snapshot still reports it, once.
+            (
+                "Set",
+                r"HKLM\SOFTWARE\Microsoft\Windows\CurrentVersion\RunOnce",
+                "Lost",
+                "snapshot"
+            ),
+        ]
+    );
+    assert_eq!(get(&records[0], "actor.process.pid"), 7000);
+    assert_eq!(
+        stats.seeded_key_objects, 1,
+        "only the watched key is seeded"
+    );
 }
 
 #[test]
@@ -239,6 +385,17 @@ fn run_explains_it_needs_windows() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("needs Windows"));
+}
+
+#[cfg(not(windows))]
+#[test]
+fn selftest_explains_it_needs_windows() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fim-windows"))
+        .arg("selftest")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`selftest` needs Windows"));
 }
 
 fn replay_with(name: &str, config: &str) -> Vec<Value> {
@@ -421,4 +578,57 @@ fn registry_changes_by_authorized_actors_are_labelled() {
     assert!(by_that_pid > 0);
     // Nothing is dropped: the same number of records as without the entry.
     assert_eq!(records.len(), replay("kernel_registry_events").len());
+}
+
+/// The workload replayed as the previous and the precise session filters
+/// would deliver it: fewer events, the same records.
+#[test]
+fn precise_filters_deliver_fewer_events_and_lose_no_change() {
+    use fim_windows::etw_filter::{self, delivered};
+    let mut fixture = load_fixture(&fixtures().join("workload_mix.json")).unwrap();
+    let all = std::mem::take(&mut fixture.events);
+    let mut outputs = Vec::new();
+    let mut counts = Vec::new();
+    for (file, registry) in [
+        (
+            etw_filter::PREVIOUS_KERNEL_FILE,
+            etw_filter::PREVIOUS_KERNEL_REGISTRY,
+        ),
+        (etw_filter::KERNEL_FILE, etw_filter::KERNEL_REGISTRY),
+    ] {
+        fixture.events = delivered(&all, &file, &registry).cloned().collect();
+        counts.push(fixture.events.len());
+        let rules = RuleSet::compile(&Config::builtin(), &env, None).unwrap();
+        outputs.push(replay_fixture(&fixture, rules, "replay-host"));
+    }
+    assert_eq!(outputs[0], outputs[1], "the filters drop no event fim uses");
+    let summary: Vec<(&str, &str)> = outputs[1]
+        .iter()
+        .map(|r| {
+            let object = [&r["file"], &r["reg_value"]]
+                .into_iter()
+                .find(|o| o.is_object())
+                .unwrap();
+            (
+                r["activity_name"].as_str().unwrap(),
+                object["path"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    let run = r"HKLM\SOFTWARE\Microsoft\Windows\CurrentVersion\Run";
+    assert_eq!(
+        summary,
+        vec![
+            ("Update", r"C:\Windows\System32\drivers\etc\networks"),
+            ("Set", run),
+            ("Set", run),
+            ("Set", run),
+        ]
+    );
+    assert_eq!(
+        counts[0],
+        all.len(),
+        "the previous filters let everything through"
+    );
+    assert!(counts[1] * 2 < counts[0], "{counts:?}");
 }

@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use windows_sys::Win32::Storage::FileSystem::QueryDosDeviceW;
 
 use super::etw_session::EtwSession;
+use super::key_handles::open_key_objects;
 use super::process_info::{WindowsProcesses, current_user_sid};
 use super::reg_notify::{KeyWatcher, wait_any};
 use super::registry::{WinRegistry, read_dword, read_snapshot};
@@ -82,9 +83,19 @@ pub fn run(config: Config) -> Result<()> {
 
     // Baseline before ETW starts, so the first diff has something to compare.
     let baseline = read_snapshot(&roots, settings.max_snapshot_keys, now_ms())?;
+    let session = EtwSession::start()?;
+    // Keys opened before the session (KeyName is often empty, so ETW never
+    // names them): seed their KeyObjects from the handle table, taken after
+    // the session started so no handle opened in between is missed.
+    match open_key_objects() {
+        Ok(handles) => {
+            let seeded = pipeline.seed_key_objects(handles, &baseline);
+            eprintln!("fim-windows: {seeded} watched keys named from open handles");
+        }
+        Err(e) => eprintln!("fim-windows: open key handles not read: {e:#}"),
+    }
     emit(pipeline.on_snapshot(baseline))?;
 
-    let session = EtwSession::start()?;
     let (tx, rx) = mpsc::channel::<Input>();
     let (etw_tx, etw_rx) = mpsc::channel::<EtwEvent>();
     let name = session.name();
@@ -144,6 +155,7 @@ pub fn run(config: Config) -> Result<()> {
     // Let ETW deliver the events of a burst before the early snapshot runs,
     // so reconciliation attributes them to ETW rather than to the diff.
     let mut snapshot_due: Option<Instant> = None;
+    let mut last_summary: Option<String> = None;
     loop {
         match rx.recv_timeout(Duration::from_millis(250)) {
             Ok(Input::Etw(event)) => emit(pipeline.on_etw_event(&event))?,
@@ -154,8 +166,17 @@ pub fn run(config: Config) -> Result<()> {
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
+        // Deletes/renames whose OperationEnd never came.
+        emit(pipeline.on_tick(now_ms()))?;
         if last_poll.elapsed() >= poll {
             last_poll = Instant::now();
+            let summary = pipeline.decoder_stats().summary();
+            if summary != last_summary {
+                if let Some(s) = &summary {
+                    eprintln!("fim-windows: decoder: {s}");
+                }
+                last_summary = summary;
+            }
             if let Some(loss) = pipeline.on_session_counters(session.counters()?) {
                 eprintln!(
                     "fim-windows: ETW lost {} events / {} buffers: snapshot now",

@@ -8,17 +8,20 @@ use std::sync::mpsc::Sender;
 use anyhow::{Result, bail};
 use windows_sys::Win32::Foundation::{ERROR_ALREADY_EXISTS, ERROR_SUCCESS};
 use windows_sys::Win32::System::Diagnostics::Etw::{
-    CONTROLTRACE_HANDLE, CloseTrace, ControlTraceW, EVENT_CONTROL_CODE_ENABLE_PROVIDER,
-    EVENT_RECORD, EVENT_TRACE_CONTROL_QUERY, EVENT_TRACE_CONTROL_STOP, EVENT_TRACE_LOGFILEW,
-    EVENT_TRACE_PROPERTIES, EVENT_TRACE_REAL_TIME_MODE, EnableTraceEx2, OpenTraceW,
-    PROCESS_TRACE_MODE_EVENT_RECORD, PROCESS_TRACE_MODE_REAL_TIME, PROCESSTRACE_HANDLE,
-    ProcessTrace, StartTraceW, WNODE_FLAG_TRACED_GUID,
+    CONTROLTRACE_HANDLE, CloseTrace, ControlTraceW, ENABLE_TRACE_PARAMETERS,
+    ENABLE_TRACE_PARAMETERS_VERSION_2, EVENT_CONTROL_CODE_ENABLE_PROVIDER, EVENT_FILTER_DESCRIPTOR,
+    EVENT_FILTER_TYPE_EVENT_ID, EVENT_RECORD, EVENT_TRACE_CONTROL_QUERY, EVENT_TRACE_CONTROL_STOP,
+    EVENT_TRACE_LOGFILEW, EVENT_TRACE_NO_PER_PROCESSOR_BUFFERING, EVENT_TRACE_PROPERTIES,
+    EVENT_TRACE_REAL_TIME_MODE, EnableTraceEx2, OpenTraceW, PROCESS_TRACE_MODE_EVENT_RECORD,
+    PROCESS_TRACE_MODE_REAL_TIME, PROCESSTRACE_HANDLE, ProcessTrace, StartTraceW,
+    WNODE_FLAG_TRACED_GUID,
 };
 use windows_sys::core::GUID;
 
 use super::wide::to_wide;
 use crate::etw_event::{EtwEvent, Provider, filetime_to_epoch_ms};
-use crate::etw_layout::{RecordHeader, is_consumed, parse_user_data};
+use crate::etw_filter::{self, ProviderFilter, event_id_filter_payload};
+use crate::etw_layout::{Parsed, RecordHeader, is_consumed, parse_user_data};
 use crate::lost_events::SessionCounters;
 
 pub const SESSION_NAME: &str = "fim-windows";
@@ -26,14 +29,6 @@ pub const SESSION_NAME: &str = "fim-windows";
 const KERNEL_FILE: GUID = GUID::from_u128(0xEDD08927_9CC4_4E65_B970_C2560FB5C289);
 const KERNEL_REGISTRY: GUID = GUID::from_u128(0x70EB4F03_C1DE_4F73_A051_33D13D5413BD);
 
-/// Kernel-File keywords (logman query providers Microsoft-Windows-Kernel-File):
-/// FILENAME 0x10, FILEIO 0x20, CREATE 0x80, WRITE 0x200, DELETE_PATH 0x400,
-/// RENAME_SETLINK_PATH 0x800, CREATE_NEW_FILE 0x1000. READ (0x100) is left
-/// out: reads never change integrity and dominate the volume.
-const KERNEL_FILE_KEYWORDS: u64 = 0x10 | 0x20 | 0x80 | 0x200 | 0x400 | 0x800 | 0x1000;
-/// Kernel-Registry: all keywords. OpenKey/CloseKey events are needed to name
-/// KeyObjects; the callback drops unconsumed event ids before copying.
-const KERNEL_REGISTRY_KEYWORDS: u64 = 0;
 const TRACE_LEVEL_INFORMATION: u8 = 4;
 const EVENT_HEADER_FLAG_32_BIT_HEADER: u16 = 0x0020;
 
@@ -48,7 +43,8 @@ struct Properties {
 
 impl Properties {
     fn new() -> Self {
-        let name_bytes = (SESSION_NAME.len() + 1) * 2;
+        // Room for any session name up to 256 characters.
+        let name_bytes = 257 * 2;
         let total = std::mem::size_of::<EVENT_TRACE_PROPERTIES>() + name_bytes + 1024;
         let mut p = Self {
             buf: vec![0u64; total.div_ceil(8)],
@@ -57,7 +53,10 @@ impl Properties {
         props.Wnode.BufferSize = total as u32;
         props.Wnode.Flags = WNODE_FLAG_TRACED_GUID;
         props.Wnode.ClientContext = 1; // QPC timestamps, converted to FILETIME on delivery
-        props.LogFileMode = EVENT_TRACE_REAL_TIME_MODE;
+        // One buffer for all CPUs: events arrive in the order they were
+        // logged, so a late Write or RenamePath never follows its Close (the
+        // decoder still tolerates reordering, see name_cache).
+        props.LogFileMode = EVENT_TRACE_REAL_TIME_MODE | EVENT_TRACE_NO_PER_PROCESSOR_BUFFERING;
         props.BufferSize = 256; // KB
         props.MinimumBuffers = 16;
         props.MaximumBuffers = 128;
@@ -134,19 +133,70 @@ unsafe extern "system" fn on_event(record: *mut EVENT_RECORD) {
     // SAFETY: see above.
     let context = unsafe { &*(record.UserContext as *const CallbackContext) };
     match parsed {
-        Ok(Some(event)) => {
+        // An unknown version goes on header-only: the decoder counts it.
+        Ok(Parsed::Event(event) | Parsed::UnknownVersion(event)) => {
             let _ = context.sender.send(event);
         }
-        Ok(None) => {}
+        Ok(Parsed::NotConsumed) => {}
         Err(e) => eprintln!("fim-windows: undecodable ETW record: {e:#}"),
     }
 }
 
+/// Enable one provider with its keywords and event-id filter.
+fn enable_provider(
+    control: CONTROLTRACE_HANDLE,
+    guid: &GUID,
+    filter: &ProviderFilter,
+    label: &str,
+) -> Result<()> {
+    let payload = filter.event_ids.map(event_id_filter_payload);
+    let mut descriptor = EVENT_FILTER_DESCRIPTOR {
+        Ptr: payload.as_ref().map_or(0, |p| p.as_ptr() as u64),
+        Size: payload.as_ref().map_or(0, |p| p.len() as u32),
+        Type: EVENT_FILTER_TYPE_EVENT_ID,
+    };
+    let parameters = ENABLE_TRACE_PARAMETERS {
+        Version: ENABLE_TRACE_PARAMETERS_VERSION_2,
+        EnableProperty: 0,
+        ControlFlags: 0,
+        SourceId: GUID::from_u128(0),
+        EnableFilterDesc: if payload.is_some() {
+            &mut descriptor
+        } else {
+            std::ptr::null_mut()
+        },
+        FilterDescCount: u32::from(payload.is_some()),
+    };
+    // SAFETY: valid session handle and provider GUID; the parameters and
+    // the filter payload outlive the call.
+    let code = unsafe {
+        EnableTraceEx2(
+            control,
+            guid,
+            EVENT_CONTROL_CODE_ENABLE_PROVIDER,
+            TRACE_LEVEL_INFORMATION,
+            filter.keywords,
+            0,
+            0,
+            &parameters,
+        )
+    };
+    if code != ERROR_SUCCESS {
+        bail!("EnableTraceEx2({label}): Win32 error {code}");
+    }
+    Ok(())
+}
+
 impl EtwSession {
-    /// Start (or restart, if a stale one exists) the session and enable the
-    /// two providers.
+    /// Start (or restart, if a stale one exists) the agent's session and
+    /// enable the two providers.
     pub fn start() -> Result<Self> {
-        let name = to_wide(SESSION_NAME);
+        Self::start_named(SESSION_NAME)
+    }
+
+    /// Start a session of this name (the selftest uses its own).
+    pub fn start_named(session_name: &str) -> Result<Self> {
+        let name = to_wide(session_name);
         let mut control = CONTROLTRACE_HANDLE { Value: 0 };
         let mut props = Properties::new();
         // SAFETY: properties buffer sized for the name.
@@ -167,38 +217,21 @@ impl EtwSession {
             code = unsafe { StartTraceW(&mut control, name.as_ptr(), props.ptr()) };
         }
         if code != ERROR_SUCCESS {
-            bail!("StartTraceW({SESSION_NAME}): Win32 error {code} (needs Administrator)");
+            bail!("StartTraceW({session_name}): Win32 error {code} (needs Administrator)");
         }
         let session = Self { control, name };
-        for (guid, keywords, label) in [
-            (
-                KERNEL_FILE,
-                KERNEL_FILE_KEYWORDS,
-                "Microsoft-Windows-Kernel-File",
-            ),
-            (
-                KERNEL_REGISTRY,
-                KERNEL_REGISTRY_KEYWORDS,
-                "Microsoft-Windows-Kernel-Registry",
-            ),
-        ] {
-            // SAFETY: valid session handle and provider GUID.
-            let code = unsafe {
-                EnableTraceEx2(
-                    session.control,
-                    &guid,
-                    EVENT_CONTROL_CODE_ENABLE_PROVIDER,
-                    TRACE_LEVEL_INFORMATION,
-                    keywords,
-                    0,
-                    0,
-                    std::ptr::null(),
-                )
-            };
-            if code != ERROR_SUCCESS {
-                bail!("EnableTraceEx2({label}): Win32 error {code}");
-            }
-        }
+        enable_provider(
+            session.control,
+            &KERNEL_FILE,
+            &etw_filter::KERNEL_FILE,
+            "Microsoft-Windows-Kernel-File",
+        )?;
+        enable_provider(
+            session.control,
+            &KERNEL_REGISTRY,
+            &etw_filter::KERNEL_REGISTRY,
+            "Microsoft-Windows-Kernel-Registry",
+        )?;
         Ok(session)
     }
 

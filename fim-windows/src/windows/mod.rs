@@ -3,7 +3,9 @@
 
 pub mod agent;
 pub mod etw_session;
+pub mod key_handles;
 pub mod process_info;
 pub mod reg_notify;
 pub mod registry;
+pub mod selftest;
 pub mod wide;
