@@ -22,9 +22,11 @@ use crate::pipeline::{Aliases, Assembler, Classifier, Job, Observation, Verdict}
 use crate::sensor::{Event, EventKind, Sensor, WatchRoot};
 use crate::store::StoreWriter;
 
+use super::control::ControlSocket;
 use super::feeder::Feeder;
 use super::links;
 use super::outputs::{report_loss, writer_health};
+use super::scheduled::ScanThread;
 use super::start::Started;
 use super::worker::WorkerHandle;
 use super::{LOSS, Work, clock_ns_monotonic};
@@ -77,6 +79,8 @@ pub(super) struct EventLoop {
     /// Rules with records whose watched name could not be found: their roots are rescanned
     /// at the next tick.
     unresolved: BTreeSet<u32>,
+    scans: ScanThread,
+    control: Option<ControlSocket>,
 }
 
 impl EventLoop {
@@ -116,6 +120,8 @@ impl EventLoop {
             roots: started.roots,
             aliases,
             unresolved: BTreeSet::new(),
+            scans: started.scans,
+            control: started.control,
         }
     }
 
@@ -241,6 +247,10 @@ impl EventLoop {
         self.rescan_after_loss_once_drained();
         self.report_losses_if_due();
         self.set_gauges();
+        // After the jobs of every record read so far are queued (see `reconcile::Gate`).
+        self.worker
+            .drains
+            .store(self.sensor.drains(), Ordering::Release);
     }
 
     /// The sensor's lost and malformed records, counted; a new loss is answered at once.
@@ -318,7 +328,8 @@ impl EventLoop {
             .set_backpressure_totals(self.feeder.overflowed, self.assembler.evicted);
     }
 
-    /// Stops in order: the losses not yet reported, the write sessions still open (their jobs
+    /// Stops in order: the scan thread (a scan running is abandoned; it wrote nothing) and the
+    /// control socket, the losses not yet reported, the write sessions still open (their jobs
     /// go to the worker), the worker (it writes out everything queued), the stop row, the
     /// store writer, and last the sensor.
     pub(super) fn shutdown(self) -> Result<()> {
@@ -331,8 +342,12 @@ impl EventLoop {
             mut assembler,
             mut jobs,
             losses,
+            scans,
+            control,
             ..
         } = self;
+        scans.stop();
+        drop(control);
         if losses.unreported > 0 {
             report_loss(&writer, backend, losses.unreported);
         }

@@ -22,11 +22,14 @@ use crate::sensor::{Backend, WatchRoot};
 /// Why a rescan runs after kernel records were lost (see `loss_rescan_queued`).
 const LOSS: &str = "kernel loss";
 
+mod control;
 mod event_loop;
 mod feeder;
 mod links;
 mod outputs;
+mod reconcile;
 mod rescan;
+mod scheduled;
 mod start;
 mod worker;
 
@@ -77,6 +80,10 @@ enum Work {
     Job(Box<Job>),
     /// Compare these places (or everything) with the baseline; why, for the health row.
     Rescan(Scope, &'static str),
+    /// Answered once everything queued before it is done.
+    Barrier(std::sync::mpsc::SyncSender<()>),
+    /// A full scan starts beside the worker (see `reconcile`); answered when it may.
+    ScanBegins(std::sync::mpsc::SyncSender<()>),
     Stop,
 }
 
@@ -129,7 +136,7 @@ mod tests {
     use crate::pipeline::{JobKind, Process};
     use crate::sensor::EventKind;
 
-    fn job(path: &str) -> Job {
+    pub(super) fn job(path: &str) -> Job {
         Job {
             what: JobKind::Examine,
             kind: EventKind::Modified,

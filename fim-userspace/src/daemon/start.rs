@@ -1,7 +1,8 @@
 //! The daemon's start sequence, one named step at a time, in an order that matters: the
 //! metrics endpoint, the store (its baseline authenticated before anything reads it), the
 //! sensor (before the drift check, so nothing that happens meanwhile is missed), the outputs,
-//! then the change worker with the start scan queued first.
+//! then the change worker with the start scan queued first, and the scan thread with its
+//! control socket (it waits for the start scan).
 //!
 //! A new start step goes into `start` where what it needs exists, and what it leaves for the
 //! event loop goes into `Started`.
@@ -17,7 +18,9 @@ use crate::metrics::{self, Metrics};
 use crate::sensor::{self, Backend, Sensor, SensorConfig, WatchRoot};
 use crate::store::{IntegrityReport, Store, StoreWriter, WriterSettings};
 
+use super::control::{self, ControlSocket};
 use super::outputs::Outputs;
+use super::scheduled::{self, ScanThread};
 use super::worker::{self, WorkerHandle};
 use super::{release_free_memory, sensor_roots};
 
@@ -31,6 +34,9 @@ pub(super) struct Started {
     /// Epoch minus monotonic time, for the kernel's timestamps.
     pub(super) clock_offset_ns: i64,
     pub(super) worker: WorkerHandle,
+    pub(super) scans: ScanThread,
+    /// The control socket (`fim scan --now`), if it could be served.
+    pub(super) control: Option<ControlSocket>,
 }
 
 /// Starts everything the event loop needs, in order.
@@ -44,6 +50,8 @@ pub(super) async fn start(config: &Config, forced: Option<Backend>) -> Result<St
     let mut outputs = Outputs::open(config, &writer, &metrics, clock_offset_ns)?;
     record_start(&mut outputs, sensor.backend().name(), &integrity);
     let worker = worker::spawn(config, &rules, outputs)?;
+    let scans = scheduled::spawn(config, &rules, &worker, &metrics)?;
+    let control = control::serve(&config.state_dir, Arc::clone(&scans.requests));
     Ok(Started {
         metrics,
         writer,
@@ -52,6 +60,8 @@ pub(super) async fn start(config: &Config, forced: Option<Backend>) -> Result<St
         sensor,
         clock_offset_ns,
         worker,
+        scans,
+        control,
     })
 }
 
