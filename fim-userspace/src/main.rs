@@ -443,15 +443,7 @@ fn scan(config_path: Option<&Path>, json: bool, rehash: bool) -> Result<()> {
             "alert": integrity.alert(),
             "summary": integrity.summary(),
         });
-        value["stats"] = serde_json::json!({
-            "entries": stats.entries,
-            "files_hashed": stats.files_hashed,
-            "hashes_reused": stats.hashes_reused,
-            "bytes_hashed": stats.bytes_hashed,
-            "unreadable": stats.unreadable,
-            "unstable": stats.unstable,
-            "too_large": stats.too_large,
-        });
+        value["stats"] = stats.to_json();
         writeln!(out, "{value}")?;
         return Ok(());
     }

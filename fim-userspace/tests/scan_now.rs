@@ -17,21 +17,12 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 mod common;
-use common::{Fim, wait_for_start_scan};
+use common::{Fim, require_root, wait_for_start_scan};
 
 /// The scans' read budget: the large file takes seconds to hash, long enough to kill fim in
 /// the middle of a scan.
 const BYTES_PER_SEC: u64 = 1 << 20;
 const LARGE: usize = 4 << 20;
-
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "this test starts `fim run`, which loads eBPF programs: run it as root (euid {euid})"
-    );
-}
 
 struct Setup {
     _dir: tempfile::TempDir,

@@ -303,7 +303,6 @@ impl Scanner {
 
 /// The reply to `fim scan --now` (documented in docs/scheduled-scan.md).
 fn outcome_json(outcome: &ScanOutcome, findings: &Findings) -> Value {
-    let stats = &findings.stats;
     let mut value = findings.listed.to_json();
     let listed = findings.listed.added.len()
         + findings.listed.removed.len()
@@ -318,15 +317,7 @@ fn outcome_json(outcome: &ScanOutcome, findings: &Findings) -> Value {
         "modified": findings.modified,
     });
     value["listed_all"] = json!(listed as u64 == findings.total());
-    value["stats"] = json!({
-        "entries": stats.entries,
-        "files_hashed": stats.files_hashed,
-        "hashes_reused": stats.hashes_reused,
-        "bytes_hashed": stats.bytes_hashed,
-        "unreadable": stats.unreadable,
-        "unstable": stats.unstable,
-        "too_large": stats.too_large,
-    });
+    value["stats"] = findings.stats.to_json();
     value
 }
 

@@ -83,6 +83,18 @@ pub struct Made {
     pub placeholder: Option<Vec<u8>>,
 }
 
+impl Made {
+    /// A content version to keep (an `upload_content` rule), stored as of `stored_at_ns`.
+    fn keep_content(&mut self, c: ContentVersion, stored_at_ns: i64) {
+        self.hashed_bytes += c.content.len() as u64;
+        self.ops.push(StoreOp::Content(ContentRecord {
+            blake3: c.blake3,
+            content: c.content,
+            stored_at_ns,
+        }));
+    }
+}
+
 /// The directory of `path` when its last component is `#` and decimal digits, the name the
 /// kernel gives an inode that has none (`d_tmpfile`); only asked once the path is gone, so a
 /// real file of that name that is still there is reported as itself.
@@ -279,12 +291,7 @@ impl ChangeMaker {
         match examined {
             Examined::Present { entry, content } => {
                 if let Some(c) = content {
-                    made.hashed_bytes += c.content.len() as u64;
-                    made.ops.push(StoreOp::Content(ContentRecord {
-                        blake3: c.blake3,
-                        content: c.content,
-                        stored_at_ns: entry.scanned_at_ns,
-                    }));
+                    made.keep_content(c, entry.scanned_at_ns);
                 }
                 let refreshed = state.is_none_or(|s| !s.same_identity_and_times(&entry));
                 let drift = DriftItem::between(row.clone(), Some(entry.clone()));
@@ -371,12 +378,7 @@ impl ChangeMaker {
             }
             Examined::Present { entry, content } => {
                 if let Some(c) = content {
-                    made.hashed_bytes += c.content.len() as u64;
-                    made.ops.push(StoreOp::Content(ContentRecord {
-                        blake3: c.blake3,
-                        content: c.content,
-                        stored_at_ns: job.time_ns,
-                    }));
+                    made.keep_content(c, job.time_ns);
                 }
                 let change = match &previous {
                     None => {
