@@ -3,6 +3,7 @@
 pub mod baseline;
 pub mod completions;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod enrich;
 pub mod host;

@@ -41,7 +41,8 @@ enum Command {
         config: Option<PathBuf>,
     },
     /// Build or check the baseline without the daemon: walk the watched paths, report the
-    /// drift from the stored baseline, and store the new one.
+    /// drift from the stored baseline, and store the new one. With --now, ask the running
+    /// daemon for a scan instead and wait for it.
     Scan {
         /// Main configuration file (default /etc/fim/fim.toml; conf.d/ next to it is read too).
         #[arg(long)]
@@ -50,8 +51,12 @@ enum Command {
         #[arg(long)]
         json: bool,
         /// Read and hash every file, even those whose stored hash could be reused.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "now")]
         rehash: bool,
+        /// Ask the running daemon (through <state_dir>/fim.sock) for a full scan now, wait
+        /// for it and print what it found; its changes are reported like the daemon's others.
+        #[arg(long)]
+        now: bool,
     },
     /// Who changed PATH: its recorded changes, newest first, with the process behind each,
     /// followed back through renames (the names the file had before).
@@ -282,9 +287,19 @@ fn run_offline_command(command: &Command) -> Option<std::process::ExitCode> {
             fim::query::status(s, path, store.json)
         })),
         Command::Scan {
+            config, json, now, ..
+        } if *now => Some(match scan_now(config.as_deref(), *json) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("fim: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        }),
+        Command::Scan {
             config,
             json,
             rehash,
+            ..
         } => Some(match scan(config.as_deref(), *json, *rehash) {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
@@ -429,15 +444,7 @@ fn scan(config_path: Option<&Path>, json: bool, rehash: bool) -> Result<()> {
             "alert": integrity.alert(),
             "summary": integrity.summary(),
         });
-        value["stats"] = serde_json::json!({
-            "entries": stats.entries,
-            "files_hashed": stats.files_hashed,
-            "hashes_reused": stats.hashes_reused,
-            "bytes_hashed": stats.bytes_hashed,
-            "unreadable": stats.unreadable,
-            "unstable": stats.unstable,
-            "too_large": stats.too_large,
-        });
+        value["stats"] = stats.to_json();
         writeln!(out, "{value}")?;
         return Ok(());
     }
@@ -472,6 +479,29 @@ fn scan(config_path: Option<&Path>, json: bool, rehash: bool) -> Result<()> {
             display_path(&modified.current.path),
             fields.join(", ")
         )?;
+    }
+    Ok(())
+}
+
+/// `fim scan --now`: the running daemon scans; its outcome is printed like `fim scan`'s.
+fn scan_now(config_path: Option<&Path>, json: bool) -> Result<()> {
+    let config = Config::load(config_path)
+        .map_err(|errors| anyhow::anyhow!("invalid configuration:\n{errors}"))?;
+    let result = fim::control::request_scan(&config.state_dir, |accepted| {
+        if std::io::stderr().is_terminal() {
+            match accepted["running"].as_str() {
+                Some(kind) => eprintln!(
+                    "fim: waiting for the {kind} scan running now to end, then for a new one"
+                ),
+                None => eprintln!("fim: the daemon is scanning; waiting for it to finish"),
+            }
+        }
+    })?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{result}")?;
+    } else {
+        fim::control::print_scan_result(&mut out, &result)?;
     }
     Ok(())
 }

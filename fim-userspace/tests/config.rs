@@ -591,3 +591,82 @@ fn the_ring_buffer_size_is_a_power_of_two_in_kib() {
         );
     }
 }
+
+#[test]
+fn the_scan_interval_is_a_duration_with_a_random_spread() {
+    use std::time::Duration;
+    const H: u64 = 3600;
+    // Default: every 12 hours, spread a tenth of that, at most an hour.
+    let default = config(&[("/f.toml", RULE)]).scan;
+    assert_eq!(default.interval, Some(Duration::from_secs(12 * H)));
+    assert_eq!(default.spread, Duration::from_secs(H));
+    let with = |scan: &str| {
+        let text = format!("{RULE}[scan]\n{scan}\n");
+        config(&[("/f.toml", &text)]).scan
+    };
+    let short = with("interval = \"30m\"");
+    assert_eq!(short.interval, Some(Duration::from_secs(1800)));
+    assert_eq!(short.spread, Duration::from_secs(180));
+    let exact = with("interval = \"2s\"\nspread = \"0\"");
+    assert_eq!(exact.interval, Some(Duration::from_secs(2)));
+    assert_eq!(exact.spread, Duration::ZERO);
+    assert_eq!(
+        with("interval = \"1h30m\"\nspread = \"5m\"").spread,
+        Duration::from_secs(300)
+    );
+    // "0" (or 0) turns scheduled scans off.
+    for off in ["interval = \"0\"", "interval = 0", "interval = \"0s\""] {
+        assert_eq!(with(off).interval, None, "{off}");
+    }
+    // A drop-in overrides the interval; the default spread follows it.
+    let merged = config(&[
+        ("/c/fim.toml", &format!("{RULE}[scan]\ninterval = \"1h\"\n")),
+        ("/c/conf.d/a.toml", "[scan]\ninterval = \"10m\"\n"),
+    ])
+    .scan;
+    assert_eq!(merged.interval, Some(Duration::from_secs(600)));
+    assert_eq!(merged.spread, Duration::from_secs(60));
+}
+
+#[test]
+fn bad_scan_settings_are_located() {
+    let at = |scan: &str| {
+        let text = format!("{RULE}[scan]\n{scan}\n");
+        errors(&[("/f.toml", &text)])
+    };
+    assert_eq!(
+        at("interval = \"12x\""),
+        [
+            "/f.toml:5:12: [scan] interval \"12x\": unknown unit 'x' (use s, m, h or d, e.g. \
+             \"12h\" or \"1h30m\")"
+        ]
+    );
+    assert_eq!(
+        at("interval = 12"),
+        ["/f.toml:5:12: [scan] interval 12: no unit (write a string such as \"12s\" or \"12h\")"]
+    );
+    assert_eq!(
+        at("interval = \"\""),
+        ["/f.toml:5:12: [scan] interval \"\": empty"]
+    );
+    assert_eq!(
+        at("interval = true"),
+        ["/f.toml:5:12: [scan] interval must be a duration string such as \"12h\", not a boolean"]
+    );
+    assert_eq!(
+        at("interval = \"400d\""),
+        ["/f.toml:5:12: [scan] interval is longer than 366d"]
+    );
+    assert_eq!(
+        at("spread = \"1h-\""),
+        ["/f.toml:5:10: [scan] spread \"1h-\": expected a number at \"-\""]
+    );
+    assert_eq!(
+        at("interval = \"1h\"\nspread = \"2h\""),
+        ["/f.toml:6:10: [scan] spread 2h is longer than the interval 1h"]
+    );
+    assert_eq!(
+        at("every = \"1h\"")[0].split(": ").next(),
+        Some("/f.toml:5:1")
+    );
+}

@@ -139,12 +139,7 @@ fn tmpfile_write(dir: &Path) {
 
 #[test]
 fn a_real_daemon_run_validates_against_ocsf_1_3() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "fim run loads eBPF programs: run as root"
-    );
+    common::require_root();
     let python = validator_python();
     let dir = tempfile::tempdir().unwrap();
     let root = std::fs::canonicalize(dir.path()).unwrap();

@@ -19,16 +19,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 mod common;
-use common::{Fim, wait_for_start_scan};
-
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "these tests start `fim run`, which loads eBPF programs: run them as root (euid {euid})"
-    );
-}
+use common::{Fim, require_root, wait_for_start_scan};
 
 /// A small deterministic generator (the seed is printed, so a failure can be replayed).
 struct Rng(u64);

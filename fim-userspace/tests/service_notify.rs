@@ -17,20 +17,11 @@ use serde_json::Value;
 
 mod common;
 mod notify_listener;
-use common::{Fim, wait_for_start_scan};
+use common::{Fim, require_root, wait_for_start_scan};
 use notify_listener::{Listener, pings_after};
 
 /// Long enough for a debug build choosing and attaching its sensor on a loaded machine.
 const START_WITHIN: Duration = Duration::from_secs(180);
-
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "these tests start `fim run`, which loads eBPF programs: run them as root (euid {euid})"
-    );
-}
 
 struct Setup {
     _dir: tempfile::TempDir,

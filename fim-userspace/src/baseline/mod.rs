@@ -18,7 +18,8 @@ pub use entry::{
     BaselineEntry, EntryFlags, FileKind, display_path, hex, parse_hex32, timestamp_ns,
 };
 pub use rescan::{
-    DriftItem, LinkedFile, MAX_LINKED, RescanReport, Scope, observe_and_update, rescan,
+    DriftItem, LinkedFile, MAX_LINKED, RescanControl, RescanReport, Scope, observe_and_update,
+    rescan, rescan_with,
 };
 pub use scan::{Baseline, ContentVersion, ScanOptions, ScanReport, ScanStats, observe, scan};
 pub use xattr::xattr_digest;

@@ -5,6 +5,7 @@
 use std::ops::Bound;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context as _, Result, bail};
 
@@ -234,6 +235,37 @@ pub fn rescan(
     rules: &RuleSet,
     options: &ScanOptions,
     scope: &Scope,
+    on_change: impl FnMut(DriftItem),
+) -> Result<RescanReport> {
+    rescan_with(
+        store,
+        rules,
+        options,
+        scope,
+        &RescanControl::default(),
+        on_change,
+    )
+}
+
+/// How [`rescan_with`] runs, beyond what [`rescan`] does.
+#[derive(Debug, Default)]
+pub struct RescanControl<'a> {
+    /// Compare only: write nothing (no baseline rows, no change records) and hand each drift
+    /// item to the caller, who reconciles it. For a scan that runs beside another writer of
+    /// the baseline (the daemon's scheduled scan beside its change worker); the counts of the
+    /// report are then what the scan saw, not what was written.
+    pub compare_only: bool,
+    /// Checked between entries: once it is set, the scan stops with an error.
+    pub cancel: Option<&'a AtomicBool>,
+}
+
+/// [`rescan`], with the choices of `control`.
+pub fn rescan_with(
+    store: &mut Store,
+    rules: &RuleSet,
+    options: &ScanOptions,
+    scope: &Scope,
+    control: &RescanControl<'_>,
     mut on_change: impl FnMut(DriftItem),
 ) -> Result<RescanReport> {
     let segments = match scope {
@@ -248,21 +280,27 @@ pub fn rescan(
         first_scan,
         ..RescanReport::default()
     };
+    let write = !control.compare_only;
     let mut batch = store.baseline_batch();
     let record = |item: &DriftItem, batch: &mut crate::store::BaselineBatch<'_>| {
-        if first_scan {
+        if first_scan || !write {
             return Ok(());
         }
         batch.change(&ChangeRecord::from_drift_item(item, rules, &host, now_ns()))
     };
     let mut sink = |outcome: Outcome| -> Result<()> {
+        if control.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+            bail!("the scan was cancelled");
+        }
         match outcome {
             Outcome::Seen {
                 current,
                 previous,
                 content,
             } => {
-                if let Some(ContentVersion { blake3, content }) = content {
+                if let Some(ContentVersion { blake3, content }) = content
+                    && write
+                {
                     batch.content(&ContentRecord {
                         blake3,
                         content,
@@ -273,8 +311,10 @@ pub fn rescan(
                 if previous.as_ref().is_some_and(|p| same_record(p, &current)) {
                     return Ok(());
                 }
-                batch.upsert(&current)?;
-                report.rows_written += 1;
+                if write {
+                    batch.upsert(&current)?;
+                    report.rows_written += 1;
+                }
                 if let Some(item) = DriftItem::between(previous, Some(current)) {
                     match &item {
                         DriftItem::Added(_) => report.added += u64::from(!first_scan),
@@ -288,8 +328,10 @@ pub fn rescan(
                 }
             }
             Outcome::Removed(previous) => {
-                batch.remove(&previous.path)?;
-                report.rows_written += 1;
+                if write {
+                    batch.remove(&previous.path)?;
+                    report.rows_written += 1;
+                }
                 report.removed += 1;
                 let item = DriftItem::Removed(previous);
                 record(&item, &mut batch)?;

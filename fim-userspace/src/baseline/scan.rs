@@ -128,6 +128,21 @@ pub struct ScanStats {
     pub too_large: u64,
 }
 
+impl ScanStats {
+    /// The counts `fim scan --json` and `fim scan --now --json` print under `stats`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "entries": self.entries,
+            "files_hashed": self.files_hashed,
+            "hashes_reused": self.hashes_reused,
+            "bytes_hashed": self.bytes_hashed,
+            "unreadable": self.unreadable,
+            "unstable": self.unstable,
+            "too_large": self.too_large,
+        })
+    }
+}
+
 /// Counted by the examiners.
 #[derive(Default)]
 pub(crate) struct Counters {

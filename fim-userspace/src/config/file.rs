@@ -14,6 +14,7 @@ pub struct ConfigFile {
     pub hashing: Option<HashingSection>,
     pub store: Option<StoreSection>,
     pub sensor: Option<SensorSection>,
+    pub scan: Option<ScanSection>,
     #[serde(default)]
     pub rule: Vec<RuleEntry>,
     #[serde(default)]
@@ -48,6 +49,15 @@ pub struct HashingSection {
 #[serde(deny_unknown_fields)]
 pub struct SensorSection {
     pub ring_buffer_kib: Option<Spanned<u64>>,
+}
+
+/// `[scan]`: durations are strings with units (`"12h"`); `0` (or `"0"`) turns scheduled scans
+/// off. Any TOML value is accepted here so that validation can say what is wrong with it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScanSection {
+    pub interval: Option<Spanned<toml::Value>>,
+    pub spread: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::ops::Range;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use toml::Spanned;
 
@@ -13,6 +14,7 @@ use super::error::{ConfigError, ConfigErrors, line_column};
 use super::file::{ConfigFile, RuleEntry};
 use super::pattern::{IgnorePattern, PathPattern};
 use super::rule::{PathType, Rule, RuleSet};
+use super::scan::{MAX_SCAN_INTERVAL, ScanSchedule, format_duration, parse_duration};
 use super::{Config, Hashing, Output, StoreSettings};
 
 /// One configuration file's path and text.
@@ -120,6 +122,40 @@ impl FileContext<'_> {
         .location()
     }
 
+    /// A `[scan]` duration: a string such as `"12h"`, or `0`; an error at it otherwise.
+    fn duration(&mut self, value: &Spanned<toml::Value>, key: &str) -> Option<Duration> {
+        let parsed = match value.get_ref() {
+            toml::Value::String(text) => {
+                parse_duration(text).map_err(|message| format!("{text:?}: {message}"))
+            }
+            toml::Value::Integer(0) => Ok(Duration::ZERO),
+            toml::Value::Integer(n) => Err(format!(
+                "{n}: no unit (write a string such as \"{n}s\" or \"{n}h\")"
+            )),
+            other => Err(format!(
+                "must be a duration string such as \"12h\", not a {}",
+                other.type_str()
+            )),
+        };
+        match parsed {
+            Ok(duration) if duration > MAX_SCAN_INTERVAL => {
+                self.error(
+                    value.span(),
+                    format!(
+                        "[scan] {key} is longer than {}",
+                        format_duration(MAX_SCAN_INTERVAL)
+                    ),
+                );
+                None
+            }
+            Ok(duration) => Some(duration),
+            Err(message) => {
+                self.error(value.span(), format!("[scan] {key} {message}"));
+                None
+            }
+        }
+    }
+
     /// An absolute path value, or an error at it.
     fn absolute_path(&mut self, value: &Spanned<String>, what: &str) -> Option<PathBuf> {
         let text = value.get_ref();
@@ -147,9 +183,13 @@ pub fn merge(sources: &[ConfigSource]) -> Result<Config, ConfigErrors> {
     let mut output_file: Option<PathBuf> = None;
     let mut output_max_size_mb = DEFAULT_OUTPUT_MAX_SIZE_MB;
     let mut output_keep = DEFAULT_OUTPUT_KEEP;
+    // `[scan]` as set so far (the spread's default depends on the final interval), and where
+    // the spread was set, for the check against the interval once every file is read.
+    let mut scan_interval = config.scan.interval;
+    let mut scan_spread: Option<(Duration, usize, Range<usize>)> = None;
     let mut errors = Vec::new();
 
-    for source in sources {
+    for (index, source) in sources.iter().enumerate() {
         let first_error = errors.len();
         let file: ConfigFile = match toml::from_str(&source.text) {
             Ok(file) => file,
@@ -236,6 +276,18 @@ pub fn merge(sources: &[ConfigSource]) -> Result<Config, ConfigErrors> {
                 );
             }
         }
+        if let Some(scan) = &file.scan {
+            if let Some(value) = &scan.interval
+                && let Some(interval) = cx.duration(value, "interval")
+            {
+                scan_interval = (!interval.is_zero()).then_some(interval);
+            }
+            if let Some(value) = &scan.spread
+                && let Some(spread) = cx.duration(value, "spread")
+            {
+                scan_spread = Some((spread, index, value.span()));
+            }
+        }
         if let Some(store) = &file.store {
             config.store = StoreSettings {
                 retention_days: store.retention_days.unwrap_or(config.store.retention_days),
@@ -287,6 +339,22 @@ pub fn merge(sources: &[ConfigSource]) -> Result<Config, ConfigErrors> {
         },
         None => Output::Stdout,
     };
+    config.scan = ScanSchedule::new(scan_interval, scan_spread.as_ref().map(|s| s.0));
+    if let (Some(interval), Some((spread, index, span))) = (scan_interval, scan_spread)
+        && spread > interval
+    {
+        let source = &sources[index];
+        errors.push(ConfigError::at(
+            &source.path,
+            &source.text,
+            Some(span),
+            format!(
+                "[scan] spread {} is longer than the interval {}",
+                format_duration(spread),
+                format_duration(interval)
+            ),
+        ));
+    }
     config.rules = RuleSet::new(rules);
     if errors.is_empty() {
         Ok(config)

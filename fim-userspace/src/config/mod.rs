@@ -9,6 +9,7 @@ mod file;
 mod load;
 mod pattern;
 mod rule;
+mod scan;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,6 +19,10 @@ pub use error::{ConfigError, ConfigErrors, line_column};
 pub use load::ConfigSource;
 pub use pattern::{IgnorePattern, PathPattern, PrefixRelation};
 pub use rule::{PathType, Rule, RuleSet, WatchRoot};
+pub use scan::{
+    DEFAULT_SCAN_INTERVAL, MAX_DEFAULT_SPREAD, ScanSchedule, default_spread, format_duration,
+    parse_duration,
+};
 
 /// Where change events are written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +72,8 @@ pub struct Config {
     pub store: StoreSettings,
     /// The kernel ring buffer's size in bytes (`[sensor] ring_buffer_kib`).
     pub ring_buffer_bytes: u32,
+    /// `[scan]`: the scheduled full scan.
+    pub scan: ScanSchedule,
     pub rules: RuleSet,
     pub authorized: Authorized,
     /// Actors whose changes are not reported at all.
@@ -94,6 +101,7 @@ impl Config {
                 content_max_size: DEFAULT_CONTENT_MAX_SIZE,
             },
             ring_buffer_bytes: DEFAULT_RING_BUFFER_KIB * 1024,
+            scan: ScanSchedule::default(),
             rules: default_rules(),
             authorized: Authorized::default(),
             excluded: Vec::new(),

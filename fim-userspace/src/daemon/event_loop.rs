@@ -26,9 +26,11 @@ use crate::sensor::{Event, EventKind, Sensor, Source, WatchRoot};
 use crate::store::StoreWriter;
 
 use super::completeness::{self, Layer};
+use super::control::ControlSocket;
 use super::feeder::Feeder;
 use super::links;
 use super::outputs::{report_loss, writer_health};
+use super::scheduled::ScanThread;
 use super::service::{Counts, Service};
 use super::start::Started;
 use super::worker::WorkerHandle;
@@ -91,6 +93,8 @@ pub(super) struct EventLoop {
     /// at the next tick.
     unresolved: BTreeSet<u32>,
     service: Service,
+    scans: ScanThread,
+    control: Option<ControlSocket>,
 }
 
 impl EventLoop {
@@ -135,6 +139,8 @@ impl EventLoop {
             aliases,
             unresolved: BTreeSet::new(),
             service: started.service,
+            scans: started.scans,
+            control: started.control,
         }
     }
 
@@ -294,6 +300,10 @@ impl EventLoop {
         self.report_losses_if_due();
         self.set_gauges();
         self.service.tick(self.counts(), &self.writer);
+        // After the jobs of every record read so far are queued (see `reconcile::Gate`).
+        self.worker
+            .drains
+            .store(self.sensor.drains(), Ordering::Release);
     }
 
     /// What the heartbeat carries.
@@ -439,9 +449,11 @@ impl EventLoop {
             .set_backpressure_totals(self.feeder.overflowed, self.assembler.evicted);
     }
 
-    /// Stops in order: the service manager told, the completeness layer's held events, the
-    /// losses not yet reported, the write sessions still open (their jobs go to the worker),
-    /// the worker (it writes out everything queued), the stop row and last heartbeat, the
+    /// Stops in order: the service manager told, the scan thread (a scan running is
+    /// abandoned; it wrote nothing) and the control socket, the completeness layer's held
+    /// events, the losses not yet reported, the write sessions still open (their jobs go to
+    /// the worker), the worker (it writes out everything queued), the stop row and last
+    /// heartbeat, the
     /// store writer, and last the sensor.
     pub(super) fn shutdown(mut self) -> Result<()> {
         self.service.stopping();
@@ -462,8 +474,12 @@ impl EventLoop {
             mut jobs,
             losses,
             mut service,
+            scans,
+            control,
             ..
         } = self;
+        scans.stop();
+        drop(control);
         if losses.unreported > 0 {
             report_loss(&writer, backend, losses.unreported);
         }

@@ -25,12 +25,15 @@ const LOSS: &str = "kernel loss";
 const START: &str = "start";
 
 mod completeness;
+mod control;
 mod event_loop;
 mod feeder;
 mod links;
 mod notify;
 mod outputs;
+mod reconcile;
 mod rescan;
+mod scheduled;
 mod service;
 mod start;
 mod worker;
@@ -83,6 +86,10 @@ enum Work {
     Job(Box<Job>),
     /// Compare these places (or everything) with the baseline; why, for the health row.
     Rescan(Scope, &'static str),
+    /// Answered once everything queued before it is done.
+    Barrier(std::sync::mpsc::SyncSender<()>),
+    /// A full scan starts beside the worker (see `reconcile`); answered when it may.
+    ScanBegins(std::sync::mpsc::SyncSender<()>),
     Stop,
 }
 
@@ -135,7 +142,7 @@ mod tests {
     use crate::pipeline::{JobKind, Process};
     use crate::sensor::EventKind;
 
-    fn job(path: &str) -> Job {
+    pub(super) fn job(path: &str) -> Job {
         Job {
             what: JobKind::Examine,
             kind: EventKind::Modified,

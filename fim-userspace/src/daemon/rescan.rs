@@ -1,17 +1,26 @@
 //! Rescans in the daemon: part of the watched trees (or all of it) compared with the baseline
 //! now, and what differs reported with attribution unknown.
+//!
+//! The change worker's own rescans ([`Rescanner::rescan`]: the start scan, after a kernel
+//! loss, ...) write the baseline themselves while the worker waits; a full scan beside the
+//! worker ([`Rescanner::compare`]: scheduled, or asked for) only compares, and the worker
+//! reconciles what it saw (see `reconcile`). Both go through [`Rescanner::run`].
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::{Duration, Instant};
 
-use crate::baseline::{self, LinkedFile, RescanReport, ScanOptions, Scope};
+use anyhow::{Result, anyhow};
+
+use crate::baseline::{
+    self, DriftItem, LinkedFile, RescanControl, RescanReport, ScanOptions, Scope,
+};
 use crate::config::{Config, RuleSet};
 use crate::pipeline::ChangeMaker;
 use crate::store::{ChangeRecord, Store, local_hostname};
 
 use super::outputs::Outputs;
-use super::{START, now_ns, release_free_memory};
+use super::{LOSS, START, now_ns, release_free_memory};
 
 /// Scan settings from `[hashing]` and `[store]`.
 pub(super) fn scan_options(config: &Config, rehash: bool) -> ScanOptions {
@@ -95,18 +104,20 @@ impl Rescanner {
         scope: Scope,
         why: &'static str,
     ) -> Option<Rescanned> {
-        let store = self.store.as_mut()?;
+        self.store.as_ref()?;
         // Let the writer commit what is queued, so the scan compares with it.
         let _ = outputs.writer.flush();
         outputs.metrics.rescan();
         let started = Instant::now();
         let everything = scope == Scope::Everything;
-        let (rules, host) = (&*self.rules, &self.host);
+        let (rules, host) = (Arc::clone(&self.rules), self.host.clone());
+        let mut drift = 0;
         // Each change is written out before the scan commits the rows it explains (the scan
         // commits after this callback returns): killed in between, the next start reports it again.
-        let result = baseline::rescan(store, rules, &self.options, &scope, |item| {
+        let result = self.run(&scope, &RescanControl::default(), |item| {
+            drift += 1;
             outputs.emit(
-                &ChangeRecord::from_drift_item(&item, rules, host, now_ns()),
+                &ChangeRecord::from_drift_item(&item, &rules, &host, now_ns()),
                 None,
             );
             outputs.flush();
@@ -118,24 +129,15 @@ impl Rescanner {
                 if everything {
                     outputs.metrics.full_scan_finished();
                 }
+                outputs
+                    .metrics
+                    .scan_finished(scan_kind(why), started.elapsed(), drift);
                 let kind = if why == START { "scan" } else { "rescan" };
                 let detail = health_detail(why, &report, started.elapsed());
                 outputs.health(kind, None, detail.clone(), 0);
-                if report.linked_overflow {
-                    log::warn!(
-                        "more than {} watched files have other hard links: the others are \
-                         caught by scans only",
-                        baseline::MAX_LINKED
-                    );
-                }
-                // The event loop may be gone (shutting down): nothing to tell then.
-                let _ = self.linked.send(LinkedScan {
-                    files: std::mem::take(&mut report.linked),
-                    everything,
-                    started,
-                });
+                self.hand_linked(&mut report, everything, started);
                 Some(Rescanned {
-                    baseline_files: store.baseline_len().ok(),
+                    baseline_files: self.store.as_ref()?.baseline_len().ok(),
                     detail,
                 })
             }
@@ -146,10 +148,72 @@ impl Rescanner {
             }
         }
     }
+
+    /// Compares every watched path with the baseline and hands each difference to `drift`,
+    /// writing nothing: for a scan beside the change worker, which reconciles what it saw
+    /// (see `reconcile`). Stops with an error once `cancel` is set.
+    pub(super) fn compare(
+        &mut self,
+        cancel: &AtomicBool,
+        drift: impl FnMut(DriftItem),
+    ) -> Result<RescanReport> {
+        let control = RescanControl {
+            compare_only: true,
+            cancel: Some(cancel),
+        };
+        let started = Instant::now();
+        let mut result = self.run(&Scope::Everything, &control, drift);
+        release_free_memory();
+        if let Ok(report) = &mut result {
+            self.hand_linked(report, true, started);
+        }
+        result
+    }
+
+    /// The linked files a rescan saw, to the event loop (see [`LinkedScan`]).
+    fn hand_linked(&self, report: &mut RescanReport, everything: bool, started: Instant) {
+        if report.linked_overflow {
+            log::warn!(
+                "more than {} watched files have other hard links: the others are \
+                 caught by scans only",
+                baseline::MAX_LINKED
+            );
+        }
+        // The event loop may be gone (shutting down): nothing to tell then.
+        let _ = self.linked.send(LinkedScan {
+            files: std::mem::take(&mut report.linked),
+            everything,
+            started,
+        });
+    }
+
+    /// Every rescan of the daemon runs here: `scope` compared with the stored baseline, the
+    /// way `control` says.
+    fn run(
+        &mut self,
+        scope: &Scope,
+        control: &RescanControl<'_>,
+        on_change: impl FnMut(DriftItem),
+    ) -> Result<RescanReport> {
+        let store = self
+            .store
+            .as_mut()
+            .ok_or_else(|| anyhow!("the store could not be opened for scans"))?;
+        baseline::rescan_with(store, &self.rules, &self.options, scope, control, on_change)
+    }
+}
+
+/// The `kind` label of the scan metrics for a rescan the change worker runs itself.
+fn scan_kind(why: &str) -> &'static str {
+    match why {
+        "start" => "start",
+        LOSS | "queue overflow" => "loss",
+        _ => "targeted",
+    }
 }
 
 /// The health row's detail for a rescan that ran: why, what it found, how long it took.
-fn health_detail(why: &str, report: &RescanReport, took: Duration) -> String {
+pub(super) fn health_detail(why: &str, report: &RescanReport, took: Duration) -> String {
     format!(
         "{why}: {}{} in {:.1}s; {} entries, {} hashed",
         report.summary(),

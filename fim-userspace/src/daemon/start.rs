@@ -1,8 +1,9 @@
 //! The daemon's start sequence, one named step at a time, in an order that matters: the
 //! metrics endpoint, the store (its baseline authenticated before anything reads it), the
 //! sensor (before the drift check, so nothing that happens meanwhile is missed), the outputs,
-//! then the change worker with the start scan queued first. The service manager hears of
-//! each step (`STATUS=`); it hears "ready" from the event loop, after the start scan.
+//! then the change worker with the start scan queued first, and the scan thread with its
+//! control socket (it waits for the start scan). The service manager hears of each step
+//! (`STATUS=`); it hears "ready" from the event loop, after the start scan.
 //!
 //! A new start step goes into `start` where what it needs exists, and what it leaves for the
 //! event loop goes into `Started`.
@@ -19,8 +20,10 @@ use crate::sensor::{self, Backend, Sensor, SensorConfig, WatchRoot};
 use crate::store::{IntegrityReport, Store, StoreWriter, WriterSettings};
 
 use super::completeness::{Layer, UNAVAILABLE};
+use super::control::{self, ControlSocket};
 use super::notify::Notifier;
 use super::outputs::Outputs;
+use super::scheduled::{self, ScanThread};
 use super::service::{Service, scan_progress};
 use super::worker::{self, WorkerHandle};
 use super::{now_ns, release_free_memory, sensor_roots};
@@ -39,6 +42,9 @@ pub(super) struct Started {
     pub(super) worker: WorkerHandle,
     /// The service manager's notifications and the heartbeat.
     pub(super) service: Service,
+    pub(super) scans: ScanThread,
+    /// The control socket (`fim scan --now`), if it could be served.
+    pub(super) control: Option<ControlSocket>,
 }
 
 /// Starts everything the event loop needs, in order, telling the service manager each step.
@@ -67,6 +73,8 @@ pub(super) async fn start(
     let (progress, scans) = scan_progress();
     let worker = worker::spawn(config, &rules, outputs, progress)?;
     let service = Service::new(notifier, started_ns, backend, roots.len(), scans);
+    let scans = scheduled::spawn(config, &rules, &worker, &metrics)?;
+    let control = control::serve(&config.state_dir, Arc::clone(&scans.requests));
     Ok(Started {
         metrics,
         writer,
@@ -77,6 +85,8 @@ pub(super) async fn start(
         clock_offset_ns,
         worker,
         service,
+        scans,
+        control,
     })
 }
 

@@ -4,13 +4,14 @@
 //!
 //! Its loop takes one piece of work at a time (`Work`), then looks at its timers (placeholders
 //! to look at again, retention, output flushes): a new periodic duty is one more `*_if_due`
-//! step there.
+//! step there. While a full scan runs beside it, the paths that scan saw differ are looked at
+//! again between jobs (`reconcile`).
 
 use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -24,6 +25,7 @@ use crate::store::{Retention, Store, local_hostname};
 
 use super::feeder::JOB_QUEUE;
 use super::outputs::Outputs;
+use super::reconcile::{self, Reconcile, ScanBeside, ScanLink, Step};
 use super::rescan::{LinkedScan, Rescanned, Rescanner, scan_options};
 use super::service::ScanProgress;
 use super::{LOSS, START, Work, clock_ns_monotonic, now_ns, path_from_bytes};
@@ -40,6 +42,12 @@ pub(super) const PRE_HOOK_GRACE: Duration = Duration::from_millis(100);
 const IDLE_WAIT: Duration = Duration::from_millis(200);
 /// How often the outputs are flushed and the store writer's totals exported.
 const FLUSH_EVERY: Duration = Duration::from_millis(200);
+/// While a scan runs beside the worker: how long it waits for a job before it looks for a
+/// path the scan saw differ.
+const BESIDE_POLL: Duration = Duration::from_millis(10);
+/// Paths a scan beside the worker may have handed over and the worker not looked at yet;
+/// beyond this the scan waits.
+const HINTS_QUEUE: usize = 1024;
 
 /// The event loop's handle on the change worker: the queue and what both sides count.
 pub(super) struct WorkerHandle {
@@ -50,6 +58,13 @@ pub(super) struct WorkerHandle {
     pub(super) loss_rescan_queued: Arc<AtomicBool>,
     /// What each rescan found about hard links (see `LinkedScan`).
     pub(super) linked: tokio::sync::mpsc::UnboundedReceiver<LinkedScan>,
+    /// Where the scans beside the worker send what they found linked (see `scheduled`).
+    pub(super) linked_tx: tokio::sync::mpsc::UnboundedSender<LinkedScan>,
+    /// What a full scan beside the worker saw (see `reconcile`).
+    pub(super) hints: SyncSender<Reconcile>,
+    /// The sensor's count of drains of the ring buffer, published by the event loop once the
+    /// jobs of what they read are queued (see `reconcile::Gate`).
+    pub(super) drains: Arc<AtomicU64>,
     thread: JoinHandle<()>,
 }
 
@@ -82,17 +97,23 @@ pub(super) fn spawn(
         .context("queueing the start scan")?;
     let loss_rescan_queued = Arc::new(AtomicBool::new(false));
     let (linked_tx, linked) = tokio::sync::mpsc::unbounded_channel();
+    let (hints, hints_rx) = mpsc::sync_channel(HINTS_QUEUE);
+    let drains = Arc::new(AtomicU64::new(0));
     let thread = {
         let (config, rules) = (config.clone(), Arc::clone(rules));
         let shared = Shared {
             pending: Arc::clone(&pending),
             loss_rescan_queued: Arc::clone(&loss_rescan_queued),
             progress,
-            linked: linked_tx,
+            linked: linked_tx.clone(),
+        };
+        let link = ScanLink {
+            hints: hints_rx,
+            drains: Arc::clone(&drains),
         };
         std::thread::Builder::new()
             .name("fim-changes".into())
-            .spawn(move || Worker::new(maker, outputs, config, rules, shared).run(rx))
+            .spawn(move || Worker::new(maker, outputs, config, rules, shared).run(rx, link))
             .context("starting the change worker")?
     };
     Ok(WorkerHandle {
@@ -100,6 +121,9 @@ pub(super) fn spawn(
         pending,
         loss_rescan_queued,
         linked,
+        linked_tx,
+        hints,
+        drains,
         thread,
     })
 }
@@ -177,6 +201,16 @@ struct Worker {
     placeholders: VecDeque<(Instant, Vec<u8>)>,
     last_flush: Instant,
     last_prune: Option<Instant>,
+    /// A full scan running beside the worker, if one does.
+    beside: Option<ScanBeside>,
+}
+
+/// What the worker does next.
+enum Next {
+    Work(Work),
+    Reconcile(Step),
+    Idle,
+    Stop,
 }
 
 impl Worker {
@@ -207,17 +241,23 @@ impl Worker {
             placeholders: VecDeque::new(),
             last_flush: Instant::now(),
             last_prune: None,
+            beside: None,
         }
     }
 
     /// Works until told to stop or until the event loop is gone, then flushes the outputs.
-    fn run(mut self, work: Receiver<Work>) {
+    fn run(mut self, work: Receiver<Work>, link: ScanLink) {
         loop {
-            match work.recv_timeout(IDLE_WAIT) {
-                Ok(Work::Job(job)) => self.job(&job),
-                Ok(Work::Rescan(scope, why)) => self.requested_rescan(scope, why),
-                Ok(Work::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            match self.next(&work, &link) {
+                Next::Work(Work::Job(job)) => self.job(&job),
+                Next::Work(Work::Rescan(scope, why)) => self.requested_rescan(scope, why),
+                Next::Work(Work::Barrier(done)) => {
+                    let _ = done.send(());
+                }
+                Next::Work(Work::ScanBegins(ack)) => self.scan_begins(ack),
+                Next::Reconcile(item) => self.reconcile(item, &link),
+                Next::Work(Work::Stop) | Next::Stop => break,
+                Next::Idle => {}
             }
             self.recheck_placeholders_if_due();
             self.prune_if_due();
@@ -226,8 +266,89 @@ impl Worker {
         let _ = self.outputs.sink.flush();
     }
 
+    /// The next piece of work: jobs first; while a scan runs beside the worker, one of its
+    /// paths when no job is waiting.
+    fn next(&mut self, work: &Receiver<Work>, link: &ScanLink) -> Next {
+        let Some(scan) = self.beside.as_mut() else {
+            return match work.recv_timeout(IDLE_WAIT) {
+                Ok(w) => Next::Work(w),
+                Err(RecvTimeoutError::Timeout) => Next::Idle,
+                Err(RecvTimeoutError::Disconnected) => Next::Stop,
+            };
+        };
+        // The count first: the jobs of every record the drains it counts read are queued by
+        // then, so they are found below and go first.
+        let published = link.drains.load(Ordering::Acquire);
+        let ready = scan.ready(&link.hints, published);
+        match work.try_recv() {
+            Ok(w) => return Next::Work(w),
+            Err(TryRecvError::Disconnected) => return Next::Stop,
+            Err(TryRecvError::Empty) => {}
+        }
+        match ready {
+            reconcile::Ready::Yes(step) => return Next::Reconcile(step),
+            reconcile::Ready::Abandoned => {
+                log::error!("the scan beside the change worker stopped without finishing");
+                self.beside = None;
+            }
+            reconcile::Ready::No => {}
+        }
+        match work.recv_timeout(BESIDE_POLL) {
+            Ok(w) => Next::Work(w),
+            Err(RecvTimeoutError::Timeout) => Next::Idle,
+            Err(RecvTimeoutError::Disconnected) => Next::Stop,
+        }
+    }
+
+    /// A full scan starts beside the worker: what the worker did so far is committed first,
+    /// so the scan compares with it (see `reconcile`).
+    fn scan_begins(&mut self, ack: SyncSender<()>) {
+        let _ = self.outputs.writer.flush();
+        self.beside = Some(ScanBeside::new());
+        let _ = ack.send(());
+    }
+
+    /// One step of the scan beside the worker.
+    fn reconcile(&mut self, step: Step, link: &ScanLink) {
+        let Some(scan) = self.beside.as_mut() else {
+            return;
+        };
+        match step {
+            Step::Look(path) => {
+                let examined = self.maker.look(&path);
+                // Read after the look (see `reconcile::Gate`).
+                scan.hold(path, examined, link.drains.load(Ordering::Acquire));
+            }
+            Step::Settle(held) => {
+                let delta = scan.settle(
+                    *held,
+                    &mut self.maker,
+                    &mut self.outputs,
+                    &self.config.rules,
+                );
+                self.count_baseline(delta);
+            }
+            Step::Done(done) => scan.done(done),
+            Step::Finish(done) => {
+                let Some(scan) = self.beside.take() else {
+                    return;
+                };
+                if done.report.as_ref().is_ok_and(|r| r.first_scan) {
+                    // Nothing to compare with: the worker builds the baseline (no drift).
+                    self.rescan(Scope::Everything, "empty baseline");
+                }
+                let done = *done;
+                let reply = done.reply.clone();
+                let _ = reply.send(scan.finish(done, &self.outputs));
+            }
+        }
+    }
+
     /// One job: examine (and hash) its path, report the changes, then move the baseline on.
     fn job(&mut self, job: &Job) {
+        if let Some(scan) = self.beside.as_mut() {
+            scan.touched_by(job);
+        }
         wait_for_the_operation(job);
         let started = Instant::now();
         let made = self.maker.make(job);
@@ -260,16 +381,21 @@ impl Worker {
 
     /// The baseline-size gauge and the hashing metrics after a job.
     fn count(&mut self, made: &Made, started: Instant) {
-        if made.baseline_delta != 0 {
-            self.baseline_files = (self.baseline_files + made.baseline_delta).max(0);
-            self.outputs
-                .metrics
-                .set_baseline_files(self.baseline_files as u64);
-        }
+        self.count_baseline(made.baseline_delta);
         if made.hashed_bytes > 0 {
             self.outputs
                 .metrics
                 .hashed(made.hashed_bytes, started.elapsed());
+        }
+    }
+
+    /// The baseline-size gauge after rows were added or removed.
+    fn count_baseline(&mut self, delta: i64) {
+        if delta != 0 {
+            self.baseline_files = (self.baseline_files + delta).max(0);
+            self.outputs
+                .metrics
+                .set_baseline_files(self.baseline_files as u64);
         }
     }
 

@@ -70,6 +70,17 @@ struct ActivityLabel {
     activity: &'static str,
 }
 
+/// Why a scan ran, as the `kind` label of the scan metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScanKindLabel {
+    kind: &'static str,
+}
+
+/// Every `kind` of scan: the start scan, the scheduled one, one asked for with
+/// `fim scan --now`, the rescan after lost kernel records or a full job queue, and the
+/// targeted rescans of a few paths (a directory moved in, a vanished path, ...).
+pub const SCAN_KINDS: &[&str] = &["start", "scheduled", "requested", "loss", "targeted"];
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct GroupLabel {
     group: String,
@@ -161,6 +172,9 @@ pub struct Metrics {
     sessions_evicted: Counter,
     last_full_scan: Gauge<f64, AtomicU64>,
     unresolved: Counter,
+    scan_duration: Family<ScanKindLabel, Gauge<f64, AtomicU64>>,
+    scan_drift: Family<ScanKindLabel, Counter>,
+    next_scan: Gauge<f64, AtomicU64>,
     groups: LabelCap,
     backends: LabelCap,
     totals: Deltas,
@@ -204,6 +218,9 @@ impl Metrics {
             sessions_evicted: Counter::default(),
             last_full_scan: Gauge::default(),
             unresolved: Counter::default(),
+            scan_duration: Family::default(),
+            scan_drift: Family::default(),
+            next_scan: Gauge::default(),
             groups: LabelCap::new(MAX_GROUPS),
             backends: LabelCap::new(MAX_BACKENDS),
             totals: Deltas::default(),
@@ -213,6 +230,11 @@ impl Metrics {
             let _ = metrics
                 .events
                 .get_or_create(&ActivityLabel { activity: name });
+        }
+        for kind in SCAN_KINDS {
+            let label = ScanKindLabel { kind };
+            let _ = metrics.scan_duration.get_or_create(&label);
+            let _ = metrics.scan_drift.get_or_create(&label);
         }
 
         let r = &mut registry;
@@ -300,6 +322,26 @@ impl Metrics {
              epoch (0 until the start scan has)",
             Unit::Seconds,
             metrics.last_full_scan.clone(),
+        );
+        r.register_with_unit(
+            "scan_duration",
+            "How long the last scan of each kind took (start, scheduled, requested, loss, \
+             targeted); 0 until one has run",
+            Unit::Seconds,
+            metrics.scan_duration.clone(),
+        );
+        r.register(
+            "scan_drift",
+            "Differences from the baseline that scans found and reported (attribution \
+             unknown), by kind of scan",
+            metrics.scan_drift.clone(),
+        );
+        r.register_with_unit(
+            "scan_next_timestamp",
+            "When the next scheduled scan is due, in seconds since the Unix epoch (0: none \
+             planned, or scheduled scans are off)",
+            Unit::Seconds,
+            metrics.next_scan.clone(),
         );
         r.register_with_unit(
             "hash",
@@ -473,6 +515,29 @@ impl Metrics {
     /// A record made through a name no watched name was found for (see `pipeline::Aliases`).
     pub fn unresolved(&self) {
         self.unresolved.inc();
+    }
+
+    /// A scan of this kind (one of [`SCAN_KINDS`]; others count as `targeted`) finished:
+    /// how long it took and how many differences it reported.
+    pub fn scan_finished(&self, kind: &str, took: Duration, drift: u64) {
+        let kind = SCAN_KINDS
+            .iter()
+            .find(|k| **k == kind)
+            .copied()
+            .unwrap_or("targeted");
+        let label = ScanKindLabel { kind };
+        self.scan_duration
+            .get_or_create(&label)
+            .set(took.as_secs_f64());
+        self.scan_drift.get_or_create(&label).inc_by(drift);
+    }
+
+    /// When the next scheduled scan is due; `None`: none is planned.
+    pub fn set_next_scan(&self, at: Option<SystemTime>) {
+        self.next_scan.set(
+            at.and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map_or(0.0, |d| d.as_secs_f64()),
+        );
     }
 
     pub fn integrity_alert(&self) {

@@ -329,10 +329,61 @@ fn every_metric_has_the_fim_prefix() {
         assert!(sample.name.starts_with("fim_"), "{}", sample.name);
         for key in sample.labels.keys() {
             assert!(
-                ["activity", "group", "backend", "version", "le"].contains(&key.as_str()),
+                ["activity", "group", "backend", "version", "le", "kind"].contains(&key.as_str()),
                 "unexpected label {key} on {}",
                 sample.name
             );
         }
     }
+}
+
+#[test]
+fn scans_are_counted_by_kind_with_a_bounded_label() {
+    let metrics = Metrics::new();
+    let samples = parse(&metrics.encode());
+    for kind in SCAN_KINDS {
+        // Every kind is there from the start, at 0.
+        assert_eq!(
+            value(&samples, "fim_scan_drift_total", &[("kind", kind)]),
+            Some(0.0)
+        );
+        assert_eq!(
+            value(&samples, "fim_scan_duration_seconds", &[("kind", kind)]),
+            Some(0.0)
+        );
+    }
+    assert_eq!(
+        value(&samples, "fim_scan_next_timestamp_seconds", &[]),
+        Some(0.0)
+    );
+    metrics.scan_finished("scheduled", Duration::from_millis(1500), 2);
+    metrics.scan_finished("scheduled", Duration::from_millis(2500), 1);
+    metrics.scan_finished("start", Duration::from_secs(4), 0);
+    // Anything else is a targeted rescan: the label stays bounded.
+    metrics.scan_finished("directory moved in", Duration::from_secs(1), 5);
+    metrics.set_next_scan(Some(UNIX_EPOCH + Duration::from_secs(1_800_000_000)));
+    let samples = parse(&metrics.encode());
+    let drift = |kind| value(&samples, "fim_scan_drift_total", &[("kind", kind)]);
+    let took = |kind| value(&samples, "fim_scan_duration_seconds", &[("kind", kind)]);
+    assert_eq!(drift("scheduled"), Some(3.0));
+    assert_eq!(took("scheduled"), Some(2.5));
+    assert_eq!(took("start"), Some(4.0));
+    assert_eq!(drift("targeted"), Some(5.0));
+    assert_eq!(
+        samples
+            .iter()
+            .filter(|s| s.name == "fim_scan_drift_total")
+            .count(),
+        SCAN_KINDS.len()
+    );
+    assert_eq!(
+        value(&samples, "fim_scan_next_timestamp_seconds", &[]),
+        Some(1_800_000_000.0)
+    );
+    metrics.set_next_scan(None);
+    let samples = parse(&metrics.encode());
+    assert_eq!(
+        value(&samples, "fim_scan_next_timestamp_seconds", &[]),
+        Some(0.0)
+    );
 }

@@ -8,7 +8,8 @@ use anyhow::Result;
 
 use super::assemble::{Job, JobKind};
 use crate::baseline::{
-    BaselineEntry, ChangedField, ContentVersion, EntryFlags, FileKind, changed_fields, hex,
+    BaselineEntry, ChangedField, ContentVersion, DriftItem, EntryFlags, FileKind, changed_fields,
+    hex,
 };
 use crate::sensor::EventKind;
 use crate::store::{ChangeRecord, ContentRecord, StoreOp, activity, previous_json};
@@ -80,6 +81,18 @@ pub struct Made {
     /// A placeholder row was written for this path (see [`EntryFlags::VANISHED`]): if its
     /// delete or rename record never comes (lost), the caller must look at it again.
     pub placeholder: Option<Vec<u8>>,
+}
+
+impl Made {
+    /// A content version to keep (an `upload_content` rule), stored as of `stored_at_ns`.
+    fn keep_content(&mut self, c: ContentVersion, stored_at_ns: i64) {
+        self.hashed_bytes += c.content.len() as u64;
+        self.ops.push(StoreOp::Content(ContentRecord {
+            blake3: c.blake3,
+            content: c.content,
+            stored_at_ns,
+        }));
+    }
 }
 
 /// The directory of `path` when its last component is `#` and decimal digits, the name the
@@ -259,6 +272,44 @@ impl ChangeMaker {
         made
     }
 
+    /// Looks at `path` now for a scan that runs beside this worker and saw it differ from the
+    /// stored baseline (the hash of an unchanged file is reused from this worker's state).
+    /// [`ChangeMaker::reconcile`] then decides what to report.
+    pub fn look(&mut self, path: &[u8]) -> Examined {
+        let state = self.baseline(path);
+        self.examine.examine(path, state.as_ref(), None, false)
+    }
+
+    /// What `examined` (from [`ChangeMaker::look`]) differs in from this worker's state of
+    /// the baseline (which includes what it wrote and the store may not have committed yet),
+    /// `None` when the path is as that state says, and the store operations that move the
+    /// baseline on (the caller writes its change record before them).
+    pub fn reconcile(&mut self, path: &[u8], examined: Examined) -> (Option<DriftItem>, Made) {
+        let mut made = Made::default();
+        let row = self.row(path);
+        let state = row.as_ref().filter(|e| !e.flags.has(EntryFlags::VANISHED));
+        match examined {
+            Examined::Present { entry, content } => {
+                if let Some(c) = content {
+                    made.keep_content(c, entry.scanned_at_ns);
+                }
+                let refreshed = state.is_none_or(|s| !s.same_identity_and_times(&entry));
+                let drift = DriftItem::between(row.clone(), Some(entry.clone()));
+                if drift.is_some() || refreshed {
+                    self.set(path, Some(entry), &mut made, row.is_some());
+                }
+                (drift, made)
+            }
+            Examined::Vanished => {
+                let drift = DriftItem::between(row.clone(), None);
+                if row.is_some() {
+                    self.set(path, None, &mut made, true);
+                }
+                (drift, made)
+            }
+        }
+    }
+
     fn examine_job(&mut self, job: &Job, made: &mut Made) {
         if job.truncated_path {
             // The path is not complete: report what the kernel said (the type it saw
@@ -334,12 +385,7 @@ impl ChangeMaker {
                     entry.kind = kind;
                 }
                 if let Some(c) = content {
-                    made.hashed_bytes += c.content.len() as u64;
-                    made.ops.push(StoreOp::Content(ContentRecord {
-                        blake3: c.blake3,
-                        content: c.content,
-                        stored_at_ns: job.time_ns,
-                    }));
+                    made.keep_content(c, job.time_ns);
                 }
                 let change = match &previous {
                     None => {

@@ -816,3 +816,64 @@ fn a_completeness_change_to_a_vanished_path_reports_nothing() {
     h.source = crate::sensor::Source::Kernel;
     assert_eq!(h.feed(EventKind::Chmod, "/etc/x", "", 0).len(), 1);
 }
+
+impl ChangeMaker {
+    /// Looks and reconciles at once (the worker waits in between; see daemon::reconcile).
+    fn reconcile_now(&mut self, path: &[u8]) -> (Option<DriftItem>, Made) {
+        let examined = self.look(path);
+        self.reconcile(path, examined)
+    }
+}
+
+/// A scan beside the worker saw these paths differ from the store: the worker compares them
+/// with its own state (its rows not yet committed included), so what it reported in realtime
+/// is not reported again, and what the sensor did not see is.
+#[test]
+fn a_path_a_scan_saw_differ_is_compared_with_the_workers_own_state() {
+    let mut h = Harness::new();
+    h.baseline("/etc/a", (1, 10, 0o644));
+    h.baseline("/etc/b", (1, 10, 0o644));
+    // A realtime write, reported with its actor; the store has not committed its row yet.
+    h.disk("/etc/a", Some((2, 12, 0o644)));
+    assert!(
+        h.feed(EventKind::OpenWrite, "/etc/a", "", O_WRONLY)
+            .is_empty()
+    );
+    let changes = h.feed(EventKind::Modified, "/etc/a", "", 0);
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    h.stored
+        .lock()
+        .unwrap()
+        .insert(b"/etc/a".to_vec(), entry(b"/etc/a", (1, 10, 0o644)));
+    // The scan saw /etc/a differ from the stored row: nothing new for the worker.
+    let (drift, made) = h.maker.reconcile_now(b"/etc/a");
+    assert!(drift.is_none(), "{drift:?}");
+    assert!(made.ops.is_empty());
+    // Changed again where the sensor did not see it: reported, from the worker's state.
+    h.disk("/etc/a", Some((3, 12, 0o644)));
+    match h.maker.reconcile_now(b"/etc/a") {
+        (Some(DriftItem::Modified(m)), made) => {
+            assert_eq!(m.previous.blake3, Some([2; 32]));
+            assert_eq!(m.current.blake3, Some([3; 32]));
+            assert!(
+                matches!(&made.ops[..], [StoreOp::BaselineUpsert(e)] if e.blake3 == Some([3; 32]))
+            );
+        }
+        other => panic!("{:?}", other.0),
+    }
+    // And once reconciled, not again.
+    assert!(h.maker.reconcile_now(b"/etc/a").0.is_none());
+    // Removed and added unseen.
+    h.disk("/etc/b", None);
+    let (drift, made) = h.maker.reconcile_now(b"/etc/b");
+    assert!(matches!(drift, Some(DriftItem::Removed(ref e)) if e.path == b"/etc/b"));
+    assert!(matches!(&made.ops[..], [StoreOp::BaselineRemove(p)] if p == b"/etc/b"));
+    assert_eq!(made.baseline_delta, -1);
+    h.disk("/etc/c", Some((4, 1, 0o600)));
+    let (drift, made) = h.maker.reconcile_now(b"/etc/c");
+    assert!(matches!(drift, Some(DriftItem::Added(ref e)) if e.path == b"/etc/c"));
+    assert_eq!(made.baseline_delta, 1);
+    // A path gone and without a row: nothing at all.
+    let (drift, made) = h.maker.reconcile_now(b"/etc/never");
+    assert!(drift.is_none() && made.ops.is_empty());
+}

@@ -35,6 +35,9 @@ use crate::baseline::{Baseline, BaselineEntry};
 
 /// The database file name under the state directory.
 pub const DATABASE_FILE: &str = "fim.db";
+/// The `meta` row where the daemon says when its next scheduled scan is due (JSON:
+/// `{"pid": N, "next_ns": N or null, "interval_s": N, "spread_s": N}`), for `fim status`.
+pub const SCAN_SCHEDULE_KEY: &str = "scan_schedule";
 
 /// How long a connection waits for another one's lock (the daemon's writer vs `fim scan`).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -179,6 +182,18 @@ impl Store {
     /// The number of baseline rows.
     pub fn baseline_len(&self) -> Result<u64> {
         baseline::count(&self.conn)
+    }
+
+    /// Sets a `meta` row the daemon keeps for `fim status` (see [`SCAN_SCHEDULE_KEY`]).
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [key, value],
+            )
+            .with_context(|| format!("writing meta {key}"))?;
+        Ok(())
     }
 
     /// A second connection that reads the baseline in path order, for a scan's walker.

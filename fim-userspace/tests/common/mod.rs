@@ -4,6 +4,16 @@ use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
+/// Fails unless the test runs as root: it starts `fim run`, which loads eBPF programs.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "this test starts `fim run`, which loads eBPF programs: run it as root (euid {euid})"
+    );
+}
+
 /// Waits until the fim with this pid has finished its start scan (a `scan` health row after
 /// its `start` row).
 pub fn wait_for_start_scan(db: &Path, pid: u32, within: Duration) {
