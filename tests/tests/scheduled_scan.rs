@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use fim_tests::daemon::{Daemon, events, metric, wait_until};
 use fim_tests::prometheus::free_port;
-use fim_tests::{actor_path, require_root, run_actor};
+use fim_tests::{TestEnv, actor_path, require_root, run_actor, test_env};
 use serde_json::Value;
 
 /// How long a daemon may take to start and finish its start scan (the VMs load the lsm
@@ -310,13 +310,20 @@ fn realtime_changes_during_scheduled_scans_are_reported_once_with_their_actor() 
     // One process appends to the files in turn for a few seconds, while a scan starts every
     // second: the scans see files the worker is about to report or has just reported.
     let scans_before = s.health_kinds("scheduled_scan").len();
+    // Under TCG a scan of the tree takes seconds: the appends last long enough there for one
+    // to finish while they go on.
+    let gap = if test_env() == TestEnv::Vm {
+        "150"
+    } else {
+        "20"
+    };
     let mut ops: Vec<&OsStr> = Vec::new();
     for i in 0..APPENDS {
         if i > 0 {
             ops.extend([
                 OsStr::new("--"),
                 OsStr::new("sleep"),
-                OsStr::new("20"),
+                OsStr::new(gap),
                 OsStr::new("--"),
             ]);
         }
