@@ -151,6 +151,10 @@ fn consumers(event: &Event) {
         // No excluded executables were configured, and KernelOnly knows no executable.
         Verdict::Excluded => panic!("excluded without an excluded executable"),
         Verdict::Report(observation) => observation,
+        // Only `classify_with` resolves other names into several reports or none found.
+        Verdict::Reports(_) | Verdict::Unresolved(_) => {
+            panic!("classify without aliases gave several reports or an unresolved name")
+        }
     };
     assert!(observation.rule.is_some() || observation.rule2.is_some());
     assert!(
