@@ -6,6 +6,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod enrich;
+pub mod fleet;
 pub mod host;
 pub mod manpages;
 pub mod metrics;

@@ -15,6 +15,7 @@ pub struct ConfigFile {
     pub store: Option<StoreSection>,
     pub sensor: Option<SensorSection>,
     pub scan: Option<ScanSection>,
+    pub fleet: Option<crate::fleet::FleetSection>,
     #[serde(default)]
     pub rule: Vec<RuleEntry>,
     #[serde(default)]

@@ -297,6 +297,11 @@ pub fn merge(sources: &[ConfigSource]) -> Result<Config, ConfigErrors> {
                     .unwrap_or(config.store.content_max_size),
             };
         }
+        if let Some(fleet) = &file.fleet {
+            config.fleet = crate::fleet::settings::validate(fleet, &mut |span, message| {
+                cx.error(span, message)
+            });
+        }
         for entry in &file.rule {
             if let Some(rule) = validate_rule(&mut cx, entry, &mut rule_names) {
                 rules.push(rule);

@@ -80,6 +80,8 @@ pub struct Config {
     pub excluded: Vec<PathBuf>,
     /// The files this configuration came from, in merge order; empty for the built-in one.
     pub sources: Vec<PathBuf>,
+    /// `[fleet]`: publish to NATS JetStream and follow central rules (off when absent).
+    pub fleet: Option<crate::fleet::FleetSettings>,
 }
 
 impl Config {
@@ -106,6 +108,7 @@ impl Config {
             authorized: Authorized::default(),
             excluded: Vec::new(),
             sources: Vec::new(),
+            fleet: None,
         }
     }
 

@@ -13,9 +13,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
-use super::Metrics;
+use super::Exposition;
 
-/// The media type of what [`Metrics::encode`] produces (OpenMetrics text).
+/// The media type of what [`super::Metrics::encode`] produces (OpenMetrics text).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// The whole exchange (reading the request, writing the response) must fit in this.
@@ -34,13 +34,13 @@ pub async fn bind(address: SocketAddr) -> Result<TcpListener> {
 
 /// Serves `GET /metrics` on `listener` until the task is dropped. Never returns and never
 /// panics on input; failed connections are logged at debug level.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+pub async fn serve<E: Exposition + ?Sized>(listener: TcpListener, metrics: Arc<E>) {
     serve_with_deadline(listener, metrics, CONNECTION_DEADLINE).await
 }
 
-pub(super) async fn serve_with_deadline(
+pub(super) async fn serve_with_deadline<E: Exposition + ?Sized>(
     listener: TcpListener,
-    metrics: Arc<Metrics>,
+    metrics: Arc<E>,
     deadline: Duration,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -62,7 +62,7 @@ pub(super) async fn serve_with_deadline(
         let metrics = metrics.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            match tokio::time::timeout(deadline, exchange(stream, &metrics)).await {
+            match tokio::time::timeout(deadline, exchange(stream, &*metrics)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => log::debug!("metrics endpoint: {peer}: {e:#}"),
                 Err(_) => log::debug!("metrics endpoint: {peer}: timed out"),
@@ -92,7 +92,7 @@ impl Response {
     }
 }
 
-async fn exchange(mut stream: TcpStream, metrics: &Metrics) -> Result<()> {
+async fn exchange<E: Exposition + ?Sized>(mut stream: TcpStream, metrics: &E) -> Result<()> {
     let response = match read_head(&mut stream).await? {
         Head::Complete(head) => respond(&head, metrics),
         Head::TooLarge => {
@@ -172,7 +172,7 @@ fn find_end_of_head(bytes: &[u8]) -> Option<usize> {
     }
 }
 
-fn respond(head: &[u8], metrics: &Metrics) -> Response {
+fn respond<E: Exposition + ?Sized>(head: &[u8], metrics: &E) -> Response {
     let bad = || Response::plain("400 Bad Request", "bad request");
     let Ok(head) = std::str::from_utf8(head) else {
         return bad();
@@ -209,6 +209,7 @@ fn respond(head: &[u8], metrics: &Metrics) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::Metrics;
     use crate::store::activity;
     use std::time::Instant;
 

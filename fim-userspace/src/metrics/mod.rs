@@ -147,6 +147,41 @@ impl Deltas {
     }
 }
 
+/// Encodes `main` and then `extra` as one exposition with a single `# EOF`.
+pub fn encode_all(
+    out: &mut String,
+    main: &Registry,
+    extra: &[Registry],
+) -> Result<(), std::fmt::Error> {
+    text::encode_registry(out, main)?;
+    for registry in extra {
+        text::encode_registry(out, registry)?;
+    }
+    text::encode_eof(out)
+}
+
+/// What the `/metrics` endpoint serves: fim's [`Metrics`], or another process's own
+/// registry (the fleet collector's).
+pub trait Exposition: Send + Sync + 'static {
+    fn encode(&self) -> String;
+}
+
+impl Exposition for Metrics {
+    fn encode(&self) -> String {
+        Metrics::encode(self)
+    }
+}
+
+impl Exposition for Registry {
+    fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = encode_all(&mut out, self, &[]) {
+            log::error!("encoding the metrics failed: {e}");
+        }
+        out
+    }
+}
+
 /// All of fim's metrics. `Send + Sync`: share it as `Arc<Metrics>`.
 #[derive(Debug)]
 pub struct Metrics {
@@ -178,6 +213,8 @@ pub struct Metrics {
     groups: LabelCap,
     backends: LabelCap,
     totals: Deltas,
+    /// Registries added after start (the fleet publisher's), encoded after the main one.
+    attached: Mutex<Vec<Registry>>,
 }
 
 impl Default for Metrics {
@@ -224,6 +261,7 @@ impl Metrics {
             groups: LabelCap::new(MAX_GROUPS),
             backends: LabelCap::new(MAX_BACKENDS),
             totals: Deltas::default(),
+            attached: Mutex::new(Vec::new()),
             registry: Registry::default(),
         };
         for (_, name) in ACTIVITIES {
@@ -553,10 +591,16 @@ impl Metrics {
         let mut out = String::new();
         // Writing into a String cannot fail; an error would be a bug in a metric's encoder,
         // which must not take the daemon down.
-        if let Err(e) = text::encode(&mut out, &self.registry) {
+        if let Err(e) = encode_all(&mut out, &self.registry, &lock(&self.attached)) {
             log::error!("encoding the metrics failed: {e}");
         }
         out
+    }
+
+    /// Adds the metrics of `registry` to what [`Metrics::encode`] serves (the fleet
+    /// publisher's, registered when `[fleet]` is configured).
+    pub fn attach(&self, registry: Registry) {
+        lock(&self.attached).push(registry);
     }
 
     fn backend_label(&self, backend: &str) -> BackendLabel {

@@ -7,7 +7,7 @@ use anyhow::Result;
 use super::{Table, actor_cell, change_json, time::format_ns};
 use crate::baseline::display_path;
 use crate::metrics::activity_label;
-use crate::store::ReadOnlyStore;
+use crate::store::{ChangeRecord, ReadOnlyStore};
 
 /// The filters of `fim events`; all optional, combined with AND.
 #[derive(Debug, Clone, Default)]
@@ -75,20 +75,37 @@ pub fn events(store: &ReadOnlyStore, filter: &EventFilter, json_out: bool) -> Re
     }
     let refs: Vec<&dyn rusqlite::ToSql> = params.iter().map(|p| p.as_ref()).collect();
     let rows = store.changes(&conditions.join(" AND "), &refs, filter.limit)?;
+    let rows: Vec<(Option<String>, i64, ChangeRecord)> =
+        rows.into_iter().map(|(id, c)| (None, id, c)).collect();
+    print_events(&rows, json_out)
+}
+
+/// Prints change rows: one store's (host `None`) or several fleet hosts' (a `host` column
+/// and field; otherwise the same shapes).
+pub fn print_events(rows: &[(Option<String>, i64, ChangeRecord)], json_out: bool) -> Result<()> {
     let mut out = std::io::stdout().lock();
     if json_out {
-        for (id, change) in &rows {
-            writeln!(out, "{}", change_json(*id, change))?;
+        for (host, id, change) in rows {
+            let mut value = change_json(*id, change);
+            if let Some(host) = host {
+                value["host"] = serde_json::json!(host);
+            }
+            writeln!(out, "{value}")?;
         }
         return Ok(());
     }
-    let mut table = Table::new(&["id", "time", "activity", "changed", "by", "rule", "path"]);
-    for (id, c) in &rows {
+    let fleet = rows.iter().any(|(host, _, _)| host.is_some());
+    let mut headers = vec!["id", "time", "activity", "changed", "by", "rule", "path"];
+    if fleet {
+        headers.insert(0, "host");
+    }
+    let mut table = Table::new(&headers);
+    for (host, id, c) in rows {
         let path = match &c.new_path {
             Some(new) => format!("{} -> {}", display_path(&c.path), display_path(new)),
             None => display_path(&c.path),
         };
-        table.row(vec![
+        let mut row = vec![
             id.to_string(),
             format_ns(c.time_ns),
             activity_label(c.activity).to_string(),
@@ -96,7 +113,11 @@ pub fn events(store: &ReadOnlyStore, filter: &EventFilter, json_out: bool) -> Re
             actor_cell(c),
             c.rule.clone().unwrap_or_default(),
             path,
-        ]);
+        ];
+        if let Some(host) = host {
+            row.insert(0, host.clone());
+        }
+        table.row(row);
     }
     if table.is_empty() {
         writeln!(out, "no matching changes")?;

@@ -16,12 +16,12 @@ use anyhow::{Result, bail};
 use serde_json::{Value, json};
 
 pub use diff::diff;
-pub use events::{EventFilter, events};
+pub use events::{EventFilter, events, print_events};
 pub use sql::sql;
 pub use status::status;
 pub use table::Table;
-pub use time::parse_time;
-pub use who::who;
+pub use time::{format_ns, parse_time};
+pub use who::{Name, print_who, who, who_history};
 
 use crate::baseline::display_path;
 use crate::config::Config;
@@ -103,7 +103,7 @@ pub fn change_json(id: i64, c: &ChangeRecord) -> Value {
 }
 
 /// Who did it, in one cell: `exe (pid N, user)`, or `unknown`.
-fn actor_cell(c: &ChangeRecord) -> String {
+pub fn actor_cell(c: &ChangeRecord) -> String {
     let a = &c.actor;
     let Some(pid) = a.pid else {
         return "unknown".into();

@@ -14,22 +14,24 @@ use crate::store::{ReadOnlyStore, activity};
 const MAX_NAMES: usize = 32;
 
 /// One name the file had, and its changes while it had it (newest first).
-struct Name {
-    path: Vec<u8>,
-    changes: Vec<(i64, crate::store::ChangeRecord)>,
+pub struct Name {
+    pub path: Vec<u8>,
+    pub changes: Vec<(i64, crate::store::ChangeRecord)>,
 }
 
-fn history(store: &ReadOnlyStore, path: &[u8], limit: usize) -> Result<Vec<Name>> {
+/// The changes of one path or of the rename that gave it this name, at or before a time
+/// (ns), newest first, at most `limit`: one store's (or one fleet host's) rows.
+pub type FetchChanges<'a> =
+    dyn FnMut(&[u8], i64, usize) -> Result<Vec<(i64, crate::store::ChangeRecord)>> + 'a;
+
+/// The history of `path`, followed back through renames, from the rows `fetch` returns.
+pub fn who_history(fetch: &mut FetchChanges<'_>, path: &[u8], limit: usize) -> Result<Vec<Name>> {
     let mut names = Vec::new();
     let mut current = path.to_vec();
     let mut before = i64::MAX;
     let mut left = limit;
     while names.len() < MAX_NAMES && left > 0 {
-        let changes = store.changes(
-            "(path = ?1 OR (activity = 5 AND new_path = ?1)) AND time <= ?2",
-            &[&current, &before],
-            left,
-        )?;
+        let changes = fetch(&current, before, left)?;
         // The rename that gave the file this name ends this name's history.
         let arrival = changes.iter().position(|(_, c)| {
             c.activity == activity::RENAME && c.new_path.as_deref() == Some(&current[..])
@@ -57,36 +59,68 @@ fn history(store: &ReadOnlyStore, path: &[u8], limit: usize) -> Result<Vec<Name>
 }
 
 pub fn who(store: &ReadOnlyStore, path: &[u8], limit: usize, json_out: bool) -> Result<()> {
-    let names = history(store, path, limit)?;
+    let names = who_history(
+        &mut |current, before, left| {
+            store.changes(
+                "(path = ?1 OR (activity = 5 AND new_path = ?1)) AND time <= ?2",
+                &[&current, &before],
+                left,
+            )
+        },
+        path,
+        limit,
+    )?;
+    print_who(&[(None, names)], path, json_out)
+}
+
+/// Prints histories: one store's (host `None`) or several fleet hosts' (a `host` column
+/// and field first; otherwise the same shapes).
+pub fn print_who(histories: &[(Option<String>, Vec<Name>)], path: &[u8], json_out: bool) -> Result<()> {
     let mut out = std::io::stdout().lock();
     if json_out {
-        for (depth, name) in names.iter().enumerate() {
-            for (id, change) in &name.changes {
-                let mut value = change_json(*id, change);
-                value["name"] = json!(display_path(&name.path));
-                value["name_depth"] = json!(depth);
-                writeln!(out, "{value}")?;
+        for (host, names) in histories {
+            for (depth, name) in names.iter().enumerate() {
+                for (id, change) in &name.changes {
+                    let mut value = change_json(*id, change);
+                    value["name"] = json!(display_path(&name.path));
+                    value["name_depth"] = json!(depth);
+                    if let Some(host) = host {
+                        value["host"] = json!(host);
+                    }
+                    writeln!(out, "{value}")?;
+                }
             }
         }
         return Ok(());
     }
-    let mut table = Table::new(&["time", "activity", "changed", "by", "backend", "path"]);
-    for name in &names {
-        for (_, c) in &name.changes {
-            let shown = match (&c.new_path, c.activity) {
-                (Some(new), activity::RENAME) => {
-                    format!("{} -> {}", display_path(&c.path), display_path(new))
+    let fleet = histories.iter().any(|(host, _)| host.is_some());
+    let mut headers = vec!["time", "activity", "changed", "by", "backend", "path"];
+    if fleet {
+        headers.insert(0, "host");
+    }
+    let mut table = Table::new(&headers);
+    for (host, names) in histories {
+        for name in names {
+            for (_, c) in &name.changes {
+                let shown = match (&c.new_path, c.activity) {
+                    (Some(new), activity::RENAME) => {
+                        format!("{} -> {}", display_path(&c.path), display_path(new))
+                    }
+                    _ => display_path(&c.path),
+                };
+                let mut row = vec![
+                    format_ns(c.time_ns),
+                    activity_label(c.activity).to_string(),
+                    c.changed.join(","),
+                    actor_cell(c),
+                    c.backend.clone(),
+                    shown,
+                ];
+                if let Some(host) = host {
+                    row.insert(0, host.clone());
                 }
-                _ => display_path(&c.path),
-            };
-            table.row(vec![
-                format_ns(c.time_ns),
-                activity_label(c.activity).to_string(),
-                c.changed.join(","),
-                actor_cell(c),
-                c.backend.clone(),
-                shown,
-            ]);
+                table.row(row);
+            }
         }
     }
     if table.is_empty() {

@@ -219,6 +219,11 @@ pub(crate) fn history(conn: &Connection, path: &[u8], limit: usize) -> Result<Ve
         .collect())
 }
 
+/// The columns [`from_row`] reads, in order.
+const COLUMNS: &str = "id, time, host, activity, path, new_path, rule, grp, backend, changed, previous,
+             hash_before, hash_after, size, authorized, truncated_path, pid, ppid, exe, cmdline,
+             uid, user, login_uid, login_user, container_id, comm, process_start, used_path";
+
 /// Change rows matching an SQL condition over the `changes` columns (`?1`... bound to
 /// `params`), newest first, with their row ids.
 pub fn select(
@@ -228,57 +233,70 @@ pub fn select(
     limit: usize,
 ) -> Result<Vec<(i64, ChangeRecord)>> {
     let sql = format!(
-        "SELECT id, time, host, activity, path, new_path, rule, grp, backend, changed, previous,
-             hash_before, hash_after, size, authorized, truncated_path, pid, ppid, exe, cmdline,
-             uid, user, login_uid, login_user, container_id, comm, process_start, used_path
-         FROM changes WHERE {condition} ORDER BY time DESC, id DESC LIMIT {limit}"
+        "SELECT {COLUMNS} FROM changes WHERE {condition} ORDER BY time DESC, id DESC LIMIT {limit}"
     );
     let mut stmt = conn
         .prepare_cached(&sql)
         .context("preparing a change query")?;
-    let rows = stmt.query_map(params, |row| {
-        let changed: String = row.get(9)?;
-        let previous: Option<String> = row.get(10)?;
-        Ok((
-            row.get(0)?,
-            ChangeRecord {
-                kind: None,
-                flags: Default::default(),
-                time_ns: row.get(1)?,
-                host: row.get(2)?,
-                activity: row.get(3)?,
-                path: row.get(4)?,
-                new_path: row.get(5)?,
-                rule: row.get(6)?,
-                group: row.get(7)?,
-                backend: row.get(8)?,
-                // Written by `insert` as JSON; unreadable JSON (edited by hand) reads as empty.
-                changed: serde_json::from_str(&changed).unwrap_or_default(),
-                previous: previous.and_then(|p| serde_json::from_str(&p).ok()),
-                hash_before: row.get(11)?,
-                hash_after: row.get(12)?,
-                size: row.get::<_, Option<i64>>(13)?.map(|s| s as u64),
-                authorized: row.get(14)?,
-                truncated_path: row.get(15)?,
-                used_path: row.get(27)?,
-                actor: Actor {
-                    pid: row.get(16)?,
-                    ppid: row.get(17)?,
-                    exe: row.get(18)?,
-                    cmdline: row.get(19)?,
-                    uid: row.get(20)?,
-                    user: row.get(21)?,
-                    login_uid: row.get(22)?,
-                    login_user: row.get(23)?,
-                    container_id: row.get(24)?,
-                    comm: row.get(25)?,
-                    start_time_ns: row.get(26)?,
-                },
-            },
-        ))
-    })?;
+    let rows = stmt.query_map(params, from_row)?;
     rows.collect::<rusqlite::Result<Vec<_>>>()
         .context("reading changes")
+}
+
+/// Change rows with ids above `after`, in id (commit) order: what the fleet outbox
+/// publishes next.
+pub fn after(conn: &Connection, after: i64, limit: usize) -> Result<Vec<(i64, ChangeRecord)>> {
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM changes WHERE id > ?1 ORDER BY id LIMIT ?2"
+        ))
+        .context("preparing the outbox query")?;
+    let rows = stmt.query_map(params![after, limit as i64], from_row)?;
+    rows.collect::<rusqlite::Result<Vec<_>>>()
+        .context("reading changes")
+}
+
+/// One row of [`COLUMNS`].
+fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, ChangeRecord)> {
+    let changed: String = row.get(9)?;
+    let previous: Option<String> = row.get(10)?;
+    Ok((
+        row.get(0)?,
+        ChangeRecord {
+            kind: None,
+            flags: Default::default(),
+            time_ns: row.get(1)?,
+            host: row.get(2)?,
+            activity: row.get(3)?,
+            path: row.get(4)?,
+            new_path: row.get(5)?,
+            rule: row.get(6)?,
+            group: row.get(7)?,
+            backend: row.get(8)?,
+            // Written by `insert` as JSON; unreadable JSON (edited by hand) reads as empty.
+            changed: serde_json::from_str(&changed).unwrap_or_default(),
+            previous: previous.and_then(|p| serde_json::from_str(&p).ok()),
+            hash_before: row.get(11)?,
+            hash_after: row.get(12)?,
+            size: row.get::<_, Option<i64>>(13)?.map(|s| s as u64),
+            authorized: row.get(14)?,
+            truncated_path: row.get(15)?,
+            used_path: row.get(27)?,
+            actor: Actor {
+                pid: row.get(16)?,
+                ppid: row.get(17)?,
+                exe: row.get(18)?,
+                cmdline: row.get(19)?,
+                uid: row.get(20)?,
+                user: row.get(21)?,
+                login_uid: row.get(22)?,
+                login_user: row.get(23)?,
+                container_id: row.get(24)?,
+                comm: row.get(25)?,
+                start_time_ns: row.get(26)?,
+            },
+        },
+    ))
 }
 
 /// This host's name for the `host` column (`Computer` in the view); "unknown" if unavailable.

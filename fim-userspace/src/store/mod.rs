@@ -27,6 +27,11 @@ pub use heartbeat::{DaemonState, HEARTBEAT_EVERY, HEARTBEAT_STALE_AFTER, Heartbe
 pub use integrity::{BaselineKey, IntegrityReport, KEY_FILE, KeyOrigin};
 pub use retention::{Pruned, Retention};
 pub use schema::{CONFIGURATION_CHANGE_COLUMNS, SCHEMA_VERSION};
+/// What the fleet outbox reads: rows after a cursor, in commit order, and health rows it adds.
+pub(crate) mod outbox_rows {
+    pub(crate) use super::change::after as changes_after;
+    pub(crate) use super::health::{after as health_after, insert as insert_health};
+}
 pub use writer::{
     BatchSink, SqliteSink, StoreOp, StoreWriter, WriterCounters, WriterSettings, WriterStats,
 };
