@@ -68,6 +68,8 @@ enum Command {
         limit: usize,
         #[command(flatten)]
         store: StoreArgs,
+        #[command(flatten)]
+        fleet: fim::fleet::cli::FleetQueryArgs,
     },
     /// Recorded changes matching filters, newest first.
     Events {
@@ -109,6 +111,8 @@ enum Command {
         limit: usize,
         #[command(flatten)]
         store: StoreArgs,
+        #[command(flatten)]
+        fleet: fim::fleet::cli::FleetQueryArgs,
     },
     /// Run one read-only SQL statement on the store (tables: baseline, changes, health,
     /// content_versions, meta; view: ConfigurationChange). Writes are refused.
@@ -137,7 +141,16 @@ enum Command {
     Status {
         #[command(flatten)]
         store: StoreArgs,
+        #[command(flatten)]
+        fleet: fim::fleet::cli::FleetQueryArgs,
     },
+    /// Fleet administration: streams, central rule sets, host assignments, credentials.
+    Fleet {
+        #[command(subcommand)]
+        command: fim::fleet::cli::FleetCommand,
+    },
+    /// Move every host's rows from NATS JetStream into PostgreSQL (exactly once).
+    Collector(fim::fleet::cli::CollectorArgs),
     /// Validate the configuration; errors are printed as file:line:col: message (exit 78).
     CheckConfig {
         /// Main configuration file (default /etc/fim/fim.toml; conf.d/ next to it is read too).
@@ -202,6 +215,38 @@ fn query(
     }
 }
 
+/// Runs one `--fleet` query command against PostgreSQL.
+fn fleet_query(
+    run: impl FnOnce(&fim::fleet::query::Central) -> Result<()>,
+    args: &fim::fleet::cli::FleetQueryArgs,
+) -> std::process::ExitCode {
+    match args.connect().and_then(|central| run(&central)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fim: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Where a query command reads: this host's store, or the fleet's.
+enum Source<'a> {
+    Local(&'a fim::store::ReadOnlyStore),
+    Fleet(&'a fim::fleet::query::Central),
+}
+
+fn query_either(
+    store: &StoreArgs,
+    fleet: &fim::fleet::cli::FleetQueryArgs,
+    run: impl FnOnce(Source<'_>) -> Result<()>,
+) -> std::process::ExitCode {
+    if fleet.fleet {
+        fleet_query(|c| run(Source::Fleet(c)), fleet)
+    } else {
+        query(store, |s, _| run(Source::Local(s)))
+    }
+}
+
 fn bytes(path: &Path) -> &[u8] {
     path.as_os_str().as_bytes()
 }
@@ -232,7 +277,19 @@ fn run_offline_command(command: &Command) -> Option<std::process::ExitCode> {
         Command::Completions { shell } => Some(print_completions(*shell)),
         Command::ManPages { dir } => Some(write_man_pages(dir)),
         Command::CheckConfig { config } => Some(check_config(config.as_deref())),
-        Command::Who { path, limit, store } => Some(query(store, |s, _| {
+        Command::Fleet { command } => Some(fim::fleet::cli::fleet(command)),
+        Command::Collector(args) => Some(fim::fleet::cli::collector(args)),
+        Command::Who {
+            path,
+            limit,
+            store,
+            fleet,
+        } if fleet.fleet => Some(fleet_query(|c| {
+            fim::fleet::query::who(c, bytes(path), *limit, fleet.host.as_deref(), store.json)
+        }, fleet)),
+        Command::Who {
+            path, limit, store, ..
+        } => Some(query(store, |s, _| {
             fim::query::who(s, bytes(path), *limit, store.json)
         })),
         Command::Events {
@@ -249,7 +306,8 @@ fn run_offline_command(command: &Command) -> Option<std::process::ExitCode> {
             authorized,
             limit,
             store,
-        } => Some(query(store, |s, _| {
+            fleet,
+        } => Some(query_either(store, fleet, |source| {
             let now = fim::query::now_ns();
             let time = |t: &Option<String>| {
                 t.as_deref()
@@ -270,7 +328,12 @@ fn run_offline_command(command: &Command) -> Option<std::process::ExitCode> {
                 authorized: *authorized,
                 limit: *limit,
             };
-            fim::query::events(s, &filter, store.json)
+            match source {
+                Source::Local(s) => fim::query::events(s, &filter, store.json),
+                Source::Fleet(c) => {
+                    fim::fleet::query::events(c, &filter, fleet.host.as_deref(), store.json)
+                }
+            }
         })),
         Command::Sql { statement, store } => Some(query(store, |s, _| {
             fim::query::sql(s, statement, store.json)
@@ -283,7 +346,11 @@ fn run_offline_command(command: &Command) -> Option<std::process::ExitCode> {
         } => Some(query(store, |s, _| {
             fim::query::diff(s, bytes(path), from.as_deref(), to.as_deref(), store.json)
         })),
-        Command::Status { store } => Some(query(store, |s, path| {
+        Command::Status { store, fleet } if fleet.fleet => Some(fleet_query(
+            |c| fim::fleet::query::status(c, 90, store.json),
+            fleet,
+        )),
+        Command::Status { store, .. } => Some(query(store, |s, path| {
             fim::query::status(s, path, store.json)
         })),
         Command::Scan {
@@ -531,7 +598,9 @@ fn main() -> std::process::ExitCode {
             | Command::Events { .. }
             | Command::Sql { .. }
             | Command::Diff { .. }
-            | Command::Status { .. } => Ok(()),
+            | Command::Status { .. }
+            | Command::Fleet { .. }
+            | Command::Collector(_) => Ok(()),
             Command::Run { backend, config } => {
                 run(backend.map(Backend::from), config.as_deref()).await
             }

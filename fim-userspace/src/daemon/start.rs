@@ -2,7 +2,8 @@
 //! metrics endpoint, the store (its baseline authenticated before anything reads it), the
 //! sensor (before the drift check, so nothing that happens meanwhile is missed), the outputs,
 //! then the change worker with the start scan queued first, and the scan thread with its
-//! control socket (it waits for the start scan). The service manager hears of each step
+//! control socket (it waits for the start scan), then the fleet agent (`[fleet]`) once the
+//! start row it publishes is queued. The service manager hears of each step
 //! (`STATUS=`); it hears "ready" from the event loop, after the start scan.
 //!
 //! A new start step goes into `start` where what it needs exists, and what it leaves for the
@@ -21,6 +22,7 @@ use crate::store::{IntegrityReport, Store, StoreWriter, WriterSettings};
 
 use super::completeness::{Layer, UNAVAILABLE};
 use super::control::{self, ControlSocket};
+use super::fleet::Fleet;
 use super::notify::Notifier;
 use super::outputs::Outputs;
 use super::scheduled::{self, ScanThread};
@@ -45,6 +47,8 @@ pub(super) struct Started {
     pub(super) scans: ScanThread,
     /// The control socket (`fim scan --now`), if it could be served.
     pub(super) control: Option<ControlSocket>,
+    /// The fleet agent (an idle one without `[fleet]`).
+    pub(super) fleet: Fleet,
 }
 
 /// Starts everything the event loop needs, in order, telling the service manager each step.
@@ -75,6 +79,7 @@ pub(super) async fn start(
     let service = Service::new(notifier, started_ns, backend, roots.len(), scans);
     let scans = scheduled::spawn(config, &rules, &worker, &metrics)?;
     let control = control::serve(&config.state_dir, Arc::clone(&scans.requests));
+    let fleet = Fleet::start(config, &metrics)?;
     Ok(Started {
         metrics,
         writer,
@@ -87,6 +92,7 @@ pub(super) async fn start(
         service,
         scans,
         control,
+        fleet,
     })
 }
 

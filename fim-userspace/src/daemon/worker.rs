@@ -9,9 +9,9 @@
 
 use std::collections::VecDeque;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError};
+use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -89,7 +89,8 @@ pub(super) fn spawn(
     outputs: Outputs,
     progress: ScanProgress,
 ) -> Result<WorkerHandle> {
-    let maker = change_maker(config, rules)?;
+    let live_rules = LiveRules(Arc::new(RwLock::new(Arc::clone(rules))));
+    let maker = change_maker(config, &live_rules)?;
     let (tx, rx) = mpsc::sync_channel(JOB_QUEUE);
     let pending = Arc::new(AtomicU64::new(0));
     // Changes made while fim was not running come first.
@@ -100,7 +101,7 @@ pub(super) fn spawn(
     let (hints, hints_rx) = mpsc::sync_channel(HINTS_QUEUE);
     let drains = Arc::new(AtomicU64::new(0));
     let thread = {
-        let (config, rules) = (config.clone(), Arc::clone(rules));
+        let config = config.clone();
         let shared = Shared {
             pending: Arc::clone(&pending),
             loss_rescan_queued: Arc::clone(&loss_rescan_queued),
@@ -113,7 +114,7 @@ pub(super) fn spawn(
         };
         std::thread::Builder::new()
             .name("fim-changes".into())
-            .spawn(move || Worker::new(maker, outputs, config, rules, shared).run(rx, link))
+            .spawn(move || Worker::new(maker, live_rules, outputs, config, shared).run(rx, link))
             .context("starting the change worker")?
     };
     Ok(WorkerHandle {
@@ -129,11 +130,11 @@ pub(super) fn spawn(
 }
 
 /// The change maker over the store's baseline and the filesystem.
-fn change_maker(config: &Config, rules: &Arc<RuleSet>) -> Result<ChangeMaker> {
+fn change_maker(config: &Config, rules: &LiveRules) -> Result<ChangeMaker> {
     Ok(ChangeMaker::new(
         Box::new(StoreLookup(Store::open(&config.state_dir)?)),
         Box::new(FsExamine {
-            rules: Arc::clone(rules),
+            rules: rules.clone(),
             config: config.clone(),
         }),
         local_hostname(),
@@ -150,9 +151,24 @@ impl BaselineLookup for StoreLookup {
     }
 }
 
+/// The rules the change maker examines with: the worker's to replace when central rules
+/// change (`Work::Rules`), so the maker (which owns its `Examine`) sees the new ones.
+#[derive(Clone)]
+struct LiveRules(Arc<RwLock<Arc<RuleSet>>>);
+
+impl LiveRules {
+    fn get(&self) -> Arc<RuleSet> {
+        Arc::clone(&self.0.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn set(&self, rules: Arc<RuleSet>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = rules;
+    }
+}
+
 /// The filesystem as the scan sees it.
 struct FsExamine {
-    rules: Arc<RuleSet>,
+    rules: LiveRules,
     config: Config,
 }
 
@@ -170,7 +186,7 @@ impl Examine for FsExamine {
             options.content_max_size = limit;
         }
         let path = Path::new(std::ffi::OsStr::from_bytes(path));
-        match baseline::observe(path, &self.rules, &options, previous) {
+        match baseline::observe(path, &self.rules.get(), &options, previous) {
             Some((entry, content)) => Examined::Present { entry, content },
             None => Examined::Vanished,
         }
@@ -189,6 +205,8 @@ struct Shared {
 /// The change worker's state, owned by its thread.
 struct Worker {
     maker: ChangeMaker,
+    /// The rules `maker` examines with.
+    rules: LiveRules,
     outputs: Outputs,
     rescanner: Rescanner,
     config: Config,
@@ -216,9 +234,9 @@ enum Next {
 impl Worker {
     fn new(
         maker: ChangeMaker,
+        live_rules: LiveRules,
         outputs: Outputs,
         config: Config,
-        rules: Arc<RuleSet>,
         shared: Shared,
     ) -> Worker {
         let Shared {
@@ -227,10 +245,11 @@ impl Worker {
             progress,
             linked,
         } = shared;
-        let mut rescanner = Rescanner::open(&config, rules, linked);
+        let mut rescanner = Rescanner::open(&config, live_rules.get(), linked);
         rescanner.count_entries(Arc::clone(&progress.entries));
         Worker {
             maker,
+            rules: live_rules,
             outputs,
             rescanner,
             config,
@@ -255,6 +274,7 @@ impl Worker {
                     let _ = done.send(());
                 }
                 Next::Work(Work::ScanBegins(ack)) => self.scan_begins(ack),
+                Next::Work(Work::Rules(rules)) => self.set_rules(rules),
                 Next::Reconcile(item) => self.reconcile(item, &link),
                 Next::Work(Work::Stop) | Next::Stop => break,
                 Next::Idle => {}
@@ -397,6 +417,12 @@ impl Worker {
                 .metrics
                 .set_baseline_files(self.baseline_files as u64);
         }
+    }
+
+    /// Central rules put in force: the jobs and rescans queued after them use them.
+    fn set_rules(&mut self, rules: Arc<RuleSet>) {
+        self.rules.set(Arc::clone(&rules));
+        self.rescanner.set_rules(rules);
     }
 
     /// A rescan the event loop asked for (start, kernel loss, queue overflow).

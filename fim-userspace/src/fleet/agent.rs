@@ -72,6 +72,9 @@ impl Agent {
         let (agent_metrics, registry) = AgentMetrics::new();
         metrics.attach(registry);
         let outbox = Outbox::open(&config.state_dir)?;
+        agent_metrics
+            .outbox_depth
+            .set(outbox.backlog()?.min(i64::MAX as u64) as i64);
         let state_dir = config.state_dir.clone();
         let (stop, stopped) = watch::channel(false);
         let (updates_tx, updates_rx) = mpsc::channel(4);

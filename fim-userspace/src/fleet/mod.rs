@@ -12,6 +12,7 @@
 
 pub mod admin;
 pub mod agent;
+pub mod cli;
 pub mod collector;
 pub mod metrics;
 pub mod nats;

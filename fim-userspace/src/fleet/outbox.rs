@@ -112,6 +112,15 @@ impl Outbox {
             .unwrap_or(0))
     }
 
+    /// Rows not yet acknowledged, by the saved cursors.
+    pub fn backlog(&self) -> Result<u64> {
+        let mut total = 0;
+        for kind in [RowKind::Change, RowKind::Health] {
+            total += (self.last_id(kind)? - self.cursor(kind)?).max(0) as u64;
+        }
+        Ok(total)
+    }
+
     /// The highest row id of `kind` in the store (0 when empty).
     pub fn last_id(&self, kind: RowKind) -> Result<i64> {
         let table = table(kind);

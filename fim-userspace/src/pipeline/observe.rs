@@ -124,6 +124,11 @@ impl Classifier {
         &self.rules
     }
 
+    /// Puts a new rule set in force (central rules applied live).
+    pub fn set_rules(&mut self, rules: Arc<RuleSet>) {
+        self.rules = rules;
+    }
+
     fn rule(&self, path: &[u8]) -> Option<RuleRef> {
         self.rules.match_bytes(path).map(|r| RuleRef {
             name: r.name.clone(),

@@ -1,0 +1,357 @@
+//! Real servers for the fleet tests: a 3-node NATS JetStream cluster and a PostgreSQL
+//! instance, each on loopback ports in a temporary directory, stopped when dropped. Both
+//! nats-server versions the project supports are tested: Debian's 2.9.10 and the pinned
+//! newer one `cargo xtask setup` installs. A missing server fails the test, loudly.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+use crate::prometheus::{free_port, http_get};
+
+/// The nats-server binaries to test against: (label, path).
+pub fn nats_servers() -> Vec<(&'static str, PathBuf)> {
+    let debian = PathBuf::from("/usr/sbin/nats-server");
+    let cache = std::env::var_os("FIM_CACHE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+                .join(".cache/fim")
+        });
+    let pinned = cache.join("nats-server-2.15.1/nats-server");
+    for (what, path) in [("Debian's nats-server 2.9.10", &debian), ("the pinned nats-server 2.15.1", &pinned)] {
+        assert!(
+            path.exists(),
+            "{what} is not at {} (run `cargo xtask setup`)",
+            path.display()
+        );
+    }
+    vec![("2.9.10", debian), ("2.15.1", pinned)]
+}
+
+/// The fim binary cargo built next to the tests (`fim collector`, `fim fleet`, queries).
+pub fn fim_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("locating the running test binary");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>");
+    let fim = dir.join("fim");
+    assert!(fim.exists(), "{} is missing: build the workspace first", fim.display());
+    fim
+}
+
+/// A binary of this crate (`fim-fleet-agent`).
+pub fn test_binary(name: &str) -> PathBuf {
+    fim_binary().with_file_name(name)
+}
+
+struct Node {
+    config: PathBuf,
+    client: u16,
+    http: u16,
+    child: Option<Child>,
+}
+
+/// A JetStream cluster of `nodes` servers on 127.0.0.1.
+pub struct NatsCluster {
+    pub dir: tempfile::TempDir,
+    binary: PathBuf,
+    nodes: Vec<Node>,
+}
+
+/// An nkey identity in the cluster's configuration.
+pub struct Identity {
+    pub seed_file: PathBuf,
+}
+
+impl NatsCluster {
+    /// Starts the cluster with these users (nats-server `authorization.users` entries,
+    /// as `fim fleet credentials` prints them) and waits until JetStream has a leader.
+    pub fn start(binary: &Path, nodes: usize, users: &[Value]) -> Result<NatsCluster> {
+        let dir = tempfile::tempdir()?;
+        let ports: Vec<(u16, u16, u16)> = (0..nodes)
+            .map(|_| Ok((free_port()?, free_port()?, free_port()?)))
+            .collect::<Result<_>>()?;
+        let routes: Vec<String> = ports
+            .iter()
+            .map(|(_, _, route)| format!("nats-route://127.0.0.1:{route}"))
+            .collect();
+        let mut list = Vec::new();
+        for (i, (client, http, route)) in ports.iter().enumerate() {
+            let store = dir.path().join(format!("n{i}"));
+            std::fs::create_dir_all(&store)?;
+            let mut config = json!({
+                "server_name": format!("n{i}"),
+                "host": "127.0.0.1",
+                "port": client,
+                "http": format!("127.0.0.1:{http}"),
+                "jetstream": {"store_dir": store, "max_memory_store": 64 << 20, "max_file_store": 4u64 << 30},
+                "max_payload": 1 << 20,
+            });
+            if nodes > 1 {
+                config["cluster"] = json!({
+                    "name": "fim-test",
+                    "listen": format!("127.0.0.1:{route}"),
+                    "routes": routes,
+                });
+            }
+            if !users.is_empty() {
+                config["authorization"] = json!({"users": users});
+            }
+            let path = dir.path().join(format!("n{i}.conf"));
+            std::fs::write(&path, serde_json::to_vec_pretty(&config)?)?;
+            list.push(Node {
+                config: path,
+                client: *client,
+                http: *http,
+                child: None,
+            });
+        }
+        let mut cluster = NatsCluster {
+            dir,
+            binary: binary.to_path_buf(),
+            nodes: list,
+        };
+        for i in 0..nodes {
+            cluster.start_node(i)?;
+        }
+        cluster.wait_ready(Duration::from_secs(60))?;
+        Ok(cluster)
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|n| format!("nats://127.0.0.1:{}", n.client))
+            .collect()
+    }
+
+    pub fn start_node(&mut self, i: usize) -> Result<()> {
+        let node = &mut self.nodes[i];
+        if node.child.is_some() {
+            return Ok(());
+        }
+        let log = std::fs::File::create(node.config.with_extension("log"))?;
+        let child = Command::new(&self.binary)
+            .arg("-c")
+            .arg(&node.config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", self.binary.display()))?;
+        node.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILL, as a crash.
+    pub fn kill_node(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn kill_all(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill_node(i);
+        }
+    }
+
+    pub fn start_all(&mut self) -> Result<()> {
+        for i in 0..self.nodes.len() {
+            self.start_node(i)?;
+        }
+        Ok(())
+    }
+
+    /// Every running node answers /healthz with JetStream ready.
+    pub fn wait_ready(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        for node in self.nodes.iter().filter(|n| n.child.is_some()) {
+            let address = SocketAddr::from(([127, 0, 0, 1], node.http));
+            loop {
+                if let Ok((200, _)) = http_get(address, "/healthz") {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!("nats-server on port {} did not become healthy", node.client);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        Ok(())
+    }
+
+    /// Messages in a stream, from the first running node's monitoring endpoint.
+    pub fn stream_messages(&self, stream: &str) -> Result<u64> {
+        for node in self.nodes.iter().filter(|n| n.child.is_some()) {
+            let address = SocketAddr::from(([127, 0, 0, 1], node.http));
+            let Ok((200, body)) = http_get(address, "/jsz?streams=true") else {
+                continue;
+            };
+            let value: Value = serde_json::from_slice(&body)?;
+            for account in value["account_details"].as_array().into_iter().flatten() {
+                for s in account["stream_detail"].as_array().into_iter().flatten() {
+                    if s["name"] == stream {
+                        return Ok(s["state"]["messages"].as_u64().unwrap_or(0));
+                    }
+                }
+            }
+        }
+        bail!("no running node reports stream {stream}")
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        self.kill_all();
+    }
+}
+
+/// A PostgreSQL 15 instance of its own (initdb in a temporary directory owned by the
+/// `postgres` user: PostgreSQL refuses to run as root).
+pub struct Postgres {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    child: Option<Child>,
+}
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+fn as_postgres(program: &str) -> Command {
+    let mut command = Command::new("runuser");
+    command.args(["-u", "postgres", "--"]).arg(Path::new(PG_BIN).join(program));
+    command
+}
+
+impl Postgres {
+    pub fn start() -> Result<Postgres> {
+        assert!(
+            Path::new(PG_BIN).join("postgres").exists(),
+            "PostgreSQL 15 is not installed at {PG_BIN} (run `cargo xtask setup`)"
+        );
+        let dir = tempfile::Builder::new().prefix("fim-pg").tempdir()?;
+        let data = dir.path().join("data");
+        let chown = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(dir.path())
+            .status()?;
+        if !chown.success() {
+            bail!("chown postgres {} failed", dir.path().display());
+        }
+        let out = as_postgres("initdb")
+            .args(["-U", "fim", "--auth=trust", "--no-sync", "-E", "UTF8", "-D"])
+            .arg(&data)
+            .output()?;
+        if !out.status.success() {
+            bail!("initdb: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let port = free_port()?;
+        let log = std::fs::File::create(dir.path().join("postgres.log"))?;
+        let child = as_postgres("postgres")
+            .arg("-D")
+            .arg(&data)
+            .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1", "-k"])
+            .arg(dir.path())
+            // A test instance: no fsync (the tests kill processes, not the machine).
+            .args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "shared_buffers=128MB"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        let pg = Postgres {
+            dir,
+            port,
+            child: Some(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = Command::new(Path::new(PG_BIN).join("pg_isready"))
+                .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(Stdio::null())
+                .status()?;
+            if ready.success() {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("PostgreSQL did not start (see {}/postgres.log)", pg.dir.path().display());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(pg)
+    }
+
+    pub fn url(&self) -> String {
+        format!("host=127.0.0.1 port={} user=fim dbname=postgres", self.port)
+    }
+
+    /// One value of a query, through psql.
+    pub fn scalar(&self, sql: &str) -> Result<String> {
+        let out = Command::new("psql")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "fim", "-d", "postgres"])
+            .args(["-At", "-c", sql])
+            .output()?;
+        if !out.status.success() {
+            bail!("psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SIGINT: fast shutdown. runuser passes it on.
+            // SAFETY: kill with a valid pid and signal.
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGINT);
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// An nkey user of `role` written into `dir`: (seed file, the server's user entry).
+pub fn identity(dir: &Path, name: &str, role: &fim::fleet::admin::Role) -> Result<(PathBuf, Value)> {
+    let (seed, user) = fim::fleet::admin::issue(role)?;
+    let path = dir.join(format!("{name}.nk"));
+    fim::fleet::admin::write_seed(&path, &seed)?;
+    Ok((path, user))
+}
+
+/// Runs `fim ARGS` and returns stdout; fails with stderr.
+pub fn fim(args: &[&str]) -> Result<String> {
+    let out = Command::new(fim_binary()).args(args).output()?;
+    if !out.status.success() {
+        bail!(
+            "fim {}: exit {:?}: {}",
+            args.join(" "),
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Polls until `done` or fails after `timeout`, describing what it waited for.
+pub fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> Result<bool>) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if done()? {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
