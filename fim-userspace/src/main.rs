@@ -284,9 +284,10 @@ fn run_offline_command(command: &Command) -> Option<std::process::ExitCode> {
             limit,
             store,
             fleet,
-        } if fleet.fleet => Some(fleet_query(|c| {
-            fim::fleet::query::who(c, bytes(path), *limit, fleet.host.as_deref(), store.json)
-        }, fleet)),
+        } if fleet.fleet => Some(fleet_query(
+            |c| fim::fleet::query::who(c, bytes(path), *limit, fleet.host.as_deref(), store.json),
+            fleet,
+        )),
         Command::Who {
             path, limit, store, ..
         } => Some(query(store, |s, _| {

@@ -23,7 +23,10 @@ pub fn nats_servers() -> Vec<(&'static str, PathBuf)> {
                 .join(".cache/fim")
         });
     let pinned = cache.join("nats-server-2.15.1/nats-server");
-    for (what, path) in [("Debian's nats-server 2.9.10", &debian), ("the pinned nats-server 2.15.1", &pinned)] {
+    for (what, path) in [
+        ("Debian's nats-server 2.9.10", &debian),
+        ("the pinned nats-server 2.15.1", &pinned),
+    ] {
         assert!(
             path.exists(),
             "{what} is not at {} (run `cargo xtask setup`)",
@@ -36,9 +39,16 @@ pub fn nats_servers() -> Vec<(&'static str, PathBuf)> {
 /// The fim binary cargo built next to the tests (`fim collector`, `fim fleet`, queries).
 pub fn fim_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("locating the running test binary");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target/<profile>");
     let fim = dir.join("fim");
-    assert!(fim.exists(), "{} is missing: build the workspace first", fim.display());
+    assert!(
+        fim.exists(),
+        "{} is missing: build the workspace first",
+        fim.display()
+    );
     fim
 }
 
@@ -222,7 +232,9 @@ const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
 fn as_postgres(program: &str) -> Command {
     let mut command = Command::new("runuser");
-    command.args(["-u", "postgres", "--"]).arg(Path::new(PG_BIN).join(program));
+    command
+        .args(["-u", "postgres", "--"])
+        .arg(Path::new(PG_BIN).join(program));
     command
 }
 
@@ -253,10 +265,23 @@ impl Postgres {
         let child = as_postgres("postgres")
             .arg("-D")
             .arg(&data)
-            .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1", "-k"])
+            .args([
+                "-p",
+                &port.to_string(),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-k",
+            ])
             .arg(dir.path())
             // A test instance: no fsync (the tests kill processes, not the machine).
-            .args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "shared_buffers=128MB"])
+            .args([
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "shared_buffers=128MB",
+            ])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()?;
@@ -275,7 +300,10 @@ impl Postgres {
                 break;
             }
             if Instant::now() > deadline {
-                bail!("PostgreSQL did not start (see {}/postgres.log)", pg.dir.path().display());
+                bail!(
+                    "PostgreSQL did not start (see {}/postgres.log)",
+                    pg.dir.path().display()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -289,7 +317,16 @@ impl Postgres {
     /// One value of a query, through psql.
     pub fn scalar(&self, sql: &str) -> Result<String> {
         let out = Command::new("psql")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "fim", "-d", "postgres"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "fim",
+                "-d",
+                "postgres",
+            ])
             .args(["-At", "-c", sql])
             .output()?;
         if !out.status.success() {
@@ -321,7 +358,11 @@ impl Drop for Postgres {
 }
 
 /// An nkey user of `role` written into `dir`: (seed file, the server's user entry).
-pub fn identity(dir: &Path, name: &str, role: &fim::fleet::admin::Role) -> Result<(PathBuf, Value)> {
+pub fn identity(
+    dir: &Path,
+    name: &str,
+    role: &fim::fleet::admin::Role,
+) -> Result<(PathBuf, Value)> {
     let (seed, user) = fim::fleet::admin::issue(role)?;
     let path = dir.join(format!("{name}.nk"));
     fim::fleet::admin::write_seed(&path, &seed)?;
@@ -343,7 +384,11 @@ pub fn fim(args: &[&str]) -> Result<String> {
 }
 
 /// Polls until `done` or fails after `timeout`, describing what it waited for.
-pub fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> Result<bool>) -> Result<()> {
+pub fn wait_for(
+    what: &str,
+    timeout: Duration,
+    mut done: impl FnMut() -> Result<bool>,
+) -> Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
         if done()? {

@@ -73,12 +73,13 @@ impl Admin {
         if options.compression {
             self.version.require(Feature::Compression)?;
         }
-        let compression = options
-            .compression
-            .then_some(stream::Compression::S2);
+        let compression = options.compression.then_some(stream::Compression::S2);
         let events = stream::Config {
             name: subjects::EVENTS_STREAM.into(),
-            subjects: subjects::EVENTS_SUBJECTS.iter().map(|s| s.to_string()).collect(),
+            subjects: subjects::EVENTS_SUBJECTS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
             num_replicas: options.replicas,
             max_age: options.max_age,
             duplicate_window: options.duplicate_window,
@@ -94,13 +95,16 @@ impl Admin {
             .context("creating the events stream")?;
         let status = stream::Config {
             name: subjects::STATUS_STREAM.into(),
-            subjects: subjects::STATUS_SUBJECTS.iter().map(|s| s.to_string()).collect(),
+            subjects: subjects::STATUS_SUBJECTS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
             num_replicas: options.replicas,
             max_messages_per_subject: 16,
             max_age: options.max_age,
             storage: stream::StorageType::File,
             allow_direct: true,
-            compression,
+            compression: compression.clone(),
             ..Default::default()
         };
         self.js
@@ -108,25 +112,27 @@ impl Admin {
             .await
             .map_err(|e| anyhow!(e))
             .context("creating the status stream")?;
-        let bucket = kv::Config {
-            bucket: subjects::RULES_BUCKET.into(),
-            description: "fim: rule sets per host group, host assignments".into(),
-            history: 64,
+        // The bucket's stream, made the way a key-value bucket is (created directly: the
+        // client's bucket creation does not parse 2.9's answer).
+        let bucket = stream::Config {
+            name: format!("KV_{}", subjects::RULES_BUCKET),
+            description: Some("fim: rule sets per host group, host assignments".into()),
+            subjects: vec![format!("$KV.{}.>", subjects::RULES_BUCKET)],
+            max_messages_per_subject: 64,
+            discard: stream::DiscardPolicy::New,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
             num_replicas: options.replicas,
             storage: stream::StorageType::File,
-            compression: options.compression,
+            compression: compression.clone(),
             ..Default::default()
         };
-        match self.js.get_key_value(subjects::RULES_BUCKET).await {
-            Ok(_) => {}
-            Err(_) => {
-                self.js
-                    .create_key_value(bucket)
-                    .await
-                    .map_err(|e| anyhow!(e))
-                    .context("creating the rule bucket")?;
-            }
-        }
+        self.js
+            .create_or_update_stream(bucket)
+            .await
+            .map_err(|e| anyhow!(e))
+            .context("creating the rule bucket")?;
         Ok(())
     }
 
@@ -296,8 +302,16 @@ pub fn permissions(role: &Role) -> serde_json::Value {
                 subjects::health(host),
                 subjects::heartbeat(host),
                 subjects::applied(host),
-                format!("$JS.API.DIRECT.GET.{}.{}", subjects::EVENTS_STREAM, subjects::change(host)),
-                format!("$JS.API.DIRECT.GET.{}.{}", subjects::EVENTS_STREAM, subjects::health(host)),
+                format!(
+                    "$JS.API.DIRECT.GET.{}.{}",
+                    subjects::EVENTS_STREAM,
+                    subjects::change(host)
+                ),
+                format!(
+                    "$JS.API.DIRECT.GET.{}.{}",
+                    subjects::EVENTS_STREAM,
+                    subjects::health(host)
+                ),
                 format!(
                     "$JS.API.DIRECT.GET.{bucket}.{}",
                     subjects::bucket_subject(&subjects::host_key(host))
@@ -333,7 +347,9 @@ pub fn permissions(role: &Role) -> serde_json::Value {
 /// A new nkey for `role`: the seed (secret, for the host) and the server's user entry.
 pub fn issue(role: &Role) -> Result<(String, serde_json::Value)> {
     let pair = nkeys::KeyPair::new_user();
-    let seed = pair.seed().map_err(|e| anyhow!("making an nkey seed: {e}"))?;
+    let seed = pair
+        .seed()
+        .map_err(|e| anyhow!("making an nkey seed: {e}"))?;
     let user = json!({"nkey": pair.public_key(), "permissions": permissions(role)});
     Ok((seed, user))
 }
@@ -383,14 +399,28 @@ mod tests {
             .map(|v| v.as_str().unwrap())
             .collect();
         assert!(publish.contains(&"fim.v1.change.h1"));
-        assert!(publish.iter().all(|s| !s.contains('*') && !s.contains('>')), "{publish:?}");
-        assert!(publish.iter().all(|s| s.contains("h1") || s.contains("group.web")), "{publish:?}");
+        assert!(
+            publish.iter().all(|s| !s.contains('*') && !s.contains('>')),
+            "{publish:?}"
+        );
+        assert!(
+            publish
+                .iter()
+                .all(|s| s.contains("h1") || s.contains("group.web")),
+            "{publish:?}"
+        );
         let subscribe = p["subscribe"]["allow"].to_string();
         assert!(subscribe.contains("_INBOX_h1.>") && subscribe.contains("group.web"));
         assert!(!subscribe.contains("_INBOX.>"));
         let (seed, user) = issue(&Role::Collector).unwrap();
         assert!(seed.starts_with("SU"));
         assert!(user["nkey"].as_str().unwrap().starts_with('U'));
-        assert!(check_role(&Role::Host { host: "a.b".into(), groups: vec![] }).is_err());
+        assert!(
+            check_role(&Role::Host {
+                host: "a.b".into(),
+                groups: vec![]
+            })
+            .is_err()
+        );
     }
 }

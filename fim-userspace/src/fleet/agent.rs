@@ -46,10 +46,15 @@ pub trait ApplyRules {
 
 /// Applies one update through `target` and answers it.
 pub fn answer(update: RuleUpdate, target: &mut dyn ApplyRules) {
-    let result = target.apply_rules(update.rules).map_err(|e| format!("{e:#}"));
+    let result = target
+        .apply_rules(update.rules)
+        .map_err(|e| format!("{e:#}"));
     match &result {
         Ok(()) => log::info!("fleet: central rules {:?} applied", update.revisions),
-        Err(e) => log::error!("fleet: central rules {:?} NOT applied: {e}", update.revisions),
+        Err(e) => log::error!(
+            "fleet: central rules {:?} NOT applied: {e}",
+            update.revisions
+        ),
     }
     let _ = update.done.send(result);
 }
@@ -96,7 +101,15 @@ impl Agent {
                         return;
                     }
                 };
-                runtime.block_on(run(settings, state_dir, outbox, agent_metrics, local, updates_tx, stopped));
+                runtime.block_on(run(
+                    settings,
+                    state_dir,
+                    outbox,
+                    agent_metrics,
+                    local,
+                    updates_tx,
+                    stopped,
+                ));
             })
             .context("starting the fleet thread")?;
         Ok(Some(Agent {
@@ -163,19 +176,16 @@ async fn run(
 ) {
     let host = settings.host_id.clone();
     let (events_tx, mut events) = mpsc::unbounded_channel();
-    let client = match super::nats::connect_with(
-        &settings,
-        &format!("fim agent {host}"),
-        Some(events_tx),
-    )
-    .await
-    {
-        Ok(client) => client,
-        Err(e) => {
-            log::error!("fleet: {e:#}; the fleet agent is off (fim goes on locally)");
-            return;
-        }
-    };
+    let client =
+        match super::nats::connect_with(&settings, &format!("fim agent {host}"), Some(events_tx))
+            .await
+        {
+            Ok(client) => client,
+            Err(e) => {
+                log::error!("fleet: {e:#}; the fleet agent is off (fim goes on locally)");
+                return;
+            }
+        };
     let watcher = {
         let metrics = metrics.clone();
         let client = client.clone();
@@ -427,8 +437,8 @@ async fn follow_rules(
                 let revisions: BTreeMap<String, u64> =
                     desired.iter().map(|(g, (r, _))| (g.clone(), *r)).collect();
                 let first = applied.is_none();
-                let changed = applied.as_ref() != Some(&revisions)
-                    && rejected.as_ref() != Some(&revisions);
+                let changed =
+                    applied.as_ref() != Some(&revisions) && rejected.as_ref() != Some(&revisions);
                 // Nothing central for this host yet: its own rules are in force already.
                 if changed && !(first && desired.is_empty()) {
                     let outcome = apply(&local, &desired, &revisions, &updates).await;

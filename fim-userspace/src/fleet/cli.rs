@@ -89,7 +89,9 @@ fn postgres(given: Option<&str>) -> Result<String> {
     match given {
         Some(s) => Ok(s.to_string()),
         None => std::env::var("FIM_POSTGRES").map_err(|_| {
-            anyhow!("name the central store with --postgres \"host=... dbname=...\" or $FIM_POSTGRES")
+            anyhow!(
+                "name the central store with --postgres \"host=... dbname=...\" or $FIM_POSTGRES"
+            )
         }),
     }
 }
@@ -279,9 +281,8 @@ fn fleet_other(command: &FleetCommand) -> Result<()> {
             RulesCommand::Put { .. } => unreachable!("handled by fleet()"),
             RulesCommand::History { group, json, nats } => {
                 let settings = nats.settings("admin")?;
-                let history = runtime()?.block_on(async {
-                    Admin::connect(&settings).await?.history(group).await
-                })?;
+                let history = runtime()?
+                    .block_on(async { Admin::connect(&settings).await?.history(group).await })?;
                 admin::print_history(group, &history, *json)
             }
             RulesCommand::Rollback {
@@ -302,9 +303,8 @@ fn fleet_other(command: &FleetCommand) -> Result<()> {
         },
         FleetCommand::Assign { host, groups, nats } => {
             let settings = nats.settings("admin")?;
-            let revision = runtime()?.block_on(async {
-                Admin::connect(&settings).await?.assign(host, groups).await
-            })?;
+            let revision = runtime()?
+                .block_on(async { Admin::connect(&settings).await?.assign(host, groups).await })?;
             println!(
                 "host {host} follows {} (revision {revision})",
                 if groups.is_empty() {
@@ -334,8 +334,13 @@ fn fleet_other(command: &FleetCommand) -> Result<()> {
             admin::check_role(&role)?;
             let (seed, user) = admin::issue(&role)?;
             admin::write_seed(seed_out, &seed)?;
-            println!("# seed written to {} (keep it secret; give it to its owner as [fleet] nkey_seed_file)", seed_out.display());
-            println!("# add this entry to the nats-server configuration's authorization.users list:");
+            println!(
+                "# seed written to {} (keep it secret; give it to its owner as [fleet] nkey_seed_file)",
+                seed_out.display()
+            );
+            println!(
+                "# add this entry to the nats-server configuration's authorization.users list:"
+            );
             println!("{}", serde_json::to_string_pretty(&user)?);
             Ok(())
         }
@@ -352,7 +357,10 @@ pub fn collector(args: &CollectorArgs) -> ExitCode {
         runtime()?.block_on(async {
             let (metrics, registry) = super::metrics::CollectorMetrics::new();
             let listener = crate::metrics::bind(args.metrics).await?;
-            tokio::spawn(crate::metrics::serve(listener, std::sync::Arc::new(registry)));
+            tokio::spawn(crate::metrics::serve(
+                listener,
+                std::sync::Arc::new(registry),
+            ));
             log::info!("collector metrics on http://{}/metrics", args.metrics);
             let (stop_tx, stop) = tokio::sync::watch::channel(false);
             let mut terminate =

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
-use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy};
+use async_nats::jetstream::{self, consumer::AckPolicy, consumer::pull};
 use futures::StreamExt;
 use tokio::sync::watch;
 
@@ -98,7 +98,11 @@ async fn next_batch(
     let Some(first) = first else {
         return Err(anyhow!("the consumer's message stream ended"));
     };
-    let mut batch = vec![first.map_err(|e| anyhow!(e)).context("receiving a message")?];
+    let mut batch = vec![
+        first
+            .map_err(|e| anyhow!(e))
+            .context("receiving a message")?,
+    ];
     let deadline = tokio::time::Instant::now() + BATCH_WINDOW;
     while batch.len() < BATCH {
         match tokio::time::timeout_at(deadline, messages.next()).await {
@@ -136,8 +140,7 @@ async fn consume_events(
         for message in &batch {
             let subject = message.subject.as_str();
             let decoded = if subject.starts_with("fim.v1.change.") {
-                serde_json::from_slice::<ChangeMessage>(&message.payload)
-                    .map(|c| changes.push(c))
+                serde_json::from_slice::<ChangeMessage>(&message.payload).map(|c| changes.push(c))
             } else {
                 serde_json::from_slice::<HealthMessage>(&message.payload).map(|h| health.push(h))
             };
@@ -176,7 +179,9 @@ async fn consume_events(
         if lag_at.elapsed() >= Duration::from_secs(1) {
             lag_at = Instant::now();
             if let Ok(info) = consumer.info().await {
-                metrics.lag.set(info.num_pending.min(i64::MAX as u64) as i64);
+                metrics
+                    .lag
+                    .set(info.num_pending.min(i64::MAX as u64) as i64);
             }
         }
     }

@@ -119,7 +119,11 @@ impl ServerVersion {
         let core = text.trim().trim_start_matches('v');
         let core = core.split(['-', '+']).next()?;
         let mut parts = core.split('.').map(|p| p.parse::<u32>().ok());
-        Some(ServerVersion(parts.next()??, parts.next()??, parts.next()??))
+        Some(ServerVersion(
+            parts.next()??,
+            parts.next()??,
+            parts.next()??,
+        ))
     }
 
     pub fn supports(self, feature: Feature) -> bool {
@@ -177,7 +181,10 @@ mod tests {
         assert!(!old.supports(Feature::Compression));
         assert!(new.supports(Feature::MultiFilter));
         let refused = old.require(Feature::Compression).unwrap_err().to_string();
-        assert!(refused.contains("2.9.10") && refused.contains("2.10.0"), "{refused}");
+        assert!(
+            refused.contains("2.9.10") && refused.contains("2.10.0"),
+            "{refused}"
+        );
         assert!(require_minimum(ServerVersion(2, 8, 4)).is_err());
         assert_eq!(ServerVersion::parse("junk"), None);
     }

@@ -124,11 +124,11 @@ impl Outbox {
     /// The highest row id of `kind` in the store (0 when empty).
     pub fn last_id(&self, kind: RowKind) -> Result<i64> {
         let table = table(kind);
-        Ok(self
-            .conn
-            .query_row(&format!("SELECT coalesce(max(id), 0) FROM {table}"), [], |r| {
-                r.get(0)
-            })?)
+        Ok(self.conn.query_row(
+            &format!("SELECT coalesce(max(id), 0) FROM {table}"),
+            [],
+            |r| r.get(0),
+        )?)
     }
 
     /// Up to `limit` rows of `kind` after `after`, in id order.
@@ -323,10 +323,7 @@ pub fn random_id() -> Result<String> {
     // SAFETY: the buffer and its length are valid.
     let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
     if n != bytes.len() as isize {
-        anyhow::bail!(
-            "getrandom failed: {}",
-            std::io::Error::last_os_error()
-        );
+        anyhow::bail!("getrandom failed: {}", std::io::Error::last_os_error());
     }
     Ok(crate::baseline::hex(&bytes))
 }

@@ -9,7 +9,11 @@ use super::wire::{AppliedMessage, ChangeMessage, HealthMessage, HeartbeatMessage
 
 /// The schema's migrations, applied in order, each once (recorded in
 /// `fim_schema_migrations`). Never edit one that has shipped: add the next.
-pub const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "fleet tables and the ConfigurationChange view", MIGRATION_1)];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
+    1,
+    "fleet tables and the ConfigurationChange view",
+    MIGRATION_1,
+)];
 
 const MIGRATION_1: &str = r#"
 CREATE TABLE fim_changes (
@@ -178,7 +182,7 @@ pub async fn migrate(client: &mut Client) -> Result<i32> {
         .await
         .context("creating fim_schema_migrations")?;
     let tx = client.transaction().await?;
-    tx.execute("SELECT pg_advisory_xact_lock(7146_2019)", &[])
+    tx.execute("SELECT pg_advisory_xact_lock(71462019)", &[])
         .await
         .context("taking the migration lock")?;
     let current: i32 = tx
@@ -218,10 +222,37 @@ pub struct Inserted {
 }
 
 const CHANGE_COLUMNS: &[&str] = &[
-    "host", "store", "id", "computer", "time_ns", "activity", "path", "path_hex", "new_path",
-    "new_path_hex", "rule", "grp", "backend", "changed", "previous", "hash_before",
-    "hash_after", "size", "authorized", "truncated_path", "pid", "ppid", "exe", "exe_hex",
-    "cmdline", "uid", "usr", "login_uid", "login_user", "container_id", "comm",
+    "host",
+    "store",
+    "id",
+    "computer",
+    "time_ns",
+    "activity",
+    "path",
+    "path_hex",
+    "new_path",
+    "new_path_hex",
+    "rule",
+    "grp",
+    "backend",
+    "changed",
+    "previous",
+    "hash_before",
+    "hash_after",
+    "size",
+    "authorized",
+    "truncated_path",
+    "pid",
+    "ppid",
+    "exe",
+    "exe_hex",
+    "cmdline",
+    "uid",
+    "usr",
+    "login_uid",
+    "login_user",
+    "container_id",
+    "comm",
     "process_start_ns",
 ];
 /// Columns passed as text and cast (JSONB).
@@ -348,7 +379,14 @@ pub async fn insert_changes(
 }
 
 const HEALTH_COLUMNS: &[&str] = &[
-    "host", "store", "id", "time_ns", "kind", "backend", "detail", "lost_events",
+    "host",
+    "store",
+    "id",
+    "time_ns",
+    "kind",
+    "backend",
+    "detail",
+    "lost_events",
 ];
 
 pub async fn insert_health(

@@ -33,7 +33,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(3);
 /// At a stop, how long what is in flight and queued may still take.
 const STOP_GRACE: Duration = Duration::from_secs(3);
 
-type AckFuture = Pin<Box<dyn Future<Output = Result<jetstream::publish::PublishAck, PublishError>> + Send>>;
+type AckFuture =
+    Pin<Box<dyn Future<Output = Result<jetstream::publish::PublishAck, PublishError>> + Send>>;
 
 struct InFlight {
     kind: RowKind,
@@ -135,10 +136,7 @@ impl Publisher {
                 .await
             {
                 Ok(message) => message,
-                Err(e)
-                    if e.kind()
-                        == jetstream::stream::DirectGetErrorKind::NotFound =>
-                {
+                Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => {
                     continue;
                 }
                 Err(e) => {
@@ -152,17 +150,11 @@ impl Publisher {
                     });
                 }
             };
-            let header = |name: &str| {
-                message
-                    .headers
-                    .get(name)
-                    .map(|v| v.as_str().to_string())
-            };
+            let header = |name: &str| message.headers.get(name).map(|v| v.as_str().to_string());
             if header(subjects::HEADER_STORE).as_deref() != Some(self.outbox.store_id()) {
                 continue;
             }
-            let Some(id) = header(subjects::HEADER_ID).and_then(|v| v.parse::<i64>().ok())
-            else {
+            let Some(id) = header(subjects::HEADER_ID).and_then(|v| v.parse::<i64>().ok()) else {
                 continue;
             };
             let last_local = self.outbox.last_id(kind)?;
@@ -205,7 +197,10 @@ impl Publisher {
         if self.window.is_empty() {
             for kind in KINDS {
                 let i = slot(kind);
-                if let Some(gap) = self.outbox.gap_after(kind, self.cursor[i], self.max_backlog)? {
+                if let Some(gap) = self
+                    .outbox
+                    .gap_after(kind, self.cursor[i], self.max_backlog)?
+                {
                     log::warn!(
                         "fleet: {} {} rows {}..={} will not be published: {}; recorded as a \
                          fleet_gap row",

@@ -27,14 +27,15 @@ impl Central {
         Ok(Central { runtime, client })
     }
 
-    fn query(
-        &self,
-        sql: &str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Vec<tokio_postgres::Row>> {
+    fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<tokio_postgres::Row>> {
         self.runtime
             .block_on(self.client.query(sql, params))
-            .with_context(|| format!("querying PostgreSQL ({})", sql.split_whitespace().take(6).collect::<Vec<_>>().join(" ")))
+            .with_context(|| {
+                format!(
+                    "querying PostgreSQL ({})",
+                    sql.split_whitespace().take(6).collect::<Vec<_>>().join(" ")
+                )
+            })
     }
 }
 
@@ -100,7 +101,13 @@ fn path_text(path: &[u8]) -> String {
 
 /// `fim who PATH --fleet`: every host's history of PATH, each followed back through its
 /// renames exactly as `fim who` does on that host.
-pub fn who(central: &Central, path: &[u8], limit: usize, host: Option<&str>, json_out: bool) -> Result<()> {
+pub fn who(
+    central: &Central,
+    path: &[u8],
+    limit: usize,
+    host: Option<&str>,
+    json_out: bool,
+) -> Result<()> {
     let text = path_text(path);
     let hosts: Vec<String> = central
         .query(
@@ -177,7 +184,12 @@ pub fn glob_regex(glob: &str) -> String {
 }
 
 /// `fim events --fleet`: the local command's filters, across hosts (or one with `host`).
-pub fn events(central: &Central, filter: &EventFilter, host: Option<&str>, json_out: bool) -> Result<()> {
+pub fn events(
+    central: &Central,
+    filter: &EventFilter,
+    host: Option<&str>,
+    json_out: bool,
+) -> Result<()> {
     let mut conditions: Vec<String> = vec!["TRUE".into()];
     let mut params: Vec<Box<dyn ToSql + Sync>> = Vec::new();
     // Every `?` of a condition is the one value bound with it.
@@ -258,7 +270,14 @@ pub fn status(central: &Central, stale_after_s: i64, json_out: bool) -> Result<(
     )?;
     let mut out = std::io::stdout().lock();
     let mut table = crate::query::Table::new(&[
-        "host", "state", "last heartbeat", "rules", "backlog", "losses", "gaps", "changes",
+        "host",
+        "state",
+        "last heartbeat",
+        "rules",
+        "backlog",
+        "losses",
+        "gaps",
+        "changes",
         "version",
     ]);
     for row in &rows {

@@ -159,14 +159,17 @@ pub fn who_am_i() -> String {
 mod tests {
     use super::*;
 
-    const GOOD: &str = "[[rule]]\nname = \"web-conf\"\ngroup = \"web\"\npath = \"/etc/nginx\"\nrecursive = true\n";
+    const GOOD: &str =
+        "[[rule]]\nname = \"web-conf\"\ngroup = \"web\"\npath = \"/etc/nginx\"\nrecursive = true\n";
 
     #[test]
     fn a_central_rule_set_is_checked_like_a_config_file() {
         let rules = validate(Path::new("web.toml"), GOOD).unwrap();
         assert_eq!(rules.len(), 1);
         let bad = "[[rule]]\nname = \"x\"\npath = \"relative/path\"\n";
-        let errors = validate(Path::new("web.toml"), bad).unwrap_err().to_string();
+        let errors = validate(Path::new("web.toml"), bad)
+            .unwrap_err()
+            .to_string();
         assert!(errors.starts_with("web.toml:3:8: "), "{errors}");
         let settings = "state_dir = \"/tmp\"\n";
         let errors = validate(Path::new("web.toml"), settings)
@@ -177,7 +180,9 @@ mod tests {
             "{errors}"
         );
         let syntax = "[[rule]\n";
-        let errors = validate(Path::new("web.toml"), syntax).unwrap_err().to_string();
+        let errors = validate(Path::new("web.toml"), syntax)
+            .unwrap_err()
+            .to_string();
         assert!(errors.starts_with("web.toml:1:"), "{errors}");
     }
 

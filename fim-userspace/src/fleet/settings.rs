@@ -104,7 +104,9 @@ pub fn validate(
         if !server.contains("://") || !["nats", "tls", "ws", "wss"].contains(&scheme) {
             fail(
                 section.servers.span(),
-                format!("server {server:?} is not a NATS URL (nats://host:port or tls://host:port)"),
+                format!(
+                    "server {server:?} is not a NATS URL (nats://host:port or tls://host:port)"
+                ),
             );
         }
     }
@@ -115,7 +117,10 @@ pub fn validate(
         } else {
             fail(
                 value.span(),
-                format!("{what} {:?} is not absolute (it must start with '/')", value.get_ref()),
+                format!(
+                    "{what} {:?} is not absolute (it must start with '/')",
+                    value.get_ref()
+                ),
             );
             None
         }
@@ -148,7 +153,10 @@ pub fn validate(
                 .as_ref()
                 .or(section.key.as_ref())
                 .map_or(0..0, |s| s.span());
-            fail(span, "cert and key go together: give both or neither".into());
+            fail(
+                span,
+                "cert and key go together: give both or neither".into(),
+            );
             None
         }
     };

@@ -75,7 +75,11 @@ pub fn who(store: &ReadOnlyStore, path: &[u8], limit: usize, json_out: bool) -> 
 
 /// Prints histories: one store's (host `None`) or several fleet hosts' (a `host` column
 /// and field first; otherwise the same shapes).
-pub fn print_who(histories: &[(Option<String>, Vec<Name>)], path: &[u8], json_out: bool) -> Result<()> {
+pub fn print_who(
+    histories: &[(Option<String>, Vec<Name>)],
+    path: &[u8],
+    json_out: bool,
+) -> Result<()> {
     let mut out = std::io::stdout().lock();
     if json_out {
         for (host, names) in histories {

@@ -220,7 +220,8 @@ pub(crate) fn history(conn: &Connection, path: &[u8], limit: usize) -> Result<Ve
 }
 
 /// The columns [`from_row`] reads, in order.
-const COLUMNS: &str = "id, time, host, activity, path, new_path, rule, grp, backend, changed, previous,
+const COLUMNS: &str =
+    "id, time, host, activity, path, new_path, rule, grp, backend, changed, previous,
              hash_before, hash_after, size, authorized, truncated_path, pid, ppid, exe, cmdline,
              uid, user, login_uid, login_user, container_id, comm, process_start, used_path";
 

@@ -56,7 +56,11 @@ fn change(i: u64, host: &str) -> ChangeRecord {
     ChangeRecord {
         time_ns: fim::daemon::now_ns(),
         host: host.to_string(),
-        activity: if i % 7 == 0 { activity::CREATE } else { activity::UPDATE },
+        activity: if i % 7 == 0 {
+            activity::CREATE
+        } else {
+            activity::UPDATE
+        },
         path: format!("/srv/fleet-test/f{}", i % 1000).into_bytes(),
         rule: Some("fleet-test".into()),
         group: Some("fleet".into()),
@@ -113,8 +117,11 @@ fn main() -> Result<()> {
     let mut updates = agent.rule_updates.take().context("rule updates")?;
 
     // The changes: up to `generate` rows in the store in all (a restarted process goes on).
-    let existing: u64 = rusqlite::Connection::open(config.state_dir.join("fim.db"))?
-        .query_row("SELECT count(*) FROM changes", [], |r| r.get(0))?;
+    let existing: u64 = rusqlite::Connection::open(config.state_dir.join("fim.db"))?.query_row(
+        "SELECT count(*) FROM changes",
+        [],
+        |r| r.get(0),
+    )?;
     let generator = std::thread::spawn(move || -> Result<()> {
         let started = Instant::now();
         for (n, i) in (existing..generate).enumerate() {

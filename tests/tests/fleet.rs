@@ -1,0 +1,508 @@
+//! The fleet end to end, on a real 3-node NATS JetStream cluster and a real PostgreSQL
+//! (started here on loopback ports, stopped at the end), against Debian's nats-server
+//! 2.9.10 and the pinned 2.15.1: agents publish their stores, the collector writes
+//! PostgreSQL exactly once, central rules are pushed, rejected and rolled back, `fim who
+//! --fleet` equals the union of the hosts' own `fim who`, and a host cannot publish as
+//! another.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::Result;
+use fim::fleet::admin::Role;
+use fim_tests::fleet::{
+    Identity, NatsCluster, Postgres, fim, fim_binary, identity, nats_servers, test_binary, wait_for,
+};
+use fim_tests::prometheus::free_port;
+use serde_json::Value;
+
+/// A test fleet: the cluster, PostgreSQL, the collector and the identities.
+struct Fleet {
+    dir: PathBuf,
+    cluster: NatsCluster,
+    pg: Postgres,
+    collector: Option<Child>,
+    admin: Identity,
+    collector_key: Identity,
+    hosts: Vec<(String, Identity)>,
+}
+
+fn server_args(cluster: &NatsCluster, key: &Identity) -> Vec<String> {
+    let mut args = Vec::new();
+    for url in cluster.urls() {
+        args.push("--server".to_string());
+        args.push(url);
+    }
+    args.push("--nkey-seed-file".into());
+    args.push(key.seed_file.display().to_string());
+    args
+}
+
+impl Fleet {
+    /// `hosts`: (host id, groups its credentials may read).
+    fn start(nats: &Path, dir: &Path, hosts: &[(&str, &[&str])]) -> Result<Fleet> {
+        let mut users = Vec::new();
+        let (admin, user) = identity(dir, "admin", &Role::Admin)?;
+        users.push(user);
+        let (collector_key, user) = identity(dir, "collector", &Role::Collector)?;
+        users.push(user);
+        let mut ids = Vec::new();
+        for (host, groups) in hosts {
+            let role = Role::Host {
+                host: host.to_string(),
+                groups: groups.iter().map(|g| g.to_string()).collect(),
+            };
+            let (seed, user) = identity(dir, host, &role)?;
+            users.push(user);
+            ids.push((host.to_string(), Identity { seed_file: seed }));
+        }
+        let cluster = NatsCluster::start(nats, 3, &users)?;
+        let admin = Identity { seed_file: admin };
+        let mut init = vec![
+            "fleet".to_string(),
+            "init".into(),
+            "--replicas".into(),
+            "3".into(),
+        ];
+        init.extend(server_args(&cluster, &admin));
+        // The meta leader may take a moment after the nodes are up.
+        wait_for("fim fleet init", Duration::from_secs(60), || {
+            Ok(fim(&init.iter().map(String::as_str).collect::<Vec<_>>()).is_ok())
+        })?;
+        let pg = Postgres::start()?;
+        let mut fleet = Fleet {
+            dir: dir.to_path_buf(),
+            cluster,
+            pg,
+            collector: None,
+            admin,
+            collector_key: Identity {
+                seed_file: collector_key,
+            },
+            hosts: ids,
+        };
+        fleet.start_collector()?;
+        Ok(fleet)
+    }
+
+    fn start_collector(&mut self) -> Result<()> {
+        let mut args = vec!["collector".to_string()];
+        args.extend(server_args(&self.cluster, &self.collector_key));
+        args.extend([
+            "--postgres".into(),
+            self.pg.url(),
+            "--metrics".into(),
+            format!("127.0.0.1:{}", free_port()?),
+        ]);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("collector.log"))?;
+        self.collector = Some(
+            Command::new(fim_binary())
+                .args(&args)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()?,
+        );
+        Ok(())
+    }
+
+    fn kill_collector(&mut self) {
+        if let Some(mut child) = self.collector.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn key(&self, host: &str) -> &Identity {
+        &self
+            .hosts
+            .iter()
+            .find(|(h, _)| h == host)
+            .expect("a host of this fleet")
+            .1
+    }
+
+    /// Writes a host's fim.toml (its own state directory) and returns its path.
+    fn host_config(&self, host: &str, key_of: &str, groups: &[&str]) -> Result<PathBuf> {
+        let state = self.dir.join(host);
+        std::fs::create_dir_all(&state)?;
+        let servers: Vec<String> = self
+            .cluster
+            .urls()
+            .iter()
+            .map(|u| format!("{u:?}"))
+            .collect();
+        let groups: Vec<String> = groups.iter().map(|g| format!("{g:?}")).collect();
+        let path = self.dir.join(format!("{host}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "state_dir = {:?}\n\n[[rule]]\nname = \"local\"\npath = \"/srv/fleet-test\"\nrecursive = true\n\n\
+                 [fleet]\nservers = [{}]\nnkey_seed_file = {:?}\nhost_id = {host:?}\ngroups = [{}]\nheartbeat_seconds = 1\n",
+                state.join("state").display().to_string(),
+                servers.join(", "),
+                self.key(key_of).seed_file.display().to_string(),
+                groups.join(", "),
+            ),
+        )?;
+        Ok(path)
+    }
+
+    fn agent(&self, config: &Path, extra: &[&str]) -> Result<Child> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(config.with_extension("log"))?;
+        Ok(Command::new(test_binary("fim-fleet-agent"))
+            .arg("--config")
+            .arg(config)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?)
+    }
+
+    /// Fails when the collector has exited (a wait for its rows would only time out).
+    fn collector_alive(&mut self) -> Result<()> {
+        if let Some(child) = self.collector.as_mut()
+            && let Some(status) = child.try_wait()?
+        {
+            anyhow::bail!("the collector exited: {status} (see collector.log)");
+        }
+        Ok(())
+    }
+
+    fn count(&self, sql: &str) -> u64 {
+        self.pg
+            .scalar(sql)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn admin_args(&self) -> Vec<String> {
+        server_args(&self.cluster, &self.admin)
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        self.kill_collector();
+    }
+}
+
+fn kill(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// The tail of every log a failed scenario left (agents, collector, servers).
+fn dump_logs(dir: &Path) {
+    let mut logs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    logs.sort();
+    for log in logs {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(15).collect();
+        eprintln!("=== {}", log.display());
+        for line in tail.iter().rev() {
+            eprintln!("{line}");
+        }
+    }
+}
+
+fn applied_rules(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn json_lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect()
+}
+
+fn metric(address: &str, name: &str) -> Option<f64> {
+    let (status, body) = fim_tests::prometheus::http_get(address.parse().ok()?, "/metrics").ok()?;
+    if status != 200 {
+        return None;
+    }
+    String::from_utf8_lossy(&body).lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?;
+        rest.starts_with(' ').then(|| rest.trim().parse().ok())?
+    })
+}
+
+#[test]
+fn fleet_end_to_end_on_both_servers() {
+    for (label, nats) in nats_servers() {
+        eprintln!("--- nats-server {label}");
+        let dir = tempfile::tempdir().unwrap();
+        if let Err(e) = end_to_end(&nats, dir.path()) {
+            dump_logs(dir.path());
+            panic!("nats-server {label}: {e:#}");
+        }
+    }
+}
+
+fn end_to_end(nats: &Path, dir: &Path) -> Result<()> {
+    let hosts: &[(&str, &[&str])] = &[("h1", &["web"]), ("h2", &["web"]), ("h3", &["db"])];
+    let mut fleet = Fleet::start(nats, dir, hosts)?;
+    let mut agents = Vec::new();
+    for (host, groups) in hosts {
+        let config = fleet.host_config(host, host, groups)?;
+        let applied = dir.join(format!("{host}.applied"));
+        agents.push(fleet.agent(
+            &config,
+            &["--generate", "300", "--applied", applied.to_str().unwrap()],
+        )?);
+    }
+    wait_for("900 rows in PostgreSQL", Duration::from_secs(120), || {
+        fleet.collector_alive()?;
+        Ok(fleet.count("SELECT count(*) FROM fim_changes") == 900)
+    })?;
+    assert_eq!(
+        fleet.count("SELECT count(DISTINCT (host, store, id)) FROM fim_changes"),
+        900
+    );
+    // The view has the model's columns plus the process and the host.
+    let row = fleet.pg.scalar(
+        "SELECT \"Computer\" || '|' || \"ChangeCategory\" || '|' || \"FileSystemPath\" || '|' || \
+         \"InitiatingProcessFolderPath\" || '|' || \"InitiatingProcessCommandLine\" || '|' || \"HostId\" \
+         FROM \"ConfigurationChange\" WHERE \"HostId\" = 'h2' ORDER BY \"TimeGenerated\" LIMIT 1",
+    )?;
+    assert!(
+        row.contains("|/srv/fleet-test/f")
+            && row.contains("|/usr/bin/fleet-writer|fleet-writer --n ")
+            && row.ends_with("|h2"),
+        "{row}"
+    );
+
+    // `fim who --fleet` is the union of every host's own `fim who`.
+    let path = "/srv/fleet-test/f7";
+    let mut local = BTreeSet::new();
+    for (host, _) in hosts {
+        let store = dir.join(host).join("state/fim.db");
+        for v in json_lines(&fim(&[
+            "who",
+            path,
+            "--json",
+            "--store",
+            store.to_str().unwrap(),
+        ])?) {
+            local.insert((
+                host.to_string(),
+                v["id"].as_i64().unwrap(),
+                v["time_ns"].as_i64().unwrap(),
+            ));
+        }
+    }
+    let fleet_rows: BTreeSet<(String, i64, i64)> = json_lines(&fim(&[
+        "who",
+        path,
+        "--json",
+        "--fleet",
+        "--postgres",
+        &fleet.pg.url(),
+    ])?)
+    .iter()
+    .map(|v| {
+        (
+            v["host"].as_str().unwrap().to_string(),
+            v["id"].as_i64().unwrap(),
+            v["time_ns"].as_i64().unwrap(),
+        )
+    })
+    .collect();
+    assert!(local.len() >= 3, "{local:?}");
+    assert_eq!(fleet_rows, local);
+    let events = json_lines(&fim(&[
+        "events",
+        "--fleet",
+        "--host",
+        "h3",
+        "--path",
+        "/srv/fleet-test/f1*",
+        "--json",
+        "--limit",
+        "1000",
+        "--postgres",
+        &fleet.pg.url(),
+    ])?);
+    assert!(
+        !events.is_empty() && events.iter().all(|e| e["host"] == "h3"),
+        "{events:?}"
+    );
+
+    // Central rules: a good rule set reaches the group's hosts, live.
+    let web = dir.join("web.toml");
+    std::fs::write(
+        &web,
+        "[[rule]]\nname = \"www\"\ngroup = \"web\"\npath = \"/srv/www\"\nrecursive = true\n",
+    )?;
+    let mut put = vec![
+        "fleet",
+        "rules",
+        "put",
+        web.to_str().unwrap(),
+        "--group",
+        "web",
+    ];
+    let admin = fleet.admin_args();
+    put.extend(admin.iter().map(String::as_str));
+    let out = fim(&put)?;
+    assert!(out.contains("revision"), "{out}");
+    for host in ["h1", "h2"] {
+        wait_for(
+            &format!("{host} applying the web rules"),
+            Duration::from_secs(60),
+            || {
+                Ok(applied_rules(&dir.join(format!("{host}.applied")))
+                    .last()
+                    .is_some_and(|a| a["rules"].as_array().unwrap().iter().any(|r| r == "www")))
+            },
+        )?;
+    }
+    assert!(
+        applied_rules(&dir.join("h3.applied")).is_empty(),
+        "h3 is not in group web"
+    );
+    wait_for(
+        "the applied revisions in PostgreSQL",
+        Duration::from_secs(30),
+        || {
+            Ok(
+                fleet.count("SELECT count(*) FROM fim_hosts WHERE applied->'revisions' ? 'web'")
+                    == 2,
+            )
+        },
+    )?;
+
+    // A bad rule set is refused at put, located.
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "[[rule]]\nname = \"x\"\npath = \"relative\"\n")?;
+    let mut put_bad = vec![
+        "fleet",
+        "rules",
+        "put",
+        bad.to_str().unwrap(),
+        "--group",
+        "web",
+    ];
+    put_bad.extend(admin.iter().map(String::as_str));
+    let out = Command::new(fim_binary()).args(&put_bad).output()?;
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{}:3:8:", bad.display())),
+        "{stderr}"
+    );
+
+    // One forced onto the bucket anyway leaves every agent on its last good revision, with
+    // the error published.
+    let before: Vec<usize> = ["h1", "h2"]
+        .iter()
+        .map(|h| applied_rules(&dir.join(format!("{h}.applied"))).len())
+        .collect();
+    let settings = {
+        let mut s = fim::fleet::FleetSettings::new(fleet.cluster.urls(), "admin");
+        s.auth = fim::fleet::settings::Auth::NkeySeedFile(fleet.admin.seed_file.clone());
+        s
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    let forced = runtime.block_on(async {
+        let admin = fim::fleet::admin::Admin::connect(&settings).await?;
+        let doc = fim::fleet::rules::RuleSetDoc::new(
+            "forced.toml",
+            "[[rule]]\nname = \"y\"\npath = \"relative\"\n".into(),
+            0,
+            "test".into(),
+        );
+        admin.put_doc("web", &doc).await
+    })?;
+    wait_for(
+        "the rejection in PostgreSQL",
+        Duration::from_secs(30),
+        || {
+            Ok(fleet.count(&format!(
+            "SELECT count(*) FROM fim_hosts WHERE (rejected->'revisions'->>'web')::bigint = {forced} \
+             AND rejected->>'error' LIKE '%fleet:web@{forced}:3:8:%'"
+        )) == 2)
+        },
+    )?;
+    for (h, n) in ["h1", "h2"].iter().zip(before) {
+        assert_eq!(
+            applied_rules(&dir.join(format!("{h}.applied"))).len(),
+            n,
+            "{h} applied the bad set"
+        );
+    }
+    // Rollback to the good revision: applied again, the rejection cleared.
+    let mut history = vec!["fleet", "rules", "history", "web", "--json"];
+    history.extend(admin.iter().map(String::as_str));
+    let revisions = json_lines(&fim(&history)?);
+    assert_eq!(revisions.len(), 2, "{revisions:?}");
+    let good = revisions[0]["revision"].as_u64().unwrap().to_string();
+    let mut rollback = vec!["fleet", "rules", "rollback", "web", &good];
+    rollback.extend(admin.iter().map(String::as_str));
+    fim(&rollback)?;
+    wait_for("the rollback applied", Duration::from_secs(30), || {
+        Ok(fleet.count("SELECT count(*) FROM fim_hosts WHERE rejected IS NULL AND applied->'revisions' ? 'web'") == 2)
+    })?;
+
+    // A host cannot publish as another: h4's agent holding h1's key is refused, counted,
+    // and nothing of "h4" reaches the stream.
+    let imposter_metrics = format!("127.0.0.1:{}", free_port()?);
+    let imposter_config = fleet.host_config("h4", "h1", &[])?;
+    let mut imposter = fleet.agent(
+        &imposter_config,
+        &["--generate", "5", "--metrics", &imposter_metrics],
+    )?;
+    wait_for("the refusal counted", Duration::from_secs(30), || {
+        Ok(
+            metric(&imposter_metrics, "fim_fleet_permission_denied_total")
+                .is_some_and(|v| v >= 1.0)
+                && metric(&imposter_metrics, "fim_fleet_publish_errors_total")
+                    .is_some_and(|v| v >= 1.0),
+        )
+    })?;
+    kill(&mut imposter);
+    assert_eq!(
+        fleet.count("SELECT count(*) FROM fim_changes WHERE host = 'h4'"),
+        0
+    );
+
+    // `fim status --fleet`: every host, online, with its rules.
+    let status = json_lines(&fim(&[
+        "status",
+        "--fleet",
+        "--json",
+        "--postgres",
+        &fleet.pg.url(),
+    ])?);
+    let hosts_seen: Vec<&str> = status.iter().map(|s| s["host"].as_str().unwrap()).collect();
+    assert_eq!(hosts_seen, ["h1", "h2", "h3"], "{status:?}");
+    assert!(
+        status
+            .iter()
+            .all(|s| s["online"] == true && s["changes"] == 300),
+        "{status:?}"
+    );
+    for mut agent in agents {
+        kill(&mut agent);
+    }
+    fleet.kill_collector();
+    Ok(())
+}
