@@ -506,3 +506,256 @@ fn end_to_end(nats: &Path, dir: &Path) -> Result<()> {
     fleet.kill_collector();
     Ok(())
 }
+
+fn store_changes(config: &Path) -> u64 {
+    let db = config.with_extension("").join("state/fim.db");
+    rusqlite::Connection::open(db)
+        .and_then(|c| c.query_row("SELECT count(*) FROM changes", [], |r| r.get(0)))
+        .unwrap_or(0)
+}
+
+fn outbox_cursor(config: &Path) -> i64 {
+    let db = config.with_extension("").join("state/fim.db");
+    rusqlite::Connection::open(db)
+        .and_then(|c| {
+            c.query_row(
+                "SELECT value FROM fleet_outbox WHERE key = 'change.cursor'",
+                [],
+                |r| r.get::<_, String>(0),
+            )
+        })
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn run_on_both(scenario: fn(&Path, &Path) -> Result<()>) {
+    for (label, nats) in nats_servers() {
+        eprintln!("--- nats-server {label}");
+        let dir = tempfile::tempdir().unwrap();
+        let started = std::time::Instant::now();
+        if let Err(e) = scenario(&nats, dir.path()) {
+            dump_logs(dir.path());
+            panic!("nats-server {label}: {e:#}");
+        }
+        eprintln!("    passed in {:.1}s", started.elapsed().as_secs_f64());
+    }
+}
+
+/// The whole cluster down while 50,000 changes happen and the agent is killed -9 twice;
+/// then everything back: the stream and PostgreSQL hold exactly the 50,000, ids
+/// contiguous, the outbox empty.
+#[test]
+fn cluster_down_and_agent_killed_loses_nothing() {
+    run_on_both(outage);
+}
+
+fn outage(nats: &Path, dir: &Path) -> Result<()> {
+    const N: u64 = 50_000;
+    let mut fleet = Fleet::start(nats, dir, &[("h1", &[])])?;
+    let config = fleet.host_config("h1", "h1", &[])?;
+    fleet.cluster.kill_all();
+    let generate = ["--generate", "50000", "--rate", "25000"];
+    let mut agent = fleet.agent(&config, &generate)?;
+    for _ in 0..2 {
+        std::thread::sleep(Duration::from_millis(600));
+        kill(&mut agent);
+        agent = fleet.agent(&config, &generate)?;
+    }
+    wait_for(
+        "50,000 changes in the store",
+        Duration::from_secs(60),
+        || Ok(store_changes(&config) == N),
+    )?;
+    assert_eq!(
+        outbox_cursor(&config),
+        0,
+        "nothing can be acknowledged while the cluster is down"
+    );
+    fleet.cluster.start_all()?;
+    fleet.cluster.wait_ready(Duration::from_secs(60))?;
+    wait_for(
+        "50,000 rows in PostgreSQL",
+        Duration::from_secs(180),
+        || {
+            fleet.collector_alive()?;
+            Ok(fleet.count("SELECT count(*) FROM fim_changes") == N)
+        },
+    )?;
+    wait_for("the outbox drained", Duration::from_secs(30), || {
+        Ok(outbox_cursor(&config) == N as i64)
+    })?;
+    let span = fleet.pg.scalar("SELECT min(id) || ' ' || max(id) || ' ' || count(DISTINCT id) FROM fim_changes WHERE host = 'h1'")?;
+    assert_eq!(span, "1 50000 50000");
+    assert_eq!(
+        fleet
+            .cluster
+            .stream_messages(fim::fleet::subjects::EVENTS_STREAM)?,
+        N
+    );
+    kill(&mut agent);
+    Ok(())
+}
+
+/// 100,000 changes replayed while the agent and the collector are each killed -9 twenty
+/// times and one of the three brokers is killed and restarted: PostgreSQL holds each row
+/// once, and the duplicate counters show the retries were de-duplicated.
+#[test]
+fn kills_everywhere_still_exactly_once() {
+    run_on_both(kills);
+}
+
+fn kills(nats: &Path, dir: &Path) -> Result<()> {
+    const N: u64 = 100_000;
+    let mut fleet = Fleet::start(nats, dir, &[("h1", &[])])?;
+    let config = fleet.host_config("h1", "h1", &[])?;
+    let mut duplicates = 0.0;
+    let mut agent_metrics = format!("127.0.0.1:{}", free_port()?);
+    let start_agent = |fleet: &Fleet, metrics: &str| {
+        fleet.agent(&config, &["--generate", "100000", "--metrics", metrics])
+    };
+    let mut agent = start_agent(&fleet, &agent_metrics)?;
+    for round in 0..20 {
+        std::thread::sleep(Duration::from_millis(250));
+        duplicates +=
+            metric(&agent_metrics, "fim_fleet_duplicates_acknowledged_total").unwrap_or(0.0);
+        kill(&mut agent);
+        agent_metrics = format!("127.0.0.1:{}", free_port()?);
+        agent = start_agent(&fleet, &agent_metrics)?;
+        std::thread::sleep(Duration::from_millis(150));
+        fleet.kill_collector();
+        fleet.start_collector()?;
+        match round {
+            5 => fleet.cluster.kill_node(1),
+            12 => fleet.cluster.start_node(1)?,
+            _ => {}
+        }
+    }
+    wait_for(
+        "100,000 rows in PostgreSQL",
+        Duration::from_secs(240),
+        || {
+            fleet.collector_alive()?;
+            Ok(fleet.count("SELECT count(*) FROM fim_changes") == N)
+        },
+    )?;
+    assert_eq!(
+        fleet.count("SELECT count(DISTINCT (host, store, id)) FROM fim_changes"),
+        N
+    );
+    assert_eq!(store_changes(&config), N);
+    duplicates += metric(&agent_metrics, "fim_fleet_duplicates_acknowledged_total").unwrap_or(0.0);
+    // The collectors' counters died with them; what PostgreSQL refused is in their logs'
+    // place: the stream delivered more than it holds.
+    let delivered = fleet.pg.scalar("SELECT count(*) FROM fim_changes")?;
+    eprintln!("    duplicates acknowledged by the server: {duplicates}; rows {delivered}");
+    assert!(
+        duplicates > 0.0,
+        "twenty agent kills mid-flight and no retried publish was a duplicate?"
+    );
+    assert_eq!(
+        fleet
+            .cluster
+            .stream_messages(fim::fleet::subjects::EVENTS_STREAM)?,
+        N
+    );
+    kill(&mut agent);
+    Ok(())
+}
+
+/// 50 agents (own state directories and host ids) receive a rules push and all apply it;
+/// a bad rule set forced onto the bucket leaves all 50 on the last good revision with the
+/// error published.
+#[test]
+fn fifty_agents_follow_a_rules_push() {
+    let (label, nats) = nats_servers().remove(0);
+    eprintln!("--- nats-server {label}");
+    let dir = tempfile::tempdir().unwrap();
+    if let Err(e) = fifty(&nats, dir.path()) {
+        dump_logs(dir.path());
+        panic!("{e:#}");
+    }
+}
+
+fn fifty(nats: &Path, dir: &Path) -> Result<()> {
+    const AGENTS: usize = 50;
+    let names: Vec<String> = (0..AGENTS).map(|i| format!("a{i:02}")).collect();
+    let hosts: Vec<(&str, &[&str])> = names.iter().map(|n| (n.as_str(), &["all"][..])).collect();
+    let fleet = Fleet::start(nats, dir, &hosts)?;
+    let mut agents = Vec::new();
+    for name in &names {
+        let config = fleet.host_config(name, name, &["all"])?;
+        let applied = dir.join(format!("{name}.applied"));
+        agents.push(fleet.agent(&config, &["--applied", applied.to_str().unwrap()])?);
+    }
+    wait_for("50 heartbeats", Duration::from_secs(120), || {
+        Ok(fleet.count("SELECT count(*) FROM fim_hosts") == AGENTS as u64)
+    })?;
+    let rules = dir.join("all.toml");
+    std::fs::write(
+        &rules,
+        "[[rule]]\nname = \"pushed\"\npath = \"/srv/pushed\"\n",
+    )?;
+    let admin = fleet.admin_args();
+    let mut put = vec![
+        "fleet",
+        "rules",
+        "put",
+        rules.to_str().unwrap(),
+        "--group",
+        "all",
+    ];
+    put.extend(admin.iter().map(String::as_str));
+    fim(&put)?;
+    let has = |name: &str, rule: &str| {
+        applied_rules(&dir.join(format!("{name}.applied")))
+            .last()
+            .is_some_and(|a| a["rules"].as_array().unwrap().iter().any(|r| r == rule))
+    };
+    wait_for(
+        "every agent applying the push",
+        Duration::from_secs(120),
+        || Ok(names.iter().all(|n| has(n, "pushed"))),
+    )?;
+    wait_for(
+        "every agent reporting the revision",
+        Duration::from_secs(60),
+        || {
+            Ok(
+                fleet.count("SELECT count(*) FROM fim_hosts WHERE applied->'revisions' ? 'all'")
+                    == AGENTS as u64,
+            )
+        },
+    )?;
+    let settings = {
+        let mut s = fim::fleet::FleetSettings::new(fleet.cluster.urls(), "admin");
+        s.auth = fim::fleet::settings::Auth::NkeySeedFile(fleet.admin.seed_file.clone());
+        s
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let admin = fim::fleet::admin::Admin::connect(&settings).await?;
+        let doc = fim::fleet::rules::RuleSetDoc::new(
+            "forced.toml",
+            "[[rule]]\nname = \"broken\"\npath = \"/srv/x\"\npath_type = \"weird\"\n".into(),
+            0,
+            "test".into(),
+        );
+        admin.put_doc("all", &doc).await
+    })?;
+    wait_for(
+        "every agent rejecting the bad set",
+        Duration::from_secs(120),
+        || {
+            Ok(fleet.count("SELECT count(*) FROM fim_hosts WHERE rejected->>'error' LIKE '%unknown path_type%'") == AGENTS as u64)
+        },
+    )?;
+    assert!(
+        names.iter().all(|n| has(n, "pushed")),
+        "an agent left its last good revision"
+    );
+    for mut agent in agents {
+        kill(&mut agent);
+    }
+    Ok(())
+}

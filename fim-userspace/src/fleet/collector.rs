@@ -43,23 +43,65 @@ pub async fn run(
     let version = pg::migrate(&mut db).await?;
     log::info!("collector: PostgreSQL schema at version {version}");
     let client = super::nats::connect(&settings.nats, "fim collector").await?;
-    let server = super::nats::server_version(&client).await?;
+    // The servers may be down at start: wait for them, like for everything else.
+    let server = loop {
+        match super::nats::server_version(&client).await {
+            Ok(version) => break version,
+            Err(_) if *stop.borrow() => return Ok(()),
+            Err(_) => log::warn!("collector: waiting for a NATS server"),
+        }
+    };
     super::nats::require_minimum(server)?;
     log::info!("collector: NATS server {server}");
     let js = super::nats::jetstream(client.clone());
     let status_db = pg::connect(&settings.postgres).await?;
     let events = {
         let (js, metrics, stop) = (js.clone(), metrics.clone(), stop.clone());
-        tokio::spawn(async move { consume_events(js, db, metrics, stop).await })
+        tokio::spawn(async move {
+            let db = Arc::new(tokio::sync::Mutex::new(db));
+            again("events", stop.clone(), || {
+                consume_events(js.clone(), Arc::clone(&db), metrics.clone(), stop.clone())
+            })
+            .await
+        })
     };
     let status = {
         let (js, metrics, stop) = (js.clone(), metrics.clone(), stop.clone());
-        tokio::spawn(async move { consume_status(js, status_db, metrics, stop).await })
+        tokio::spawn(async move {
+            let db = Arc::new(status_db);
+            again("status", stop.clone(), || {
+                consume_status(js.clone(), Arc::clone(&db), metrics.clone(), stop.clone())
+            })
+            .await
+        })
     };
     let (events, status) = tokio::join!(events, status);
-    events.map_err(|e| anyhow!("events task: {e}"))??;
-    status.map_err(|e| anyhow!("status task: {e}"))??;
+    events.map_err(|e| anyhow!("events task: {e}"))?;
+    status.map_err(|e| anyhow!("status task: {e}"))?;
     Ok(())
+}
+
+/// Runs `work` again after every failure (brokers down, a consumer lost with its leader)
+/// until `stop`: the collector waits out outages instead of exiting.
+async fn again<F, Fut>(what: &str, stop: watch::Receiver<bool>, mut work: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match work().await {
+            Ok(()) => return,
+            Err(e) => {
+                if *stop.borrow() {
+                    return;
+                }
+                log::warn!("collector: {what}: {e:#}; again in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(3));
+            }
+        }
+    }
 }
 
 async fn durable(
@@ -119,7 +161,7 @@ async fn next_batch(
 
 async fn consume_events(
     js: jetstream::Context,
-    mut db: tokio_postgres::Client,
+    db: Arc<tokio::sync::Mutex<tokio_postgres::Client>>,
     metrics: CollectorMetrics,
     mut stop: watch::Receiver<bool>,
 ) -> Result<()> {
@@ -154,7 +196,7 @@ async fn consume_events(
         changes.retain(|c| subject_host_matches(&batch, &c.host, "change"));
         health.retain(|h| subject_host_matches(&batch, &h.host, "health"));
         loop {
-            match commit(&mut db, &changes, &health).await {
+            match commit(&mut *db.lock().await, &changes, &health).await {
                 Ok(result) => {
                     metrics.inserted.inc_by(result.inserted);
                     metrics.duplicates.inc_by(result.duplicates);
@@ -215,7 +257,7 @@ async fn commit(
 
 async fn consume_status(
     js: jetstream::Context,
-    db: tokio_postgres::Client,
+    db: Arc<tokio_postgres::Client>,
     metrics: CollectorMetrics,
     mut stop: watch::Receiver<bool>,
 ) -> Result<()> {
@@ -228,7 +270,6 @@ async fn consume_status(
         .messages()
         .await
         .context("pulling from the status stream")?;
-    let db = Arc::new(db);
     while let Some(batch) = next_batch(&mut messages, &mut stop).await? {
         for message in batch {
             let subject = message.subject.as_str().to_string();
@@ -248,6 +289,10 @@ async fn consume_status(
                 Err(anyhow!("unexpected subject"))
             };
             if let Err(e) = result {
+                if db.is_closed() {
+                    // Not acknowledged: delivered again once PostgreSQL is back.
+                    return Err(e.context("PostgreSQL connection lost"));
+                }
                 metrics.malformed.inc();
                 log::warn!("collector: {subject}: {e:#}");
             }
