@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use fim::fleet::admin::Role;
 use serde_json::{Value, json};
 
 use crate::prometheus::{free_port, http_get};
@@ -398,5 +399,185 @@ pub fn wait_for(
             bail!("timed out after {timeout:?} waiting for {what}");
         }
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A test fleet: the cluster, PostgreSQL, the collector and the identities.
+pub struct Fleet {
+    pub dir: PathBuf,
+    pub cluster: NatsCluster,
+    pub pg: Postgres,
+    collector: Option<Child>,
+    pub admin: Identity,
+    collector_key: Identity,
+    hosts: Vec<(String, Identity)>,
+}
+
+pub fn server_args(cluster: &NatsCluster, key: &Identity) -> Vec<String> {
+    let mut args = Vec::new();
+    for url in cluster.urls() {
+        args.push("--server".to_string());
+        args.push(url);
+    }
+    args.push("--nkey-seed-file".into());
+    args.push(key.seed_file.display().to_string());
+    args
+}
+
+impl Fleet {
+    /// `hosts`: (host id, groups its credentials may read).
+    pub fn start(nats: &Path, dir: &Path, hosts: &[(&str, &[&str])]) -> Result<Fleet> {
+        let mut users = Vec::new();
+        let (admin, user) = identity(dir, "admin", &Role::Admin)?;
+        users.push(user);
+        let (collector_key, user) = identity(dir, "collector", &Role::Collector)?;
+        users.push(user);
+        let mut ids = Vec::new();
+        for (host, groups) in hosts {
+            let role = Role::Host {
+                host: host.to_string(),
+                groups: groups.iter().map(|g| g.to_string()).collect(),
+            };
+            let (seed, user) = identity(dir, host, &role)?;
+            users.push(user);
+            ids.push((host.to_string(), Identity { seed_file: seed }));
+        }
+        let cluster = NatsCluster::start(nats, 3, &users)?;
+        let admin = Identity { seed_file: admin };
+        // A duplicate window longer than any test, so a replay is all duplicates.
+        let mut init = vec![
+            "fleet".to_string(),
+            "init".into(),
+            "--replicas".into(),
+            "3".into(),
+            "--duplicate-window-secs".into(),
+            "900".into(),
+        ];
+        init.extend(server_args(&cluster, &admin));
+        // The meta leader may take a moment after the nodes are up.
+        wait_for("fim fleet init", Duration::from_secs(60), || {
+            Ok(fim(&init.iter().map(String::as_str).collect::<Vec<_>>()).is_ok())
+        })?;
+        let pg = Postgres::start()?;
+        let mut fleet = Fleet {
+            dir: dir.to_path_buf(),
+            cluster,
+            pg,
+            collector: None,
+            admin,
+            collector_key: Identity {
+                seed_file: collector_key,
+            },
+            hosts: ids,
+        };
+        fleet.start_collector()?;
+        Ok(fleet)
+    }
+
+    pub fn start_collector(&mut self) -> Result<()> {
+        let mut args = vec!["collector".to_string()];
+        args.extend(server_args(&self.cluster, &self.collector_key));
+        args.extend([
+            "--postgres".into(),
+            self.pg.url(),
+            "--metrics".into(),
+            format!("127.0.0.1:{}", free_port()?),
+        ]);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("collector.log"))?;
+        self.collector = Some(
+            Command::new(fim_binary())
+                .args(&args)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()?,
+        );
+        Ok(())
+    }
+
+    pub fn kill_collector(&mut self) {
+        if let Some(mut child) = self.collector.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn key(&self, host: &str) -> &Identity {
+        &self
+            .hosts
+            .iter()
+            .find(|(h, _)| h == host)
+            .expect("a host of this fleet")
+            .1
+    }
+
+    /// Writes a host's fim.toml (its own state directory) and returns its path.
+    pub fn host_config(&self, host: &str, key_of: &str, groups: &[&str]) -> Result<PathBuf> {
+        let state = self.dir.join(host);
+        std::fs::create_dir_all(&state)?;
+        let servers: Vec<String> = self
+            .cluster
+            .urls()
+            .iter()
+            .map(|u| format!("{u:?}"))
+            .collect();
+        let groups: Vec<String> = groups.iter().map(|g| format!("{g:?}")).collect();
+        let path = self.dir.join(format!("{host}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "state_dir = {:?}\n\n[[rule]]\nname = \"local\"\npath = \"/srv/fleet-test\"\nrecursive = true\n\n\
+                 [fleet]\nservers = [{}]\nnkey_seed_file = {:?}\nhost_id = {host:?}\ngroups = [{}]\nheartbeat_seconds = 1\n",
+                state.join("state").display().to_string(),
+                servers.join(", "),
+                self.key(key_of).seed_file.display().to_string(),
+                groups.join(", "),
+            ),
+        )?;
+        Ok(path)
+    }
+
+    pub fn agent(&self, config: &Path, extra: &[&str]) -> Result<Child> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(config.with_extension("log"))?;
+        Ok(Command::new(test_binary("fim-fleet-agent"))
+            .arg("--config")
+            .arg(config)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?)
+    }
+
+    /// Fails when the collector has exited (a wait for its rows would only time out).
+    pub fn collector_alive(&mut self) -> Result<()> {
+        if let Some(child) = self.collector.as_mut()
+            && let Some(status) = child.try_wait()?
+        {
+            bail!("the collector exited: {status} (see collector.log)");
+        }
+        Ok(())
+    }
+
+    pub fn count(&self, sql: &str) -> u64 {
+        self.pg
+            .scalar(sql)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    pub fn admin_args(&self) -> Vec<String> {
+        server_args(&self.cluster, &self.admin)
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        self.kill_collector();
     }
 }

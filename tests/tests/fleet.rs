@@ -7,193 +7,13 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use anyhow::Result;
-use fim::fleet::admin::Role;
-use fim_tests::fleet::{
-    Identity, NatsCluster, Postgres, fim, fim_binary, identity, nats_servers, test_binary, wait_for,
-};
+use fim_tests::fleet::{Fleet, fim, fim_binary, nats_servers, wait_for};
 use fim_tests::prometheus::free_port;
 use serde_json::Value;
-
-/// A test fleet: the cluster, PostgreSQL, the collector and the identities.
-struct Fleet {
-    dir: PathBuf,
-    cluster: NatsCluster,
-    pg: Postgres,
-    collector: Option<Child>,
-    admin: Identity,
-    collector_key: Identity,
-    hosts: Vec<(String, Identity)>,
-}
-
-fn server_args(cluster: &NatsCluster, key: &Identity) -> Vec<String> {
-    let mut args = Vec::new();
-    for url in cluster.urls() {
-        args.push("--server".to_string());
-        args.push(url);
-    }
-    args.push("--nkey-seed-file".into());
-    args.push(key.seed_file.display().to_string());
-    args
-}
-
-impl Fleet {
-    /// `hosts`: (host id, groups its credentials may read).
-    fn start(nats: &Path, dir: &Path, hosts: &[(&str, &[&str])]) -> Result<Fleet> {
-        let mut users = Vec::new();
-        let (admin, user) = identity(dir, "admin", &Role::Admin)?;
-        users.push(user);
-        let (collector_key, user) = identity(dir, "collector", &Role::Collector)?;
-        users.push(user);
-        let mut ids = Vec::new();
-        for (host, groups) in hosts {
-            let role = Role::Host {
-                host: host.to_string(),
-                groups: groups.iter().map(|g| g.to_string()).collect(),
-            };
-            let (seed, user) = identity(dir, host, &role)?;
-            users.push(user);
-            ids.push((host.to_string(), Identity { seed_file: seed }));
-        }
-        let cluster = NatsCluster::start(nats, 3, &users)?;
-        let admin = Identity { seed_file: admin };
-        let mut init = vec![
-            "fleet".to_string(),
-            "init".into(),
-            "--replicas".into(),
-            "3".into(),
-        ];
-        init.extend(server_args(&cluster, &admin));
-        // The meta leader may take a moment after the nodes are up.
-        wait_for("fim fleet init", Duration::from_secs(60), || {
-            Ok(fim(&init.iter().map(String::as_str).collect::<Vec<_>>()).is_ok())
-        })?;
-        let pg = Postgres::start()?;
-        let mut fleet = Fleet {
-            dir: dir.to_path_buf(),
-            cluster,
-            pg,
-            collector: None,
-            admin,
-            collector_key: Identity {
-                seed_file: collector_key,
-            },
-            hosts: ids,
-        };
-        fleet.start_collector()?;
-        Ok(fleet)
-    }
-
-    fn start_collector(&mut self) -> Result<()> {
-        let mut args = vec!["collector".to_string()];
-        args.extend(server_args(&self.cluster, &self.collector_key));
-        args.extend([
-            "--postgres".into(),
-            self.pg.url(),
-            "--metrics".into(),
-            format!("127.0.0.1:{}", free_port()?),
-        ]);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("collector.log"))?;
-        self.collector = Some(
-            Command::new(fim_binary())
-                .args(&args)
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()?,
-        );
-        Ok(())
-    }
-
-    fn kill_collector(&mut self) {
-        if let Some(mut child) = self.collector.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn key(&self, host: &str) -> &Identity {
-        &self
-            .hosts
-            .iter()
-            .find(|(h, _)| h == host)
-            .expect("a host of this fleet")
-            .1
-    }
-
-    /// Writes a host's fim.toml (its own state directory) and returns its path.
-    fn host_config(&self, host: &str, key_of: &str, groups: &[&str]) -> Result<PathBuf> {
-        let state = self.dir.join(host);
-        std::fs::create_dir_all(&state)?;
-        let servers: Vec<String> = self
-            .cluster
-            .urls()
-            .iter()
-            .map(|u| format!("{u:?}"))
-            .collect();
-        let groups: Vec<String> = groups.iter().map(|g| format!("{g:?}")).collect();
-        let path = self.dir.join(format!("{host}.toml"));
-        std::fs::write(
-            &path,
-            format!(
-                "state_dir = {:?}\n\n[[rule]]\nname = \"local\"\npath = \"/srv/fleet-test\"\nrecursive = true\n\n\
-                 [fleet]\nservers = [{}]\nnkey_seed_file = {:?}\nhost_id = {host:?}\ngroups = [{}]\nheartbeat_seconds = 1\n",
-                state.join("state").display().to_string(),
-                servers.join(", "),
-                self.key(key_of).seed_file.display().to_string(),
-                groups.join(", "),
-            ),
-        )?;
-        Ok(path)
-    }
-
-    fn agent(&self, config: &Path, extra: &[&str]) -> Result<Child> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(config.with_extension("log"))?;
-        Ok(Command::new(test_binary("fim-fleet-agent"))
-            .arg("--config")
-            .arg(config)
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()?)
-    }
-
-    /// Fails when the collector has exited (a wait for its rows would only time out).
-    fn collector_alive(&mut self) -> Result<()> {
-        if let Some(child) = self.collector.as_mut()
-            && let Some(status) = child.try_wait()?
-        {
-            anyhow::bail!("the collector exited: {status} (see collector.log)");
-        }
-        Ok(())
-    }
-
-    fn count(&self, sql: &str) -> u64 {
-        self.pg
-            .scalar(sql)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    }
-
-    fn admin_args(&self) -> Vec<String> {
-        server_args(&self.cluster, &self.admin)
-    }
-}
-
-impl Drop for Fleet {
-    fn drop(&mut self) {
-        self.kill_collector();
-    }
-}
 
 fn kill(child: &mut Child) {
     let _ = child.kill();
@@ -644,21 +464,40 @@ fn kills(nats: &Path, dir: &Path) -> Result<()> {
         N
     );
     assert_eq!(store_changes(&config), N);
-    duplicates += metric(&agent_metrics, "fim_fleet_duplicates_acknowledged_total").unwrap_or(0.0);
-    // The collectors' counters died with them; what PostgreSQL refused is in their logs'
-    // place: the stream delivered more than it holds.
-    let delivered = fleet.pg.scalar("SELECT count(*) FROM fim_changes")?;
-    eprintln!("    duplicates acknowledged by the server: {duplicates}; rows {delivered}");
-    assert!(
-        duplicates > 0.0,
-        "twenty agent kills mid-flight and no retried publish was a duplicate?"
-    );
     assert_eq!(
         fleet
             .cluster
             .stream_messages(fim::fleet::subjects::EVENTS_STREAM)?,
         N
     );
+    eprintln!("    duplicates acknowledged during the kills: {duplicates}");
+    // Now the whole store again, as after a lost cursor: every row is sent once more and
+    // the server acknowledges each as a duplicate of what it holds; nothing new is stored.
+    kill(&mut agent);
+    {
+        let db = rusqlite::Connection::open(config.with_extension("").join("state/fim.db"))?;
+        db.execute_batch(
+            "UPDATE fleet_outbox SET value = '0' WHERE key = 'change.cursor';
+             INSERT OR REPLACE INTO fleet_outbox (key, value) VALUES ('uncertain', '1');",
+        )?;
+    }
+    agent_metrics = format!("127.0.0.1:{}", free_port()?);
+    let mut agent = start_agent(&fleet, &agent_metrics)?;
+    wait_for("the replay acknowledged", Duration::from_secs(120), || {
+        Ok(
+            metric(&agent_metrics, "fim_fleet_published_total").is_some_and(|v| v >= N as f64)
+                && outbox_cursor(&config) == N as i64,
+        )
+    })?;
+    let replayed = metric(&agent_metrics, "fim_fleet_duplicates_acknowledged_total").unwrap_or(0.0);
+    assert_eq!(replayed, N as f64, "every replayed row is a duplicate");
+    assert_eq!(
+        fleet
+            .cluster
+            .stream_messages(fim::fleet::subjects::EVENTS_STREAM)?,
+        N
+    );
+    assert_eq!(fleet.count("SELECT count(*) FROM fim_changes"), N);
     kill(&mut agent);
     Ok(())
 }

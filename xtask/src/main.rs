@@ -83,6 +83,9 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Three fleet hosts, a 3-node NATS JetStream cluster and PostgreSQL on this machine
+    /// (loopback, temporary directory), the collector, a rules push and the fleet queries.
+    FleetDemo,
     /// Generate bash, zsh and fish completions for `fim` (builds the release binary).
     Completions {
         /// Directory for `fim` (bash), `_fim` (zsh) and `fim.fish` (default target/completions).
@@ -164,6 +167,7 @@ fn main() -> ExitCode {
         Task::Run { args } => testing::run_fim(&args).map(|_| true),
         Task::Test { no_vm } => testing::run_all(!no_vm),
         Task::Bench { what, args } => testing::bench(&what, &args).map(|_| true),
+        Task::FleetDemo => testing::fleet_demo().map(|_| true),
         Task::Completions { out } => install::completions(out.as_deref()).map(|_| true),
         Task::Install { root } => install::install(&root).map(|_| true),
         Task::Package { version, out } => install::package(version.as_deref(), out.as_deref()),

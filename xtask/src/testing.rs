@@ -103,6 +103,25 @@ pub fn bench(what: &str, args: &[String]) -> Result<()> {
     )
 }
 
+/// `cargo xtask fleet-demo`: builds fim and the demo, then runs it.
+pub fn fleet_demo() -> Result<()> {
+    setup::run(setup::Scope::All)?;
+    cmd::step("building fim and the fleet demo");
+    cmd::run(cargo().args(["build", "--package", "fim-userspace", "--bin", "fim"]))?;
+    cmd::run(cargo().args([
+        "build",
+        "--package",
+        "fim-tests",
+        "--bin",
+        "fim-fleet-agent",
+        "--bin",
+        "fim-fleet-demo",
+    ]))?;
+    let demo = paths::target().join("debug").join("fim-fleet-demo");
+    let error = Command::new(&demo).exec();
+    Err(error).with_context(|| format!("executing {}", demo.display()))
+}
+
 /// The whole suite. Returns whether everything passed; prints the closing counts.
 pub fn run_all(with_vm: bool) -> Result<bool> {
     let started = Instant::now();

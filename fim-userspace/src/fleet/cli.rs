@@ -125,6 +125,9 @@ pub enum FleetCommand {
         /// S2-compress the streams (NATS 2.10 or newer; refused on older servers).
         #[arg(long)]
         compression: bool,
+        /// How long the server remembers message ids (a retry inside it is a duplicate).
+        #[arg(long, default_value_t = 120)]
+        duplicate_window_secs: u64,
     },
     /// Central rule sets per host group.
     Rules {
@@ -255,6 +258,7 @@ fn fleet_other(command: &FleetCommand) -> Result<()> {
             replicas,
             max_age_days,
             compression,
+            duplicate_window_secs,
         } => {
             let settings = nats.settings("admin")?;
             runtime()?.block_on(async {
@@ -264,7 +268,7 @@ fn fleet_other(command: &FleetCommand) -> Result<()> {
                         replicas: *replicas,
                         max_age: std::time::Duration::from_secs(max_age_days * 86_400),
                         compression: *compression,
-                        ..InitOptions::default()
+                        duplicate_window: std::time::Duration::from_secs(*duplicate_window_secs),
                     })
                     .await?;
                 println!(

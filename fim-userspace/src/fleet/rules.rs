@@ -196,7 +196,9 @@ mod tests {
             path: "/etc/fim/fim.toml".into(),
             text: GOOD.replace("/etc/nginx", "/srv"),
         };
-        let errors = merge(&[local.clone()], &central).unwrap_err().to_string();
+        let errors = merge(std::slice::from_ref(&local), &central)
+            .unwrap_err()
+            .to_string();
         assert!(
             errors.contains("fleet:web@7:2:8") && errors.contains("duplicate rule name"),
             "{errors}"
