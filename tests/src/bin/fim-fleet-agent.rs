@@ -56,7 +56,7 @@ fn change(i: u64, host: &str) -> ChangeRecord {
     ChangeRecord {
         time_ns: fim::daemon::now_ns(),
         host: host.to_string(),
-        activity: if i % 7 == 0 {
+        activity: if i.is_multiple_of(7) {
             activity::CREATE
         } else {
             activity::UPDATE
