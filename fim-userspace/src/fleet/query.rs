@@ -8,7 +8,9 @@ use anyhow::{Context, Result};
 use serde_json::json;
 use tokio_postgres::types::ToSql;
 
-use crate::query::{EventFilter, Name, format_ns, print_events, print_who, who_history};
+use crate::query::{
+    Condition, EventFilter, FilterValue, Name, format_ns, print_events, print_who, who_history,
+};
 use crate::store::{Actor, ChangeRecord};
 
 /// A connection to the central store for one command (queries run one at a time).
@@ -192,50 +194,34 @@ pub fn events(
 ) -> Result<()> {
     let mut conditions: Vec<String> = vec!["TRUE".into()];
     let mut params: Vec<Box<dyn ToSql + Sync>> = Vec::new();
-    // Every `?` of a condition is the one value bound with it.
-    let mut bind = |condition: &str, value: Box<dyn ToSql + Sync>| {
-        params.push(value);
-        conditions.push(condition.replace('?', &format!("${}", params.len())));
-    };
     if let Some(host) = host {
-        bind("host = ?", Box::new(host.to_string()));
+        params.push(Box::new(host.to_string()));
+        conditions.push("host = $1".into());
     }
-    if !filter.activities.is_empty() {
-        let list: Vec<i32> = filter.activities.iter().map(|a| *a as i32).collect();
-        bind("activity = ANY(?)", Box::new(list));
-    }
-    if let Some(glob) = &filter.path {
-        bind(
-            "(path ~ ? OR coalesce(new_path, '') ~ ?)",
-            Box::new(glob_regex(glob)),
-        );
-    }
-    if let Some(t) = filter.since_ns {
-        bind("time_ns >= ?", Box::new(t));
-    }
-    if let Some(t) = filter.until_ns {
-        bind("time_ns <= ?", Box::new(t));
-    }
-    if let Some(pid) = filter.pid {
-        bind("pid = ?", Box::new(i64::from(pid)));
-    }
-    if let Some(exe) = &filter.exe {
-        bind("exe = ?", Box::new(exe.clone()));
-    }
-    if let Some(uid) = filter.uid {
-        bind("uid = ?", Box::new(i64::from(uid)));
-    }
-    if let Some(container) = &filter.container {
-        bind("container_id = ?", Box::new(container.clone()));
-    }
-    if let Some(group) = &filter.group {
-        bind("grp = ?", Box::new(group.clone()));
-    }
-    if let Some(rule) = &filter.rule {
-        bind("rule = ?", Box::new(rule.clone()));
-    }
-    if let Some(authorized) = filter.authorized {
-        bind("authorized = ?", Box::new(authorized));
+    for condition in filter.conditions() {
+        let (sql, value): (String, Box<dyn ToSql + Sync>) = match condition {
+            Condition::Activities(list) => (
+                "activity = ANY(?)".into(),
+                Box::new(list.iter().map(|a| *a as i32).collect::<Vec<i32>>()),
+            ),
+            // Both placeholders take the same parameter.
+            Condition::PathGlob(glob) => (
+                "(path ~ ? OR coalesce(new_path, '') ~ ?)".into(),
+                Box::new(glob_regex(glob)),
+            ),
+            Condition::Since(t) => ("time_ns >= ?".into(), Box::new(t)),
+            Condition::Until(t) => ("time_ns <= ?".into(), Box::new(t)),
+            Condition::Equals(column, value) => (
+                format!("{column} = ?"),
+                match value {
+                    FilterValue::Int(v) => Box::new(v),
+                    FilterValue::Text(v) | FilterValue::Path(v) => Box::new(v.to_string()),
+                    FilterValue::Bool(v) => Box::new(v),
+                },
+            ),
+        };
+        params.push(value);
+        conditions.push(sql.replace('?', &format!("${}", params.len())));
     }
     let sql = format!(
         "SELECT {COLUMNS} FROM fim_changes WHERE {} ORDER BY time_ns DESC, host, id DESC LIMIT {}",

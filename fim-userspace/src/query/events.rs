@@ -28,50 +28,93 @@ pub struct EventFilter {
     pub limit: usize,
 }
 
+/// One condition of an [`EventFilter`], for a store to bind in its own SQL dialect (SQLite
+/// here, PostgreSQL for `--fleet`): the filters are listed once, in
+/// [`EventFilter::conditions`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Condition<'a> {
+    /// The path or the new path matches this glob (`*` also matches `/`).
+    PathGlob(&'a str),
+    /// The activity is one of these OCSF ids.
+    Activities(&'a [i64]),
+    /// At or after this time (epoch ns).
+    Since(i64),
+    /// At or before this time (epoch ns).
+    Until(i64),
+    /// The column (its name is the same in both stores) equals the value.
+    Equals(&'static str, FilterValue<'a>),
+}
+
+/// A value a [`Condition::Equals`] compares with.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum FilterValue<'a> {
+    Int(i64),
+    Text(&'a str),
+    /// A path: bytes in the local store, text in PostgreSQL.
+    Path(&'a str),
+    Bool(bool),
+}
+
+impl EventFilter {
+    /// The filter's conditions, all of which a row must meet.
+    pub fn conditions(&self) -> Vec<Condition<'_>> {
+        let mut all = Vec::new();
+        if !self.activities.is_empty() {
+            all.push(Condition::Activities(&self.activities));
+        }
+        if let Some(glob) = &self.path {
+            all.push(Condition::PathGlob(glob));
+        }
+        all.extend(self.since_ns.map(Condition::Since));
+        all.extend(self.until_ns.map(Condition::Until));
+        let equals = [
+            ("pid", self.pid.map(|v| FilterValue::Int(v.into()))),
+            ("exe", self.exe.as_deref().map(FilterValue::Path)),
+            ("uid", self.uid.map(|v| FilterValue::Int(v.into()))),
+            (
+                "container_id",
+                self.container.as_deref().map(FilterValue::Text),
+            ),
+            ("grp", self.group.as_deref().map(FilterValue::Text)),
+            ("rule", self.rule.as_deref().map(FilterValue::Text)),
+            ("authorized", self.authorized.map(FilterValue::Bool)),
+        ];
+        for (column, value) in equals {
+            all.extend(value.map(|v| Condition::Equals(column, v)));
+        }
+        all
+    }
+}
+
 pub fn events(store: &ReadOnlyStore, filter: &EventFilter, json_out: bool) -> Result<()> {
     let mut conditions: Vec<String> = vec!["1".into()];
-    if !filter.activities.is_empty() {
-        let list: Vec<String> = filter.activities.iter().map(i64::to_string).collect();
-        conditions.push(format!("activity IN ({})", list.join(",")));
-    }
-    let mut params: Vec<Box<dyn rusqlite::ToSql>> = Vec::new();
-    let mut bind = |condition: &str, value: Box<dyn rusqlite::ToSql>| {
+    let mut params: Vec<Box<dyn rusqlite::ToSql + '_>> = Vec::new();
+    for condition in filter.conditions() {
+        let (sql, value): (String, Box<dyn rusqlite::ToSql>) = match condition {
+            Condition::Activities(list) => {
+                let list: Vec<String> = list.iter().map(i64::to_string).collect();
+                conditions.push(format!("activity IN ({})", list.join(",")));
+                continue;
+            }
+            // Both placeholders take the same parameter.
+            Condition::PathGlob(glob) => (
+                "(CAST(path AS TEXT) GLOB ? OR CAST(new_path AS TEXT) GLOB ?)".into(),
+                Box::new(glob),
+            ),
+            Condition::Since(t) => ("time >= ?".into(), Box::new(t)),
+            Condition::Until(t) => ("time <= ?".into(), Box::new(t)),
+            Condition::Equals(column, value) => (
+                format!("{column} = ?"),
+                match value {
+                    FilterValue::Int(v) => Box::new(v),
+                    FilterValue::Text(v) => Box::new(v),
+                    FilterValue::Path(v) => Box::new(v.as_bytes()),
+                    FilterValue::Bool(v) => Box::new(v),
+                },
+            ),
+        };
         params.push(value);
-        conditions.push(condition.replace('?', &format!("?{}", params.len())));
-    };
-    if let Some(glob) = &filter.path {
-        // Both placeholders take the same parameter.
-        bind(
-            "(CAST(path AS TEXT) GLOB ? OR CAST(new_path AS TEXT) GLOB ?)",
-            Box::new(glob.clone()),
-        );
-    }
-    if let Some(t) = filter.since_ns {
-        bind("time >= ?", Box::new(t));
-    }
-    if let Some(t) = filter.until_ns {
-        bind("time <= ?", Box::new(t));
-    }
-    if let Some(pid) = filter.pid {
-        bind("pid = ?", Box::new(pid));
-    }
-    if let Some(exe) = &filter.exe {
-        bind("exe = ?", Box::new(exe.as_bytes().to_vec()));
-    }
-    if let Some(uid) = filter.uid {
-        bind("uid = ?", Box::new(uid));
-    }
-    if let Some(container) = &filter.container {
-        bind("container_id = ?", Box::new(container.clone()));
-    }
-    if let Some(group) = &filter.group {
-        bind("grp = ?", Box::new(group.clone()));
-    }
-    if let Some(rule) = &filter.rule {
-        bind("rule = ?", Box::new(rule.clone()));
-    }
-    if let Some(authorized) = filter.authorized {
-        bind("authorized = ?", Box::new(authorized));
+        conditions.push(sql.replace('?', &format!("?{}", params.len())));
     }
     let refs: Vec<&dyn rusqlite::ToSql> = params.iter().map(|p| p.as_ref()).collect();
     let rows = store.changes(&conditions.join(" AND "), &refs, filter.limit)?;

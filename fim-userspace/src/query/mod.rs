@@ -16,7 +16,7 @@ use anyhow::{Result, bail};
 use serde_json::{Value, json};
 
 pub use diff::diff;
-pub use events::{EventFilter, events, print_events};
+pub use events::{Condition, EventFilter, FilterValue, events, print_events};
 pub use sql::sql;
 pub use status::status;
 pub use table::Table;
