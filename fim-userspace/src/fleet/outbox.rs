@@ -327,3 +327,144 @@ pub fn random_id() -> Result<String> {
     }
     Ok(crate::baseline::hex(&bytes))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Store, StoreOp, activity};
+
+    /// A store holding `n` changes (ids 1..=n) spread over `paths` paths, as its outbox.
+    fn outbox_with_changes(dir: &Path, n: u64, paths: u64) -> Outbox {
+        let mut store = Store::open(dir).unwrap();
+        let ops: Vec<StoreOp> = (0..n)
+            .map(|i| {
+                StoreOp::Change(ChangeRecord {
+                    time_ns: 1_000 + i as i64,
+                    activity: activity::UPDATE,
+                    path: format!("/etc/f{}", i % paths).into_bytes(),
+                    hash_after: Some(format!("h{i}")),
+                    size: Some(i),
+                    ..ChangeRecord::default()
+                })
+            })
+            .collect();
+        store.write(&ops).unwrap();
+        Outbox::open(dir).unwrap()
+    }
+
+    fn health(outbox: &Outbox) -> Vec<HealthRecord> {
+        outbox
+            .rows(RowKind::Health, 0, 100)
+            .unwrap()
+            .into_iter()
+            .map(|row| match row {
+                Row::Health(_, h) => h,
+                Row::Change(..) => unreachable!("health rows asked for"),
+            })
+            .collect()
+    }
+
+    fn detail(row: &HealthRecord) -> serde_json::Value {
+        serde_json::from_str(row.detail.as_deref().unwrap()).unwrap()
+    }
+
+    /// Past `max_backlog` unpublished changes the oldest are skipped, never silently: a
+    /// `fleet_gap` row names the range and a `fleet_resync` row carries the latest state of
+    /// every path the skipped changes touched; the newest `max_backlog` are still published.
+    #[test]
+    fn a_backlog_past_its_bound_becomes_a_gap_row_and_a_resync_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut outbox = outbox_with_changes(dir.path(), 25, 10);
+        assert_eq!(outbox.gap_after(RowKind::Change, 0, 25).unwrap(), None);
+        // Health rows are few and never skipped for the bound.
+        assert_eq!(outbox.gap_after(RowKind::Health, 0, 0).unwrap(), None);
+        let gap = outbox.gap_after(RowKind::Change, 0, 5).unwrap().unwrap();
+        assert_eq!((gap.kind, gap.first, gap.last), (RowKind::Change, 1, 20));
+        assert!(gap.why.contains("max_backlog"), "{}", gap.why);
+
+        outbox.record_gap(&gap, 99).unwrap();
+        assert_eq!(outbox.cursor(RowKind::Change).unwrap(), 20);
+        assert_eq!(outbox.gaps().unwrap(), 20);
+        assert_eq!(outbox.gap_after(RowKind::Change, 20, 5).unwrap(), None);
+        let next: Vec<i64> = outbox
+            .rows(RowKind::Change, 20, 100)
+            .unwrap()
+            .iter()
+            .map(Row::id)
+            .collect();
+        assert_eq!(next, [21, 22, 23, 24, 25], "the newest max_backlog go out");
+
+        let rows = health(&outbox);
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        assert_eq!(rows[0].kind, "fleet_gap");
+        assert_eq!(rows[0].lost_events, 20);
+        let gap_detail = detail(&rows[0]);
+        assert_eq!(
+            (
+                &gap_detail["rows"],
+                &gap_detail["first_id"],
+                &gap_detail["last_id"],
+                &gap_detail["count"]
+            ),
+            (&json!("change"), &json!(1), &json!(20), &json!(20))
+        );
+        assert_eq!(rows[1].kind, "fleet_resync");
+        let resync = detail(&rows[1]);
+        assert_eq!(resync["paths_total"], 10);
+        let mut paths: Vec<(String, String, i64)> = resync["paths"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["path"].as_str().unwrap().to_string(),
+                    p["hash"].as_str().unwrap().to_string(),
+                    p["size"].as_i64().unwrap(),
+                )
+            })
+            .collect();
+        paths.sort();
+        // Path f<k> was changed by rows k+1 and k+11 in the gap: the later one is its state.
+        let expected: Vec<(String, String, i64)> = (0..10)
+            .map(|k| (format!("/etc/f{k}"), format!("h{}", k + 10), k + 10))
+            .collect();
+        assert_eq!(paths, expected);
+    }
+
+    /// The resync row lists at most `GAP_PATHS` paths and counts the rest.
+    #[test]
+    fn a_resync_row_is_bounded_and_counts_what_it_leaves_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = GAP_PATHS as u64 + 50;
+        let mut outbox = outbox_with_changes(dir.path(), n, n);
+        let gap = outbox.gap_after(RowKind::Change, 0, 10).unwrap().unwrap();
+        outbox.record_gap(&gap, 1).unwrap();
+        let resync = detail(&health(&outbox)[1]);
+        assert_eq!(resync["paths_total"], n - 10);
+        assert_eq!(resync["paths"].as_array().unwrap().len(), GAP_PATHS);
+    }
+
+    /// Rows retention pruned before they were published are a gap too, with its reason.
+    #[test]
+    fn rows_pruned_before_publishing_are_a_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut outbox = outbox_with_changes(dir.path(), 10, 3);
+        outbox
+            .conn
+            .execute("DELETE FROM changes WHERE id <= 4", [])
+            .unwrap();
+        let gap = outbox
+            .gap_after(RowKind::Change, 0, 1_000)
+            .unwrap()
+            .unwrap();
+        assert_eq!((gap.first, gap.last), (1, 4));
+        assert!(gap.why.contains("pruned"), "{}", gap.why);
+        outbox.record_gap(&gap, 1).unwrap();
+        assert_eq!(outbox.cursor(RowKind::Change).unwrap(), 4);
+        assert_eq!(outbox.gap_after(RowKind::Change, 4, 1_000).unwrap(), None);
+        let rows = health(&outbox);
+        assert_eq!(detail(&rows[0])["count"], 4);
+        // Nothing of the pruned rows is left to resync.
+        assert_eq!(detail(&rows[1])["paths_total"], 0);
+    }
+}
