@@ -5,13 +5,14 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use fim::fleet::admin::Role;
 use serde_json::{Value, json};
 
+use crate::child::KillOnDrop;
 use crate::prometheus::{free_port, http_get};
 
 /// The nats-server binaries to test against: (label, path).
@@ -62,7 +63,7 @@ struct Node {
     config: PathBuf,
     client: u16,
     http: u16,
-    child: Option<Child>,
+    child: Option<KillOnDrop>,
 }
 
 /// A JetStream cluster of `nodes` servers on 127.0.0.1.
@@ -145,13 +146,14 @@ impl NatsCluster {
             return Ok(());
         }
         let log = std::fs::File::create(node.config.with_extension("log"))?;
-        let child = Command::new(&self.binary)
-            .arg("-c")
-            .arg(&node.config)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", self.binary.display()))?;
+        let child = KillOnDrop::spawn(
+            Command::new(&self.binary)
+                .arg("-c")
+                .arg(&node.config)
+                .stdout(Stdio::null())
+                .stderr(log),
+        )
+        .with_context(|| format!("starting {}", self.binary.display()))?;
         node.child = Some(child);
         Ok(())
     }
@@ -159,8 +161,7 @@ impl NatsCluster {
     /// SIGKILL, as a crash.
     pub fn kill_node(&mut self, i: usize) {
         if let Some(mut child) = self.nodes[i].child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            child.kill();
         }
     }
 
@@ -215,28 +216,32 @@ impl NatsCluster {
     }
 }
 
-impl Drop for NatsCluster {
-    fn drop(&mut self) {
-        self.kill_all();
-    }
-}
-
 /// A PostgreSQL 15 instance of its own (initdb in a temporary directory owned by the
 /// `postgres` user: PostgreSQL refuses to run as root).
 pub struct Postgres {
     pub dir: tempfile::TempDir,
     pub port: u16,
-    child: Option<Child>,
+    child: Option<KillOnDrop>,
 }
 
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
-fn as_postgres(program: &str) -> Command {
-    let mut command = Command::new("runuser");
-    command
-        .args(["-u", "postgres", "--"])
-        .arg(Path::new(PG_BIN).join(program));
-    command
+/// A PostgreSQL program run as the `postgres` user (set before exec, so the server itself
+/// is the child: its kill-on-drop guard reaches it).
+fn as_postgres(program: &str) -> Result<Command> {
+    let name = std::ffi::CString::new("postgres")?;
+    // SAFETY: getpwnam with a valid C string; the fields are read at once.
+    let (uid, gid) = unsafe {
+        let entry = libc::getpwnam(name.as_ptr());
+        if entry.is_null() {
+            bail!("there is no postgres user (is PostgreSQL installed? run `cargo xtask setup`)");
+        }
+        ((*entry).pw_uid, (*entry).pw_gid)
+    };
+    let mut command = Command::new(Path::new(PG_BIN).join(program));
+    std::os::unix::process::CommandExt::uid(&mut command, uid);
+    std::os::unix::process::CommandExt::gid(&mut command, gid);
+    Ok(command)
 }
 
 impl Postgres {
@@ -254,7 +259,7 @@ impl Postgres {
         if !chown.success() {
             bail!("chown postgres {} failed", dir.path().display());
         }
-        let out = as_postgres("initdb")
+        let out = as_postgres("initdb")?
             .args(["-U", "fim", "--auth=trust", "--no-sync", "-E", "UTF8", "-D"])
             .arg(&data)
             .output()?;
@@ -263,29 +268,30 @@ impl Postgres {
         }
         let port = free_port()?;
         let log = std::fs::File::create(dir.path().join("postgres.log"))?;
-        let child = as_postgres("postgres")
-            .arg("-D")
-            .arg(&data)
-            .args([
-                "-p",
-                &port.to_string(),
-                "-c",
-                "listen_addresses=127.0.0.1",
-                "-k",
-            ])
-            .arg(dir.path())
-            // A test instance: no fsync (the tests kill processes, not the machine).
-            .args([
-                "-c",
-                "fsync=off",
-                "-c",
-                "synchronous_commit=off",
-                "-c",
-                "shared_buffers=128MB",
-            ])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()?;
+        let child = KillOnDrop::spawn(
+            as_postgres("postgres")?
+                .arg("-D")
+                .arg(&data)
+                .args([
+                    "-p",
+                    &port.to_string(),
+                    "-c",
+                    "listen_addresses=127.0.0.1",
+                    "-k",
+                ])
+                .arg(dir.path())
+                // A test instance: no fsync (the tests kill processes, not the machine).
+                .args([
+                    "-c",
+                    "fsync=off",
+                    "-c",
+                    "synchronous_commit=off",
+                    "-c",
+                    "shared_buffers=128MB",
+                ])
+                .stdout(Stdio::null())
+                .stderr(log),
+        )?;
         let pg = Postgres {
             dir,
             port,
@@ -340,11 +346,8 @@ impl Postgres {
 impl Drop for Postgres {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            // SIGINT: fast shutdown. runuser passes it on.
-            // SAFETY: kill with a valid pid and signal.
-            unsafe {
-                libc::kill(child.id() as i32, libc::SIGINT);
-            }
+            // SIGINT: fast shutdown (its guard kills it if that takes too long).
+            child.signal(libc::SIGINT);
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = child.try_wait() {
@@ -352,8 +355,6 @@ impl Drop for Postgres {
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
-            let _ = child.kill();
-            let _ = child.wait();
         }
     }
 }
@@ -407,7 +408,7 @@ pub struct Fleet {
     pub dir: PathBuf,
     pub cluster: NatsCluster,
     pub pg: Postgres,
-    collector: Option<Child>,
+    collector: Option<KillOnDrop>,
     pub admin: Identity,
     collector_key: Identity,
     hosts: Vec<(String, Identity)>,
@@ -487,20 +488,18 @@ impl Fleet {
             .create(true)
             .append(true)
             .open(self.dir.join("collector.log"))?;
-        self.collector = Some(
+        self.collector = Some(KillOnDrop::spawn(
             Command::new(fim_binary())
                 .args(&args)
                 .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()?,
-        );
+                .stderr(log),
+        )?);
         Ok(())
     }
 
     pub fn kill_collector(&mut self) {
         if let Some(mut child) = self.collector.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            child.kill();
         }
     }
 
@@ -539,18 +538,19 @@ impl Fleet {
         Ok(path)
     }
 
-    pub fn agent(&self, config: &Path, extra: &[&str]) -> Result<Child> {
+    pub fn agent(&self, config: &Path, extra: &[&str]) -> Result<KillOnDrop> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(config.with_extension("log"))?;
-        Ok(Command::new(test_binary("fim-fleet-agent"))
-            .arg("--config")
-            .arg(config)
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()?)
+        Ok(KillOnDrop::spawn(
+            Command::new(test_binary("fim-fleet-agent"))
+                .arg("--config")
+                .arg(config)
+                .args(extra)
+                .stdout(Stdio::null())
+                .stderr(log),
+        )?)
     }
 
     /// Fails when the collector has exited (a wait for its rows would only time out).
@@ -574,10 +574,46 @@ impl Fleet {
     pub fn admin_args(&self) -> Vec<String> {
         server_args(&self.cluster, &self.admin)
     }
-}
 
-impl Drop for Fleet {
-    fn drop(&mut self) {
-        self.kill_collector();
+    /// `fim fleet ARGS` as the administrator: the command, to run and look at.
+    pub fn admin_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(fim_binary());
+        command.arg("fleet").args(args).args(self.admin_args());
+        command
+    }
+
+    /// `fim fleet ARGS` as the administrator; its output, or its error with stderr.
+    pub fn admin(&self, args: &[&str]) -> Result<String> {
+        let mut all = vec!["fleet"];
+        all.extend(args);
+        let admin = self.admin_args();
+        all.extend(admin.iter().map(String::as_str));
+        fim(&all)
+    }
+
+    /// `fim fleet rules put` of `source` (written to `<dir>/<group>.toml`) for `group`.
+    pub fn put_rules(&self, group: &str, source: &str) -> Result<String> {
+        let file = self.dir.join(format!("{group}.toml"));
+        std::fs::write(&file, source)?;
+        let file = file.to_str().context("a UTF-8 temporary path")?;
+        self.admin(&["rules", "put", file, "--group", group])
+    }
+
+    /// Stores `source` as `group`'s rule set without the checks `put` makes (as an old or
+    /// compromised admin tool could), returning its revision.
+    pub fn force_rules(&self, group: &str, source: &str) -> Result<u64> {
+        let mut settings = fim::fleet::FleetSettings::new(self.cluster.urls(), "admin");
+        settings.auth = fim::fleet::settings::Auth::NkeySeedFile(self.admin.seed_file.clone());
+        let runtime = tokio::runtime::Runtime::new()?;
+        runtime.block_on(async {
+            let admin = fim::fleet::admin::Admin::connect(&settings).await?;
+            let doc = fim::fleet::rules::RuleSetDoc::new(
+                "forced.toml",
+                source.to_string(),
+                0,
+                "test".into(),
+            );
+            admin.put_doc(group, &doc).await
+        })
     }
 }

@@ -3,6 +3,7 @@
 //! shared sensor per backend (loading a backend costs seconds under QEMU, so every scenario
 //! of a test binary reuses it).
 
+pub mod child;
 pub mod daemon;
 pub mod fleet;
 pub mod prometheus;

@@ -7,18 +7,12 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
 use std::time::Duration;
 
 use anyhow::Result;
-use fim_tests::fleet::{Fleet, fim, fim_binary, nats_servers, wait_for};
+use fim_tests::fleet::{Fleet, fim, nats_servers, wait_for};
 use fim_tests::prometheus::free_port;
 use serde_json::Value;
-
-fn kill(child: &mut Child) {
-    let _ = child.kill();
-    let _ = child.wait();
-}
 
 /// The tail of every log a failed scenario left (agents, collector, servers).
 fn dump_logs(dir: &Path) {
@@ -165,24 +159,52 @@ fn end_to_end(nats: &Path, dir: &Path) -> Result<()> {
         !events.is_empty() && events.iter().all(|e| e["host"] == "h3"),
         "{events:?}"
     );
+    // The local command's filters mean the same across the fleet: its answer is the union
+    // of every host's own `fim events` with them.
+    let filters = [
+        "--activity",
+        "create",
+        "--pid",
+        "1007",
+        "--exe",
+        "/usr/bin/fleet-writer",
+        "--uid",
+        "0",
+        "--path",
+        "/srv/fleet-test/f*7",
+        "--since",
+        "2020-01-01T00:00:00Z",
+        "--json",
+    ];
+    let mut local = BTreeSet::new();
+    for (host, _) in hosts {
+        let store = dir.join(host).join("state/fim.db");
+        let mut args = vec!["events", "--store", store.to_str().unwrap()];
+        args.extend(filters);
+        for v in json_lines(&fim(&args)?) {
+            local.insert((host.to_string(), v["id"].as_i64().unwrap()));
+        }
+    }
+    let pg = fleet.pg.url();
+    let mut args = vec!["events", "--fleet", "--postgres", &pg];
+    args.extend(filters);
+    let fleet_rows: BTreeSet<(String, i64)> = json_lines(&fim(&args)?)
+        .iter()
+        .map(|v| {
+            (
+                v["host"].as_str().unwrap().to_string(),
+                v["id"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(local.len() >= 3, "{local:?}");
+    assert_eq!(fleet_rows, local);
 
     // Central rules: a good rule set reaches the group's hosts, live.
-    let web = dir.join("web.toml");
-    std::fs::write(
-        &web,
+    let out = fleet.put_rules(
+        "web",
         "[[rule]]\nname = \"www\"\ngroup = \"web\"\npath = \"/srv/www\"\nrecursive = true\n",
     )?;
-    let mut put = vec![
-        "fleet",
-        "rules",
-        "put",
-        web.to_str().unwrap(),
-        "--group",
-        "web",
-    ];
-    let admin = fleet.admin_args();
-    put.extend(admin.iter().map(String::as_str));
-    let out = fim(&put)?;
     assert!(out.contains("revision"), "{out}");
     for host in ["h1", "h2"] {
         wait_for(
@@ -213,16 +235,9 @@ fn end_to_end(nats: &Path, dir: &Path) -> Result<()> {
     // A bad rule set is refused at put, located.
     let bad = dir.join("bad.toml");
     std::fs::write(&bad, "[[rule]]\nname = \"x\"\npath = \"relative\"\n")?;
-    let mut put_bad = vec![
-        "fleet",
-        "rules",
-        "put",
-        bad.to_str().unwrap(),
-        "--group",
-        "web",
-    ];
-    put_bad.extend(admin.iter().map(String::as_str));
-    let out = Command::new(fim_binary()).args(&put_bad).output()?;
+    let out = fleet
+        .admin_command(&["rules", "put", bad.to_str().unwrap(), "--group", "web"])
+        .output()?;
     assert_eq!(out.status.code(), Some(78));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -236,22 +251,7 @@ fn end_to_end(nats: &Path, dir: &Path) -> Result<()> {
         .iter()
         .map(|h| applied_rules(&dir.join(format!("{h}.applied"))).len())
         .collect();
-    let settings = {
-        let mut s = fim::fleet::FleetSettings::new(fleet.cluster.urls(), "admin");
-        s.auth = fim::fleet::settings::Auth::NkeySeedFile(fleet.admin.seed_file.clone());
-        s
-    };
-    let runtime = tokio::runtime::Runtime::new()?;
-    let forced = runtime.block_on(async {
-        let admin = fim::fleet::admin::Admin::connect(&settings).await?;
-        let doc = fim::fleet::rules::RuleSetDoc::new(
-            "forced.toml",
-            "[[rule]]\nname = \"y\"\npath = \"relative\"\n".into(),
-            0,
-            "test".into(),
-        );
-        admin.put_doc("web", &doc).await
-    })?;
+    let forced = fleet.force_rules("web", "[[rule]]\nname = \"y\"\npath = \"relative\"\n")?;
     wait_for(
         "the rejection in PostgreSQL",
         Duration::from_secs(30),
@@ -270,14 +270,10 @@ fn end_to_end(nats: &Path, dir: &Path) -> Result<()> {
         );
     }
     // Rollback to the good revision: applied again, the rejection cleared.
-    let mut history = vec!["fleet", "rules", "history", "web", "--json"];
-    history.extend(admin.iter().map(String::as_str));
-    let revisions = json_lines(&fim(&history)?);
+    let revisions = json_lines(&fleet.admin(&["rules", "history", "web", "--json"])?);
     assert_eq!(revisions.len(), 2, "{revisions:?}");
     let good = revisions[0]["revision"].as_u64().unwrap().to_string();
-    let mut rollback = vec!["fleet", "rules", "rollback", "web", &good];
-    rollback.extend(admin.iter().map(String::as_str));
-    fim(&rollback)?;
+    fleet.admin(&["rules", "rollback", "web", &good])?;
     wait_for("the rollback applied", Duration::from_secs(30), || {
         Ok(fleet.count("SELECT count(*) FROM fim_hosts WHERE rejected IS NULL AND applied->'revisions' ? 'web'") == 2)
     })?;
@@ -298,7 +294,7 @@ fn end_to_end(nats: &Path, dir: &Path) -> Result<()> {
                     .is_some_and(|v| v >= 1.0),
         )
     })?;
-    kill(&mut imposter);
+    imposter.kill();
     assert_eq!(
         fleet.count("SELECT count(*) FROM fim_changes WHERE host = 'h4'"),
         0
@@ -321,7 +317,7 @@ fn end_to_end(nats: &Path, dir: &Path) -> Result<()> {
         "{status:?}"
     );
     for mut agent in agents {
-        kill(&mut agent);
+        agent.kill();
     }
     fleet.kill_collector();
     Ok(())
@@ -379,7 +375,7 @@ fn outage(nats: &Path, dir: &Path) -> Result<()> {
     let mut agent = fleet.agent(&config, &generate)?;
     for _ in 0..2 {
         std::thread::sleep(Duration::from_millis(600));
-        kill(&mut agent);
+        agent.kill();
         agent = fleet.agent(&config, &generate)?;
     }
     wait_for(
@@ -413,7 +409,74 @@ fn outage(nats: &Path, dir: &Path) -> Result<()> {
             .stream_messages(fim::fleet::subjects::EVENTS_STREAM)?,
         N
     );
-    kill(&mut agent);
+    agent.kill();
+    Ok(())
+}
+
+/// The whole cluster down while 3,000 changes happen with `max_backlog = 1000`: when it is
+/// back, the oldest 2,000 are not published but named, never a silent hole: a `fleet_gap`
+/// row (ids 1..=2000) and a `fleet_resync` row (the latest state of the 1,000 paths they
+/// touched) reach PostgreSQL in order with the newest 1,000 changes. One server version:
+/// the bound is the agent's, not the server's.
+#[test]
+fn a_backlog_overflow_arrives_as_a_gap_and_a_resync() {
+    let (label, nats) = nats_servers().remove(1);
+    eprintln!("--- nats-server {label}");
+    let dir = tempfile::tempdir().unwrap();
+    if let Err(e) = overflow(&nats, dir.path()) {
+        dump_logs(dir.path());
+        panic!("nats-server {label}: {e:#}");
+    }
+}
+
+fn overflow(nats: &Path, dir: &Path) -> Result<()> {
+    let mut fleet = Fleet::start(nats, dir, &[("h1", &[])])?;
+    let config = fleet.host_config("h1", "h1", &[])?;
+    // [fleet] is the configuration's last section.
+    let mut text = std::fs::read_to_string(&config)?;
+    text.push_str("max_backlog = 1000\n");
+    std::fs::write(&config, text)?;
+    fleet.cluster.kill_all();
+    let mut agent = fleet.agent(&config, &["--generate", "3000"])?;
+    wait_for(
+        "3,000 changes in the store",
+        Duration::from_secs(60),
+        || Ok(store_changes(&config) == 3000),
+    )?;
+    fleet.cluster.start_all()?;
+    fleet.cluster.wait_ready(Duration::from_secs(60))?;
+    wait_for(
+        "the newest 1,000 changes and the gap's rows in PostgreSQL",
+        Duration::from_secs(120),
+        || {
+            fleet.collector_alive()?;
+            Ok(fleet.count("SELECT count(*) FROM fim_changes") == 1000
+                && fleet.count("SELECT count(*) FROM fim_health WHERE kind LIKE 'fleet_%'") == 2)
+        },
+    )?;
+    let span = fleet
+        .pg
+        .scalar("SELECT min(id) || ' ' || max(id) FROM fim_changes WHERE host = 'h1'")?;
+    assert_eq!(span, "2001 3000");
+    let gap = fleet.pg.scalar(
+        "SELECT (detail::jsonb)->>'first_id' || ' ' || ((detail::jsonb)->>'last_id') || ' ' || \
+         ((detail::jsonb)->>'count') || ' ' || lost_events FROM fim_health WHERE kind = 'fleet_gap'",
+    )?;
+    assert_eq!(gap, "1 2000 2000 2000");
+    let resync = fleet.pg.scalar(
+        "SELECT ((detail::jsonb)->>'paths_total') || ' ' || \
+         jsonb_array_length((detail::jsonb)->'paths') FROM fim_health WHERE kind = 'fleet_resync'",
+    )?;
+    assert_eq!(resync, "1000 1000");
+    // The gap comes before the changes after it, in the host's health order.
+    let order = fleet.pg.scalar(
+        "SELECT string_agg(kind, ',' ORDER BY id) FROM fim_health WHERE kind LIKE 'fleet_%'",
+    )?;
+    assert_eq!(order, "fleet_gap,fleet_resync");
+    wait_for("the gap in the heartbeat", Duration::from_secs(30), || {
+        Ok(fleet.count("SELECT gaps FROM fim_hosts WHERE host = 'h1'") == 2000)
+    })?;
+    agent.kill();
     Ok(())
 }
 
@@ -439,7 +502,7 @@ fn kills(nats: &Path, dir: &Path) -> Result<()> {
         std::thread::sleep(Duration::from_millis(250));
         duplicates +=
             metric(&agent_metrics, "fim_fleet_duplicates_acknowledged_total").unwrap_or(0.0);
-        kill(&mut agent);
+        agent.kill();
         agent_metrics = format!("127.0.0.1:{}", free_port()?);
         agent = start_agent(&fleet, &agent_metrics)?;
         std::thread::sleep(Duration::from_millis(150));
@@ -473,7 +536,7 @@ fn kills(nats: &Path, dir: &Path) -> Result<()> {
     eprintln!("    duplicates acknowledged during the kills: {duplicates}");
     // Now the whole store again, as after a lost cursor: every row is sent once more and
     // the server acknowledges each as a duplicate of what it holds; nothing new is stored.
-    kill(&mut agent);
+    agent.kill();
     {
         let db = rusqlite::Connection::open(config.with_extension("").join("state/fim.db"))?;
         db.execute_batch(
@@ -498,7 +561,7 @@ fn kills(nats: &Path, dir: &Path) -> Result<()> {
         N
     );
     assert_eq!(fleet.count("SELECT count(*) FROM fim_changes"), N);
-    kill(&mut agent);
+    agent.kill();
     Ok(())
 }
 
@@ -507,13 +570,7 @@ fn kills(nats: &Path, dir: &Path) -> Result<()> {
 /// error published.
 #[test]
 fn fifty_agents_follow_a_rules_push() {
-    let (label, nats) = nats_servers().remove(0);
-    eprintln!("--- nats-server {label}");
-    let dir = tempfile::tempdir().unwrap();
-    if let Err(e) = fifty(&nats, dir.path()) {
-        dump_logs(dir.path());
-        panic!("{e:#}");
-    }
+    run_on_both(fifty);
 }
 
 fn fifty(nats: &Path, dir: &Path) -> Result<()> {
@@ -530,22 +587,10 @@ fn fifty(nats: &Path, dir: &Path) -> Result<()> {
     wait_for("50 heartbeats", Duration::from_secs(120), || {
         Ok(fleet.count("SELECT count(*) FROM fim_hosts") == AGENTS as u64)
     })?;
-    let rules = dir.join("all.toml");
-    std::fs::write(
-        &rules,
+    fleet.put_rules(
+        "all",
         "[[rule]]\nname = \"pushed\"\npath = \"/srv/pushed\"\n",
     )?;
-    let admin = fleet.admin_args();
-    let mut put = vec![
-        "fleet",
-        "rules",
-        "put",
-        rules.to_str().unwrap(),
-        "--group",
-        "all",
-    ];
-    put.extend(admin.iter().map(String::as_str));
-    fim(&put)?;
     let has = |name: &str, rule: &str| {
         applied_rules(&dir.join(format!("{name}.applied")))
             .last()
@@ -566,22 +611,10 @@ fn fifty(nats: &Path, dir: &Path) -> Result<()> {
             )
         },
     )?;
-    let settings = {
-        let mut s = fim::fleet::FleetSettings::new(fleet.cluster.urls(), "admin");
-        s.auth = fim::fleet::settings::Auth::NkeySeedFile(fleet.admin.seed_file.clone());
-        s
-    };
-    let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(async {
-        let admin = fim::fleet::admin::Admin::connect(&settings).await?;
-        let doc = fim::fleet::rules::RuleSetDoc::new(
-            "forced.toml",
-            "[[rule]]\nname = \"broken\"\npath = \"/srv/x\"\npath_type = \"weird\"\n".into(),
-            0,
-            "test".into(),
-        );
-        admin.put_doc("all", &doc).await
-    })?;
+    fleet.force_rules(
+        "all",
+        "[[rule]]\nname = \"broken\"\npath = \"/srv/x\"\npath_type = \"weird\"\n",
+    )?;
     wait_for(
         "every agent rejecting the bad set",
         Duration::from_secs(120),
@@ -594,7 +627,7 @@ fn fifty(nats: &Path, dir: &Path) -> Result<()> {
         "an agent left its last good revision"
     );
     for mut agent in agents {
-        kill(&mut agent);
+        agent.kill();
     }
     Ok(())
 }

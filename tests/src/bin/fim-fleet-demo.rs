@@ -22,22 +22,11 @@ fn main() -> Result<()> {
         let config = fleet.host_config(host, host, groups)?;
         agents.push(fleet.agent(&config, &["--generate", "200", "--rate", "50"])?);
     }
-    let rules = dir.path().join("web.toml");
-    std::fs::write(
-        &rules,
+    let out = fleet.put_rules(
+        "web",
         "[[rule]]\nname = \"www\"\ngroup = \"web\"\npath = \"/srv/www\"\nrecursive = true\n",
     )?;
-    let admin = fleet.admin_args();
-    let mut put = vec![
-        "fleet",
-        "rules",
-        "put",
-        rules.to_str().unwrap_or_default(),
-        "--group",
-        "web",
-    ];
-    put.extend(admin.iter().map(String::as_str));
-    print!("$ fim fleet rules put web.toml --group web\n{}", fim(&put)?);
+    print!("$ fim fleet rules put web.toml --group web\n{out}");
     wait_for("the hosts' rows", Duration::from_secs(60), || {
         Ok(fleet.count("SELECT count(*) FROM fim_changes") >= 600)
     })?;
@@ -68,9 +57,7 @@ fn main() -> Result<()> {
         });
         let _ = rx.recv();
     }
-    for mut agent in agents {
-        let _ = agent.kill();
-        let _ = agent.wait();
-    }
+    // The hosts first, then the collector, PostgreSQL and the cluster (their guards).
+    drop(agents);
     Ok(())
 }
