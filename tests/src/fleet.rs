@@ -512,8 +512,29 @@ impl Fleet {
             .1
     }
 
-    /// Writes a host's fim.toml (its own state directory) and returns its path.
+    /// Writes a stand-in host's fim.toml (its own state directory, a rule on a tree nothing
+    /// writes to) and returns its path.
     pub fn host_config(&self, host: &str, key_of: &str, groups: &[&str]) -> Result<PathBuf> {
+        self.write_config(
+            host,
+            key_of,
+            groups,
+            "[[rule]]\nname = \"local\"\npath = \"/srv/fleet-test\"\nrecursive = true\n",
+            "",
+        )
+    }
+
+    /// Writes `<dir>/<host>.toml`: the state directory `<dir>/<host>/state`, then `local`
+    /// (outputs, metrics, rules), then `[fleet]` with this cluster, `key_of`'s key, the host
+    /// id, `groups`, a 1 s heartbeat and the lines in `fleet_extra`.
+    pub fn write_config(
+        &self,
+        host: &str,
+        key_of: &str,
+        groups: &[&str],
+        local: &str,
+        fleet_extra: &str,
+    ) -> Result<PathBuf> {
         let state = self.dir.join(host);
         std::fs::create_dir_all(&state)?;
         let servers: Vec<String> = self
@@ -527,8 +548,8 @@ impl Fleet {
         std::fs::write(
             &path,
             format!(
-                "state_dir = {:?}\n\n[[rule]]\nname = \"local\"\npath = \"/srv/fleet-test\"\nrecursive = true\n\n\
-                 [fleet]\nservers = [{}]\nnkey_seed_file = {:?}\nhost_id = {host:?}\ngroups = [{}]\nheartbeat_seconds = 1\n",
+                "state_dir = {:?}\n{local}\n\
+                 [fleet]\nservers = [{}]\nnkey_seed_file = {:?}\nhost_id = {host:?}\ngroups = [{}]\nheartbeat_seconds = 1\n{fleet_extra}",
                 state.join("state").display().to_string(),
                 servers.join(", "),
                 self.key(key_of).seed_file.display().to_string(),
@@ -536,6 +557,20 @@ impl Fleet {
             ),
         )?;
         Ok(path)
+    }
+
+    /// The real daemon, `fim run` on the tracepoint backend (the one this machine's kernel
+    /// loads), with this configuration; its log next to it.
+    pub fn daemon(&self, config: &Path) -> Result<KillOnDrop> {
+        let log = std::fs::File::create(config.with_extension("log"))?;
+        Ok(KillOnDrop::spawn(
+            Command::new(fim_binary())
+                .args(["run", "--backend", "tracepoint", "--config"])
+                .arg(config)
+                .env("RUST_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(log),
+        )?)
     }
 
     pub fn agent(&self, config: &Path, extra: &[&str]) -> Result<KillOnDrop> {

@@ -413,6 +413,133 @@ fn outage(nats: &Path, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The real daemon (`fim run`, tracepoint backend, natively) with `[fleet]`: a file the
+/// kernel saw change becomes a PostgreSQL row with the process that changed it; a rules
+/// push adds a root live (its existing files scanned in, a later change under it reported
+/// with its process) while the root it kept goes on being reported; the stop row follows.
+#[test]
+fn the_real_daemon_publishes_what_the_kernel_saw_and_follows_a_rules_push() {
+    fim_tests::require_root();
+    let (label, nats) = nats_servers().remove(1);
+    eprintln!("--- nats-server {label}");
+    let dir = tempfile::tempdir().unwrap();
+    if let Err(e) = real_daemon(&nats, dir.path()) {
+        dump_logs(dir.path());
+        panic!("nats-server {label}: {e:#}");
+    }
+}
+
+fn real_daemon(nats: &Path, dir: &Path) -> Result<()> {
+    let fleet = Fleet::start(nats, dir, &[("d1", &["web"])])?;
+    let tree = dir.join("watched");
+    let pushed = dir.join("pushed");
+    for d in [&tree, &pushed] {
+        std::fs::create_dir_all(d)?;
+    }
+    std::fs::write(pushed.join("before"), "there before the push\n")?;
+    let local = format!(
+        "[output]\nfile = {:?}\n[metrics]\naddress = \"127.0.0.1:{}\"\n\n\
+         [[rule]]\nname = \"kept\"\ngroup = \"local\"\npath = {:?}\nrecursive = true\n",
+        dir.join("out.json").display().to_string(),
+        free_port()?,
+        tree.display().to_string(),
+    );
+    let config = fleet.write_config("d1", "d1", &["web"], &local, "")?;
+    let mut daemon = fleet.daemon(&config)?;
+    let alive = |daemon: &mut fim_tests::child::KillOnDrop| -> Result<()> {
+        match daemon.try_wait()? {
+            Some(status) => anyhow::bail!("fim run exited: {status}"),
+            None => Ok(()),
+        }
+    };
+    // Its start scan, published like every health row.
+    wait_for(
+        "the start scan in PostgreSQL",
+        Duration::from_secs(120),
+        || {
+            alive(&mut daemon)?;
+            Ok(
+                fleet.count("SELECT count(*) FROM fim_health WHERE host = 'd1' AND kind = 'scan'")
+                    == 1,
+            )
+        },
+    )?;
+
+    // A change the kernel saw, with its process.
+    let actor = fim_tests::actor_path();
+    // The newest row of `path` with this activity: "pid exe backend".
+    let row = |path: &Path, activity: i32| {
+        fleet
+            .pg
+            .scalar(&format!(
+                "SELECT pid || ' ' || coalesce(exe, '') || ' ' || backend FROM fim_changes \
+                 WHERE host = 'd1' AND path = '{}' AND activity = {activity} ORDER BY id DESC LIMIT 1",
+                path.display()
+            ))
+            .unwrap_or_default()
+    };
+    let created = tree.join("app.conf");
+    let pid = fim_tests::run_actor(&["create".as_ref(), created.as_os_str()])?;
+    let expected = format!("{pid} {} tracepoint", actor.display());
+    wait_for("the created file's row", Duration::from_secs(60), || {
+        alive(&mut daemon)?;
+        Ok(row(&created, 1) == expected)
+    })?;
+    let view = fleet.pg.scalar(&format!(
+        "SELECT \"ChangeCategory\" || ' ' || \"InitiatingProcessId\" || ' ' || \"RuleName\" || ' ' || \"HostId\" \
+         FROM \"ConfigurationChange\" WHERE \"FileSystemPath\" = '{}'",
+        created.display()
+    ))?;
+    assert_eq!(view, format!("Added {pid} kept d1"));
+
+    // A central rule set adds a root, live.
+    fleet.put_rules(
+        "web",
+        &format!(
+            "[[rule]]\nname = \"pushed\"\ngroup = \"web\"\npath = {:?}\nrecursive = true\n",
+            pushed.display().to_string()
+        ),
+    )?;
+    wait_for("the push applied", Duration::from_secs(60), || {
+        alive(&mut daemon)?;
+        Ok(fleet.count(
+            "SELECT count(*) FROM fim_hosts WHERE host = 'd1' AND applied->'revisions' ? 'web'",
+        ) == 1)
+    })?;
+    // What was there already enters through the scan of the new root (no process known).
+    let before = pushed.join("before");
+    wait_for("the new root's scan", Duration::from_secs(60), || {
+        Ok(fleet.count(&format!(
+            "SELECT count(*) FROM fim_changes WHERE host = 'd1' AND path = '{}' AND rule = 'pushed'",
+            before.display()
+        )) == 1)
+    })?;
+    // A change under the new root, and one under the kept root, each with its process.
+    let after = pushed.join("after");
+    let pid = fim_tests::run_actor(&["create".as_ref(), after.as_os_str()])?;
+    let kept_pid = fim_tests::run_actor(&["write".as_ref(), created.as_os_str()])?;
+    wait_for(
+        "the changes after the push",
+        Duration::from_secs(60),
+        || {
+            alive(&mut daemon)?;
+            Ok(
+                row(&after, 1) == format!("{pid} {} tracepoint", actor.display())
+                    && row(&created, 3) == format!("{kept_pid} {} tracepoint", actor.display()),
+            )
+        },
+    )?;
+
+    // Stopped (SIGTERM), its stop row is published before it exits.
+    daemon.signal(libc::SIGTERM);
+    let status = daemon.wait()?;
+    assert!(status.success(), "fim run: {status}");
+    wait_for("the stop row", Duration::from_secs(30), || {
+        Ok(fleet.count("SELECT count(*) FROM fim_health WHERE host = 'd1' AND kind = 'stop'") == 1)
+    })?;
+    Ok(())
+}
+
 /// The whole cluster down while 3,000 changes happen with `max_backlog = 1000`: when it is
 /// back, the oldest 2,000 are not published but named, never a silent hole: a `fleet_gap`
 /// row (ids 1..=2000) and a `fleet_resync` row (the latest state of the 1,000 paths they
@@ -431,11 +558,13 @@ fn a_backlog_overflow_arrives_as_a_gap_and_a_resync() {
 
 fn overflow(nats: &Path, dir: &Path) -> Result<()> {
     let mut fleet = Fleet::start(nats, dir, &[("h1", &[])])?;
-    let config = fleet.host_config("h1", "h1", &[])?;
-    // [fleet] is the configuration's last section.
-    let mut text = std::fs::read_to_string(&config)?;
-    text.push_str("max_backlog = 1000\n");
-    std::fs::write(&config, text)?;
+    let config = fleet.write_config(
+        "h1",
+        "h1",
+        &[],
+        "[[rule]]\nname = \"local\"\npath = \"/srv/fleet-test\"\n",
+        "max_backlog = 1000\n",
+    )?;
     fleet.cluster.kill_all();
     let mut agent = fleet.agent(&config, &["--generate", "3000"])?;
     wait_for(
