@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use fim::fleet::admin::Role;
+use fim::store::{Actor, ChangeRecord, activity};
 use serde_json::{Value, json};
 
 use crate::child::KillOnDrop;
@@ -356,6 +357,39 @@ impl Drop for Postgres {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
+    }
+}
+
+/// The `i`-th change a stand-in host (`fim-fleet-agent`, the benchmarks) writes into its
+/// store: path `/srv/fleet-test/f<i mod 1000>`, one in seven a creation, the rest content
+/// updates, by `/usr/bin/fleet-writer` (pid 1000 + i mod 50, root).
+pub fn stand_in_change(i: u64, host: &str) -> ChangeRecord {
+    ChangeRecord {
+        time_ns: fim::daemon::now_ns(),
+        host: host.to_string(),
+        activity: if i.is_multiple_of(7) {
+            activity::CREATE
+        } else {
+            activity::UPDATE
+        },
+        path: format!("/srv/fleet-test/f{}", i % 1000).into_bytes(),
+        rule: Some("fleet-test".into()),
+        group: Some("fleet".into()),
+        backend: "tracepoint".into(),
+        changed: vec!["content".into()],
+        hash_after: Some(blake3::hash(&i.to_le_bytes()).to_hex().to_string()),
+        size: Some(i),
+        actor: Actor {
+            pid: Some(1000 + (i % 50) as u32),
+            ppid: Some(1),
+            exe: Some(b"/usr/bin/fleet-writer".to_vec()),
+            cmdline: Some(format!("fleet-writer --n {i}").into_bytes()),
+            uid: Some(0),
+            user: Some("root".into()),
+            comm: Some("fleet-writer".into()),
+            ..Actor::default()
+        },
+        ..ChangeRecord::default()
     }
 }
 

@@ -72,11 +72,12 @@ enum Task {
     },
     /// Benchmarks: `sensor` (workload cost without fim and with each backend that starts
     /// here), `pipeline` (the daemon's user-space throughput with injected records), `who`
-    /// (`fim who` on a store of 10 million change rows),
+    /// (`fim who` on a store of 10 million change rows), `fleet` (publishing, kernel to
+    /// PostgreSQL latency, publishing's CPU cost, `who --fleet`, rules put to applied),
     /// `scan` (fim scan vs b3sum and AIDE on the same tree), `memory` (peak RSS of fim scan
     /// over a million files).
     Bench {
-        /// Which benchmark: sensor, pipeline, who, scan or memory.
+        /// Which benchmark: sensor, pipeline, who, fleet, scan or memory.
         what: String,
         /// Arguments for the benchmark, e.g. `-- --rounds 9 --iterations 20000` (sensor),
         /// `-- --rounds 3 --tree /usr/lib [--no-aide]` (scan), `-- --files 1000000` (memory).

@@ -76,10 +76,13 @@ pub fn bench(what: &str, args: &[String]) -> Result<()> {
                     .args(args),
             );
         }
+        "fleet" => return fleet_bench(args),
         "scan" => return crate::bench::scan(args),
         "memory" => return crate::bench::memory(args),
         other => {
-            bail!("unknown benchmark {other:?}; available: sensor, pipeline, who, scan, memory")
+            bail!(
+                "unknown benchmark {other:?}; available: sensor, pipeline, who, fleet, scan, memory"
+            )
         }
     };
     if what == "sensor" && args.first().map(String::as_str) == Some("--vm") {
@@ -100,6 +103,34 @@ pub fn bench(what: &str, args: &[String]) -> Result<()> {
             .args(args)
             .arg("--out")
             .arg(&out),
+    )
+}
+
+/// `cargo xtask bench fleet`: the fleet's figures on servers it starts itself (as root: the
+/// real daemon loads its eBPF programs). Release builds of fim, the stand-in host and the
+/// harness.
+fn fleet_bench(args: &[String]) -> Result<()> {
+    if !is_root() {
+        bail!("the fleet benchmark runs fim run (eBPF) and PostgreSQL: run it as root");
+    }
+    setup::run(setup::Scope::All)?;
+    build_release()?;
+    cmd::step("building fim-fleet-agent and fim-fleet-bench (release)");
+    cmd::run(cargo().args([
+        "build",
+        "--release",
+        "--package",
+        "fim-tests",
+        "--bin",
+        "fim-fleet-agent",
+        "--bin",
+        "fim-fleet-bench",
+    ]))?;
+    cmd::step("running the fleet benchmark");
+    cmd::run(
+        Command::new(paths::target().join("release").join("fim-fleet-bench"))
+            .current_dir(paths::workspace())
+            .args(args),
     )
 }
 

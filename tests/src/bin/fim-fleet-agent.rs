@@ -17,7 +17,8 @@ use anyhow::{Context, Result};
 use fim::config::{Config, RuleSet};
 use fim::fleet::{Agent, ApplyRules};
 use fim::metrics::Metrics;
-use fim::store::{Actor, ChangeRecord, Store, StoreOp, WriterSettings, activity};
+use fim::store::{Store, StoreOp, WriterSettings};
+use fim_tests::fleet::stand_in_change;
 
 fn flag(args: &[String], name: &str) -> Option<String> {
     args.iter()
@@ -49,36 +50,6 @@ impl ApplyRules for Recorder {
             )?;
         }
         Ok(())
-    }
-}
-
-fn change(i: u64, host: &str) -> ChangeRecord {
-    ChangeRecord {
-        time_ns: fim::daemon::now_ns(),
-        host: host.to_string(),
-        activity: if i.is_multiple_of(7) {
-            activity::CREATE
-        } else {
-            activity::UPDATE
-        },
-        path: format!("/srv/fleet-test/f{}", i % 1000).into_bytes(),
-        rule: Some("fleet-test".into()),
-        group: Some("fleet".into()),
-        backend: "tracepoint".into(),
-        changed: vec!["content".into()],
-        hash_after: Some(blake3::hash(&i.to_le_bytes()).to_hex().to_string()),
-        size: Some(i),
-        actor: Actor {
-            pid: Some(1000 + (i % 50) as u32),
-            ppid: Some(1),
-            exe: Some(b"/usr/bin/fleet-writer".to_vec()),
-            cmdline: Some(format!("fleet-writer --n {i}").into_bytes()),
-            uid: Some(0),
-            user: Some("root".into()),
-            comm: Some("fleet-writer".into()),
-            ..Actor::default()
-        },
-        ..ChangeRecord::default()
     }
 }
 
@@ -131,7 +102,7 @@ fn main() -> Result<()> {
                     std::thread::sleep(wait);
                 }
             }
-            writer.send(StoreOp::Change(change(i, &host)))?;
+            writer.send(StoreOp::Change(stand_in_change(i, &host)))?;
         }
         writer.flush()?;
         Ok(())
