@@ -143,6 +143,9 @@ enum Command {
         store: StoreArgs,
         #[command(flatten)]
         fleet: fim::fleet::cli::FleetQueryArgs,
+        /// With --fleet: a host whose last heartbeat is older than this is shown offline.
+        #[arg(long, value_name = "SECONDS", default_value_t = 90, requires = "fleet")]
+        offline_after: i64,
     },
     /// Fleet administration: streams, central rule sets, host assignments, credentials.
     Fleet {
@@ -347,8 +350,12 @@ fn run_offline_command(command: &Command) -> Option<std::process::ExitCode> {
         } => Some(query(store, |s, _| {
             fim::query::diff(s, bytes(path), from.as_deref(), to.as_deref(), store.json)
         })),
-        Command::Status { store, fleet } if fleet.fleet => Some(fleet_query(
-            |c| fim::fleet::query::status(c, 90, store.json),
+        Command::Status {
+            store,
+            fleet,
+            offline_after,
+        } if fleet.fleet => Some(fleet_query(
+            |c| fim::fleet::query::status(c, *offline_after, store.json),
             fleet,
         )),
         Command::Status { store, .. } => Some(query(store, |s, path| {

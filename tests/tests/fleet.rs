@@ -66,7 +66,9 @@ fn fleet_end_to_end_on_both_servers() {
 
 fn end_to_end(nats: &Path, dir: &Path) -> Result<()> {
     let hosts: &[(&str, &[&str])] = &[("h1", &["web"]), ("h2", &["web"]), ("h3", &["db"])];
-    let mut fleet = Fleet::start(nats, dir, hosts)?;
+    // h3's key may also read group web's rules (it is assigned there later).
+    let keys: &[(&str, &[&str])] = &[("h1", &["web"]), ("h2", &["web"]), ("h3", &["db", "web"])];
+    let mut fleet = Fleet::start(nats, dir, keys)?;
     let mut agents = Vec::new();
     for (host, groups) in hosts {
         let config = fleet.host_config(host, host, groups)?;
@@ -135,6 +137,7 @@ fn end_to_end(nats: &Path, dir: &Path) -> Result<()> {
     .collect();
     assert!(local.len() >= 3, "{local:?}");
     assert_eq!(fleet_rows, local);
+    let local_who = local.clone();
     let events = json_lines(&fim(&[
         "events",
         "--fleet",
@@ -271,6 +274,27 @@ fn end_to_end(nats: &Path, dir: &Path) -> Result<()> {
         Ok(fleet.count("SELECT count(*) FROM fim_hosts WHERE rejected IS NULL AND applied->'revisions' ? 'web'") == 2)
     })?;
 
+    // `fim fleet assign` moves h3 into group web as well, live.
+    fleet.admin(&["assign", "h3", "db", "web"])?;
+    wait_for("h3 applying web's rules", Duration::from_secs(60), || {
+        Ok(applied_rules(&dir.join("h3.applied"))
+            .last()
+            .is_some_and(|a| a["rules"].as_array().unwrap().iter().any(|r| r == "www")))
+    })?;
+    wait_for(
+        "h3's revision in PostgreSQL",
+        Duration::from_secs(30),
+        || {
+            Ok(fleet.count(
+                "SELECT count(*) FROM fim_hosts WHERE host = 'h3' AND applied->'revisions' ? 'web'",
+            ) == 1)
+        },
+    )?;
+    // A host reads only its own groups' rules: h1's key reads web's set but is refused db's.
+    assert!(read_rules(&fleet, "h1", "web").is_ok());
+    let refused = read_rules(&fleet, "h1", "db");
+    assert!(refused.is_err(), "h1 read group db's rules: {refused:?}");
+
     // A host cannot publish as another: h4's agent holding h1's key is refused, counted,
     // and nothing of "h4" reaches the stream.
     let imposter_metrics = format!("127.0.0.1:{}", free_port()?);
@@ -312,8 +336,69 @@ fn end_to_end(nats: &Path, dir: &Path) -> Result<()> {
     for mut agent in agents {
         agent.kill();
     }
+    // Offline hosts keep their history.
+    std::thread::sleep(Duration::from_secs(3));
+    let status = json_lines(&fim(&[
+        "status",
+        "--fleet",
+        "--offline-after",
+        "2",
+        "--json",
+        "--postgres",
+        &fleet.pg.url(),
+    ])?);
+    assert!(
+        status.len() == 3
+            && status
+                .iter()
+                .all(|s| s["online"] == false && s["changes"] == 300),
+        "{status:?}"
+    );
+    let after: BTreeSet<(String, i64, i64)> = json_lines(&fim(&[
+        "who",
+        path,
+        "--json",
+        "--fleet",
+        "--postgres",
+        &fleet.pg.url(),
+    ])?)
+    .iter()
+    .map(|v| {
+        (
+            v["host"].as_str().unwrap().to_string(),
+            v["id"].as_i64().unwrap(),
+            v["time_ns"].as_i64().unwrap(),
+        )
+    })
+    .collect();
+    assert_eq!(after, local_who);
     fleet.kill_collector();
     Ok(())
+}
+
+/// Group `group`'s current rule set, read from the bucket with `host`'s key (as its agent
+/// reads it: a direct get on the key's subject).
+fn read_rules(fleet: &Fleet, host: &str, group: &str) -> Result<usize> {
+    let mut settings = fim::fleet::FleetSettings::new(fleet.cluster.urls(), host);
+    settings.auth = fim::fleet::settings::Auth::NkeySeedFile(fleet.key(host).seed_file.clone());
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let client = fim::fleet::nats::connect(&settings, host).await?;
+        let js = fim::fleet::nats::jetstream(client);
+        let bucket = format!("KV_{}", fim::fleet::subjects::RULES_BUCKET);
+        let stream = js
+            .get_stream_no_info(bucket)
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?;
+        let key = fim::fleet::subjects::bucket_subject(&fim::fleet::subjects::group_key(group));
+        let message = tokio::time::timeout(
+            Duration::from_secs(10),
+            stream.direct_get_last_for_subject(key),
+        )
+        .await?
+        .map_err(|e| anyhow::anyhow!(e))?;
+        Ok(message.payload.len())
+    })
 }
 
 fn store_changes(config: &Path) -> u64 {
