@@ -28,6 +28,11 @@ use crate::metrics::Metrics;
 /// How often the rule sets are read again even without a notification (a notification can
 /// be missed while disconnected).
 const RULES_RECHECK: Duration = Duration::from_secs(30);
+/// After a notification, the key is read again after 100 ms, 200 ms, ... up to this: a
+/// direct get may be answered by a replica that has not stored the new revision yet (the
+/// bucket is replicated), and the notification itself does not carry the revision.
+const RULES_FOLLOW_UP_MAX: Duration = Duration::from_millis(3200);
+const RULES_FOLLOW_UP_FIRST: Duration = Duration::from_millis(100);
 
 /// A new rule set for the daemon to apply; it answers on `done`.
 pub struct RuleUpdate {
@@ -427,6 +432,7 @@ async fn follow_rules(
             return;
         }
     };
+    let mut follow_up: Option<Duration> = None;
     loop {
         match read_desired(&stream, &host, &local_groups).await {
             Ok((groups, desired)) => {
@@ -489,12 +495,18 @@ async fn follow_rules(
             }
             Err(e) => log::warn!("fleet: reading the central rules: {e:#}"),
         }
+        let next = follow_up.unwrap_or(RULES_RECHECK);
         tokio::select! {
             _ = wake.recv() => {
                 // A burst of notifications is one read.
                 while wake.try_recv().is_ok() {}
+                follow_up = Some(RULES_FOLLOW_UP_FIRST);
             }
-            _ = tokio::time::sleep(RULES_RECHECK) => {}
+            _ = tokio::time::sleep(next) => {
+                follow_up = follow_up
+                    .map(|d| d * 2)
+                    .filter(|d| *d <= RULES_FOLLOW_UP_MAX);
+            }
             _ = stop.changed() => break,
         }
     }
