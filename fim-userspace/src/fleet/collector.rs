@@ -5,7 +5,7 @@
 //! once. Several collectors may share the durable consumer.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use async_nats::jetstream::{self, consumer::AckPolicy, consumer::pull};
@@ -165,7 +165,12 @@ async fn consume_events(
     metrics: CollectorMetrics,
     mut stop: watch::Receiver<bool>,
 ) -> Result<()> {
-    let mut consumer = durable(&js, subjects::EVENTS_STREAM, subjects::COLLECTOR_EVENTS).await?;
+    let consumer = durable(&js, subjects::EVENTS_STREAM, subjects::COLLECTOR_EVENTS).await?;
+    let _lag = AbortOnDrop(tokio::spawn(track_lag(
+        consumer.clone(),
+        metrics.lag.clone(),
+        stop.clone(),
+    )));
     let mut messages = consumer
         .stream()
         .max_messages_per_batch(BATCH)
@@ -174,7 +179,6 @@ async fn consume_events(
         .messages()
         .await
         .context("pulling from the events stream")?;
-    let mut lag_at = Instant::now();
     while let Some(batch) = next_batch(&mut messages, &mut stop).await? {
         metrics.consumed.inc_by(batch.len() as u64);
         let mut changes = Vec::new();
@@ -218,16 +222,35 @@ async fn consume_events(
                 log::debug!("collector: ack: {e}");
             }
         }
-        if lag_at.elapsed() >= Duration::from_secs(1) {
-            lag_at = Instant::now();
-            if let Ok(info) = consumer.info().await {
-                metrics
-                    .lag
-                    .set(info.num_pending.min(i64::MAX as u64) as i64);
-            }
-        }
     }
     Ok(())
+}
+
+/// Ends a task when the scope that started it ends (an error return included).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Keeps the lag gauge current every second, whether messages flow or not (refreshed only
+/// between batches, a caught-up collector would go on showing the last backlog it saw).
+async fn track_lag(
+    consumer: jetstream::consumer::Consumer<pull::Config>,
+    lag: prometheus_client::metrics::gauge::Gauge,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        if let Ok(info) = consumer.get_info().await {
+            lag.set(info.num_pending.min(i64::MAX as u64) as i64);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.changed() => return,
+        }
+    }
 }
 
 /// Whether some message of the batch on `fim.v1.<kind>.<host>` carried this host's row.
