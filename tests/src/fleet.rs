@@ -419,15 +419,23 @@ pub fn fim(args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Polls until `done` or fails after `timeout`, describing what it waited for.
+/// Polls until `done` or fails after `timeout`, describing what it waited for. A wait of
+/// more than 5 s is printed (with `--nocapture`): where a scenario spends its time.
 pub fn wait_for(
     what: &str,
     timeout: Duration,
     mut done: impl FnMut() -> Result<bool>,
 ) -> Result<()> {
-    let deadline = Instant::now() + timeout;
+    let started = Instant::now();
+    let deadline = started + timeout;
     loop {
         if done()? {
+            if started.elapsed() > Duration::from_secs(5) {
+                eprintln!(
+                    "    waited {:.1}s for {what}",
+                    started.elapsed().as_secs_f64()
+                );
+            }
             return Ok(());
         }
         if Instant::now() > deadline {

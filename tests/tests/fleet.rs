@@ -70,13 +70,16 @@ fn end_to_end(nats: &Path, dir: &Path) -> Result<()> {
     let keys: &[(&str, &[&str])] = &[("h1", &["web"]), ("h2", &["web"]), ("h3", &["db", "web"])];
     let mut fleet = Fleet::start(nats, dir, keys)?;
     let mut agents = Vec::new();
+    // h1's metrics show the applied and the rejected revisions.
+    let h1_metrics = format!("127.0.0.1:{}", free_port()?);
     for (host, groups) in hosts {
         let config = fleet.host_config(host, host, groups)?;
         let applied = dir.join(format!("{host}.applied"));
-        agents.push(fleet.agent(
-            &config,
-            &["--generate", "300", "--applied", applied.to_str().unwrap()],
-        )?);
+        let mut args = vec!["--generate", "300", "--applied", applied.to_str().unwrap()];
+        if *host == "h1" {
+            args.extend(["--metrics", &h1_metrics]);
+        }
+        agents.push(fleet.agent(&config, &args)?);
     }
     wait_for("900 rows in PostgreSQL", Duration::from_secs(120), || {
         fleet.collector_alive()?;
@@ -201,7 +204,12 @@ fn end_to_end(nats: &Path, dir: &Path) -> Result<()> {
         "web",
         "[[rule]]\nname = \"www\"\ngroup = \"web\"\npath = \"/srv/www\"\nrecursive = true\n",
     )?;
-    assert!(out.contains("revision"), "{out}");
+    let revision: f64 = out
+        .split_whitespace()
+        .skip_while(|w| *w != "revision")
+        .nth(1)
+        .and_then(|r| r.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no revision in {out:?}"))?;
     for host in ["h1", "h2"] {
         wait_for(
             &format!("{host} applying the web rules"),
@@ -226,6 +234,12 @@ fn end_to_end(nats: &Path, dir: &Path) -> Result<()> {
                     == 2,
             )
         },
+    )?;
+
+    wait_for(
+        "h1's applied revision metric",
+        Duration::from_secs(30),
+        || Ok(metric(&h1_metrics, "fim_fleet_rules_revision") == Some(revision)),
     )?;
 
     // A bad rule set is refused at put, located.
@@ -258,6 +272,15 @@ fn end_to_end(nats: &Path, dir: &Path) -> Result<()> {
         )) == 2)
         },
     )?;
+    assert_eq!(
+        metric(&h1_metrics, "fim_fleet_rules_rejected_total"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&h1_metrics, "fim_fleet_rules_revision"),
+        Some(revision),
+        "h1 left its last good revision"
+    );
     for (h, n) in ["h1", "h2"].iter().zip(before) {
         assert_eq!(
             applied_rules(&dir.join(format!("{h}.applied"))).len(),
@@ -808,6 +831,12 @@ fn kills(nats: &Path, dir: &Path) -> Result<()> {
         N
     );
     assert_eq!(fleet.count("SELECT count(*) FROM fim_changes"), N);
+    // The agent's and the collector's gauges agree: nothing left to send or to deliver.
+    assert_eq!(metric(&agent_metrics, "fim_fleet_outbox_depth"), Some(0.0));
+    assert_eq!(metric(&agent_metrics, "fim_fleet_connected"), Some(1.0));
+    wait_for("the collector's lag at 0", Duration::from_secs(30), || {
+        Ok(metric(&fleet.collector_metrics, "fim_collector_lag") == Some(0.0))
+    })?;
     agent.kill();
     Ok(())
 }
