@@ -69,6 +69,29 @@ fn end_to_end(nats: &Path, dir: &Path) -> Result<()> {
     // h3's key may also read group web's rules (it is assigned there later).
     let keys: &[(&str, &[&str])] = &[("h1", &["web"]), ("h2", &["web"]), ("h3", &["db", "web"])];
     let mut fleet = Fleet::start(nats, dir, keys)?;
+    // fim reads the server's version and refuses what an older one would silently ignore:
+    // stream compression needs 2.10.
+    let version = std::process::Command::new(nats).arg("--version").output()?;
+    let version = String::from_utf8_lossy(&version.stdout);
+    let old = version.contains("v2.9.");
+    let init = fleet.admin(&[
+        "init",
+        "--replicas",
+        "3",
+        "--duplicate-window-secs",
+        "900",
+        "--compression",
+    ]);
+    match (old, init) {
+        (true, Err(e)) => assert!(
+            format!("{e:#}").contains("does not support stream compression (needs 2.10.0"),
+            "{e:#}"
+        ),
+        (true, Ok(out)) => anyhow::bail!("{version}: --compression accepted: {out}"),
+        (false, result) => {
+            result?;
+        }
+    }
     let mut agents = Vec::new();
     // h1's metrics show the applied and the rejected revisions.
     let h1_metrics = format!("127.0.0.1:{}", free_port()?);
