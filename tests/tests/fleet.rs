@@ -144,23 +144,7 @@ fn end_to_end(nats: &Path, dir: &Path) -> Result<()> {
             ));
         }
     }
-    let fleet_rows: BTreeSet<(String, i64, i64)> = json_lines(&fim(&[
-        "who",
-        path,
-        "--json",
-        "--fleet",
-        "--postgres",
-        &fleet.pg.url(),
-    ])?)
-    .iter()
-    .map(|v| {
-        (
-            v["host"].as_str().unwrap().to_string(),
-            v["id"].as_i64().unwrap(),
-            v["time_ns"].as_i64().unwrap(),
-        )
-    })
-    .collect();
+    let fleet_rows = who_fleet(&fleet, path)?;
     assert!(local.len() >= 3, "{local:?}");
     assert_eq!(fleet_rows, local);
     let local_who = local.clone();
@@ -400,13 +384,22 @@ fn end_to_end(nats: &Path, dir: &Path) -> Result<()> {
                 .all(|s| s["online"] == false && s["changes"] == 300),
         "{status:?}"
     );
-    let after: BTreeSet<(String, i64, i64)> = json_lines(&fim(&[
+    let after = who_fleet(&fleet, path)?;
+    assert_eq!(after, local_who);
+    fleet.kill_collector();
+    Ok(())
+}
+
+/// `fim who PATH --fleet`: (host, id, time) of each row.
+fn who_fleet(fleet: &Fleet, path: &str) -> Result<BTreeSet<(String, i64, i64)>> {
+    let pg = fleet.pg.url();
+    Ok(json_lines(&fim(&[
         "who",
         path,
         "--json",
         "--fleet",
         "--postgres",
-        &fleet.pg.url(),
+        &pg,
     ])?)
     .iter()
     .map(|v| {
@@ -416,10 +409,7 @@ fn end_to_end(nats: &Path, dir: &Path) -> Result<()> {
             v["time_ns"].as_i64().unwrap(),
         )
     })
-    .collect();
-    assert_eq!(after, local_who);
-    fleet.kill_collector();
-    Ok(())
+    .collect())
 }
 
 /// Group `group`'s current rule set, read from the bucket with `host`'s key (as its agent
