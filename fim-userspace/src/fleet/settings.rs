@@ -220,3 +220,114 @@ fn machine_id() -> Result<String, String> {
         .map_err(|m| format!("{m} (from {MACHINE_ID}): set [fleet] host_id"))?;
     Ok(id)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Validates `toml` as a `[fleet]` section: the settings, and each error with the text
+    /// its span covers.
+    fn check(toml: &str) -> (Option<FleetSettings>, Vec<(String, String)>) {
+        let section: FleetSection = toml::from_str(toml).expect("a [fleet] section");
+        let mut errors = Vec::new();
+        let settings = validate(&section, &mut |span, message| {
+            errors.push((toml[span].to_string(), message));
+        });
+        (settings, errors)
+    }
+
+    #[test]
+    fn a_complete_section_becomes_settings() {
+        let (settings, errors) = check(
+            r#"
+            servers = ["nats://n1:4222", "tls://n2:4222"]
+            credentials = "/etc/fim/fleet.creds"
+            ca = "/etc/fim/ca.pem"
+            cert = "/etc/fim/cert.pem"
+            key = "/etc/fim/key.pem"
+            host_id = "web-1"
+            groups = ["web", "linux"]
+            max_backlog = 5000
+            heartbeat_seconds = 10
+            "#,
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        let settings = settings.unwrap();
+        assert_eq!(settings.servers, ["nats://n1:4222", "tls://n2:4222"]);
+        assert_eq!(
+            settings.auth,
+            Auth::Credentials("/etc/fim/fleet.creds".into())
+        );
+        assert_eq!(settings.tls.ca, Some("/etc/fim/ca.pem".into()));
+        assert_eq!(
+            settings.tls.client,
+            Some(("/etc/fim/cert.pem".into(), "/etc/fim/key.pem".into()))
+        );
+        assert_eq!(settings.host_id, "web-1");
+        assert_eq!(settings.groups, ["web", "linux"]);
+        assert_eq!(settings.max_backlog, 5000);
+        assert_eq!(settings.heartbeat, Duration::from_secs(10));
+
+        let (settings, errors) =
+            check("servers = [\"nats://n1:4222\"]\nnkey_seed_file = \"/k.nk\"\nhost_id = \"h\"");
+        assert!(errors.is_empty(), "{errors:?}");
+        let settings = settings.unwrap();
+        assert_eq!(settings.auth, Auth::NkeySeedFile("/k.nk".into()));
+        assert_eq!(settings.max_backlog, DEFAULT_MAX_BACKLOG);
+        assert_eq!(
+            settings.heartbeat,
+            Duration::from_secs(DEFAULT_HEARTBEAT_SECONDS)
+        );
+        assert!(settings.groups.is_empty() && settings.tls == Tls::default());
+    }
+
+    #[test]
+    fn each_mistake_is_reported_where_it_was_written() {
+        let (settings, errors) = check(
+            r#"
+            servers = ["http://n1"]
+            credentials = "/c.creds"
+            nkey_seed_file = "relative.nk"
+            cert = "/cert.pem"
+            host_id = "web.1"
+            groups = ["ok", "a>b"]
+            max_backlog = 0
+            heartbeat_seconds = 3601
+            "#,
+        );
+        assert!(settings.is_none());
+        let expect = [
+            ("[\"http://n1\"]", "is not a NATS URL"),
+            ("\"relative.nk\"", "is not absolute"),
+            ("\"/cert.pem\"", "cert and key go together"),
+            ("\"web.1\"", "host_id \"web.1\" must be 1 to 64"),
+            ("\"a>b\"", "group \"a>b\" must be"),
+            ("0", "max_backlog must be at least 1"),
+            ("3601", "heartbeat_seconds must be from 1 to 3600"),
+        ];
+        for (text, message) in expect {
+            assert!(
+                errors.iter().any(|(t, m)| t == text && m.contains(message)),
+                "no error {message:?} at {text}: {errors:?}"
+            );
+        }
+        assert_eq!(errors.len(), expect.len(), "{errors:?}");
+
+        let (settings, errors) =
+            check("servers = []\ncredentials = \"/c\"\nnkey_seed_file = \"/n\"\nhost_id = \"h\"");
+        assert!(settings.is_none());
+        assert_eq!(
+            errors,
+            [
+                (
+                    "[]".to_string(),
+                    "servers is empty: name at least one NATS URL (nats://host:4222)".to_string()
+                ),
+                (
+                    "\"/n\"".to_string(),
+                    "give either credentials or nkey_seed_file, not both".to_string()
+                ),
+            ]
+        );
+    }
+}
