@@ -39,13 +39,15 @@ pub fn nats_servers() -> Vec<(&'static str, PathBuf)> {
     vec![("2.9.10", debian), ("2.15.1", pinned)]
 }
 
-/// The fim binary cargo built next to the tests (`fim collector`, `fim fleet`, queries).
+/// The fim binary cargo built next to the tests (`fim collector`, `fim fleet`, queries):
+/// in `target/<profile>`, where a binary of this crate runs from, and the parent of the
+/// `deps` directory an integration test runs from.
 pub fn fim_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("locating the running test binary");
-    let dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target/<profile>");
+    let mut dir = exe.parent().expect("target/<profile>");
+    if dir.ends_with("deps") {
+        dir = dir.parent().expect("target/<profile>");
+    }
     let fim = dir.join("fim");
     assert!(
         fim.exists(),
