@@ -512,7 +512,7 @@ fn who(bench: &mut Bench) -> Result<()> {
                 END,
                 'bench', 'bench', 'tracepoint', '[\"content\"]', false, false,
                 1000 + i % 5000, 1, '/usr/bin/editor', 'editor file', 0, 'root'
-         FROM generate_series(0, {WHO_ROWS} - 1) AS i;
+         FROM generate_series(0::bigint, {WHO_ROWS} - 1) AS i;
          ANALYZE fim_changes;"
     ))?;
     println!(
