@@ -551,7 +551,8 @@ fn outage(nats: &Path, dir: &Path) -> Result<()> {
 /// The real daemon (`fim run`, tracepoint backend, natively) with `[fleet]`: a file the
 /// kernel saw change becomes a PostgreSQL row with the process that changed it; a rules
 /// push adds a root live (its existing files scanned in, a later change under it reported
-/// with its process) while the root it kept goes on being reported; the stop row follows.
+/// with its process, a write through io_uring only reported by the completeness layer with
+/// its process) while the root it kept goes on being reported; the stop row follows.
 #[test]
 fn the_real_daemon_publishes_what_the_kernel_saw_and_follows_a_rules_push() {
     fim_tests::require_root();
@@ -656,6 +657,22 @@ fn real_daemon(nats: &Path, dir: &Path) -> Result<()> {
                 row(&after, 1) == format!("{pid} {} tracepoint", actor.display())
                     && row(&created, 3) == format!("{kept_pid} {} tracepoint", actor.display()),
             )
+        },
+    )?;
+    // A write under the new root through io_uring only: no system call the tracepoint
+    // backend sees, so only the completeness layer's marks on the new root report it in
+    // real time, with its process (a rescan would report it without one).
+    let uring_pid = fim_tests::run_actor(&[
+        "uring-write".as_ref(),
+        before.as_os_str(),
+        "changed by io_uring".as_ref(),
+    ])?;
+    wait_for(
+        "the io_uring write under the new root",
+        Duration::from_secs(60),
+        || {
+            alive(&mut daemon)?;
+            Ok(row(&before, 3).starts_with(&format!("{uring_pid} {} ", actor.display())))
         },
     )?;
 

@@ -45,8 +45,9 @@ impl Layer {
         }
     }
 
-    /// The layer for `backend` on `roots`: started for the tracepoint backend only. An error
-    /// starting it is returned beside an empty layer, for the caller to record.
+    /// The layer for `backend` on `roots`: started for the tracepoint backend only, then
+    /// given its roots by `set_roots` (as a live rules change gives them). An error starting
+    /// it is returned beside an empty layer, for the caller to record.
     pub(super) async fn start(
         backend: Backend,
         roots: &[WatchRoot],
@@ -54,20 +55,16 @@ impl Layer {
         if backend != Backend::Tracepoint {
             return (Layer::none(), None);
         }
-        match Completeness::start(backend, roots).await {
-            Ok(layer) => {
-                log::info!(
-                    "completeness layer (fanotify) running on {} directories",
-                    layer.watched_directories()
-                );
-                (
-                    Layer {
-                        inner: Some(layer),
-                        ..Layer::none()
-                    },
-                    None,
-                )
-            }
+        let started = Completeness::start(backend, &[]).await.and_then(|layer| {
+            let mut layer = Layer {
+                inner: Some(layer),
+                ..Layer::none()
+            };
+            layer.set_roots(roots)?;
+            Ok(layer)
+        });
+        match started {
+            Ok(layer) => (layer, None),
             Err(e) => {
                 let why = format!(
                     "{e:#}; changes the tracepoint backend cannot see (io_uring, other names \
@@ -77,6 +74,23 @@ impl Layer {
                 (Layer::none(), Some(Unavailable(why)))
             }
         }
+    }
+
+    /// Marks `roots` in place of the roots marked before (at the start, and at each live rules
+    /// change): new marks are placed before the old ones go, so a directory kept is never
+    /// unmarked in between. What could not be marked is logged; an error is the layer failing.
+    pub(super) fn set_roots(&mut self, roots: &[WatchRoot]) -> Result<()> {
+        let Some(layer) = self.inner.as_mut() else {
+            return Ok(());
+        };
+        for problem in layer.set_roots(roots)? {
+            log::warn!("not watched by the completeness layer: {problem}");
+        }
+        log::info!(
+            "completeness layer (fanotify) running on {} directories",
+            layer.watched_directories()
+        );
+        Ok(())
     }
 
     /// Waits for the layer's next events and holds them; never completes without a layer.

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result};
 
 use crate::baseline::Scope;
 use crate::config::{Config, RuleSet};
@@ -32,6 +32,7 @@ use super::feeder::Feeder;
 use super::fleet::Fleet;
 use super::links;
 use super::outputs::{report_loss, writer_health};
+use super::rules::LiveRules;
 use super::scheduled::ScanThread;
 use super::service::{Counts, Service};
 use super::start::Started;
@@ -72,6 +73,8 @@ pub(super) struct EventLoop {
     writer: Arc<StoreWriter>,
     worker: WorkerHandle,
     feeder: Feeder,
+    /// The rules in force, shared with the change worker and the scan thread.
+    rules: LiveRules,
     classifier: Classifier,
     enrich: ProcessCache,
     /// Executables whose processes are dropped in the kernel once seen starting.
@@ -85,7 +88,7 @@ pub(super) struct EventLoop {
     malformed_seen: u64,
     /// Records read from the sensor since the start.
     records: u64,
-    /// The watched roots: what a loss rescan covers.
+    /// The watched roots: what a loss rescan covers (set by `roots_in_force`).
     root_paths: Vec<PathBuf>,
     roots: Vec<WatchRoot>,
     /// Watched names for records made through other names (hard links, bind mounts, other
@@ -107,18 +110,18 @@ impl EventLoop {
         let worker = started.worker;
         let feeder = Feeder::new(worker.tx.clone(), Arc::clone(&worker.pending));
         let classifier = Classifier::new(
-            Arc::clone(&started.rules),
+            started.rules.get(),
             config.authorized.clone(),
             config.excluded.clone(),
         );
         let enrich = ProcessCache::new();
-        let aliases = links::aliases(config, &started.roots);
+        let aliases = links::aliases(config);
         let excluded_exes: Vec<Vec<u8>> = config
             .excluded
             .iter()
             .map(|p| p.as_os_str().as_encoded_bytes().to_vec())
             .collect();
-        EventLoop {
+        let mut event_loop = EventLoop {
             sensor: started.sensor,
             layer: started.layer,
             layer_trouble_seen: (0, 0),
@@ -128,6 +131,7 @@ impl EventLoop {
             writer: started.writer,
             worker,
             feeder,
+            rules: started.rules.clone(),
             classifier,
             enrich,
             excluded_exes,
@@ -138,15 +142,32 @@ impl EventLoop {
             losses: Losses::default(),
             malformed_seen: 0,
             records: 0,
-            root_paths: started.roots.iter().map(|r| r.path.clone()).collect(),
-            roots: started.roots,
+            root_paths: Vec::new(),
+            roots: Vec::new(),
             aliases,
             unresolved: BTreeSet::new(),
             service: started.service,
             scans: started.scans,
             control: started.control,
             fleet: started.fleet,
-        }
+        };
+        // The sensor and the completeness layer started on these roots.
+        event_loop.roots_in_force(started.rules.get(), started.roots);
+        event_loop
+    }
+
+    /// `roots` (from `rules`) in force everywhere the daemon keeps roots besides the sensor
+    /// and the completeness layer, which are given them first: the rule matching here, in the
+    /// change worker and in the scan thread, the alias resolver, the roots a loss rescan
+    /// covers and hard links are mapped to, and the count the service manager hears. The start
+    /// (`new`) and a live rules change (`apply_rules`) both come through here.
+    fn roots_in_force(&mut self, rules: Arc<RuleSet>, roots: Vec<WatchRoot>) {
+        self.classifier.set_rules(Arc::clone(&rules));
+        self.rules.set(rules);
+        self.aliases.set_roots(&roots);
+        self.service.set_roots(roots.len());
+        self.root_paths = roots.iter().map(|r| r.path.clone()).collect();
+        self.roots = roots;
     }
 
     /// Handles events until `stop` completes; an error reading the sensor ends it at once.
@@ -455,20 +476,6 @@ impl EventLoop {
             .set_backpressure_totals(self.feeder.overflowed, self.assembler.evicted);
     }
 
-    /// A new rule set's roots, in force everywhere the event loop keeps roots (whatever else
-    /// keeps them gets them here too). Returns the roots that were not watched before.
-    fn apply_roots(&mut self, roots: &[WatchRoot]) -> Vec<PathBuf> {
-        let old: BTreeSet<&PathBuf> = self.root_paths.iter().collect();
-        let added = roots
-            .iter()
-            .map(|r| &r.path)
-            .filter(|p| !old.contains(p))
-            .cloned()
-            .collect();
-        self.root_paths = roots.iter().map(|r| r.path.clone()).collect();
-        added
-    }
-
     /// Stops in order: the service manager told, the scan thread (a scan running is
     /// abandoned; it wrote nothing) and the control socket, the completeness layer's held
     /// events, the losses not yet reported, the write sessions still open (their jobs go to
@@ -526,10 +533,12 @@ impl EventLoop {
 }
 
 impl ApplyRules for EventLoop {
-    /// The sensor's roots first (replaced without a moment in which a kept root is
-    /// unwatched); if the kernel refuses them, nothing else changes. Then the rule matching,
-    /// the roots the event loop keeps, the change worker, and a scan of the roots that are
-    /// new (their files enter the baseline; found by a scan, attribution unknown).
+    /// The roots a start with `rules` would watch, put in force as the start does: the
+    /// sensor's first (replaced without a moment in which a kept root is unwatched; if the
+    /// kernel refuses them, nothing else changes), the completeness layer's (the same way;
+    /// if it fails, it stops as it would at any time), then `roots_in_force`, and a scan of
+    /// the roots that are new (their files enter the baseline; found by a scan, attribution
+    /// unknown).
     fn apply_rules(&mut self, rules: Arc<RuleSet>) -> Result<()> {
         let roots = sensor_roots(&rules);
         let failed = self
@@ -539,20 +548,31 @@ impl ApplyRules for EventLoop {
         for problem in &failed {
             log::warn!("fleet rules: {problem}");
         }
-        self.classifier.set_rules(Arc::clone(&rules));
-        let added = self.apply_roots(&roots);
-        let to_worker = |work| {
-            self.worker
+        if let Err(e) = self.layer.set_roots(&roots) {
+            self.layer_failed(e);
+        }
+        // Names not found under the old rules' roots are rescanned there.
+        self.rescan_unresolved();
+        let old: BTreeSet<&PathBuf> = self.root_paths.iter().collect();
+        let added: Vec<PathBuf> = roots
+            .iter()
+            .map(|r| &r.path)
+            .filter(|p| !old.contains(p))
+            .cloned()
+            .collect();
+        self.roots_in_force(rules, roots);
+        // Never waits on the hot path: a full queue turns it into a rescan of everything.
+        if !added.is_empty()
+            && self
+                .worker
                 .tx
-                .send(work)
-                .map_err(|_| anyhow!("the change worker has stopped"))
-        };
-        to_worker(Work::Rules(rules))?;
-        if !added.is_empty() {
-            to_worker(Work::Rescan(
-                Scope::Paths(added),
-                "central rules added roots",
-            ))?;
+                .try_send(Work::Rescan(
+                    Scope::Paths(added),
+                    "central rules added roots",
+                ))
+                .is_err()
+        {
+            self.feeder.overflow_everything = true;
         }
         Ok(())
     }

@@ -27,8 +27,9 @@ impl InodeNames for StoreNames {
     }
 }
 
-/// The alias resolver over the store of `config` and the sensor's roots.
-pub(super) fn aliases(config: &Config, roots: &[WatchRoot]) -> Aliases {
+/// The alias resolver over the store of `config` (its roots are set with the others', see
+/// `EventLoop::roots_in_force`).
+pub(super) fn aliases(config: &Config) -> Aliases {
     let names: Box<dyn InodeNames> =
         match Store::open_read_only(&config.state_dir.join(DATABASE_FILE)) {
             Ok(store) => Box::new(StoreNames(store)),
@@ -39,9 +40,7 @@ pub(super) fn aliases(config: &Config, roots: &[WatchRoot]) -> Aliases {
                 Box::new(NoNames)
             }
         };
-    let mut aliases = Aliases::new(names);
-    aliases.set_roots(roots);
-    aliases
+    Aliases::new(names)
 }
 
 /// The rule id the sensor gives a path: its root's (the most specific one).

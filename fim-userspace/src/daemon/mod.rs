@@ -12,7 +12,6 @@
 //! agent (`[fleet]`), whose central rule sets the event loop applies live.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
@@ -36,6 +35,7 @@ mod notify;
 mod outputs;
 mod reconcile;
 mod rescan;
+mod rules;
 mod scheduled;
 mod service;
 mod start;
@@ -93,8 +93,6 @@ enum Work {
     Barrier(std::sync::mpsc::SyncSender<()>),
     /// A full scan starts beside the worker (see `reconcile`); answered when it may.
     ScanBegins(std::sync::mpsc::SyncSender<()>),
-    /// Central rules changed (`[fleet]`): jobs and rescans from now on use these.
-    Rules(Arc<RuleSet>),
     Stop,
 }
 

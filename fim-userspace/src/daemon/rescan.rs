@@ -20,6 +20,7 @@ use crate::pipeline::ChangeMaker;
 use crate::store::{ChangeRecord, Store, local_hostname};
 
 use super::outputs::Outputs;
+use super::rules::LiveRules;
 use super::{LOSS, START, now_ns, release_free_memory};
 
 /// Scan settings from `[hashing]` and `[store]`.
@@ -56,7 +57,8 @@ pub(super) struct Rescanned {
 pub(super) struct Rescanner {
     /// None when the store could not be opened: then nothing is rescanned (logged at start).
     store: Option<Store>,
-    rules: Arc<RuleSet>,
+    /// Read when a scan starts: the scan runs on one rule set.
+    rules: LiveRules,
     options: ScanOptions,
     host: String,
     linked: tokio::sync::mpsc::UnboundedSender<LinkedScan>,
@@ -65,7 +67,7 @@ pub(super) struct Rescanner {
 impl Rescanner {
     pub(super) fn open(
         config: &Config,
-        rules: Arc<RuleSet>,
+        rules: LiveRules,
         linked: tokio::sync::mpsc::UnboundedSender<LinkedScan>,
     ) -> Rescanner {
         let host = local_hostname();
@@ -90,11 +92,6 @@ impl Rescanner {
         self.options.entries_seen = Some(seen);
     }
 
-    /// Rescans from now on use these rules (central rules changed).
-    pub(super) fn set_rules(&mut self, rules: Arc<RuleSet>) {
-        self.rules = rules;
-    }
-
     /// The store connection, if it opened.
     pub(super) fn store(&mut self) -> Option<&mut Store> {
         self.store.as_mut()
@@ -115,11 +112,11 @@ impl Rescanner {
         outputs.metrics.rescan();
         let started = Instant::now();
         let everything = scope == Scope::Everything;
-        let (rules, host) = (Arc::clone(&self.rules), self.host.clone());
+        let (rules, host) = (self.rules.get(), self.host.clone());
         let mut drift = 0;
         // Each change is written out before the scan commits the rows it explains (the scan
         // commits after this callback returns): killed in between, the next start reports it again.
-        let result = self.run(&scope, &RescanControl::default(), |item| {
+        let result = self.run(&rules, &scope, &RescanControl::default(), |item| {
             drift += 1;
             outputs.emit(
                 &ChangeRecord::from_drift_item(&item, &rules, &host, now_ns()),
@@ -167,7 +164,7 @@ impl Rescanner {
             cancel: Some(cancel),
         };
         let started = Instant::now();
-        let mut result = self.run(&Scope::Everything, &control, drift);
+        let mut result = self.run(&self.rules.get(), &Scope::Everything, &control, drift);
         release_free_memory();
         if let Ok(report) = &mut result {
             self.hand_linked(report, true, started);
@@ -192,10 +189,11 @@ impl Rescanner {
         });
     }
 
-    /// Every rescan of the daemon runs here: `scope` compared with the stored baseline, the
-    /// way `control` says.
+    /// Every rescan of the daemon runs here: `scope` compared with the stored baseline under
+    /// `rules`, the way `control` says.
     fn run(
         &mut self,
+        rules: &RuleSet,
         scope: &Scope,
         control: &RescanControl<'_>,
         on_change: impl FnMut(DriftItem),
@@ -204,7 +202,7 @@ impl Rescanner {
             .store
             .as_mut()
             .ok_or_else(|| anyhow!("the store could not be opened for scans"))?;
-        baseline::rescan_with(store, &self.rules, &self.options, scope, control, on_change)
+        baseline::rescan_with(store, rules, &self.options, scope, control, on_change)
     }
 }
 

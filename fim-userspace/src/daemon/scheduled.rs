@@ -20,13 +20,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
 
-use crate::config::{Config, RuleSet, ScanSchedule};
+use crate::config::{Config, ScanSchedule};
 use crate::metrics::Metrics;
 use crate::store::SCAN_SCHEDULE_KEY;
 
 use super::Work;
 use super::reconcile::{Findings, Reconcile, ScanDone, ScanKind, ScanOutcome};
 use super::rescan::Rescanner;
+use super::rules::LiveRules;
 use super::worker::WorkerHandle;
 
 /// The nice value of the scan threads (the daemon's others keep theirs).
@@ -153,7 +154,7 @@ impl Drop for ScanThread {
 /// Starts the scan thread. It waits for the start scan, which the worker runs first.
 pub(super) fn spawn(
     config: &Config,
-    rules: &Arc<RuleSet>,
+    rules: &LiveRules,
     worker: &WorkerHandle,
     metrics: &Arc<Metrics>,
 ) -> Result<ScanThread> {
@@ -161,7 +162,7 @@ pub(super) fn spawn(
     let cancel = Arc::new(AtomicBool::new(false));
     let scanner = Scanner {
         schedule: config.scan,
-        rescanner: Rescanner::open(config, Arc::clone(rules), worker.linked_tx.clone()),
+        rescanner: Rescanner::open(config, rules.clone(), worker.linked_tx.clone()),
         work: worker.tx.clone(),
         hints: worker.hints.clone(),
         requests: Arc::clone(&requests),

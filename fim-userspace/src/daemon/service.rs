@@ -111,6 +111,11 @@ pub(super) struct Service {
 }
 
 impl Service {
+    /// How many roots are watched now (the rules changed live).
+    pub(super) fn set_roots(&mut self, roots: usize) {
+        self.roots = roots;
+    }
+
     /// The sensor is attached and the start scan queued; the daemon started at `started_ns`.
     pub(super) fn new(
         notifier: Notifier,

@@ -25,6 +25,7 @@ use super::control::{self, ControlSocket};
 use super::fleet::Fleet;
 use super::notify::Notifier;
 use super::outputs::Outputs;
+use super::rules::LiveRules;
 use super::scheduled::{self, ScanThread};
 use super::service::{Service, scan_progress};
 use super::worker::{self, WorkerHandle};
@@ -34,7 +35,8 @@ use super::{now_ns, release_free_memory, sensor_roots};
 pub(super) struct Started {
     pub(super) metrics: Arc<Metrics>,
     pub(super) writer: Arc<StoreWriter>,
-    pub(super) rules: Arc<RuleSet>,
+    /// The rules in force, shared with the change worker and the scan thread.
+    pub(super) rules: LiveRules,
     pub(super) roots: Vec<WatchRoot>,
     pub(super) sensor: Sensor,
     /// The completeness layer beside the tracepoint backend.
@@ -62,10 +64,10 @@ pub(super) async fn start(
     let metrics = serve_metrics(config).await?;
     notifier.status("starting: opening the store, checking the baseline's integrity");
     let (writer, integrity) = open_store(config)?;
-    let rules = Arc::new(config.rules.clone());
+    let rules = LiveRules::new(config.rules.clone());
     notifier.status("starting: choosing and attaching a sensor backend");
     // The sensor starts before the drift check, so nothing that happens meanwhile is missed.
-    let (sensor, roots) = start_sensor(config, &rules, forced, &metrics).await?;
+    let (sensor, roots) = start_sensor(config, &rules.get(), forced, &metrics).await?;
     let (layer, unavailable) = Layer::start(sensor.backend(), &roots).await;
     let clock_offset_ns = monotonic_epoch_ns();
     let mut outputs = Outputs::open(config, &writer, &metrics, clock_offset_ns)?;

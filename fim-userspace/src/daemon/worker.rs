@@ -9,16 +9,16 @@
 
 use std::collections::VecDeque;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError};
-use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
 use crate::baseline::{self, BaselineEntry, Scope};
-use crate::config::{Config, RuleSet};
+use crate::config::Config;
 use crate::pipeline::{BaselineLookup, ChangeMaker, Examine, Examined, Job, JobKind, Made};
 use crate::sensor::Backend;
 use crate::store::{Retention, Store, local_hostname};
@@ -27,6 +27,7 @@ use super::feeder::JOB_QUEUE;
 use super::outputs::Outputs;
 use super::reconcile::{self, Reconcile, ScanBeside, ScanLink, Step};
 use super::rescan::{LinkedScan, Rescanned, Rescanner, scan_options};
+use super::rules::LiveRules;
 use super::service::ScanProgress;
 use super::{LOSS, START, Work, clock_ns_monotonic, now_ns, path_from_bytes};
 
@@ -85,12 +86,11 @@ impl WorkerHandle {
 /// its scans go and when the start scan is done.
 pub(super) fn spawn(
     config: &Config,
-    rules: &Arc<RuleSet>,
+    rules: &LiveRules,
     outputs: Outputs,
     progress: ScanProgress,
 ) -> Result<WorkerHandle> {
-    let live_rules = LiveRules(Arc::new(RwLock::new(Arc::clone(rules))));
-    let maker = change_maker(config, &live_rules)?;
+    let maker = change_maker(config, rules)?;
     let (tx, rx) = mpsc::sync_channel(JOB_QUEUE);
     let pending = Arc::new(AtomicU64::new(0));
     // Changes made while fim was not running come first.
@@ -101,7 +101,7 @@ pub(super) fn spawn(
     let (hints, hints_rx) = mpsc::sync_channel(HINTS_QUEUE);
     let drains = Arc::new(AtomicU64::new(0));
     let thread = {
-        let config = config.clone();
+        let (config, rules) = (config.clone(), rules.clone());
         let shared = Shared {
             pending: Arc::clone(&pending),
             loss_rescan_queued: Arc::clone(&loss_rescan_queued),
@@ -114,7 +114,7 @@ pub(super) fn spawn(
         };
         std::thread::Builder::new()
             .name("fim-changes".into())
-            .spawn(move || Worker::new(maker, live_rules, outputs, config, shared).run(rx, link))
+            .spawn(move || Worker::new(maker, rules, outputs, config, shared).run(rx, link))
             .context("starting the change worker")?
     };
     Ok(WorkerHandle {
@@ -148,21 +148,6 @@ struct StoreLookup(Store);
 impl BaselineLookup for StoreLookup {
     fn get(&mut self, path: &[u8]) -> Result<Option<BaselineEntry>> {
         self.0.baseline_entry(path)
-    }
-}
-
-/// The rules the change maker examines with: the worker's to replace when central rules
-/// change (`Work::Rules`), so the maker (which owns its `Examine`) sees the new ones.
-#[derive(Clone)]
-struct LiveRules(Arc<RwLock<Arc<RuleSet>>>);
-
-impl LiveRules {
-    fn get(&self) -> Arc<RuleSet> {
-        Arc::clone(&self.0.read().unwrap_or_else(|p| p.into_inner()))
-    }
-
-    fn set(&self, rules: Arc<RuleSet>) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = rules;
     }
 }
 
@@ -205,7 +190,7 @@ struct Shared {
 /// The change worker's state, owned by its thread.
 struct Worker {
     maker: ChangeMaker,
-    /// The rules `maker` examines with.
+    /// The rules in force (those `maker` examines with).
     rules: LiveRules,
     outputs: Outputs,
     rescanner: Rescanner,
@@ -234,7 +219,7 @@ enum Next {
 impl Worker {
     fn new(
         maker: ChangeMaker,
-        live_rules: LiveRules,
+        rules: LiveRules,
         outputs: Outputs,
         config: Config,
         shared: Shared,
@@ -245,11 +230,11 @@ impl Worker {
             progress,
             linked,
         } = shared;
-        let mut rescanner = Rescanner::open(&config, live_rules.get(), linked);
+        let mut rescanner = Rescanner::open(&config, rules.clone(), linked);
         rescanner.count_entries(Arc::clone(&progress.entries));
         Worker {
             maker,
-            rules: live_rules,
+            rules,
             outputs,
             rescanner,
             config,
@@ -274,7 +259,6 @@ impl Worker {
                     let _ = done.send(());
                 }
                 Next::Work(Work::ScanBegins(ack)) => self.scan_begins(ack),
-                Next::Work(Work::Rules(rules)) => self.set_rules(rules),
                 Next::Reconcile(item) => self.reconcile(item, &link),
                 Next::Work(Work::Stop) | Next::Stop => break,
                 Next::Idle => {}
@@ -340,12 +324,8 @@ impl Worker {
                 scan.hold(path, examined, link.drains.load(Ordering::Acquire));
             }
             Step::Settle(held) => {
-                let delta = scan.settle(
-                    *held,
-                    &mut self.maker,
-                    &mut self.outputs,
-                    &self.config.rules,
-                );
+                let delta =
+                    scan.settle(*held, &mut self.maker, &mut self.outputs, &self.rules.get());
                 self.count_baseline(delta);
             }
             Step::Done(done) => scan.done(done),
@@ -417,12 +397,6 @@ impl Worker {
                 .metrics
                 .set_baseline_files(self.baseline_files as u64);
         }
-    }
-
-    /// Central rules put in force: the jobs and rescans queued after them use them.
-    fn set_rules(&mut self, rules: Arc<RuleSet>) {
-        self.rules.set(Arc::clone(&rules));
-        self.rescanner.set_rules(rules);
     }
 
     /// A rescan the event loop asked for (start, kernel loss, queue overflow).

@@ -42,9 +42,11 @@ pub struct RuleUpdate {
     pub done: oneshot::Sender<Result<(), String>>,
 }
 
-/// What the daemon does with a [`RuleUpdate`]: put the new rules in force everywhere they
-/// are used (the sensor's roots without a moment where a kept root is unwatched, the rule
-/// matching, the change worker). Implemented by the platform's daemon.
+/// What the daemon does with a [`RuleUpdate`]: put the new rules in force everywhere a start
+/// with them would (the sensor's roots and the completeness layer's marks without a moment
+/// where a kept root is unwatched, the rule matching, the alias resolver, the change worker
+/// and the scheduled scans) and scan the roots that are new. Implemented by the platform's
+/// daemon.
 pub trait ApplyRules {
     fn apply_rules(&mut self, rules: Arc<RuleSet>) -> Result<()>;
 }
