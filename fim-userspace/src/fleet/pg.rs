@@ -9,11 +9,19 @@ use super::wire::{AppliedMessage, ChangeMessage, HealthMessage, HeartbeatMessage
 
 /// The schema's migrations, applied in order, each once (recorded in
 /// `fim_schema_migrations`). Never edit one that has shipped: add the next.
-pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "fleet tables and the ConfigurationChange view",
-    MIGRATION_1,
-)];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "fleet tables and the ConfigurationChange view",
+        MIGRATION_1,
+    ),
+    (2, "the name a change was made through", MIGRATION_2),
+];
+
+/// `used_path` of the local store (a change made through another name than the watched one).
+const MIGRATION_2: &str = "
+ALTER TABLE fim_changes ADD COLUMN used_path TEXT, ADD COLUMN used_path_hex TEXT;
+";
 
 const MIGRATION_1: &str = r#"
 CREATE TABLE fim_changes (
@@ -254,6 +262,8 @@ const CHANGE_COLUMNS: &[&str] = &[
     "container_id",
     "comm",
     "process_start_ns",
+    "used_path",
+    "used_path_hex",
 ];
 /// Columns passed as text and cast (JSONB).
 const JSON_COLUMNS: &[&str] = &["changed", "previous"];
@@ -298,6 +308,8 @@ pub async fn insert_changes(
             path_hex: Option<String>,
             new_path: Option<String>,
             new_path_hex: Option<String>,
+            used_path: Option<String>,
+            used_path_hex: Option<String>,
             changed: String,
             previous: Option<String>,
             size: Option<i64>,
@@ -317,6 +329,8 @@ pub async fn insert_changes(
                 path_hex: c.path.hex(),
                 new_path: c.new_path.as_ref().map(|p| p.display()),
                 new_path_hex: c.new_path.as_ref().and_then(|p| p.hex()),
+                used_path: c.used_path.as_ref().map(|p| p.display()),
+                used_path_hex: c.used_path.as_ref().and_then(|p| p.hex()),
                 changed: serde_json::to_string(&c.changed).unwrap_or_else(|_| "[]".into()),
                 previous: c.previous.as_ref().map(|p| p.to_string()),
                 size: c.size.map(|s| s.min(i64::MAX as u64) as i64),
@@ -330,7 +344,8 @@ pub async fn insert_changes(
                 activity: c.activity.clamp(i32::MIN as i64, i32::MAX as i64) as i32,
             })
             .collect();
-        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(chunk.len() * 32);
+        let mut params: Vec<&(dyn ToSql + Sync)> =
+            Vec::with_capacity(chunk.len() * CHANGE_COLUMNS.len());
         for (c, o) in chunk.iter().zip(&owned) {
             params.extend_from_slice(&[
                 &c.host,
@@ -365,6 +380,8 @@ pub async fn insert_changes(
                 &c.container_id,
                 &c.comm,
                 &c.process_start_ns,
+                &o.used_path,
+                &o.used_path_hex,
             ]);
         }
         let sql = insert_sql("fim_changes", CHANGE_COLUMNS, chunk.len());
@@ -493,7 +510,7 @@ mod tests {
             "INSERT INTO t (a, changed) VALUES ($1, $2::text::jsonb), ($3, $4::text::jsonb) \
              ON CONFLICT DO NOTHING"
         );
-        assert_eq!(CHANGE_COLUMNS.len(), 32);
+        assert_eq!(CHANGE_COLUMNS.len(), 34);
     }
 
     #[test]

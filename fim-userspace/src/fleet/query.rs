@@ -44,7 +44,7 @@ impl Central {
 const COLUMNS: &str = "host, id, computer, time_ns, activity, path, path_hex, new_path, \
     new_path_hex, rule, grp, backend, changed::text, previous::text, hash_before, hash_after, \
     size, authorized, truncated_path, pid, ppid, exe, exe_hex, cmdline, uid, usr, login_uid, \
-    login_user, container_id, comm, process_start_ns";
+    login_user, container_id, comm, process_start_ns, used_path, used_path_hex";
 
 fn bytes(text: Option<String>, hex: Option<String>) -> Option<Vec<u8>> {
     match hex {
@@ -78,7 +78,7 @@ fn record(row: &tokio_postgres::Row) -> (String, i64, ChangeRecord) {
             flags: Default::default(),
             authorized: row.get(17),
             truncated_path: row.get(18),
-            used_path: None,
+            used_path: bytes(row.get(31), row.get(32)),
             actor: Actor {
                 pid: u32_of(19),
                 ppid: u32_of(20),

@@ -85,6 +85,10 @@ pub struct ChangeMessage {
     pub size: Option<u64>,
     pub authorized: bool,
     pub truncated_path: bool,
+    /// The name the change was made through when it is not `path` (another hard link, a
+    /// bind mount, another mount namespace); absent in messages of older agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_path: Option<WireBytes>,
     pub pid: Option<u32>,
     pub ppid: Option<u32>,
     pub exe: Option<WireBytes>,
@@ -120,6 +124,7 @@ impl ChangeMessage {
             size: c.size,
             authorized: c.authorized,
             truncated_path: c.truncated_path,
+            used_path: wire(&c.used_path),
             pid: a.pid,
             ppid: a.ppid,
             exe: wire(&a.exe),
@@ -154,7 +159,7 @@ impl ChangeMessage {
             flags: Default::default(),
             authorized: self.authorized,
             truncated_path: self.truncated_path,
-            used_path: None,
+            used_path: self.used_path.as_ref().map(WireBytes::to_bytes),
             actor: Actor {
                 pid: self.pid,
                 ppid: self.ppid,
@@ -279,6 +284,7 @@ mod tests {
             activity: 3,
             path: b"/etc/x\xff".to_vec(),
             changed: vec!["content".into()],
+            used_path: Some(b"/elsewhere/x\xfe".to_vec()),
             actor: Actor {
                 pid: Some(9),
                 exe: Some(b"/usr/bin/vi".to_vec()),
