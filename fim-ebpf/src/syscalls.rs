@@ -250,15 +250,7 @@ pub fn exit_open(ctx: &TracePointContext) -> Result<(), i64> {
     }
     record.header.path1_len = piece.len() as u16;
     record.header.flags |= piece.flags();
-    match verdict.rule() {
-        Some(rule) => {
-            record.header.rule_id = rule;
-            if verdict.via_link() {
-                record.header.flags |= flags::VIA_LINK;
-            }
-        }
-        None => record.header.flags |= flags::FILTER_UNDECIDED,
-    }
+    set_rule(record, verdict);
     describe_file(record, file);
     crate::actor::fill::<false>(&mut record.header.actor);
     if pending.flags & (O_WRONLY | O_RDWR) != 0 {
@@ -329,6 +321,17 @@ pub fn exit(ctx: &TracePointContext) -> Result<(), i64> {
         // dentry: describe it (the target, and its directory for user space).
         describe_file(record, file);
     }
+    set_rule(record, verdict);
+    // Only now, with the decision made, is the actor worth its kernel reads.
+    crate::actor::fill::<false>(&mut record.header.actor);
+    emit::submit(record, BACKEND);
+    Ok(())
+}
+
+/// The filter's decision into the header: the rule (and whether it was reached through
+/// another name of the file), or, for anything else, "user space decides".
+#[inline(always)]
+fn set_rule(record: &mut Record, verdict: filter::Verdict) {
     match verdict.rule() {
         Some(rule) => {
             record.header.rule_id = rule;
@@ -338,10 +341,6 @@ pub fn exit(ctx: &TracePointContext) -> Result<(), i64> {
         }
         None => record.header.flags |= flags::FILTER_UNDECIDED,
     }
-    // Only now, with the decision made, is the actor worth its kernel reads.
-    crate::actor::fill::<false>(&mut record.header.actor);
-    emit::submit(record, BACKEND);
-    Ok(())
 }
 
 const O_WRONLY: u32 = 0o1;

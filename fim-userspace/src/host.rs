@@ -7,6 +7,39 @@ use anyhow::{Context, Result, bail};
 const TRACEFS: &str = "/sys/kernel/tracing";
 const SECURITYFS: &str = "/sys/kernel/security";
 
+/// What fim reads from `/proc/PID/stat`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcStat {
+    /// The command name, cut to 15 bytes and NUL-padded like the kernel's `comm`.
+    pub comm: [u8; 16],
+    /// Field 4.
+    pub ppid: u32,
+    /// Field 22: the start time in clock ticks since boot.
+    pub start_ticks: u64,
+}
+
+/// Parses a `/proc/PID/stat` line. The command name is in parentheses and may hold anything,
+/// parentheses and spaces included, so the numbered fields are counted from the last `)`.
+pub fn parse_proc_stat(stat: &[u8]) -> Option<ProcStat> {
+    let open = stat.iter().position(|&b| b == b'(')?;
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    let name = stat.get(open + 1..close)?;
+    let mut comm = [0u8; 16];
+    let n = name.len().min(15);
+    comm[..n].copy_from_slice(&name[..n]);
+    // Fields after the name start at field 3 (state).
+    let mut fields = std::str::from_utf8(&stat[close + 1..])
+        .ok()?
+        .split_ascii_whitespace();
+    let ppid = fields.nth(1)?.parse().ok()?;
+    let start_ticks = fields.nth(17)?.parse().ok()?;
+    Some(ProcStat {
+        comm,
+        ppid,
+        start_ticks,
+    })
+}
+
 /// The running kernel's release string (`uname -r`).
 pub fn kernel_release() -> String {
     fs::read_to_string("/proc/sys/kernel/osrelease")
@@ -182,6 +215,32 @@ ffffffffc0001000 d rename_lock\t[some_module]
         assert_eq!(symbol_in("", "rename_lock"), None);
         let module_only = "ffffffffc0001000 d rename_lock\t[some_module]\n";
         assert_eq!(symbol_in(module_only, "rename_lock"), None);
+    }
+}
+
+#[cfg(test)]
+mod proc_stat_tests {
+    use super::{ProcStat, parse_proc_stat};
+
+    #[test]
+    fn a_stat_line_is_read_whatever_the_name() {
+        let stat = b"1234 (a) b (c)) S 77 1234 1234 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 98765 \
+                     1000 10 18446744073709551615";
+        let ProcStat {
+            comm,
+            ppid,
+            start_ticks,
+        } = parse_proc_stat(stat).unwrap();
+        assert_eq!((ppid, start_ticks), (77, 98765));
+        assert_eq!(&comm[..8], b"a) b (c)");
+        assert_eq!(comm[8], 0);
+        let long = b"9 (a-name-longer-than-15) R 1 9 9 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 5";
+        let parsed = parse_proc_stat(long).unwrap();
+        assert_eq!(&parsed.comm[..15], b"a-name-longer-t");
+        assert_eq!(parsed.comm[15], 0);
+        assert_eq!(parsed.start_ticks, 5);
+        assert_eq!(parse_proc_stat(b"1 (x) S 0 1 1"), None);
+        assert_eq!(parse_proc_stat(b"no parentheses"), None);
     }
 }
 

@@ -106,11 +106,7 @@ impl ProcessCache {
     /// /proc/<pid>/stat's start time (field 22, clock ticks since boot), if readable.
     fn proc_start_ticks(&self, pid: u32) -> Option<u64> {
         let stat = std::fs::read(self.proc_root.join(pid.to_string()).join("stat")).ok()?;
-        // The command name is in parentheses and may contain anything: split after the last ')'.
-        let close = stat.iter().rposition(|&b| b == b')')?;
-        let rest = std::str::from_utf8(&stat[close + 1..]).ok()?;
-        // Fields after the name start at field 3; starttime is field 22.
-        rest.split_ascii_whitespace().nth(19)?.parse().ok()
+        Some(crate::host::parse_proc_stat(&stat)?.start_ticks)
     }
 
     /// Whether two start times (ns since boot, one of them possibly only to the tick) are

@@ -13,6 +13,8 @@ use std::os::fd::{AsRawFd, OwnedFd};
 
 use fim_common::Actor;
 
+use crate::host::{ProcStat, parse_proc_stat};
+
 /// What /proc/PID said about a process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProcInfo {
@@ -23,23 +25,6 @@ pub struct ProcInfo {
     pub euid: u32,
     pub gid: u32,
     pub loginuid: u32,
-}
-
-/// `/proc/PID/stat`: comm (in parentheses, may hold anything), ppid (field 4) and start
-/// time (field 22, clock ticks since boot).
-pub fn parse_stat(stat: &[u8]) -> Option<(u32, u64, [u8; 16])> {
-    let open = stat.iter().position(|&b| b == b'(')?;
-    let close = stat.iter().rposition(|&b| b == b')')?;
-    let name = stat.get(open + 1..close)?;
-    let mut comm = [0u8; 16];
-    let n = name.len().min(15);
-    comm[..n].copy_from_slice(&name[..n]);
-    let rest = std::str::from_utf8(&stat[close + 1..]).ok()?;
-    let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
-    // Fields after the name start at field 3 (state).
-    let ppid = fields.get(1)?.parse().ok()?;
-    let start = fields.get(19)?.parse().ok()?;
-    Some((ppid, start, comm))
 }
 
 /// `/proc/PID/status`: real and effective uid, real gid.
@@ -58,7 +43,11 @@ pub fn parse_status(status: &[u8]) -> Option<(u32, u32, u32)> {
 
 fn read_proc(pid: i32) -> Option<ProcInfo> {
     let dir = format!("/proc/{pid}");
-    let (ppid, start_ticks, comm) = parse_stat(&std::fs::read(format!("{dir}/stat")).ok()?)?;
+    let ProcStat {
+        comm,
+        ppid,
+        start_ticks,
+    } = parse_proc_stat(&std::fs::read(format!("{dir}/stat")).ok()?)?;
     let (uid, euid, gid) = parse_status(&std::fs::read(format!("{dir}/status")).ok()?)?;
     let loginuid = std::fs::read_to_string(format!("{dir}/loginuid"))
         .ok()
@@ -158,13 +147,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stat_and_status_lines_are_read_whatever_the_name() {
-        let stat = b"1234 (a) b (c)) S 77 1234 1234 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 98765 \
-                     1000 10 18446744073709551615";
-        let (ppid, start, comm) = parse_stat(stat).unwrap();
-        assert_eq!((ppid, start), (77, 98765));
-        assert_eq!(&comm[..8], b"a) b (c)");
-        assert_eq!(comm[8], 0);
+    fn status_lines_give_the_ids() {
         let status = b"Name:\tx\nUid:\t1000\t0\t0\t0\nGid:\t100\t100\t100\t100\n";
         assert_eq!(parse_status(status), Some((1000, 0, 100)));
         assert_eq!(parse_status(b"Name:\tx\n"), None);
