@@ -101,6 +101,7 @@ fn place() -> Place {
         "via-symlink",
         "via-link",
         "via-bind",
+        "via-parent-bind",
         "via-namespace",
         "via-procfd",
         "via-procroot",
@@ -131,11 +132,14 @@ fn place() -> Place {
     .unwrap();
     std::fs::write(outside.join("source"), b"content from outside\n").unwrap();
     std::fs::write(outside.join("linked-later"), b"an outside file\n").unwrap();
-    for name in ["bind", "ns-bind", "ns-root"] {
+    for name in ["bind", "parent-bind", "ns-bind", "ns-root"] {
         std::fs::create_dir(outside.join(name)).unwrap();
     }
     bind(&watched, &outside.join("bind"));
-    let mounts = vec![outside.join("bind")];
+    // The directory above the tree, bound below itself: the tree is then reachable through
+    // a mount whose root is not the tree (a plain bind takes no submounts, so no loop).
+    bind(&base, &outside.join("parent-bind"));
+    let mounts = vec![outside.join("bind"), outside.join("parent-bind")];
     Place {
         _dir: dir,
         watched,
@@ -205,6 +209,15 @@ fn scenarios(p: &Place) -> Vec<Scenario> {
             name: "write through a bind mount of the tree outside it",
             actor: args(&[&"write", &o.join("bind/via-bind")]),
             expect: vec![e(w.join("via-bind"), UPDATE, Some(o.join("bind/via-bind")))],
+        },
+        Scenario {
+            name: "write through a bind mount of the directory above the tree",
+            actor: args(&[&"write", &o.join("parent-bind/watched/via-parent-bind")]),
+            expect: vec![e(
+                w.join("via-parent-bind"),
+                UPDATE,
+                Some(o.join("parent-bind/watched/via-parent-bind")),
+            )],
         },
         Scenario {
             name: "create through a bind mount of the tree outside it",
