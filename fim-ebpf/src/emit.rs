@@ -72,6 +72,7 @@ fn claim(backend: Backend) -> Option<Held> {
     };
     if !holds_alone(left, entered) {
         count_lost(backend);
+        crate::diag::scratch_held(backend as u8);
         return None;
     }
     Some(held)
@@ -135,6 +136,7 @@ pub fn submit(record: &Record, backend: Backend) {
         unsafe { core::slice::from_raw_parts((record as *const Record).cast::<u8>(), size) };
     if EVENTS.output::<[u8]>(bytes, wakeup_flag()).is_err() {
         count_lost(backend);
+        crate::diag::ring_full(backend as u8);
     }
 }
 

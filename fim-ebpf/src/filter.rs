@@ -261,7 +261,12 @@ pub fn remember_link(dev: u32, ino: u64, rule: u32) {
     };
     // A full map is not a loss: the next scan finds the link (and user space adds it on the
     // link record).
-    let _ = LINKED.insert(WatchKey { dev, _pad: 0, ino }, value, 0);
+    if LINKED
+        .insert(WatchKey { dev, _pad: 0, ino }, value, 0)
+        .is_err()
+    {
+        crate::diag::linked_full(ino);
+    }
 }
 
 /// The verdict for a name in the directory that holds `target`.
@@ -327,5 +332,6 @@ fn walk<const TYPED: bool>(dev: u32, dir: *const u8) -> Verdict {
         dentry = parent;
         depth += 1;
     }
+    crate::diag::filter_depth_limit(MAX_WALK_DEPTH);
     Verdict::Undecided
 }

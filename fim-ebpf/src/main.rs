@@ -8,6 +8,7 @@
 #![allow(internal_features)]
 
 mod actor;
+mod diag;
 mod dirmemo;
 mod emit;
 mod exec;

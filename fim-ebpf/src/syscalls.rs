@@ -85,7 +85,8 @@ pub struct Pending {
 /// entries stashed just before the exit programs were attached can linger, until the same
 /// thread's next watched syscall replaces them.
 #[map]
-static PENDING: HashMap<u64, Pending> = HashMap::with_max_entries(16384, 0);
+static PENDING: HashMap<u64, Pending> = HashMap::with_max_entries(PENDING_ENTRIES, 0);
+const PENDING_ENTRIES: u32 = 16384;
 
 /// The counting filter in front of `PENDING` (`presence`): most syscalls reaching sys_exit
 /// were not stashed.
@@ -125,6 +126,7 @@ pub fn stash(mut pending: Pending) {
         crate::presence::removed(&PENDING_COUNT, key);
         // Full: more threads inside watched syscalls than slots. Never silent.
         emit::count_lost(BACKEND);
+        crate::diag::pending_full(PENDING_ENTRIES);
     }
 }
 
@@ -247,6 +249,7 @@ pub fn exit_open(ctx: &TracePointContext) -> Result<(), i64> {
         // syscall's own string, resolved against its cwd or dirfd, keeps the start instead
         // (the task is still in the syscall, so the string is still there).
         piece = resolve(data, 0, pending.dfd1, pending.p1, flags::PATH1_TRUNCATED);
+        crate::diag::open_string_fallback(piece.len() as u32);
     }
     record.header.path1_len = piece.len() as u16;
     record.header.flags |= piece.flags();
@@ -460,6 +463,7 @@ fn resolve(data: *mut u8, dst: usize, dfd: i64, user_path: u64, truncated: u16) 
     }
     let total = end + rel.len() - dst;
     if total >= PATH_CAP {
+        crate::diag::resolved_truncated((PATH_CAP - 1) as u32);
         return Piece::new(PATH_CAP - 1, base.flags() | rel.flags() | truncated);
     }
     Piece::new(total, base.flags() | rel.flags())
@@ -640,6 +644,10 @@ fn prefix_verdict(dst: usize, len: usize, truncated: bool) -> filter::Verdict {
     }
     let verdict = field!(state, verdict);
     if verdict != SCAN_CONTINUE {
+        // Not in the loop's callback: a diagnostic there made the verifier give up.
+        if verdict == filter::Verdict::Undecided.raw() {
+            crate::diag::string_undecided(len as u32);
+        }
         return filter::Verdict::from_raw(verdict);
     }
     let pruned_at = field!(state, pruned_at) as usize;
@@ -656,6 +664,7 @@ fn prefix_verdict(dst: usize, len: usize, truncated: bool) -> filter::Verdict {
             );
         }
         return if field!(state, pairs) & HIGH != 0 {
+            crate::diag::string_undecided(len as u32);
             filter::Verdict::Undecided
         } else {
             filter::Verdict::Unwatched
@@ -664,6 +673,7 @@ fn prefix_verdict(dst: usize, len: usize, truncated: bool) -> filter::Verdict {
     let component_len = field!(state, component_len);
     let dots = field!(state, dots);
     if component_len == dots && dots > 0 && dots <= 2 {
+        crate::diag::string_undecided(len as u32);
         return filter::Verdict::Undecided;
     }
     match lookup_prefix(field!(state, hash)) {

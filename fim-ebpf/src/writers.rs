@@ -11,7 +11,8 @@ use crate::presence;
 /// `struct file *` -> the rule it matched at open. LRU: a file whose close is never seen
 /// (e.g. released by a path the backend does not hook) cannot pin an entry forever.
 #[map]
-static WRITERS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(65536, 0);
+static WRITERS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(WRITERS_ENTRIES, 0);
+const WRITERS_ENTRIES: u32 = 65536;
 
 /// The counting filter in front of `WRITERS` (`presence`): most files released were never
 /// tracked.
@@ -26,6 +27,7 @@ pub fn opened(file: *const u8, rule: u32) {
     presence::inserted(&WRITERS_COUNT, key);
     if WRITERS.insert(key, rule, 0).is_err() {
         presence::removed(&WRITERS_COUNT, key);
+        crate::diag::writers_full(WRITERS_ENTRIES);
     }
 }
 

@@ -39,6 +39,11 @@ enum Command {
         /// Main configuration file (default /etc/fim/fim.toml; conf.d/ next to it is read too).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Log the kernel side's diagnostics (a full map or ring buffer, a path walk cut short,
+        /// the fallbacks its programs take) at debug level with the target fim::kernel. Off,
+        /// the programs send nothing.
+        #[arg(long)]
+        kernel_log: bool,
     },
     /// Build or check the baseline without the daemon: walk the watched paths, report the
     /// drift from the stored baseline, and store the new one. With --now, ask the running
@@ -582,8 +587,18 @@ fn scan_now(config_path: Option<&Path>, json: bool) -> Result<()> {
 }
 
 fn main() -> std::process::ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
+    let mut logger =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    if let Command::Run {
+        kernel_log: true, ..
+    } = cli.command
+    {
+        // The kernel's diagnostics are debug records: asked for, they show whatever RUST_LOG
+        // says about other targets.
+        logger.filter_module(fim::sensor::kernel_log::TARGET, log::LevelFilter::Debug);
+    }
+    logger.init();
     if let Some(code) = run_offline_command(&cli.command) {
         return code;
     }
@@ -609,9 +624,11 @@ fn main() -> std::process::ExitCode {
             | Command::Status { .. }
             | Command::Fleet { .. }
             | Command::Collector(_) => Ok(()),
-            Command::Run { backend, config } => {
-                run(backend.map(Backend::from), config.as_deref()).await
-            }
+            Command::Run {
+                backend,
+                config,
+                kernel_log,
+            } => run(backend.map(Backend::from), config.as_deref(), kernel_log).await,
             // Handled before the runtime starts.
             Command::Scan { .. } | Command::CheckConfig { .. } => Ok(()),
         }
@@ -625,7 +642,8 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(forced: Option<Backend>, config_path: Option<&Path>) -> Result<()> {
-    let settings = Config::load(config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
+async fn run(forced: Option<Backend>, config_path: Option<&Path>, kernel_log: bool) -> Result<()> {
+    let mut settings = Config::load(config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    settings.kernel_log = kernel_log;
     fim::daemon::run(settings, forced).await
 }

@@ -82,6 +82,9 @@ pub struct Config {
     pub sources: Vec<PathBuf>,
     /// `[fleet]`: publish to NATS JetStream and follow central rules (off when absent).
     pub fleet: Option<crate::fleet::FleetSettings>,
+    /// Forward the kernel side's diagnostics to the log (`fim run --kernel-log`; no file
+    /// setting).
+    pub kernel_log: bool,
 }
 
 impl Config {
@@ -109,6 +112,7 @@ impl Config {
             excluded: Vec::new(),
             sources: Vec::new(),
             fleet: None,
+            kernel_log: false,
         }
     }
 

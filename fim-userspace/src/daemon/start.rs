@@ -147,8 +147,15 @@ async fn start_sensor(
     let sensor_config = SensorConfig {
         roots: roots.clone(),
         ring_buffer_bytes: config.ring_buffer_bytes,
+        kernel_log: config.kernel_log,
         ..SensorConfig::default()
     };
+    if config.kernel_log {
+        log::info!(
+            "kernel diagnostics on (--kernel-log): debug records with the target {}",
+            sensor::kernel_log::TARGET
+        );
+    }
     let selection = sensor::start_best(forced, &sensor_config).await?;
     for (backend, why) in &selection.skipped {
         log::warn!("backend {} skipped: {why:#}", backend.name());

@@ -8,6 +8,7 @@
 mod btf;
 mod event;
 pub mod fanotify;
+pub mod kernel_log;
 mod offsets;
 mod programs;
 pub mod undecided;
@@ -68,6 +69,22 @@ pub struct SensorConfig {
     /// dirmemo.rs and pathmemo.rs) where the kernel allows it. Off: every event walks up to
     /// the filesystem root (the tests check that the sensor stays right without them).
     pub memos: bool,
+    /// Forward the kernel side's diagnostics to the log (`fim run --kernel-log`, see
+    /// [`kernel_log`]). Off: the programs' log calls are switched off at load.
+    pub kernel_log: bool,
+    /// The eBPF object to load instead of the one built into fim (the sensor benchmark
+    /// compares a build without log calls).
+    pub object: Option<EbpfObject>,
+}
+
+/// An eBPF object's bytes (see [`SensorConfig::object`]).
+#[derive(Clone)]
+pub struct EbpfObject(pub std::sync::Arc<Vec<u8>>);
+
+impl std::fmt::Debug for EbpfObject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EbpfObject({} bytes)", self.0.len())
+    }
 }
 
 impl Default for SensorConfig {
@@ -79,6 +96,8 @@ impl Default for SensorConfig {
             ring_buffer_bytes: 8 * 1024 * 1024,
             exclude_self: true,
             memos: true,
+            kernel_log: false,
+            object: None,
         }
     }
 }
@@ -122,6 +141,7 @@ pub struct Sensor {
     malformed: u64,
     /// Times the ring buffer was read until empty (see [`Sensor::drains`]).
     drains: u64,
+    kernel_log: kernel_log::KernelLog,
     // Dropped last: detaches and unloads the programs.
     _ebpf: Ebpf,
 }
@@ -179,14 +199,22 @@ impl Sensor {
         } else {
             0
         };
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .override_global("OFFSETS", &offsets, true)
             .override_global("RENAME_LOCK", &rename_lock, true)
             .override_global("MOUNT_LOCK", &mount_lock, true)
             .override_global("FORK_CHILD_PID", &fork_child_pid, true)
-            .map_max_entries("EVENTS", config.ring_buffer_bytes)
-            .load(EBPF_OBJECT)
+            .map_max_entries("EVENTS", config.ring_buffer_bytes);
+        kernel_log::set_level(&mut loader, config.kernel_log);
+        let object = config
+            .object
+            .as_ref()
+            .map_or(EBPF_OBJECT, |o| o.0.as_slice());
+        let mut ebpf = loader
+            .load(object)
             .context("loading fim's embedded eBPF object (maps)")?;
+        let kernel_log = kernel_log::KernelLog::start(&mut ebpf, config.kernel_log)?;
         let take = |ebpf: &mut Ebpf, name: &str| {
             ebpf.take_map(name)
                 .with_context(|| format!("eBPF object has no {name} map"))
@@ -249,6 +277,7 @@ impl Sensor {
             pending: VecDeque::new(),
             malformed: 0,
             drains: 0,
+            kernel_log,
             _ebpf: ebpf,
         };
         // Fill the filter before attaching, so nothing watched slips through at start.
@@ -586,6 +615,13 @@ impl Sensor {
                 _ = tokio::time::sleep(POLL_INTERVAL) => {}
             }
         }
+    }
+
+    /// With the kernel's diagnostics off: how many log records its programs wrote all the
+    /// same (none, unless the level was not switched off at load; the tests check).
+    /// `None` with them on, or for an object built without log calls.
+    pub fn kernel_log_written_while_off(&mut self) -> Option<usize> {
+        self.kernel_log.written_while_off()
     }
 
     /// Ring-buffer outputs that failed in the kernel for this backend, summed over CPUs.

@@ -1,0 +1,120 @@
+//! The kernel side's diagnostics (`fim run --kernel-log`): a map or ring buffer that was full,
+//! a path walk that stopped before the top, and the verifier-safe fallbacks the programs
+//! take. Sent through aya-log at debug level with the target `fim::kernel`, which the daemon
+//! writes to its log; each message starts with the pid of the process whose operation it is
+//! about.
+//!
+//! Off unless asked for: user space sets aya-log's level (`AYA_LOG_LEVEL`, in frozen
+//! read-only data) to 0 at load, so the verifier knows every `enabled()` below is false and
+//! drops the code behind it: what is left of a call site is one load and one jump, and
+//! nothing reaches the log ring buffer. Each message is a function of its own, not inlined,
+//! behind that check, so with the log on the verifier checks one small body per call site
+//! instead of the log code inlined into every path of a program.
+//!
+//! Built without the `kernel-log` feature (the benchmark's comparison build) every function
+//! here is empty.
+
+#[cfg(feature = "kernel-log")]
+#[inline(always)]
+fn enabled() -> bool {
+    use aya_log_ebpf::macro_support::{Level, level_enabled};
+    level_enabled(Level::Debug)
+}
+
+/// One diagnostic: `name(args)` sends `message` (a literal: aya-log parses it at compile
+/// time) with the current tgid for its first `{}`.
+macro_rules! diagnostic {
+    ($(#[$doc:meta])* $name:ident($($arg:ident: $ty:ty),*) => $message:literal) => {
+        $(#[$doc])*
+        #[inline(always)]
+        pub fn $name($($arg: $ty),*) {
+            #[cfg(feature = "kernel-log")]
+            if enabled() {
+                #[inline(never)]
+                fn send($($arg: $ty),*) {
+                    let pid = (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32;
+                    aya_log_ebpf::debug!(
+                        &(),
+                        target: "fim::kernel",
+                        $message,
+                        pid,
+                        $($arg),*
+                    );
+                }
+                send($($arg),*);
+            }
+            #[cfg(not(feature = "kernel-log"))]
+            let _ = ($($arg,)*);
+        }
+    };
+}
+
+diagnostic!(
+    /// `EVENTS` refused a record (user space is behind): counted in `LOST`.
+    ring_full(backend: u8) =>
+        "pid {}: ring buffer EVENTS full: a record of backend {} is lost (counted as lost)"
+);
+
+diagnostic!(
+    /// The scratch record was held by a program this one preempted on the same CPU.
+    scratch_held(backend: u8) =>
+        "pid {}: scratch record held by a preempted program on this CPU: a record of backend {} is \
+         lost (counted as lost)"
+);
+
+diagnostic!(
+    /// `PENDING` had no room for a watched syscall's arguments.
+    pending_full(entries: u32) =>
+        "pid {}: map PENDING ({} entries) full: this watched syscall is not reported (counted as lost)"
+);
+
+diagnostic!(
+    /// `WRITERS` refused a file opened for writing.
+    writers_full(entries: u32) =>
+        "pid {}: map WRITERS ({} entries) full: the close of this file opened for writing will not be \
+         reported as modified"
+);
+
+diagnostic!(
+    /// `LINKED` refused a watched file's new link.
+    linked_full(ino: u64) =>
+        "pid {}: map LINKED full: changes through the new link of inode {} are watched only once user \
+         space has read its link record"
+);
+
+diagnostic!(
+    /// A path walk stopped before the top of the mount tree.
+    path_truncated(kept: u32) =>
+        "pid {}: path walk stopped before the root (a name did not fit in the buffer, or a kernel read \
+         failed): the last {} bytes are kept and flagged truncated"
+);
+
+diagnostic!(
+    /// A syscall's path and the base it is relative to do not fit together.
+    resolved_truncated(kept: u32) =>
+        "pid {}: a relative path and its cwd or dirfd do not fit in the buffer together: {} bytes \
+         reported, flagged truncated"
+);
+
+diagnostic!(
+    /// An open's file has a path too long to build from its dentries: the syscall's string is
+    /// used instead.
+    open_string_fallback(kept: u32) =>
+        "pid {}: open: the file's path is too long to build from its dentries; the syscall's own \
+         string is reported instead ({} bytes)"
+);
+
+diagnostic!(
+    /// The filter's walk up the directories reached its bound.
+    filter_depth_limit(depth: u32) =>
+        "pid {}: filter walk reached its limit of {} directories: the kernel leaves the decision to \
+         user space"
+);
+
+diagnostic!(
+    /// A path string with `.`, `..` or `//` components: the kernel's prefix filter cannot
+    /// tell.
+    string_undecided(len: u32) =>
+        "pid {}: the kernel's prefix filter cannot decide on a {}-byte path string ('.', '..' or '//' \
+         in it): user space decides"
+);
