@@ -1,0 +1,172 @@
+//! The kernel side's diagnostics (fim-ebpf's diag.rs) on every backend: with
+//! `SensorConfig::kernel_log` a path walk cut short (a path longer than the kernel's 4096-byte
+//! buffer) reaches the log as a debug record with the target `fim::kernel`, naming the pid
+//! that made the change; without it the programs write nothing at all to aya-log's ring
+//! buffer (read directly here), for the same operation.
+//!
+//! Natively on the tracepoint backend; in the VMs (`cargo xtask vm-test --filter kernel_log`)
+//! on lsm and fentry too, where the log calls must also pass the 6.1 and 6.12 verifiers.
+
+use std::{
+    ffi::OsStr,
+    path::{Path, PathBuf},
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use fim::sensor::{Backend, SensorConfig, kernel_log::TARGET};
+use fim_tests::{collect, run_actor, trees, watched_tree_config, with_own_sensor};
+
+/// The start of the message of a path walk cut short (fim-ebpf's diag.rs).
+const WALK_STOPPED: &str = "path walk stopped before the root";
+
+/// Every `fim::kernel` record this process logs, as "LEVEL message".
+static CAPTURED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+struct Capture;
+
+impl log::Log for Capture {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.target() == TARGET
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if self.enabled(record.metadata()) {
+            let line = format!("{} {}", record.level(), record.args());
+            CAPTURED.lock().unwrap().push(line);
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+fn capture() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        log::set_logger(&Capture).expect("no other logger in this test binary");
+        log::set_max_level(log::LevelFilter::Trace);
+    });
+}
+
+fn captured() -> Vec<String> {
+    CAPTURED.lock().unwrap().clone()
+}
+
+/// 24 directories of 200-byte names below `base` (one mkdirat at a time: the whole path is
+/// longer than a syscall accepts); returns the deepest.
+fn deep_tree(base: &Path) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    std::fs::create_dir_all(base).unwrap();
+    let name = "n".repeat(200);
+    let component = std::ffi::CString::new(name.as_str()).unwrap();
+    let mut path = base.to_path_buf();
+    // SAFETY: valid strings and descriptors this function owns.
+    unsafe {
+        let base = std::ffi::CString::new(base.as_os_str().as_bytes()).unwrap();
+        let mut fd = libc::open(base.as_ptr(), libc::O_DIRECTORY | libc::O_CLOEXEC);
+        assert!(fd >= 0, "open the base");
+        for _ in 0..24 {
+            assert_eq!(libc::mkdirat(fd, component.as_ptr(), 0o755), 0, "mkdirat");
+            let next = libc::openat(fd, component.as_ptr(), libc::O_DIRECTORY | libc::O_CLOEXEC);
+            assert!(next >= 0, "openat");
+            libc::close(fd);
+            fd = next;
+            path.push(&name);
+        }
+        libc::close(fd);
+    }
+    path
+}
+
+/// The actor makes `leaf` in `deep` (relative to its cwd there); the sensor must report it,
+/// flagged truncated. Returns the actor's pid.
+fn provoke(
+    runtime: &tokio::runtime::Runtime,
+    sensor: &mut fim::sensor::Sensor,
+    deep: &Path,
+    leaf: &str,
+) -> u32 {
+    let pid = run_actor(&[
+        OsStr::new("--cwd"),
+        deep.as_os_str(),
+        OsStr::new("mkdir"),
+        OsStr::new(leaf),
+    ])
+    .expect("actor");
+    let events = collect(runtime, sensor, pid, 1, Duration::from_secs(20));
+    assert!(
+        events.iter().any(|e| e.truncated()),
+        "the actor's mkdir of {leaf} was not reported truncated: {events:#?}"
+    );
+    pid
+}
+
+fn diagnostics_only_when_on(backend: Backend) {
+    capture();
+    let deep = deep_tree(
+        &trees()
+            .watched
+            .join(format!("kernel-log-{}", backend.name())),
+    );
+
+    let on = SensorConfig {
+        kernel_log: true,
+        ..watched_tree_config()
+    };
+    with_own_sensor(backend, &on, |runtime, sensor| {
+        let pid = provoke(runtime, sensor, &deep, "leaf-on");
+        let wanted = format!("DEBUG pid {pid}: {WALK_STOPPED}");
+        // The records are forwarded by a task on this runtime: let it run.
+        runtime.block_on(async {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !captured().iter().any(|l| l.starts_with(&wanted)) {
+                assert!(
+                    Instant::now() < deadline,
+                    "no diagnostic {wanted:?} on {} after 20 s; captured: {:#?}",
+                    backend.name(),
+                    captured()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        assert_eq!(
+            sensor.kernel_log_written_while_off(),
+            None,
+            "the log ring buffer is read by the forwarder"
+        );
+    });
+
+    let off = watched_tree_config();
+    with_own_sensor(backend, &off, |runtime, sensor| {
+        let before = captured().len();
+        let pid = provoke(runtime, sensor, &deep, "leaf-off");
+        assert_eq!(
+            sensor.kernel_log_written_while_off(),
+            Some(0),
+            "with the diagnostics off the {} programs wrote log records all the same",
+            backend.name()
+        );
+        let later: Vec<String> = captured().split_off(before);
+        assert!(
+            !later.iter().any(|l| l.contains(&format!("pid {pid}:"))),
+            "diagnostics with kernel_log off: {later:#?}"
+        );
+    });
+}
+
+macro_rules! each_backend {
+    ($($test:ident: $backend:expr),*) => {
+        $(
+            #[test]
+            fn $test() {
+                diagnostics_only_when_on($backend);
+            }
+        )*
+    };
+}
+
+each_backend!(
+    kernel_log_lsm: Backend::Lsm,
+    kernel_log_fentry: Backend::Fentry,
+    kernel_log_tracepoint: Backend::Tracepoint
+);
