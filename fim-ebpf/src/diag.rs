@@ -83,38 +83,25 @@ diagnostic!(
 );
 
 diagnostic!(
-    /// A path walk stopped before the top of the mount tree.
-    path_truncated(kept: u32) =>
-        "pid {}: path walk stopped before the root (a name did not fit in the buffer, or a kernel read \
-         failed): the last {} bytes are kept and flagged truncated"
-);
-
-diagnostic!(
-    /// A syscall's path and the base it is relative to do not fit together.
-    resolved_truncated(kept: u32) =>
-        "pid {}: a relative path and its cwd or dirfd do not fit in the buffer together: {} bytes \
-         reported, flagged truncated"
+    /// A record's path (or second path) was cut short: a path walk stopped before the top of
+    /// the mount tree, or a relative path and its base did not fit in the buffer together.
+    path_truncated(kind: u16, len1: u32, len2: u32) =>
+        "pid {}: record of kind {} with a path cut short (longer than the 4096-byte buffer, or \
+         a kernel read failed): {} and {} bytes kept, flagged truncated"
 );
 
 diagnostic!(
     /// An open's file has a path too long to build from its dentries: the syscall's string is
     /// used instead.
     open_string_fallback(kept: u32) =>
-        "pid {}: open: the file's path is too long to build from its dentries; the syscall's own \
-         string is reported instead ({} bytes)"
+        "pid {}: open: the file's path is too long to build from its dentries; the syscall's \
+         own string is reported instead ({} bytes)"
 );
 
 diagnostic!(
-    /// The filter's walk up the directories reached its bound.
-    filter_depth_limit(depth: u32) =>
-        "pid {}: filter walk reached its limit of {} directories: the kernel leaves the decision to \
-         user space"
-);
-
-diagnostic!(
-    /// A path string with `.`, `..` or `//` components: the kernel's prefix filter cannot
-    /// tell.
-    string_undecided(len: u32) =>
-        "pid {}: the kernel's prefix filter cannot decide on a {}-byte path string ('.', '..' or '//' \
-         in it): user space decides"
+    /// The kernel's filter could not decide on a record: user space does.
+    filter_undecided(kind: u16) =>
+        "pid {}: record of kind {}: the kernel's filter could not decide (a path string with \
+         '.', '..' or '//', a path cut short, or a walk at its limit of 64 directories); user \
+         space decides"
 );

@@ -18,7 +18,7 @@ use aya_ebpf::{
     maps::{PerCpuArray, RingBuf},
 };
 use fim_common::{
-    Backend, EventKind, Record, RecordHeader,
+    Backend, EventKind, Record, RecordHeader, flags,
     record::{PATH_CAP, Scratch, holds_alone},
 };
 
@@ -137,6 +137,16 @@ pub fn submit(record: &Record, backend: Backend) {
     if EVENTS.output::<[u8]>(bytes, wakeup_flag()).is_err() {
         count_lost(backend);
         crate::diag::ring_full(backend as u8);
+    }
+    // Here, once per record, rather than where each happened: a diagnostic inside the path
+    // walk, the filter or the sys_enter programs changed their code enough for the 6.1
+    // verifier to refuse them (an uninitialised stack read; the instruction limit).
+    let header = &record.header;
+    if header.flags & (flags::PATH1_TRUNCATED | flags::PATH2_TRUNCATED) != 0 {
+        crate::diag::path_truncated(header.kind, len1 as u32, len2 as u32);
+    }
+    if header.flags & flags::FILTER_UNDECIDED != 0 {
+        crate::diag::filter_undecided(header.kind);
     }
 }
 

@@ -332,6 +332,5 @@ fn walk<const TYPED: bool>(dev: u32, dir: *const u8) -> Verdict {
         dentry = parent;
         depth += 1;
     }
-    crate::diag::filter_depth_limit(MAX_WALK_DEPTH);
     Verdict::Undecided
 }

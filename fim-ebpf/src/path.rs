@@ -335,8 +335,7 @@ pub fn build<const MEMO: bool>(
         leaf.remember(buf, state, vfsmount, seq);
     }
     let mut out_flags = field!(state, flags) as u16;
-    let stopped = field!(state, done) == 0;
-    if stopped {
+    if field!(state, done) == 0 {
         out_flags |= truncated_flag;
     }
     let mut pos = field!(state, pos) as usize & (PATH_CAP * 2 - 1);
@@ -350,9 +349,6 @@ pub fn build<const MEMO: bool>(
         unsafe { *buf.add(pos & MASK) = b'/' };
     }
     let len = (PATH_CAP - pos) & MASK;
-    if stopped {
-        crate::diag::path_truncated(len as u32);
-    }
     // SAFETY: (dst & MASK) + len < DATA_CAP; source within WALK_CAP.
     unsafe {
         bpf_probe_read_kernel(

@@ -463,7 +463,6 @@ fn resolve(data: *mut u8, dst: usize, dfd: i64, user_path: u64, truncated: u16) 
     }
     let total = end + rel.len() - dst;
     if total >= PATH_CAP {
-        crate::diag::resolved_truncated((PATH_CAP - 1) as u32);
         return Piece::new(PATH_CAP - 1, base.flags() | rel.flags() | truncated);
     }
     Piece::new(total, base.flags() | rel.flags())
@@ -644,10 +643,6 @@ fn prefix_verdict(dst: usize, len: usize, truncated: bool) -> filter::Verdict {
     }
     let verdict = field!(state, verdict);
     if verdict != SCAN_CONTINUE {
-        // Not in the loop's callback: a diagnostic there made the verifier give up.
-        if verdict == filter::Verdict::Undecided.raw() {
-            crate::diag::string_undecided(len as u32);
-        }
         return filter::Verdict::from_raw(verdict);
     }
     let pruned_at = field!(state, pruned_at) as usize;
@@ -664,7 +659,6 @@ fn prefix_verdict(dst: usize, len: usize, truncated: bool) -> filter::Verdict {
             );
         }
         return if field!(state, pairs) & HIGH != 0 {
-            crate::diag::string_undecided(len as u32);
             filter::Verdict::Undecided
         } else {
             filter::Verdict::Unwatched
@@ -673,7 +667,6 @@ fn prefix_verdict(dst: usize, len: usize, truncated: bool) -> filter::Verdict {
     let component_len = field!(state, component_len);
     let dots = field!(state, dots);
     if component_len == dots && dots > 0 && dots <= 2 {
-        crate::diag::string_undecided(len as u32);
         return filter::Verdict::Undecided;
     }
     match lookup_prefix(field!(state, hash)) {

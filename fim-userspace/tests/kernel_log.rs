@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 mod common;
 use common::Fim;
 
-/// The start of the message of a path walk cut short (fim-ebpf's diag.rs).
-const WALK_STOPPED: &str = "path walk stopped before the root";
+/// Part of the message of a record whose path was cut short (fim-ebpf's diag.rs).
+const WALK_STOPPED: &str = "with a path cut short";
 
 struct Setup {
     _dir: tempfile::TempDir,
