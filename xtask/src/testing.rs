@@ -170,7 +170,13 @@ pub(crate) fn ebpf_without_log() -> Result<std::path::PathBuf> {
             .args(["--package", "fim-ebpf", "--no-default-features"])
             .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
             .arg("--target-dir")
-            .arg(&target_dir),
+            .arg(&target_dir)
+            // As fim-userspace's build.rs builds the normal object: with BTF, which the kernel
+            // needs for the bpf_loop callbacks.
+            .env(
+                "CARGO_ENCODED_RUSTFLAGS",
+                "-Cdebuginfo=2\x1f-Clink-arg=--btf",
+            ),
     )?;
     Ok(target_dir.join("bpfel-unknown-none/release/fim-ebpf"))
 }
