@@ -1076,7 +1076,24 @@ pub struct Selection {
 
 /// Attaches `backend`, proves it fires, and (per config) excludes this process.
 pub async fn start(backend: Backend, config: &SensorConfig) -> Result<Sensor> {
-    let mut sensor = Sensor::attach(backend, config)?;
+    let mut sensor = match Sensor::attach(backend, config) {
+        // The verifier may refuse programs with the log calls in them on a kernel fim was not
+        // tested on: the backend then runs without its diagnostics rather than not at all.
+        Err(with_log) if config.kernel_log => {
+            let without = SensorConfig {
+                kernel_log: false,
+                ..config.clone()
+            };
+            let sensor = Sensor::attach(backend, &without)?;
+            log::warn!(
+                "the {} backend runs without its kernel diagnostics: its programs did not load \
+                 with them ({with_log:#})",
+                backend.name()
+            );
+            sensor
+        }
+        attached => attached?,
+    };
     sensor.self_test(SELF_TEST_TIMEOUT).await?;
     if config.exclude_self {
         sensor.exclude_process(std::process::id())?;
