@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::Fim;
+use common::{Fim, require_root};
 
 /// Part of the message of a record whose path was cut short (fim-ebpf's diag.rs).
 const WALK_STOPPED: &str = "with a path cut short";
@@ -28,12 +28,7 @@ struct Setup {
 }
 
 fn setup() -> Setup {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "this test runs `fim run` (eBPF) and must run as root"
-    );
+    require_root();
     let dir = tempfile::tempdir().unwrap();
     let root = std::fs::canonicalize(dir.path()).unwrap();
     let (state, tree) = (root.join("state"), root.join("tree"));

@@ -96,22 +96,6 @@ pub fn bench(what: &str, args: &[String]) -> Result<()> {
         setup::run(setup::Scope::All)?;
         return crate::vm::bench(&args[1..]);
     }
-    let args = &if what == "sensor" && args.iter().any(|a| a == "--without-log") {
-        setup::run(setup::Scope::Build)?;
-        let object = ebpf_without_log()?;
-        let mut replaced = Vec::new();
-        for arg in args {
-            if arg == "--without-log" {
-                replaced.push("--no-log-object".to_string());
-                replaced.push(object.display().to_string());
-            } else {
-                replaced.push(arg.clone());
-            }
-        }
-        replaced
-    } else {
-        args.to_vec()
-    };
     if what == "sensor" && !is_root() {
         bail!("the {what} benchmark loads eBPF programs and must run as root");
     }
@@ -155,30 +139,6 @@ pub fn fleet_demo() -> Result<()> {
     let demo = paths::target().join("debug").join("fim-fleet-demo");
     let error = Command::new(&demo).exec();
     Err(error).with_context(|| format!("executing {}", demo.display()))
-}
-
-/// `cargo xtask bench sensor -- --without-log`: fim-ebpf built without its `kernel-log`
-/// feature (not one log call in it), for the benchmark to measure beside the normal build.
-/// Returns the object's path.
-pub(crate) fn ebpf_without_log() -> Result<std::path::PathBuf> {
-    cmd::step("building fim-ebpf without its kernel-log feature (--without-log)");
-    let target_dir = paths::target().join("ebpf-without-log");
-    cmd::run(
-        cmd::clean_cargo_env(&mut Command::new("rustup"))
-            .current_dir(paths::workspace())
-            .args(["run", "nightly", "cargo", "build", "--release"])
-            .args(["--package", "fim-ebpf", "--no-default-features"])
-            .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
-            .arg("--target-dir")
-            .arg(&target_dir)
-            // As fim-userspace's build.rs builds the normal object: with BTF, which the kernel
-            // needs for the bpf_loop callbacks.
-            .env(
-                "CARGO_ENCODED_RUSTFLAGS",
-                "-Cdebuginfo=2\x1f-Clink-arg=--btf",
-            ),
-    )?;
-    Ok(target_dir.join("bpfel-unknown-none/release/fim-ebpf"))
 }
 
 /// The whole suite. Returns whether everything passed; prints the closing counts.

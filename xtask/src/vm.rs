@@ -399,21 +399,16 @@ pub fn bench(args: &[String]) -> Result<()> {
     };
     let mut kernels = "all";
     let mut rest: Vec<&str> = Vec::new();
-    let mut without_log = None;
     let mut it = args.iter().map(String::as_str);
     while let Some(arg) = it.next() {
         match arg {
             "--icount" => {}
             "--kernel" => kernels = it.next().context("--kernel needs all, 6.1 or 6.12")?,
-            "--without-log" => {
-                without_log = Some(crate::testing::ebpf_without_log()?);
-                rest.extend(["--no-log-object", GUEST_OBJECT_WITHOUT_LOG]);
-            }
             other => rest.push(other),
         }
     }
     let selected = select(kernels)?;
-    let initramfs = build_initramfs(Some((&rest.join(" "), without_log.as_deref())), &[])?;
+    let initramfs = build_initramfs(Some(&rest.join(" ")), &[])?;
     let suffix = if run == Run::BenchIcount {
         "-icount"
     } else {
@@ -702,12 +697,7 @@ pub(crate) fn guest_relative(guest: &Path) -> Result<PathBuf> {
     Ok(relative)
 }
 
-/// Where `--without-log` puts the eBPF object without log calls in the benchmark's guest.
-const GUEST_OBJECT_WITHOUT_LOG: &str = "/fim-ebpf-without-log.o";
-
-/// `bench`: the benchmark's arguments, and the eBPF object without log calls it loads.
-fn build_initramfs(bench: Option<(&str, Option<&Path>)>, filter: &[String]) -> Result<PathBuf> {
-    let bench_args = bench.map(|(args, _)| args);
+fn build_initramfs(bench_args: Option<&str>, filter: &[String]) -> Result<PathBuf> {
     let (tests, actor) = build_static_tests()?;
     cmd::step("packing the initramfs");
     // The benchmark gets its own image (and console logs), so a test run can build and boot
@@ -733,9 +723,6 @@ fn build_initramfs(bench: Option<(&str, Option<&Path>)>, filter: &[String]) -> R
         let bench = build_static_bench()?;
         tree.copy(&bench, Path::new("/bin/fim-sensor-bench"))?;
         tree.write(Path::new("/bench-args"), args.as_bytes(), 0o644)?;
-    }
-    if let Some((_, Some(object))) = bench {
-        tree.copy(object, Path::new(GUEST_OBJECT_WITHOUT_LOG))?;
     }
     tree.init(TEST_INIT)?;
     tree.pack()

@@ -29,15 +29,8 @@
 //! marks were chosen over. Their `layer/run` column counts the layer's events that no
 //! kernel record explained (the workload only makes syscalls: ideally none).
 //!
-//! `--no-log-object FILE` adds a row per backend (`lsm-nolog`, `fentry-nolog`, `tp-nolog`)
-//! with the eBPF object in FILE, fim-ebpf built without its `kernel-log` feature (`cargo
-//! xtask bench sensor -- --without-log` builds it): not one log call in it. The rows of the
-//! normal build run with the kernel's diagnostics off, as `fim run` does without
-//! `--kernel-log`; the closing lines give the ratio of their medians to the build without
-//! log calls (1.0: the switched-off log calls cost nothing).
-//!
 //! Usage: fim-sensor-bench [--rounds R] [--iterations N] [--out FILE] [--profile]
-//! [--backends NAME,...] [--depth N] [--fanotify] [--no-log-object FILE]
+//! [--backends NAME,...] [--depth N] [--fanotify]
 
 use std::{
     ffi::CString,
@@ -53,7 +46,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use fim::sensor::{
-    self, Backend, EbpfObject, SensorConfig, WatchRoot,
+    self, Backend, SensorConfig, WatchRoot,
     fanotify::{Completeness, MarkScope},
 };
 
@@ -110,8 +103,6 @@ enum Mode {
     /// A backend's attach points with programs that return at once.
     Floor(Backend),
     With(Backend),
-    /// The backend loaded from the object without log calls (`--no-log-object`).
-    WithoutLog(Backend),
     /// The tracepoint backend with its completeness layer, marks in that scope.
     WithLayer(MarkScope),
 }
@@ -124,9 +115,6 @@ impl Mode {
             Mode::Floor(Backend::Fentry) => "fentry-floor",
             Mode::Floor(Backend::Tracepoint) => "tp-floor",
             Mode::With(b) => b.name(),
-            Mode::WithoutLog(Backend::Lsm) => "lsm-nolog",
-            Mode::WithoutLog(Backend::Fentry) => "fentry-nolog",
-            Mode::WithoutLog(Backend::Tracepoint) => "tp-nolog",
             Mode::WithLayer(MarkScope::Inodes) => "fanotify",
             Mode::WithLayer(MarkScope::Filesystem) => "fanotify-fs",
         }
@@ -232,20 +220,13 @@ impl Drained {
 }
 
 impl Running {
-    /// `object`: loaded instead of the built-in eBPF object.
-    fn start(
-        backend: Backend,
-        watched: &Path,
-        layer: Option<MarkScope>,
-        object: Option<&EbpfObject>,
-    ) -> Result<Running> {
+    fn start(backend: Backend, watched: &Path, layer: Option<MarkScope>) -> Result<Running> {
         let config = SensorConfig {
             roots: vec![WatchRoot {
                 path: watched.to_path_buf(),
                 rule_id: 1,
                 recursive: true,
             }],
-            object: object.cloned(),
             ..SensorConfig::default()
         };
         let stop = Arc::new(AtomicBool::new(false));
@@ -382,30 +363,15 @@ fn bench(args: &[String]) -> Result<()> {
             })
             .collect::<Result<_>>()?,
     };
-    let without_log = match flag(args, "--no-log-object") {
-        Some(file) => Some(EbpfObject(Arc::new(
-            std::fs::read(&file).with_context(|| format!("reading --no-log-object {file}"))?,
-        ))),
-        None => None,
-    };
     let mut modes = vec![Mode::None];
     for backend in wanted {
-        match Running::start(backend, &watched, None, None) {
+        match Running::start(backend, &watched, None) {
             Ok(running) => {
                 running.finish();
                 modes.push(Mode::Floor(backend));
                 modes.push(Mode::With(backend));
             }
-            Err(e) => {
-                println!("backend {} not measured: {e}", backend.name());
-                continue;
-            }
-        }
-        if let Some(object) = &without_log {
-            Running::start(backend, &watched, None, Some(object))
-                .with_context(|| format!("starting {} from --no-log-object", backend.name()))?
-                .finish();
-            modes.push(Mode::WithoutLog(backend));
+            Err(e) => println!("backend {} not measured: {e}", backend.name()),
         }
     }
     if args.iter().any(|a| a == "--fanotify") {
@@ -415,7 +381,7 @@ fn bench(args: &[String]) -> Result<()> {
             );
         }
         for scope in [MarkScope::Inodes, MarkScope::Filesystem] {
-            Running::start(Backend::Tracepoint, &watched, Some(scope), None)
+            Running::start(Backend::Tracepoint, &watched, Some(scope))
                 .with_context(|| format!("starting the {} mode", Mode::WithLayer(scope).name()))?
                 .finish();
             modes.push(Mode::WithLayer(scope));
@@ -451,16 +417,10 @@ fn bench(args: &[String]) -> Result<()> {
             }
             for (t, dir) in trees {
                 let running = match mode {
-                    Mode::With(b) => Some(Running::start(*b, &watched, None, None)?),
-                    Mode::WithoutLog(b) => {
-                        Some(Running::start(*b, &watched, None, without_log.as_ref())?)
+                    Mode::With(b) => Some(Running::start(*b, &watched, None)?),
+                    Mode::WithLayer(scope) => {
+                        Some(Running::start(Backend::Tracepoint, &watched, Some(*scope))?)
                     }
-                    Mode::WithLayer(scope) => Some(Running::start(
-                        Backend::Tracepoint,
-                        &watched,
-                        Some(*scope),
-                        None,
-                    )?),
                     _ => None,
                 };
                 let floor = match mode {
@@ -524,7 +484,6 @@ fn bench(args: &[String]) -> Result<()> {
             }));
         }
     }
-    let log_off = log_off_ratios(&modes, &times, &cpu);
     let report = serde_json::json!({
         "kernel": fim::host::kernel_release(),
         "rounds": rounds,
@@ -532,7 +491,6 @@ fn bench(args: &[String]) -> Result<()> {
         "depth": depth,
         "workload": "create+write+close, rename, chmod, unlink",
         "results": rows,
-        "log_off_vs_without_log": log_off,
     });
     if let Some(parent) = out.parent() {
         std::fs::create_dir_all(parent)?;
@@ -552,41 +510,6 @@ fn bench(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Per backend measured with and without log calls (`--no-log-object`): the ratio of the
-/// medians of the normal build, its diagnostics off, to those of the build without log calls.
-/// Printed and returned for the JSON report.
-fn log_off_ratios(
-    modes: &[Mode],
-    times: &[[Vec<f64>; 2]],
-    cpu: &[[Vec<f64>; 2]],
-) -> Vec<serde_json::Value> {
-    let mut out = Vec::new();
-    for (m, mode) in modes.iter().enumerate() {
-        let Mode::WithoutLog(backend) = mode else {
-            continue;
-        };
-        let Some(with) = modes.iter().position(|x| *x == Mode::With(*backend)) else {
-            continue;
-        };
-        for (t, tree) in ["unwatched", "watched"].iter().enumerate() {
-            let wall = median(&mut times[with][t].clone()) / median(&mut times[m][t].clone());
-            let cpu_ratio = median(&mut cpu[with][t].clone()) / median(&mut cpu[m][t].clone());
-            println!(
-                "log off / no log calls: {:<10} {:<10} wall {:.3}x  cpu {:.3}x",
-                backend.name(),
-                tree,
-                wall,
-                cpu_ratio
-            );
-            out.push(serde_json::json!({
-                "backend": backend.name(), "tree": tree,
-                "wall_ratio": wall, "cpu_ratio": cpu_ratio,
-            }));
-        }
-    }
-    out
-}
-
 /// Run count and run time (ns) of every loaded BPF program, by id.
 fn program_stats() -> std::collections::BTreeMap<u32, (String, u64, u64)> {
     aya::programs::loaded_programs()
@@ -604,7 +527,7 @@ fn program_stats() -> std::collections::BTreeMap<u32, (String, u64, u64)> {
 /// One workload run with BPF statistics on: per program of this sensor, runs and mean cost.
 fn profile(backend: Backend, watched: &Path, tree: &str, dir: &Path, n: usize) -> Result<()> {
     let before_load = program_stats();
-    let running = Running::start(backend, watched, None, None)?;
+    let running = Running::start(backend, watched, None)?;
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
         .context("enabling BPF run-time statistics")?;
     let before = program_stats();
