@@ -1,4 +1,5 @@
-//! Builds the eBPF object (crate `fim-ebpf`) and leaves it in OUT_DIR for `include_bytes!`.
+//! Builds the eBPF objects (crate `fim-ebpf`, without and with its `kernel-log` feature) and
+//! leaves them in OUT_DIR for `include_bytes!`.
 //!
 //! Why a hand-written build script rather than aya-build: the nested build must use the nightly
 //! toolchain (`-Z build-std=core`), must not inherit the outer build's compiler, wrappers (clippy)
@@ -32,23 +33,38 @@ fn main() -> Result<()> {
         );
     }
     println!("cargo:rerun-if-env-changed=FIM_EBPF_OBJECT");
+    println!("cargo:rerun-if-env-changed=FIM_EBPF_LOG_OBJECT");
 
-    // An escape hatch for packagers who build the object separately.
+    // An escape hatch for packagers who build the objects separately: FIM_EBPF_OBJECT without
+    // log calls, FIM_EBPF_LOG_OBJECT with (fim-ebpf's kernel-log feature; without it,
+    // `fim run --kernel-log` loads FIM_EBPF_OBJECT and says its diagnostics are off).
     if let Ok(prebuilt) = env::var("FIM_EBPF_OBJECT") {
-        std::fs::copy(&prebuilt, out_dir.join("fim-ebpf.o"))
-            .with_context(|| format!("copying FIM_EBPF_OBJECT={prebuilt}"))?;
+        let with_log = env::var("FIM_EBPF_LOG_OBJECT").unwrap_or_else(|_| prebuilt.clone());
+        for (from, to) in [(&prebuilt, OBJECT), (&with_log, LOG_OBJECT)] {
+            std::fs::copy(from, out_dir.join(to))
+                .with_context(|| format!("copying the prebuilt eBPF object {from}"))?;
+        }
         return Ok(());
     }
 
+    // Two builds of one crate in one target directory: the second only compiles fim-ebpf
+    // itself again. Each object is copied out before the next build replaces it.
     let target_dir = workspace.join("target").join("ebpf");
-    build_ebpf(workspace, &target_dir)?;
     let object = target_dir.join("bpfel-unknown-none/release/fim-ebpf");
-    std::fs::copy(&object, out_dir.join("fim-ebpf.o"))
-        .with_context(|| format!("copying the eBPF object {}", object.display()))?;
+    for (features, to) in [(None, OBJECT), (Some("kernel-log"), LOG_OBJECT)] {
+        build_ebpf(workspace, &target_dir, features)?;
+        std::fs::copy(&object, out_dir.join(to))
+            .with_context(|| format!("copying the eBPF object {}", object.display()))?;
+    }
     Ok(())
 }
 
-fn build_ebpf(workspace: &Path, target_dir: &Path) -> Result<()> {
+/// The object `fim run` loads: not one log call in it.
+const OBJECT: &str = "fim-ebpf.o";
+/// The object `fim run --kernel-log` loads: with the kernel diagnostics' log calls.
+const LOG_OBJECT: &str = "fim-ebpf-log.o";
+
+fn build_ebpf(workspace: &Path, target_dir: &Path, features: Option<&str>) -> Result<()> {
     let mut cmd = Command::new("rustup");
     cmd.current_dir(workspace)
         .args([
@@ -63,6 +79,9 @@ fn build_ebpf(workspace: &Path, target_dir: &Path) -> Result<()> {
         .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
         .arg("--target-dir")
         .arg(target_dir);
+    if let Some(features) = features {
+        cmd.args(["--features", features]);
+    }
     // Everything the outer cargo exported for *its* compiler must not leak into the nested one.
     for var in [
         "RUSTC",

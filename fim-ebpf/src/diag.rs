@@ -4,15 +4,13 @@
 //! writes to its log; each message starts with the pid of the process whose operation it is
 //! about.
 //!
-//! Off unless asked for: user space sets aya-log's level (`AYA_LOG_LEVEL`, in frozen
-//! read-only data) to 0 at load, so the verifier knows every `enabled()` below is false and
-//! drops the code behind it: what is left of a call site is one load and one jump, and
-//! nothing reaches the log ring buffer. Each message is a function of its own, not inlined,
-//! behind that check, so with the log on the verifier checks one small body per call site
-//! instead of the log code inlined into every path of a program.
-//!
-//! Built without the `kernel-log` feature (the benchmark's comparison build) every function
-//! here is empty.
+//! Only in the build with the `kernel-log` feature, which user space loads for `fim run
+//! --kernel-log` (it sets aya-log's level, `AYA_LOG_LEVEL` in frozen read-only data, to
+//! debug). Without the feature, the build `fim run` loads otherwise, every function here is
+//! empty: a switched-off level alone would leave the verifier the log code to read (and drop)
+//! at every load. Each message is a function of its own, not inlined, behind the level check,
+//! so the verifier checks one small body per call site instead of the log code inlined into
+//! every path of a program.
 
 #[cfg(feature = "kernel-log")]
 #[inline(always)]

@@ -169,6 +169,9 @@ pub fn run_all(with_vm: bool) -> Result<bool> {
                 "--package",
                 "fim-ebpf",
                 "--release",
+                // The log calls too (the build without them only leaves empty functions).
+                "--features",
+                "kernel-log",
             ])
             .args([
                 "--target",
