@@ -1,11 +1,12 @@
 //! The kernel side's diagnostics (fim-ebpf's diag.rs) on every backend: with
-//! `SensorConfig::kernel_log` a path walk cut short (a path longer than the kernel's 4096-byte
-//! buffer) reaches the log as a debug record with the target `fim::kernel`, naming the pid
-//! that made the change; without it the programs write nothing at all to aya-log's ring
-//! buffer (read directly here), for the same operation.
+//! `SensorConfig::kernel_log` the programs with log calls load, and a path walk cut short (a
+//! path longer than the kernel's 4096-byte buffer) reaches the log as a debug record with the
+//! target `fim::kernel`, naming the pid that made the change. Without it the sensor loads
+//! programs without a single log call: the conformance scenario of such a path checks that on
+//! the shared sensors, which run without it (a sensor start is half a minute under TCG).
 //!
 //! Natively on the tracepoint backend; in the VMs (`cargo xtask vm-test --filter kernel_log`)
-//! on lsm and fentry too, where the log calls must also pass the 6.1 and 6.12 verifiers.
+//! on lsm and fentry, where the log calls must also pass the 6.1 and 6.12 verifiers.
 
 use std::{
     ffi::OsStr,
@@ -15,7 +16,9 @@ use std::{
 };
 
 use fim::sensor::{Backend, SensorConfig, kernel_log::TARGET};
-use fim_tests::{collect, run_actor, trees, watched_tree_config, with_own_sensor};
+use fim_tests::{
+    TestEnv, collect, run_actor, test_env, trees, watched_tree_config, with_own_sensor,
+};
 
 /// Part of the message of a record whose path was cut short (fim-ebpf's diag.rs).
 const WALK_STOPPED: &str = "with a path cut short";
@@ -101,20 +104,24 @@ fn provoke(
     pid
 }
 
-fn diagnostics_only_when_on(backend: Backend) {
+fn diagnostics_when_on(backend: Backend) {
     capture();
     let deep = deep_tree(
         &trees()
             .watched
             .join(format!("kernel-log-{}", backend.name())),
     );
-
     let on = SensorConfig {
         kernel_log: true,
         ..watched_tree_config()
     };
     with_own_sensor(backend, &on, |runtime, sensor| {
-        let pid = provoke(runtime, sensor, &deep, "leaf-on");
+        assert!(
+            sensor.kernel_log_calls(),
+            "the {} backend started without its log calls",
+            backend.name()
+        );
+        let pid = provoke(runtime, sensor, &deep, "leaf");
         let wanted = format!("DEBUG pid {pid}: ");
         // The records are forwarded by a task on this runtime: let it run.
         runtime.block_on(async {
@@ -132,44 +139,28 @@ fn diagnostics_only_when_on(backend: Backend) {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         });
-        assert_eq!(
-            sensor.kernel_log_written_while_off(),
-            None,
-            "the log ring buffer is read by the forwarder"
-        );
-    });
-
-    let off = watched_tree_config();
-    with_own_sensor(backend, &off, |runtime, sensor| {
-        let before = captured().len();
-        let pid = provoke(runtime, sensor, &deep, "leaf-off");
-        assert_eq!(
-            sensor.kernel_log_written_while_off(),
-            Some(0),
-            "with the diagnostics off the {} programs wrote log records all the same",
-            backend.name()
-        );
-        let later: Vec<String> = captured().split_off(before);
-        assert!(
-            !later.iter().any(|l| l.contains(&format!("pid {pid}:"))),
-            "diagnostics with kernel_log off: {later:#?}"
-        );
     });
 }
 
-macro_rules! each_backend {
-    ($($test:ident: $backend:expr),*) => {
-        $(
-            #[test]
-            fn $test() {
-                diagnostics_only_when_on($backend);
-            }
-        )*
-    };
+#[test]
+fn kernel_log_lsm() {
+    diagnostics_when_on(Backend::Lsm);
 }
 
-each_backend!(
-    kernel_log_lsm: Backend::Lsm,
-    kernel_log_fentry: Backend::Fentry,
-    kernel_log_tracepoint: Backend::Tracepoint
-);
+#[test]
+fn kernel_log_fentry() {
+    diagnostics_when_on(Backend::Fentry);
+}
+
+/// Natively only: in the VMs a start of the tracepoint backend with its log calls takes one to
+/// several minutes under TCG (its many programs, each verified with the log calls), too much
+/// for every test run. Its programs passed the 6.1 verifier with them when this test last ran
+/// there, and should one refuse them, fim runs the backend without (`sensor::start`).
+#[test]
+fn kernel_log_tracepoint() {
+    if test_env() == TestEnv::Vm {
+        eprintln!("kernel_log_tracepoint runs natively only (minutes under TCG)");
+        return;
+    }
+    diagnostics_when_on(Backend::Tracepoint);
+}
