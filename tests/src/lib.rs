@@ -288,3 +288,29 @@ pub fn pattern(offset: usize, out: &mut [u8]) {
         *byte = (at % 251) as u8 ^ (at >> 20) as u8;
     }
 }
+
+/// Creates `levels` directories named `name` below `base`, one `mkdirat` at a time (the
+/// whole path is longer than a syscall accepts); returns the deepest.
+pub fn deep_tree(base: &Path, name: &str, levels: usize) -> PathBuf {
+    let c = |p: &OsStr| std::ffi::CString::new(p.as_bytes()).unwrap();
+    let component = c(OsStr::new(name));
+    let mut path = base.to_path_buf();
+    // SAFETY: valid strings and descriptors this function owns.
+    unsafe {
+        let mut fd = libc::open(
+            c(base.as_os_str()).as_ptr(),
+            libc::O_DIRECTORY | libc::O_CLOEXEC,
+        );
+        assert!(fd >= 0, "open {base:?}");
+        for _ in 0..levels {
+            assert_eq!(libc::mkdirat(fd, component.as_ptr(), 0o755), 0, "mkdirat");
+            let next = libc::openat(fd, component.as_ptr(), libc::O_DIRECTORY | libc::O_CLOEXEC);
+            assert!(next >= 0, "openat");
+            libc::close(fd);
+            fd = next;
+            path.push(name);
+        }
+        libc::close(fd);
+    }
+    path
+}

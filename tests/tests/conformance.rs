@@ -13,8 +13,8 @@ use std::{
 
 use fim::sensor::{Backend, Event, EventKind, SensorConfig};
 use fim_tests::{
-    TestEnv, WATCHED_RULE, bytes, collect, drain, run_actor, test_env, trees, watched_tree_config,
-    with_own_sensor, with_sensor,
+    TestEnv, WATCHED_RULE, bytes, collect, deep_tree, drain, run_actor, test_env, trees,
+    watched_tree_config, with_own_sensor, with_sensor,
 };
 
 /// One expected record.
@@ -928,33 +928,6 @@ scenario!(unwatched_directory_is_silent, |b| {
         expect: Vec::new(),
     }
 });
-
-/// Creates `levels` directories named `name` below `base`, one `mkdirat` at a time (the
-/// whole path is longer than a syscall accepts); returns the deepest.
-fn deep_tree(base: &Path, name: &str, levels: usize) -> PathBuf {
-    use std::os::unix::ffi::OsStrExt;
-    let c = |p: &OsStr| std::ffi::CString::new(p.as_bytes()).unwrap();
-    let component = c(OsStr::new(name));
-    let mut path = base.to_path_buf();
-    // SAFETY: valid strings and descriptors this function owns.
-    unsafe {
-        let mut fd = libc::open(
-            c(base.as_os_str()).as_ptr(),
-            libc::O_DIRECTORY | libc::O_CLOEXEC,
-        );
-        assert!(fd >= 0, "open {base:?}");
-        for _ in 0..levels {
-            assert_eq!(libc::mkdirat(fd, component.as_ptr(), 0o755), 0, "mkdirat");
-            let next = libc::openat(fd, component.as_ptr(), libc::O_DIRECTORY | libc::O_CLOEXEC);
-            assert!(next >= 0, "openat");
-            libc::close(fd);
-            fd = next;
-            path.push(name);
-        }
-        libc::close(fd);
-    }
-    path
-}
 
 /// A path longer than the kernel's path buffer (4096 bytes): reported with its leaf end and
 /// flagged truncated, never as a wrong complete path.

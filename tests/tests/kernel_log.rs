@@ -10,14 +10,14 @@
 
 use std::{
     ffi::OsStr,
-    path::{Path, PathBuf},
+    path::Path,
     sync::Mutex,
     time::{Duration, Instant},
 };
 
 use fim::sensor::{Backend, SensorConfig, kernel_log::TARGET};
 use fim_tests::{
-    TestEnv, collect, run_actor, test_env, trees, watched_tree_config, with_own_sensor,
+    TestEnv, collect, deep_tree, run_actor, test_env, trees, watched_tree_config, with_own_sensor,
 };
 
 /// Part of the message of a record whose path was cut short (fim-ebpf's diag.rs).
@@ -55,32 +55,6 @@ fn captured() -> Vec<String> {
     CAPTURED.lock().unwrap().clone()
 }
 
-/// 24 directories of 200-byte names below `base` (one mkdirat at a time: the whole path is
-/// longer than a syscall accepts); returns the deepest.
-fn deep_tree(base: &Path) -> PathBuf {
-    use std::os::unix::ffi::OsStrExt;
-    std::fs::create_dir_all(base).unwrap();
-    let name = "n".repeat(200);
-    let component = std::ffi::CString::new(name.as_str()).unwrap();
-    let mut path = base.to_path_buf();
-    // SAFETY: valid strings and descriptors this function owns.
-    unsafe {
-        let base = std::ffi::CString::new(base.as_os_str().as_bytes()).unwrap();
-        let mut fd = libc::open(base.as_ptr(), libc::O_DIRECTORY | libc::O_CLOEXEC);
-        assert!(fd >= 0, "open the base");
-        for _ in 0..24 {
-            assert_eq!(libc::mkdirat(fd, component.as_ptr(), 0o755), 0, "mkdirat");
-            let next = libc::openat(fd, component.as_ptr(), libc::O_DIRECTORY | libc::O_CLOEXEC);
-            assert!(next >= 0, "openat");
-            libc::close(fd);
-            fd = next;
-            path.push(&name);
-        }
-        libc::close(fd);
-    }
-    path
-}
-
 /// The actor makes `leaf` in `deep` (relative to its cwd there); the sensor must report it,
 /// flagged truncated. Returns the actor's pid.
 fn provoke(
@@ -106,11 +80,11 @@ fn provoke(
 
 fn diagnostics_when_on(backend: Backend) {
     capture();
-    let deep = deep_tree(
-        &trees()
-            .watched
-            .join(format!("kernel-log-{}", backend.name())),
-    );
+    let base = trees()
+        .watched
+        .join(format!("kernel-log-{}", backend.name()));
+    std::fs::create_dir_all(&base).unwrap();
+    let deep = deep_tree(&base, &"n".repeat(200), 24);
     let on = SensorConfig {
         kernel_log: true,
         ..watched_tree_config()
