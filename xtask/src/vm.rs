@@ -441,12 +441,14 @@ fn labels() -> Vec<&'static str> {
 }
 
 /// Integration tests that need host tools the initramfs does not have (a Prometheus
-/// server); they exercise no kernel code, and `cargo test` runs them natively. Also the
+/// server; the fleet's NATS and PostgreSQL servers, whose real daemon runs the tracepoint
+/// backend natively); they exercise no kernel code of their own, and `cargo test` runs them
+/// natively. Also the
 /// hostile-files test: it asserts the tracepoint backend's exact reports (in the VMs the
 /// daemon runs on lsm) and times file changes against a hashing rate, which TCG's slowness
 /// would upset; the conformance scenarios cover the kernel side of the same paths on every
 /// backend.
-const NATIVE_ONLY_TESTS: &[&str] = &["prometheus", "daemon_prometheus", "hostile"];
+const NATIVE_ONLY_TESTS: &[&str] = &["prometheus", "daemon_prometheus", "hostile", "fleet"];
 
 /// A cargo command for static builds for the VM's target: static so the initramfs needs no
 /// libc; without debuginfo so it stays small and boots fast.
